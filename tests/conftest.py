@@ -1,0 +1,25 @@
+"""Shared fixtures: locating the optional calibration data in ../shared/data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """Where Vidur's profiling files and traces live (never inside the project)."""
+    override = os.environ.get("VIDUR_SHARED_DATA")
+    base = Path(override) if override else REPO_ROOT.parent / "shared" / "data"
+    return base / "vidur"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The ../shared/data/vidur directory, or a clean skip when it is absent."""
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"calibration data not found at {path} (set VIDUR_SHARED_DATA to use it)")
+    return path

@@ -1,0 +1,212 @@
+"""Behaviour of the cluster simulator on hand-checkable cases and random workloads."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from vidur_env.cluster import ClusterSimulator, SimulationError
+from vidur_env.config import ClusterConfig, ReplicaConfig
+from vidur_env.metrics import RequestMetrics, aggregate_metrics
+from vidur_env.replica import Replica
+from vidur_env.routers import make_router
+
+
+class AffineTime:
+    """A transparent time model: a fixed cost plus a cost per token and per KV token."""
+
+    def __init__(self, base: float = 0.01, per_token: float = 1e-4, per_kv: float = 1e-6) -> None:
+        self.base, self.per_token, self.per_kv = base, per_token, per_kv
+
+    def iteration_time(self, num_decodes, decode_kv_sum, prefill_chunks, prefill_kv) -> float:
+        tokens = num_decodes + sum(prefill_chunks)
+        kv = decode_kv_sum + sum(prefill_kv)
+        return self.base + self.per_token * tokens + self.per_kv * kv
+
+
+def requests(arrivals, prompts, outputs):
+    return SimpleNamespace(
+        arrived_at=np.asarray(arrivals, dtype=float),
+        num_prefill_tokens=np.asarray(prompts, dtype=np.int64),
+        num_decode_tokens=np.asarray(outputs, dtype=np.int64),
+    )
+
+
+def simulate(reqs, *, replicas=1, scheduler="sarathi", router="round_robin", time_model=None, seed=0, fast=True, **replica_kwargs):
+    spec = ReplicaConfig(scheduler=scheduler, **replica_kwargs)
+    cluster = ClusterConfig(num_replicas=replicas, replica=spec)
+    model = time_model or AffineTime()
+    sim = ClusterSimulator(cluster, reqs, time_models=[model] * replicas)
+    for r in sim.replicas:
+        r.fast_forward = fast
+    policy = make_router(router)
+    policy.reset(replicas, np.random.default_rng(seed))
+    sim.run(policy)
+    return sim
+
+
+def random_requests(n, seed, qps=20.0, max_prompt=2000, max_output=400):
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1.0 / qps, size=n))
+    return requests(arrivals, rng.integers(1, max_prompt, size=n), rng.integers(1, max_output, size=n))
+
+
+def test_single_request_ttft_is_prefill_and_e2e_adds_decode_iterations():
+    tm = AffineTime()
+    sim = simulate(requests([1.0], [100], [10]), time_model=tm)
+    m = RequestMetrics.from_simulator(sim)
+    prefill = tm.iteration_time(0, 0, (100,), (0,))
+    assert m.prefill_e2e_time[0] == pytest.approx(prefill)
+    # decode iteration k sees the prompt, the first token and k-1 decoded tokens as context
+    decodes = sum(tm.iteration_time(1, 101 + k, (), ()) for k in range(9))
+    assert m.request_e2e_time[0] == pytest.approx(prefill + decodes)
+    assert m.request_scheduling_delay[0] == 0.0
+
+
+def test_single_output_token_completes_with_the_prefill():
+    sim = simulate(requests([0.0], [64], [1]))
+    m = RequestMetrics.from_simulator(sim)
+    assert m.completed_at[0] == m.prefill_completed_at[0]
+
+
+def test_sarathi_chunks_a_long_prompt_by_the_token_budget():
+    tm = AffineTime()
+    sim = simulate(requests([0.0], [1000], [2]), time_model=tm)
+    chunks = tm.iteration_time(0, 0, (512,), (0,)) + tm.iteration_time(0, 0, (488,), (512,))
+    m = RequestMetrics.from_simulator(sim)
+    assert m.prefill_e2e_time[0] == pytest.approx(chunks)
+    assert sim.replicas[0].stats.num_iterations == 3
+
+
+def test_two_requests_share_a_prefill_batch_then_decode_together():
+    tm = AffineTime()
+    sim = simulate(requests([0.0, 0.0], [100, 200], [3, 3]), time_model=tm)
+    m = RequestMetrics.from_simulator(sim)
+    prefill = tm.iteration_time(0, 0, (100, 200), (0, 0))
+    assert m.prefill_e2e_time == pytest.approx([prefill, prefill])
+    decode = tm.iteration_time(2, 101 + 201, (), ()) + tm.iteration_time(2, 102 + 202, (), ())
+    assert m.request_e2e_time == pytest.approx([prefill + decode] * 2)
+    assert sim.replicas[0].stats.num_iterations == 3
+
+
+def test_sarathi_mixes_decodes_with_a_new_prefill_chunk():
+    tm = AffineTime()
+    # request 1 arrives while request 0 decodes: the next batch holds 0's decode and 1's chunk
+    sim = simulate(requests([0.0, 0.011], [100, 600], [50, 2]), time_model=tm)
+    first_end = tm.iteration_time(0, 0, (100,), (0,))
+    second = tm.iteration_time(1, 101, (511,), (0,))
+    assert sim.table.scheduled_at[1] == pytest.approx(first_end)
+    ends_second = first_end + second
+    # the rest of request 1's prompt (89 tokens) runs in the third iteration beside 0's decode
+    third = tm.iteration_time(1, 102, (89,), (511,))
+    assert sim.table.prefill_completed_at[1] == pytest.approx(ends_second + third)
+
+
+def test_vllm_runs_a_new_prompt_before_continuing_decodes():
+    tm = AffineTime()
+    sim = simulate(requests([0.0, 0.011], [100, 600], [50, 2]), scheduler="vllm", time_model=tm)
+    first_end = tm.iteration_time(0, 0, (100,), (0,))
+    assert sim.table.scheduled_at[1] == pytest.approx(first_end)
+    # prefill-first: request 1's whole prompt runs alone, request 0's decode waits
+    assert sim.table.prefill_completed_at[1] == pytest.approx(first_end + tm.iteration_time(0, 0, (600,), (0,)))
+
+
+def test_vllm_padded_rule_limits_the_prefill_batch():
+    sim = simulate(requests([0.0] * 3, [1500, 1500, 100], [2, 2, 2]), scheduler="vllm")
+    # 2 x 1500 fits in 4096 but 3 x 1500 does not: request 2 waits for the next prefill batch
+    assert sim.table.scheduled_at[0] == sim.table.scheduled_at[1] == 0.0
+    assert sim.table.scheduled_at[2] > 0.0
+    summed = simulate(requests([0.0] * 3, [1500, 1500, 100], [2, 2, 2]), scheduler="vllm", vllm_batch_rule="sum")
+    assert summed.table.scheduled_at[2] == 0.0
+
+
+def test_preemption_under_memory_pressure_restarts_and_completes_everything():
+    reqs = requests([0.0] * 6, [200] * 6, [300] * 6)
+    # 6 requests of 500 tokens need ~32 blocks each; 100 blocks force recompute preemption
+    sim = simulate(reqs, num_blocks=100)
+    m = RequestMetrics.from_simulator(sim)
+    assert len(m.request_id) == 6
+    assert m.request_num_restarts.sum() > 0
+    assert sim.replicas[0].stats.num_preemptions == m.request_num_restarts.sum()
+    assert sim.replicas[0].stats.peak_blocks <= 100
+    # tokens are conserved across restarts: every request ends with all its tokens processed
+    table = sim.table
+    for rid in range(6):
+        assert table.processed[rid] == table.orig_prefill[rid] + table.orig_decode[rid]
+        assert table.prefill[rid] + table.decode[rid] == table.orig_prefill[rid] + table.orig_decode[rid]
+
+
+def test_restart_keeps_first_schedule_and_first_token_times():
+    sim = simulate(requests([0.0] * 6, [200] * 6, [300] * 6), num_blocks=100)
+    table = sim.table
+    restarted = [rid for rid in range(6) if table.restarts[rid]]
+    assert restarted
+    for rid in restarted:
+        assert table.scheduled_at[rid] <= table.prefill_completed_at[rid] < table.completed_at[rid]
+
+
+@pytest.mark.parametrize("scheduler", ["sarathi", "vllm", "orca"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_invariants_on_random_workloads(scheduler, seed):
+    reqs = random_requests(300, seed, qps=30.0)
+    sim = simulate(reqs, replicas=2, scheduler=scheduler, router="random", seed=seed, num_blocks=1200)
+    table = sim.table
+    assert all(t >= 0 for t in table.completed_at), "every request completes"
+    for rid in range(len(table)):
+        assert table.processed[rid] == table.orig_prefill[rid] + table.orig_decode[rid]
+        assert table.arrived_at[rid] <= table.scheduled_at[rid] <= table.prefill_completed_at[rid] <= table.completed_at[rid]
+        assert table.blocks[rid] == 0
+    for replica in sim.replicas:
+        assert replica.allocated_blocks == 0
+        assert replica.num_allocated_requests == 0
+        assert replica.stats.peak_blocks <= replica.num_blocks
+        assert not replica.waiting and not replica.running
+    if scheduler == "orca":
+        assert sum(table.restarts) == 0
+
+
+@pytest.mark.parametrize("scheduler", ["sarathi", "vllm", "orca"])
+def test_fast_forward_changes_no_result(scheduler):
+    reqs = random_requests(400, 3, qps=25.0)
+    fast = simulate(reqs, replicas=2, scheduler=scheduler, num_blocks=900, fast=True)
+    slow = simulate(reqs, replicas=2, scheduler=scheduler, num_blocks=900, fast=False)
+    for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts"):
+        assert getattr(fast.table, column) == getattr(slow.table, column), column
+    if scheduler != "orca":
+        assert sum(slow.table.restarts) > 0, "the case must exercise preemption"
+    for a, b in zip(fast.replicas, slow.replicas):
+        assert a.stats.num_iterations == b.stats.num_iterations
+        assert a.stats.peak_blocks == b.stats.peak_blocks
+
+
+def test_same_seed_same_results_bit_for_bit():
+    reqs = random_requests(200, 7)
+    a = simulate(reqs, replicas=3, router="random", seed=11)
+    b = simulate(reqs, replicas=3, router="random", seed=11)
+    assert a.table.completed_at == b.table.completed_at
+    assert a.table.replica == b.table.replica
+    c = simulate(reqs, replicas=3, router="random", seed=12)
+    assert c.table.replica != a.table.replica
+
+
+def test_lor_counts_only_waiting_requests():
+    # all arrive at once: lor sees the queue grow on replica 0 only after it gets a request
+    sim = simulate(requests([0.0] * 4, [100] * 4, [5] * 4), replicas=2, router="lor")
+    assert sim.table.replica == [0, 1, 0, 1]
+
+
+def test_request_longer_than_max_tokens_is_rejected_by_name():
+    with pytest.raises(SimulationError, match="request 0.*max_tokens"):
+        ClusterSimulator(ClusterConfig(num_replicas=1), requests([0.0], [4000], [200]), time_models=[AffineTime()])
+
+
+def test_aggregate_metrics_report_vidur_names_and_replica_figures():
+    sim = simulate(random_requests(100, 5), replicas=2)
+    report = aggregate_metrics(sim)
+    for name in ("request_e2e_time", "prefill_e2e_time", "request_scheduling_delay",
+                 "request_e2e_time_normalized", "decode_time_execution_plus_preemption_normalized"):
+        assert set(report[name]) == {"mean", "p50", "p90", "p99", "p99.9", "max"}
+    assert report["num_requests"] == 100
+    assert sum(r["num_requests"] for r in report["replicas"]) == 100
+    assert all(0.0 < r["busy_fraction"] <= 1.0 for r in report["replicas"])

@@ -1,0 +1,198 @@
+"""The cluster simulator: requests arrive, a router picks a replica, replicas batch and run.
+
+Routing is the only coupling between replicas, and it happens at arrivals. So the loop is:
+for each arrival in time order, advance every replica to the arrival time (each runs its own
+iterations independently), ask the router, hand the request over. Nothing else needs a global
+event queue.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from vidur_env.config import ClusterConfig, ReplicaConfig
+from vidur_env.hardware import plan_memory
+from vidur_env.replica import SCHEDULERS, Replica, SchedulerLimits
+from vidur_env.request_table import RequestTable
+from vidur_env.time_model import ExecutionTimeModel, builtin_time_model, profiled_time_model
+
+
+class RequestArrays(Protocol):
+    """What the simulator needs of a workload (see :class:`vidur_env.workload.Requests`)."""
+
+    arrived_at: np.ndarray
+    num_prefill_tokens: np.ndarray
+    num_decode_tokens: np.ndarray
+
+
+Router = Callable[["ClusterSimulator", int], int]
+"""A routing policy: given the simulator (at the arrival time) and the request id, a replica id."""
+
+
+class SimulationError(RuntimeError):
+    """The simulation cannot proceed (for example a request that can never fit in memory)."""
+
+
+def build_time_models(cluster: ClusterConfig) -> list[ExecutionTimeModel]:
+    """One execution-time model per replica, shared between identical replicas so that their
+    memoised lookups are shared too."""
+    cache: dict[tuple[str, str, int], ExecutionTimeModel] = {}
+    models = []
+    for spec in cluster.replica_configs:
+        key = (spec.model, spec.device, spec.tensor_parallel)
+        if key not in cache:
+            if cluster.time_model == "profiled":
+                cache[key] = profiled_time_model(
+                    cluster.profiling_dir, spec.model, spec.device, spec.tensor_parallel,
+                    keying=cluster.keying, extrapolate=cluster.extrapolate,
+                )
+            else:
+                cache[key] = builtin_time_model(spec.model, spec.device, spec.tensor_parallel, keying=cluster.keying)
+        models.append(cache[key])
+    return models
+
+
+def scheduler_limits(spec: ReplicaConfig, max_tokens: int) -> SchedulerLimits:
+    """Vidur's memory planner turned into the limits a replica scheduler works within."""
+    plan = plan_memory(
+        spec.model, spec.device, spec.tensor_parallel, max_tokens=max_tokens,
+        batch_size_cap=spec.batch_size_cap, memory_margin_fraction=spec.memory_margin_fraction,
+    )
+    return SchedulerLimits(
+        num_blocks=spec.num_blocks if spec.num_blocks is not None else plan.num_blocks,
+        max_batch_size=min(plan.max_batch_size, spec.batch_size_cap),
+        batch_size_cap=spec.batch_size_cap,
+        chunk_size=spec.chunk_size,
+        max_tokens_in_batch=spec.max_tokens_in_batch,
+        vllm_batch_rule=spec.vllm_batch_rule,
+        max_tokens=max_tokens,
+        watermark_fraction=spec.watermark_fraction,
+    )
+
+
+class ClusterSimulator:
+    """A cluster of replicas serving a fixed list of requests, routed one arrival at a time.
+
+    Public state for routers and observations (read-only): ``now``, ``next_request``,
+    ``replicas`` (each exposes ``num_waiting``, ``waiting_prompt_tokens``,
+    ``num_allocated_requests``, ``num_in_batch``, ``allocated_blocks``, ``num_blocks``,
+    ``kv_utilization``, ``is_busy``, ``batch_end``) and ``table`` (per-request columns).
+    """
+
+    def __init__(
+        self,
+        cluster: ClusterConfig,
+        requests: RequestArrays,
+        *,
+        max_tokens: int = 4096,
+        time_models: list[ExecutionTimeModel] | None = None,
+    ) -> None:
+        cluster.validate()
+        self.cluster = cluster
+        self.table = RequestTable(requests.arrived_at, requests.num_prefill_tokens, requests.num_decode_tokens)
+        self._check_requests_fit(max_tokens)
+        models = time_models if time_models is not None else build_time_models(cluster)
+        self.replicas: list[Replica] = [
+            SCHEDULERS[spec.scheduler](i, self.table, model, scheduler_limits(spec, max_tokens))
+            for i, (spec, model) in enumerate(zip(cluster.replica_configs, models))
+        ]
+        self.num_replicas = len(self.replicas)
+        self.next_request = 0
+        self.now = self.table.arrived_at[0] if len(self.table) else 0.0
+
+    def _check_requests_fit(self, max_tokens: int) -> None:
+        table = self.table
+        for rid in range(len(table)):
+            if table.orig_prefill[rid] < 1 or table.orig_decode[rid] < 1:
+                raise SimulationError(f"request {rid}: prompt and output need at least one token each")
+            if table.orig_prefill[rid] + table.orig_decode[rid] > max_tokens:
+                raise SimulationError(
+                    f"request {rid}: {table.orig_prefill[rid]} + {table.orig_decode[rid]} tokens exceed "
+                    f"max_tokens={max_tokens}; cap the workload's lengths (WorkloadConfig.max_tokens)"
+                )
+            if rid and table.arrived_at[rid] < table.arrived_at[rid - 1]:
+                raise SimulationError(f"request {rid}: arrival times must be non-decreasing")
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.table)
+
+    @property
+    def done_routing(self) -> bool:
+        return self.next_request >= len(self.table)
+
+    def advance_to(self, time: float) -> None:
+        """Run every replica up to ``time`` (iterations ending later stay in flight)."""
+        for replica in self.replicas:
+            replica.advance_to(time)
+        self.now = max(self.now, time)
+
+    def advance_to_next_arrival(self) -> int:
+        """Bring the cluster to the next request's arrival; return that request's id."""
+        rid = self.next_request
+        self.advance_to(self.table.arrived_at[rid])
+        return rid
+
+    def dispatch(self, replica_id: int) -> None:
+        """Route the current request (the one :meth:`advance_to_next_arrival` returned)."""
+        if not 0 <= replica_id < self.num_replicas:
+            raise ValueError(f"replica id {replica_id} out of range [0, {self.num_replicas})")
+        rid = self.next_request
+        self.table.replica[rid] = replica_id
+        self.replicas[replica_id].add_request(rid, self.table.arrived_at[rid])
+        self.next_request += 1
+
+    def drain(self) -> None:
+        """Run until every routed request has completed."""
+        self.advance_to(float("inf"))
+        stuck = [rid for rid in range(self.next_request) if self.table.completed_at[rid] < 0]
+        if stuck:
+            raise SimulationError(
+                f"{len(stuck)} request(s) can never be scheduled (first: {stuck[0]}); "
+                "the replica's KV cache is too small for them"
+            )
+
+    def run(self, router: Router) -> None:
+        """Route every request with ``router`` and drain the cluster."""
+        while not self.done_routing:
+            rid = self.advance_to_next_arrival()
+            self.dispatch(router(self, rid))
+        self.drain()
+
+
+@dataclass(frozen=True)
+class ReplicaSummary:
+    """Per-replica figures for the metrics report."""
+
+    num_requests: int
+    busy_time: float
+    block_time: float
+    num_blocks: int
+    peak_blocks: int
+    num_iterations: int
+    batch_size_sum: int
+    tokens_sum: int
+    prefill_tokens_sum: int
+    num_preemptions: int
+
+
+def replica_summaries(sim: ClusterSimulator) -> list[ReplicaSummary]:
+    """Collect each replica's running totals once the simulation has drained."""
+    counts = np.bincount(np.asarray(sim.table.replica[: sim.next_request]), minlength=sim.num_replicas)
+    return [
+        ReplicaSummary(
+            num_requests=int(counts[r.replica_id]),
+            busy_time=r.stats.busy_time,
+            block_time=r.stats.block_time,
+            num_blocks=r.num_blocks,
+            peak_blocks=r.stats.peak_blocks,
+            num_iterations=r.stats.num_iterations,
+            batch_size_sum=r.stats.batch_size_sum,
+            tokens_sum=r.stats.tokens_sum,
+            prefill_tokens_sum=r.stats.prefill_tokens_sum,
+            num_preemptions=r.stats.num_preemptions,
+        )
+        for r in sim.replicas
+    ]

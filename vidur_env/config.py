@@ -1,0 +1,110 @@
+"""Typed configuration of a simulated cluster: one source of truth for the CLI and the env."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+SCHEDULER_NAMES = ("sarathi", "vllm", "orca")
+KEYINGS = ("vidur", "vidur_pypi")
+TIME_MODEL_SOURCES = ("builtin", "profiled")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """One replica: the model it serves, on which device, and how it batches.
+
+    Defaults are Vidur's: Llama-2-7B on an A100 with TP1 and the Sarathi scheduler.
+    """
+
+    model: str = "meta-llama/Llama-2-7b-hf"
+    """Model name (Hugging Face id or a short alias such as ``llama-2-7b``)."""
+    device: str = "a100"
+    """GPU type: ``a100`` or ``h100`` (80 GB)."""
+    tensor_parallel: int = 1
+    """Tensor-parallel degree (GPUs per replica). Pipeline parallelism is not modelled."""
+    scheduler: str = "sarathi"
+    """Batching scheduler: ``sarathi`` (chunked prefill), ``vllm`` or ``orca``."""
+    chunk_size: int = 512
+    """Sarathi's token budget per iteration."""
+    batch_size_cap: int = 128
+    """Most requests a replica holds in KV at once."""
+    max_tokens_in_batch: int = 4096
+    """vLLM's token limit of one prefill batch."""
+    vllm_batch_rule: str = "padded"
+    """``padded`` (Vidur main: batch length x longest prompt) or ``sum`` (Vidur 0.0.26)."""
+    num_blocks: int | None = None
+    """KV blocks of 16 tokens; None derives it with Vidur's memory planner."""
+    memory_margin_fraction: float = 0.1
+    """Share of GPU memory the planner keeps free of weights and KV."""
+    watermark_fraction: float = 0.01
+    """Share of KV blocks kept free when admitting a new request."""
+
+    def validate(self, where: str = "replica") -> None:
+        if self.scheduler not in SCHEDULER_NAMES:
+            raise ConfigError(f"{where}.scheduler: unknown scheduler {self.scheduler!r}; choose from {', '.join(SCHEDULER_NAMES)}")
+        if self.vllm_batch_rule not in ("padded", "sum"):
+            raise ConfigError(f"{where}.vllm_batch_rule: must be 'padded' or 'sum', got {self.vllm_batch_rule!r}")
+        for name in ("tensor_parallel", "chunk_size", "batch_size_cap", "max_tokens_in_batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{where}.{name}: must be a positive integer, got {value!r}")
+        if self.num_blocks is not None and (not isinstance(self.num_blocks, int) or self.num_blocks < 1):
+            raise ConfigError(f"{where}.num_blocks: must be a positive integer or None, got {self.num_blocks!r}")
+        if not 0.0 <= self.memory_margin_fraction < 1.0:
+            raise ConfigError(f"{where}.memory_margin_fraction: must be in [0, 1), got {self.memory_margin_fraction!r}")
+        if not 0.0 <= self.watermark_fraction < 1.0:
+            raise ConfigError(f"{where}.watermark_fraction: must be in [0, 1), got {self.watermark_fraction!r}")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """A cluster of replicas and the source of its execution times.
+
+    Homogeneous clusters give ``num_replicas`` copies of ``replica``; heterogeneous ones list
+    their replicas in ``replicas`` (``num_replicas`` is then ignored).
+    """
+
+    num_replicas: int = 4
+    replica: ReplicaConfig = field(default_factory=ReplicaConfig)
+    replicas: tuple[ReplicaConfig, ...] | None = None
+    time_model: str = "builtin"
+    """``builtin`` (calibrated presets shipped with the package) or ``profiled`` (Vidur CSVs)."""
+    profiling_dir: str | None = None
+    """Directory in Vidur's profiling layout, for ``time_model='profiled'``."""
+    keying: str = "vidur"
+    """How iteration times are keyed: ``vidur`` (main branch) or ``vidur_pypi`` (0.0.26 build)."""
+    extrapolate: bool = False
+    """Let the profiled model extrapolate outside its grid instead of raising."""
+
+    @property
+    def replica_configs(self) -> tuple[ReplicaConfig, ...]:
+        if self.replicas is not None:
+            return tuple(self.replicas)
+        return (self.replica,) * self.num_replicas
+
+    def validate(self) -> None:
+        if self.replicas is None and (not isinstance(self.num_replicas, int) or self.num_replicas < 1):
+            raise ConfigError(f"cluster.num_replicas: must be a positive integer, got {self.num_replicas!r}")
+        if self.replicas is not None and len(self.replicas) == 0:
+            raise ConfigError("cluster.replicas: a heterogeneous cluster needs at least one replica")
+        for i, spec in enumerate(self.replica_configs):
+            spec.validate(where=f"cluster.replicas[{i}]" if self.replicas is not None else "cluster.replica")
+        if self.time_model not in TIME_MODEL_SOURCES:
+            raise ConfigError(f"cluster.time_model: must be one of {', '.join(TIME_MODEL_SOURCES)}, got {self.time_model!r}")
+        if self.time_model == "profiled" and not self.profiling_dir:
+            raise ConfigError("cluster.profiling_dir: required when time_model is 'profiled'")
+        if self.keying not in KEYINGS:
+            raise ConfigError(f"cluster.keying: must be one of {', '.join(KEYINGS)}, got {self.keying!r}")
+
+
+def replica_config_from_dict(data: dict[str, Any], where: str) -> ReplicaConfig:
+    """Build a :class:`ReplicaConfig` from a mapping, rejecting unknown keys by name."""
+    known = {f.name for f in fields(ReplicaConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+    return replace(ReplicaConfig(), **data)

@@ -1,0 +1,528 @@
+"""One replica of the cluster: its paged KV cache and its iteration-level batching scheduler.
+
+The three schedulers are line-for-line ports of Vidur's ``_get_next_batch`` (queue orders,
+victim choice and all), working on request ids held in a :class:`RequestTable` instead of
+per-request objects. A replica is advanced lazily: :meth:`Replica.advance_to` runs every
+iteration that ends by a given time, and runs of identical decode-only iterations are
+fast-forwarded in a tight loop that performs exactly the arithmetic the general path would
+(same float additions in the same order), so results do not depend on the fast path.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from math import inf
+
+from vidur_env.request_table import RequestTable, UNSET
+from vidur_env.time_model import ExecutionTimeModel
+
+BLOCK_SIZE = 16
+
+
+@dataclass(frozen=True)
+class SchedulerLimits:
+    """Knobs of a replica's batching scheduler and KV cache, with Vidur's defaults."""
+
+    num_blocks: int
+    max_batch_size: int
+    """Request slots from the memory planner (used by Orca)."""
+    batch_size_cap: int = 128
+    chunk_size: int = 512
+    """Sarathi's token budget per iteration."""
+    max_tokens_in_batch: int = 4096
+    """vLLM's limit on the tokens of one prefill batch."""
+    vllm_batch_rule: str = "padded"
+    """'padded': Vidur main, batch_len * longest prompt <= limit; 'sum': Vidur 0.0.26, sum of prompts."""
+    max_tokens: int = 4096
+    """Longest request; Orca reserves this many tokens of KV per request at admission."""
+    watermark_fraction: float = 0.01
+    block_size: int = BLOCK_SIZE
+
+
+@dataclass
+class ReplicaStats:
+    """Running totals a replica keeps for the end-of-run metrics."""
+
+    num_iterations: int = 0
+    batch_size_sum: int = 0
+    tokens_sum: int = 0
+    prefill_tokens_sum: int = 0
+    busy_time: float = 0.0
+    block_time: float = 0.0
+    """Integral of allocated KV blocks over busy time (block-seconds)."""
+    peak_blocks: int = 0
+    num_preemptions: int = 0
+
+
+class Replica:
+    """State and scheduling of one replica; subclasses choose the batch composition rule."""
+
+    grows_kv: bool = True
+    """Whether decodes allocate a new block at each block boundary (Orca reserves up front)."""
+    fast_forward: bool = True
+    """Use the closed-form decode-run path; turning it off must not change any result."""
+
+    def __init__(
+        self, replica_id: int, table: RequestTable, time_model: ExecutionTimeModel, limits: SchedulerLimits
+    ) -> None:
+        self.replica_id = replica_id
+        self.table = table
+        self.time_model = time_model
+        self.limits = limits
+        self.num_blocks = limits.num_blocks
+        self.watermark_blocks = int(limits.watermark_fraction * limits.num_blocks)
+        self.max_micro_batch_size = limits.batch_size_cap
+        self.waiting: deque[int] = deque()
+        """Vidur's ``_request_queue``: requests holding no KV, restarted ones at the front."""
+        self.running: list[int] = []
+        """Vidur's ``_preempted_requests``: requests holding KV, not in the batch in flight."""
+        self.allocated_blocks = 0
+        self.num_allocated_requests = 0
+        self.waiting_prompt_tokens = 0
+        self.batch: list[int] = []
+        self.batch_q: list[int] = []
+        self.batch_end = inf
+        self.batch_start = 0.0
+        self.pending_at = inf
+        """Time at which an idle replica has work to schedule (formation deferred to it)."""
+        self.stats = ReplicaStats()
+
+    # ----------------------------------------------------------------- public view
+    @property
+    def is_busy(self) -> bool:
+        return bool(self.batch)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_in_batch(self) -> int:
+        return len(self.batch)
+
+    @property
+    def kv_utilization(self) -> float:
+        return self.allocated_blocks / self.num_blocks
+
+    # ------------------------------------------------------------ arrivals / time
+    def add_request(self, rid: int, now: float) -> None:
+        """Queue a routed request; an idle replica will form a batch once time moves past ``now``."""
+        self.waiting.append(rid)
+        self.waiting_prompt_tokens += self.table.prefill[rid]
+        if not self.batch and now < self.pending_at:
+            self.pending_at = now
+
+    def advance_to(self, horizon: float) -> None:
+        """Run every iteration that ends at or before ``horizon``.
+
+        A batch ending exactly at ``horizon`` is finished but the next one is not formed,
+        so a request arriving at that same instant can still join it (Vidur orders a batch
+        end before the arrival's scheduling event at equal times).
+        """
+        while True:
+            if self.batch:
+                if self.batch_end > horizon:
+                    return
+                now = self.batch_end
+                self._finish_batch(now)
+            else:
+                if self.pending_at >= horizon:
+                    return
+                now = self.pending_at
+            self.pending_at = inf
+            if now < horizon and self.fast_forward and self._decode_run_ready():
+                now = self._fast_forward(now, horizon)
+            if now >= horizon:
+                self.pending_at = now
+                return
+            self._start_batch(now)
+
+    # ---------------------------------------------------------------- KV memory
+    def _free(self, rid: int) -> None:
+        table = self.table
+        self.allocated_blocks -= table.blocks[rid]
+        table.blocks[rid] = 0
+        self.num_allocated_requests -= 1
+
+    def _allocate_new(self, rid: int, num_blocks: int) -> None:
+        self.table.blocks[rid] = num_blocks
+        self.allocated_blocks += num_blocks
+        self.num_allocated_requests += 1
+
+    def _can_admit(self, rid: int) -> bool:
+        """Vidur's watermark rule for a request that holds no KV yet."""
+        need = -(-self.table.prefill[rid] // BLOCK_SIZE)
+        return self.num_blocks - self.allocated_blocks - need >= self.watermark_blocks
+
+    def _grow(self, rid: int) -> None:
+        """Give a running request one more block when it has filled its reservation."""
+        table = self.table
+        if table.processed[rid] > table.blocks[rid] * BLOCK_SIZE:
+            table.blocks[rid] += 1
+            self.allocated_blocks += 1
+
+    def _preempt(self, rid: int) -> None:
+        """Restart ``rid``: free its KV and put it at the front of the waiting queue."""
+        self.table.restart(rid)
+        self._free(rid)
+        self.waiting.appendleft(rid)
+        self.waiting_prompt_tokens += self.table.prefill[rid]
+        self.stats.num_preemptions += 1
+
+    def _pop_waiting(self) -> int:
+        rid = self.waiting.popleft()
+        self.waiting_prompt_tokens -= self.table.prefill[rid]
+        return rid
+
+    def _schedule_running_decode(self, rid: int, pool: deque[int]) -> bool:
+        """Vidur's admission of a running request: preempt from the back of ``pool`` until a
+        block is free (at least one must be, even if ``rid`` needs none), else preempt ``rid``.
+        Returns whether ``rid`` joins the batch."""
+        while self.num_blocks - self.allocated_blocks < 1:
+            if pool:
+                self._preempt(pool.pop())
+            else:
+                self._preempt(rid)
+                return False
+        self._grow(rid)
+        return True
+
+    # ---------------------------------------------------------------- iterations
+    def _form_batch(self) -> tuple[list[int], list[int]]:
+        """Choose the next batch as (request ids, query tokens of each)."""
+        raise NotImplementedError
+
+    def _decode_run_ready(self) -> bool:
+        """Whether the next batch is all running requests decoding, with no admission possible.
+
+        While that holds, nothing changes the batch until a request completes, memory runs
+        short, or the horizon is reached: the fast path may take over.
+        """
+        raise NotImplementedError
+
+    def _start_batch(self, now: float) -> None:
+        requests, q_tokens = self._form_batch()
+        if not requests:
+            return
+        table = self.table
+        processed = table.processed
+        scheduled_at = table.scheduled_at
+        num_decodes = 0
+        decode_kv = 0
+        chunks: list[int] = []
+        chunk_kv: list[int] = []
+        for rid, q in zip(requests, q_tokens):
+            if scheduled_at[rid] == UNSET:
+                scheduled_at[rid] = now
+            # Vidur's time predictor classifies by query length: a 1-token chunk is a decode.
+            if q == 1:
+                num_decodes += 1
+                decode_kv += processed[rid]
+            else:
+                chunks.append(q)
+                chunk_kv.append(processed[rid])
+        duration = self.time_model.iteration_time(num_decodes, decode_kv, tuple(chunks), tuple(chunk_kv))
+        self.batch = requests
+        self.batch_q = q_tokens
+        self.batch_start = now
+        self.batch_end = now + duration
+        stats = self.stats
+        stats.num_iterations += 1
+        stats.batch_size_sum += len(requests)
+        total_q = sum(q_tokens)
+        stats.tokens_sum += total_q
+        stats.prefill_tokens_sum += total_q - num_decodes
+        stats.busy_time += duration
+        stats.block_time += self.allocated_blocks * duration
+        if self.allocated_blocks > stats.peak_blocks:
+            stats.peak_blocks = self.allocated_blocks
+
+    def _finish_batch(self, now: float) -> None:
+        table = self.table
+        processed = table.processed
+        prefill = table.prefill
+        running = self.running
+        for rid, q in zip(self.batch, self.batch_q):
+            p = processed[rid] + q
+            if p == prefill[rid] and not table.prefill_done[rid]:
+                table.prefill_done[rid] = True
+                p += 1  # the prefill iteration emits the first output token
+                if table.prefill_completed_at[rid] == UNSET:
+                    table.prefill_completed_at[rid] = now
+            processed[rid] = p
+            if p == prefill[rid] + table.decode[rid]:
+                table.completed_at[rid] = now
+                self._free(rid)
+            else:
+                running.append(rid)
+        self.batch = []
+        self.batch_q = []
+        self.batch_end = inf
+
+    def _fast_forward(self, now: float, horizon: float) -> float:
+        """Run whole decode-only iterations of the current running set in closed form.
+
+        Stops before the iteration that could need a preemption, after the one in which the
+        first request completes, or before the first that would end after ``horizon``.
+        Returns the time reached; the general path forms the next batch from there.
+        """
+        table = self.table
+        run = self._decode_run_order()
+        processed = table.processed
+        n = len(run)
+        kv_sum = 0
+        k_complete = inf
+        # first_alloc[j]: requests whose first new block comes at iteration j (0..16);
+        # after that each needs one every BLOCK_SIZE iterations.
+        first_alloc = [0] * (BLOCK_SIZE + 1)
+        for rid in run:
+            p = processed[rid]
+            kv_sum += p
+            left = table.prefill[rid] + table.decode[rid] - p
+            if left < k_complete:
+                k_complete = left
+            if self.grows_kv:
+                first = table.blocks[rid] * BLOCK_SIZE + 1 - p
+                if not 0 <= first <= BLOCK_SIZE:
+                    raise RuntimeError(f"KV reservation invariant broken for request {rid}")
+                first_alloc[first] += 1
+        period = first_alloc[:BLOCK_SIZE]
+        period[0] += first_alloc[BLOCK_SIZE]
+        iteration_time = self.time_model.iteration_time
+        free = self.num_blocks - self.allocated_blocks
+        allocated = self.allocated_blocks
+        t = now
+        block_time = 0.0
+        busy = 0.0
+        j = 0
+        while j < k_complete:
+            grow = first_alloc[j] if j < BLOCK_SIZE else period[j % BLOCK_SIZE]
+            if free - grow < 1:
+                break
+            d = iteration_time(n, kv_sum + n * j, (), ())
+            end = t + d
+            if end > horizon:
+                break
+            free -= grow
+            allocated += grow
+            block_time += allocated * d
+            busy += d
+            t = end
+            j += 1
+        if j == 0:
+            return now
+        self._apply_decode_run(run, j, t)
+        stats = self.stats
+        stats.num_iterations += j
+        stats.batch_size_sum += n * j
+        stats.tokens_sum += n * j
+        stats.busy_time += busy
+        stats.block_time += block_time
+        if allocated > stats.peak_blocks:
+            stats.peak_blocks = allocated
+        return t
+
+    def _apply_decode_run(self, run: list[int], k: int, end: float) -> None:
+        """Write back the state after ``k`` decode iterations of ``run`` ending at ``end``."""
+        table = self.table
+        processed = table.processed
+        blocks = table.blocks
+        still_running = []
+        for rid in run:
+            p = processed[rid]
+            if self.grows_kv:
+                first = blocks[rid] * BLOCK_SIZE + 1 - p
+                if k > first:
+                    grown = (k - 1 - first) // BLOCK_SIZE + 1
+                    blocks[rid] += grown
+                    self.allocated_blocks += grown
+            p += k
+            processed[rid] = p
+            if p == table.prefill[rid] + table.decode[rid]:
+                table.completed_at[rid] = end
+                self._free(rid)
+            else:
+                still_running.append(rid)
+        self.running = still_running
+
+    def _decode_run_order(self) -> list[int]:
+        """The running list in the order the scheduler would batch it."""
+        return self.running
+
+
+class SarathiReplica(Replica):
+    """Sarathi-Serve chunked prefill (Vidur's default): decodes first, then partial prefills,
+    then new requests, within a token budget of ``chunk_size`` per iteration."""
+
+    def _form_batch(self) -> tuple[list[int], list[int]]:
+        table = self.table
+        prefill_done = table.prefill_done
+        processed = table.processed
+        chunk = self.limits.chunk_size
+        cap = self.max_micro_batch_size
+        requests: list[int] = []
+        q_tokens: list[int] = []
+        total = 0
+        partial: list[int] = []
+        pool = deque(self.running)
+        while pool:
+            if len(requests) == cap:
+                break
+            rid = pool.popleft()
+            if not prefill_done[rid]:
+                partial.append(rid)
+                continue
+            if self._schedule_running_decode(rid, pool):
+                total += 1
+                requests.append(rid)
+                q_tokens.append(1)
+        skipped: list[int] = []
+        for rid in partial:
+            q = min(table.prefill[rid] - processed[rid], chunk - total)
+            if q <= 0:
+                skipped.append(rid)
+                continue
+            total += q
+            requests.append(rid)
+            q_tokens.append(q)
+        arrived_at = table.arrived_at
+        self.running = sorted(skipped + list(pool), key=arrived_at.__getitem__)
+        waiting = self.waiting
+        while waiting:
+            if self.num_allocated_requests == self.limits.batch_size_cap or len(requests) == cap:
+                break
+            rid = waiting[0]
+            if not self._can_admit(rid):
+                break
+            q = min(table.prefill[rid] - processed[rid], chunk - total)
+            if q <= 0:
+                break
+            self._pop_waiting()
+            self._allocate_new(rid, -(-table.prefill[rid] // BLOCK_SIZE))
+            total += q
+            requests.append(rid)
+            q_tokens.append(q)
+        return requests, q_tokens
+
+    def _decode_run_ready(self) -> bool:
+        running = self.running
+        if not running or len(running) > self.max_micro_batch_size:
+            return False
+        prefill_done = self.table.prefill_done
+        for rid in running:
+            if not prefill_done[rid]:
+                return False
+        if not self.waiting:
+            return True
+        return (
+            self.num_allocated_requests == self.limits.batch_size_cap
+            or len(running) == self.max_micro_batch_size
+            or len(running) >= self.limits.chunk_size
+            or not self._can_admit(self.waiting[0])
+        )
+
+
+class VLLMReplica(Replica):
+    """vLLM: a prefill-only batch of whole prompts whenever one can be admitted, else a
+    decode batch of every running request in arrival order."""
+
+    def _prompt_batch_fits(self, prompts: list[int], q: int) -> bool:
+        limit = self.limits.max_tokens_in_batch
+        if self.limits.vllm_batch_rule == "sum":
+            return sum(prompts) + q <= limit
+        return (len(prompts) + 1) * max(max(prompts, default=0), q) <= limit
+
+    def _form_batch(self) -> tuple[list[int], list[int]]:
+        table = self.table
+        requests: list[int] = []
+        q_tokens: list[int] = []
+        waiting = self.waiting
+        while waiting:
+            rid = waiting[0]
+            q = table.prefill[rid]
+            if not self._can_admit(rid) or not self._prompt_batch_fits(q_tokens, q):
+                break
+            if self.num_allocated_requests == self.limits.batch_size_cap:
+                break
+            if len(requests) == self.max_micro_batch_size:
+                break
+            self._pop_waiting()
+            self._allocate_new(rid, -(-table.prefill[rid] // BLOCK_SIZE))
+            requests.append(rid)
+            q_tokens.append(q)
+        if requests:
+            return requests, q_tokens
+        pool = deque(self._decode_run_order())
+        while pool:
+            if len(requests) == self.max_micro_batch_size:
+                break
+            rid = pool.popleft()
+            if self._schedule_running_decode(rid, pool):
+                requests.append(rid)
+                q_tokens.append(1)
+        self.running = list(pool)
+        return requests, q_tokens
+
+    def _decode_run_order(self) -> list[int]:
+        self.running.sort(key=self.table.arrived_at.__getitem__)
+        return self.running
+
+    def _decode_run_ready(self) -> bool:
+        running = self.running
+        if not running or len(running) > self.max_micro_batch_size:
+            return False
+        if not self.waiting:
+            return True
+        rid = self.waiting[0]
+        q = self.table.prefill[rid]
+        return (
+            not self._can_admit(rid)
+            or not self._prompt_batch_fits([], q)
+            or self.num_allocated_requests == self.limits.batch_size_cap
+        )
+
+
+class OrcaReplica(Replica):
+    """Orca: iteration-level batches mixing whole prefills and decodes; each admitted request
+    reserves ``max_tokens`` of KV up front, so there is never a preemption."""
+
+    grows_kv = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_micro_batch_size = self.limits.max_batch_size
+        self.reserve_blocks = self.limits.max_tokens // BLOCK_SIZE
+
+    def _form_batch(self) -> tuple[list[int], list[int]]:
+        table = self.table
+        cap = self.max_micro_batch_size
+        take = self.running[:cap]
+        self.running = self.running[cap:]
+        requests = list(take)
+        q_tokens = [1 if table.prefill_done[r] else table.prefill[r] - table.processed[r] for r in take]
+        waiting = self.waiting
+        while waiting and len(requests) < cap:
+            if self.num_blocks - self.allocated_blocks < self.reserve_blocks:
+                break
+            rid = self._pop_waiting()
+            self._allocate_new(rid, self.reserve_blocks)
+            requests.append(rid)
+            q_tokens.append(table.prefill[rid])
+        return requests, q_tokens
+
+    def _decode_run_ready(self) -> bool:
+        running = self.running
+        if not running or len(running) > self.max_micro_batch_size:
+            return False
+        if self.waiting and len(running) < self.max_micro_batch_size:
+            if self.num_blocks - self.allocated_blocks >= self.reserve_blocks:
+                return False
+        prefill_done = self.table.prefill_done
+        return all(prefill_done[rid] for rid in running)
+
+
+SCHEDULERS: dict[str, type[Replica]] = {
+    "sarathi": SarathiReplica,
+    "vllm": VLLMReplica,
+    "orca": OrcaReplica,
+}
