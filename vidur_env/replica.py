@@ -79,8 +79,10 @@ class Replica:
         self.allocated_blocks = 0
         self.num_allocated_requests = 0
         self.waiting_prompt_tokens = 0
-        self.batch: list[int] = []
-        self.batch_q: list[int] = []
+        self.batch_decodes: list[int] = []
+        self.batch_prefills: list[int] = []
+        self.batch_chunks: list[int] = []
+        """The batch in flight: decoding requests, then prefilling ones with their chunk sizes."""
         self.batch_end = inf
         self.batch_start = 0.0
         self.pending_at = inf
@@ -90,7 +92,12 @@ class Replica:
     # ----------------------------------------------------------------- public view
     @property
     def is_busy(self) -> bool:
-        return bool(self.batch)
+        return self.batch_end != inf
+
+    @property
+    def batch(self) -> list[int]:
+        """Ids of the requests in the batch in flight, in Vidur's batch order."""
+        return self.batch_decodes + self.batch_prefills
 
     @property
     def num_waiting(self) -> int:
@@ -98,7 +105,7 @@ class Replica:
 
     @property
     def num_in_batch(self) -> int:
-        return len(self.batch)
+        return len(self.batch_decodes) + len(self.batch_prefills)
 
     @property
     def kv_utilization(self) -> float:
@@ -109,7 +116,7 @@ class Replica:
         """Queue a routed request; an idle replica will form a batch once time moves past ``now``."""
         self.waiting.append(rid)
         self.waiting_prompt_tokens += self.table.prefill[rid]
-        if not self.batch and now < self.pending_at:
+        if self.batch_end == inf and now < self.pending_at:
             self.pending_at = now
 
     def advance_to(self, horizon: float) -> None:
@@ -120,7 +127,7 @@ class Replica:
         end before the arrival's scheduling event at equal times).
         """
         while True:
-            if self.batch:
+            if self.batch_end != inf:
                 if self.batch_end > horizon:
                     return
                 now = self.batch_end
@@ -188,9 +195,20 @@ class Replica:
         return True
 
     # ---------------------------------------------------------------- iterations
-    def _form_batch(self) -> tuple[list[int], list[int]]:
-        """Choose the next batch as (request ids, query tokens of each)."""
+    def _form_batch(self) -> tuple[list[int], list[int], list[int]]:
+        """Choose the next batch: (decoding request ids, prefilling request ids, their chunks)."""
         raise NotImplementedError
+
+    def _grow_all(self, decodes: list[int]) -> None:
+        """Grow every decode's reservation when enough blocks are free that none can fail."""
+        processed = self.table.processed
+        blocks = self.table.blocks
+        grown = 0
+        for rid in decodes:
+            if processed[rid] > blocks[rid] * BLOCK_SIZE:
+                blocks[rid] += 1
+                grown += 1
+        self.allocated_blocks += grown
 
     def _decode_run_ready(self) -> bool:
         """Whether the next batch is all running requests decoding, with no admission possible.
@@ -201,17 +219,16 @@ class Replica:
         raise NotImplementedError
 
     def _start_batch(self, now: float) -> None:
-        requests, q_tokens = self._form_batch()
-        if not requests:
+        decodes, prefills, chunks = self._form_batch()
+        if not decodes and not prefills:
             return
-        table = self.table
-        processed = table.processed
-        scheduled_at = table.scheduled_at
-        num_decodes = 0
-        decode_kv = 0
-        chunks: list[int] = []
-        chunk_kv: list[int] = []
-        for rid, q in zip(requests, q_tokens):
+        processed = self.table.processed
+        scheduled_at = self.table.scheduled_at
+        num_decodes = len(decodes)
+        decode_kv = sum(map(processed.__getitem__, decodes))
+        prefill_chunks: list[int] = []
+        prefill_kv: list[int] = []
+        for rid, q in zip(prefills, chunks):
             if scheduled_at[rid] == UNSET:
                 scheduled_at[rid] = now
             # Vidur's time predictor classifies by query length: a 1-token chunk is a decode.
@@ -219,19 +236,20 @@ class Replica:
                 num_decodes += 1
                 decode_kv += processed[rid]
             else:
-                chunks.append(q)
-                chunk_kv.append(processed[rid])
-        duration = self.time_model.iteration_time(num_decodes, decode_kv, tuple(chunks), tuple(chunk_kv))
-        self.batch = requests
-        self.batch_q = q_tokens
+                prefill_chunks.append(q)
+                prefill_kv.append(processed[rid])
+        duration = self.time_model.iteration_time(num_decodes, decode_kv, tuple(prefill_chunks), tuple(prefill_kv))
+        self.batch_decodes = decodes
+        self.batch_prefills = prefills
+        self.batch_chunks = chunks
         self.batch_start = now
         self.batch_end = now + duration
         stats = self.stats
         stats.num_iterations += 1
-        stats.batch_size_sum += len(requests)
-        total_q = sum(q_tokens)
-        stats.tokens_sum += total_q
-        stats.prefill_tokens_sum += total_q - num_decodes
+        stats.batch_size_sum += len(decodes) + len(prefills)
+        prefill_tokens = sum(chunks)
+        stats.tokens_sum += len(decodes) + prefill_tokens
+        stats.prefill_tokens_sum += prefill_tokens
         stats.busy_time += duration
         stats.block_time += self.allocated_blocks * duration
         if self.allocated_blocks > stats.peak_blocks:
@@ -240,23 +258,33 @@ class Replica:
     def _finish_batch(self, now: float) -> None:
         table = self.table
         processed = table.processed
-        prefill = table.prefill
+        total = table.total
         running = self.running
-        for rid, q in zip(self.batch, self.batch_q):
+        for rid in self.batch_decodes:
+            p = processed[rid] + 1
+            processed[rid] = p
+            if p == total[rid]:
+                table.completed_at[rid] = now
+                self._free(rid)
+            else:
+                running.append(rid)
+        prefill = table.prefill
+        for rid, q in zip(self.batch_prefills, self.batch_chunks):
             p = processed[rid] + q
-            if p == prefill[rid] and not table.prefill_done[rid]:
+            if p == prefill[rid]:
                 table.prefill_done[rid] = True
                 p += 1  # the prefill iteration emits the first output token
                 if table.prefill_completed_at[rid] == UNSET:
                     table.prefill_completed_at[rid] = now
             processed[rid] = p
-            if p == prefill[rid] + table.decode[rid]:
+            if p == total[rid]:
                 table.completed_at[rid] = now
                 self._free(rid)
             else:
                 running.append(rid)
-        self.batch = []
-        self.batch_q = []
+        self.batch_decodes = []
+        self.batch_prefills = []
+        self.batch_chunks = []
         self.batch_end = inf
 
     def _fast_forward(self, now: float, horizon: float) -> float:
@@ -278,7 +306,7 @@ class Replica:
         for rid in run:
             p = processed[rid]
             kv_sum += p
-            left = table.prefill[rid] + table.decode[rid] - p
+            left = table.total[rid] - p
             if left < k_complete:
                 k_complete = left
             if self.grows_kv:
@@ -338,7 +366,7 @@ class Replica:
                     self.allocated_blocks += grown
             p += k
             processed[rid] = p
-            if p == table.prefill[rid] + table.decode[rid]:
+            if p == table.total[rid]:
                 table.completed_at[rid] = end
                 self._free(rid)
             else:
@@ -354,55 +382,71 @@ class SarathiReplica(Replica):
     """Sarathi-Serve chunked prefill (Vidur's default): decodes first, then partial prefills,
     then new requests, within a token budget of ``chunk_size`` per iteration."""
 
-    def _form_batch(self) -> tuple[list[int], list[int]]:
+    def _form_batch(self) -> tuple[list[int], list[int], list[int]]:
+        decodes, partial = self._take_running()
         table = self.table
-        prefill_done = table.prefill_done
         processed = table.processed
-        chunk = self.limits.chunk_size
-        cap = self.max_micro_batch_size
-        requests: list[int] = []
-        q_tokens: list[int] = []
-        total = 0
-        partial: list[int] = []
-        pool = deque(self.running)
-        while pool:
-            if len(requests) == cap:
-                break
-            rid = pool.popleft()
-            if not prefill_done[rid]:
-                partial.append(rid)
-                continue
-            if self._schedule_running_decode(rid, pool):
-                total += 1
-                requests.append(rid)
-                q_tokens.append(1)
+        budget = self.limits.chunk_size - len(decodes)
+        prefills: list[int] = []
+        chunks: list[int] = []
         skipped: list[int] = []
         for rid in partial:
-            q = min(table.prefill[rid] - processed[rid], chunk - total)
+            q = min(table.prefill[rid] - processed[rid], budget)
             if q <= 0:
                 skipped.append(rid)
                 continue
-            total += q
-            requests.append(rid)
-            q_tokens.append(q)
-        arrived_at = table.arrived_at
-        self.running = sorted(skipped + list(pool), key=arrived_at.__getitem__)
+            budget -= q
+            prefills.append(rid)
+            chunks.append(q)
+        if skipped:
+            self.running = sorted(skipped + self.running, key=table.arrived_at.__getitem__)
         waiting = self.waiting
+        cap = self.max_micro_batch_size
         while waiting:
-            if self.num_allocated_requests == self.limits.batch_size_cap or len(requests) == cap:
+            if self.num_allocated_requests == self.limits.batch_size_cap:
+                break
+            if len(decodes) + len(prefills) == cap:
                 break
             rid = waiting[0]
             if not self._can_admit(rid):
                 break
-            q = min(table.prefill[rid] - processed[rid], chunk - total)
+            q = min(table.prefill[rid] - processed[rid], budget)
             if q <= 0:
                 break
             self._pop_waiting()
             self._allocate_new(rid, -(-table.prefill[rid] // BLOCK_SIZE))
-            total += q
-            requests.append(rid)
-            q_tokens.append(q)
-        return requests, q_tokens
+            budget -= q
+            prefills.append(rid)
+            chunks.append(q)
+        return decodes, prefills, chunks
+
+    def _take_running(self) -> tuple[list[int], list[int]]:
+        """Split the running list into this iteration's decodes and partial prefills.
+
+        Leaves in ``self.running`` what Vidur leaves in ``_preempted_requests`` (sorted by
+        arrival). When there are enough free blocks for every decode to grow, no preemption
+        can happen and the split is two list comprehensions.
+        """
+        pool = self.running
+        prefill_done = self.table.prefill_done
+        if len(pool) <= self.max_micro_batch_size and self.num_blocks - self.allocated_blocks >= len(pool):
+            decodes = [rid for rid in pool if prefill_done[rid]]
+            partial = [rid for rid in pool if not prefill_done[rid]] if len(decodes) < len(pool) else []
+            self._grow_all(decodes)
+            self.running = []
+            return decodes, partial
+        decodes, partial = [], []
+        queue = deque(pool)
+        while queue:
+            if len(decodes) == self.max_micro_batch_size:
+                break
+            rid = queue.popleft()
+            if not prefill_done[rid]:
+                partial.append(rid)
+            elif self._schedule_running_decode(rid, queue):
+                decodes.append(rid)
+        self.running = sorted(queue, key=self.table.arrived_at.__getitem__)
+        return decodes, partial
 
     def _decode_run_ready(self) -> bool:
         running = self.running
@@ -432,36 +476,41 @@ class VLLMReplica(Replica):
             return sum(prompts) + q <= limit
         return (len(prompts) + 1) * max(max(prompts, default=0), q) <= limit
 
-    def _form_batch(self) -> tuple[list[int], list[int]]:
+    def _form_batch(self) -> tuple[list[int], list[int], list[int]]:
         table = self.table
-        requests: list[int] = []
-        q_tokens: list[int] = []
+        prefills: list[int] = []
+        chunks: list[int] = []
         waiting = self.waiting
         while waiting:
             rid = waiting[0]
             q = table.prefill[rid]
-            if not self._can_admit(rid) or not self._prompt_batch_fits(q_tokens, q):
+            if not self._can_admit(rid) or not self._prompt_batch_fits(chunks, q):
                 break
             if self.num_allocated_requests == self.limits.batch_size_cap:
                 break
-            if len(requests) == self.max_micro_batch_size:
+            if len(prefills) == self.max_micro_batch_size:
                 break
             self._pop_waiting()
-            self._allocate_new(rid, -(-table.prefill[rid] // BLOCK_SIZE))
-            requests.append(rid)
-            q_tokens.append(q)
-        if requests:
-            return requests, q_tokens
-        pool = deque(self._decode_run_order())
-        while pool:
-            if len(requests) == self.max_micro_batch_size:
+            self._allocate_new(rid, -(-q // BLOCK_SIZE))
+            prefills.append(rid)
+            chunks.append(q)
+        if prefills:
+            return [], prefills, chunks
+        pool = self._decode_run_order()
+        if len(pool) <= self.max_micro_batch_size and self.num_blocks - self.allocated_blocks >= len(pool):
+            self._grow_all(pool)
+            self.running = []
+            return pool, [], []
+        decodes: list[int] = []
+        queue = deque(pool)
+        while queue:
+            if len(decodes) == self.max_micro_batch_size:
                 break
-            rid = pool.popleft()
-            if self._schedule_running_decode(rid, pool):
-                requests.append(rid)
-                q_tokens.append(1)
-        self.running = list(pool)
-        return requests, q_tokens
+            rid = queue.popleft()
+            if self._schedule_running_decode(rid, queue):
+                decodes.append(rid)
+        self.running = list(queue)
+        return decodes, [], []
 
     def _decode_run_order(self) -> list[int]:
         self.running.sort(key=self.table.arrived_at.__getitem__)
@@ -493,22 +542,22 @@ class OrcaReplica(Replica):
         self.max_micro_batch_size = self.limits.max_batch_size
         self.reserve_blocks = self.limits.max_tokens // BLOCK_SIZE
 
-    def _form_batch(self) -> tuple[list[int], list[int]]:
+    def _form_batch(self) -> tuple[list[int], list[int], list[int]]:
         table = self.table
         cap = self.max_micro_batch_size
-        take = self.running[:cap]
+        decodes = self.running[:cap]
         self.running = self.running[cap:]
-        requests = list(take)
-        q_tokens = [1 if table.prefill_done[r] else table.prefill[r] - table.processed[r] for r in take]
+        prefills: list[int] = []
+        chunks: list[int] = []
         waiting = self.waiting
-        while waiting and len(requests) < cap:
+        while waiting and len(decodes) + len(prefills) < cap:
             if self.num_blocks - self.allocated_blocks < self.reserve_blocks:
                 break
             rid = self._pop_waiting()
             self._allocate_new(rid, self.reserve_blocks)
-            requests.append(rid)
-            q_tokens.append(table.prefill[rid])
-        return requests, q_tokens
+            prefills.append(rid)
+            chunks.append(table.prefill[rid])
+        return decodes, prefills, chunks
 
     def _decode_run_ready(self) -> bool:
         running = self.running

@@ -30,6 +30,8 @@ class RequestTable:
         self.arrived_at: list[float] = [float(x) for x in arrived_at]
         self.orig_prefill: list[int] = [int(x) for x in num_prefill_tokens]
         self.orig_decode: list[int] = [int(x) for x in num_decode_tokens]
+        self.total: list[int] = [p + d for p, d in zip(self.orig_prefill, self.orig_decode)]
+        """Prompt plus output tokens; a restart moves tokens between the two but keeps the sum."""
         self.prefill: list[int] = list(self.orig_prefill)
         self.decode: list[int] = list(self.orig_decode)
         self.processed: list[int] = [0] * n
@@ -52,9 +54,8 @@ class RequestTable:
         turns the unprocessed part of its prompt into output tokens; we keep that quirk so
         results match Vidur under memory pressure.
         """
-        total = self.prefill[rid] + self.decode[rid]
         self.prefill[rid] = self.processed[rid]
-        self.decode[rid] = total - self.processed[rid]
+        self.decode[rid] = self.total[rid] - self.processed[rid]
         self.processed[rid] = 0
         self.prefill_done[rid] = False
         self.restarts[rid] += 1

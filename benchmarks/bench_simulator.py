@@ -1,0 +1,76 @@
+"""Routing decisions per second of the simulator on the default scenario, single process.
+
+Default scenario: 4 replicas of Llama-2-7B on A100 (TP1), Sarathi (chunk 512), the embedded
+conversation-trace length distribution, Poisson arrivals at 85% of measured capacity, round
+robin. Prints the rate with the decode fast path on and off (same run, same requests), their
+ratio, and optionally a cProfile summary of where the time goes.
+
+    python benchmarks/bench_simulator.py [--requests 20000] [--profile]
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from vidur_env.cluster import ClusterSimulator, build_time_models
+from vidur_env.routers import make_router
+from vidur_env.simulation import Scenario, resolve_workload
+from vidur_env.workload import generate_requests
+
+
+def decisions_per_second(scenario: Scenario, requests, time_models, fast_forward: bool) -> tuple[float, ClusterSimulator]:
+    sim = ClusterSimulator(scenario.cluster, requests, max_tokens=scenario.workload.max_tokens, time_models=time_models)
+    for replica in sim.replicas:
+        replica.fast_forward = fast_forward
+    router = make_router("round_robin")
+    router.reset(sim.num_replicas, np.random.default_rng(0))
+    start = time.perf_counter()
+    sim.run(router)
+    return len(requests) / (time.perf_counter() - start), sim
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--load", type=float, default=0.85)
+    parser.add_argument("--profile", action="store_true", help="print the top functions by own time")
+    args = parser.parse_args()
+
+    scenario = Scenario(load=args.load)
+    scenario = replace(scenario, workload=replace(scenario.workload, num_requests=args.requests))
+    time_models = build_time_models(scenario.cluster)
+    workload = resolve_workload(scenario, time_models)
+    requests = generate_requests(workload, np.random.default_rng(0))
+    print(f"scenario: 4 x {scenario.cluster.replica.model} on {scenario.cluster.replica.device}, "
+          f"{scenario.cluster.replica.scheduler}, {args.requests} requests at {workload.qps:.2f} req/s "
+          f"({args.load:.0%} of capacity)")
+
+    warm, _ = decisions_per_second(scenario, requests, time_models, True)  # fills the time-model memo
+    fast, sim = decisions_per_second(scenario, requests, time_models, True)
+    slow, _ = decisions_per_second(scenario, requests, time_models, False)
+    iterations = sum(r.stats.num_iterations for r in sim.replicas)
+    busy = [r.stats.busy_time / max(sim.table.completed_at) for r in sim.replicas]
+    print(f"replica busy fraction: {', '.join(f'{b:.2f}' for b in busy)}; "
+          f"{iterations / len(requests):.1f} iterations per request")
+    print(f"decisions/s, fast path on : {fast:,.0f}  (first, cold-memo run: {warm:,.0f})")
+    print(f"decisions/s, fast path off: {slow:,.0f}")
+    print(f"fast-path speed-up        : {fast / slow:.2f}x")
+    print("reference: Vidur's own event loop, ~700 requests/s on this scenario and machine "
+          "(VIDUR_SEMANTICS.md); ratio to it: "
+          f"{fast / 700:.0f}x")
+
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        decisions_per_second(scenario, requests, time_models, True)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
+
+
+if __name__ == "__main__":
+    main()
