@@ -1,0 +1,434 @@
+"""Readers for request traces: Vidur's CSVs, the Azure LLM inference CSV and Mooncake JSONL.
+
+Every reader returns the same :class:`Trace` (arrival seconds, prompt and output token counts,
+and the 1-based file line of each row), so the workload generators never care where a trace
+came from. Bad input raises :class:`TraceFormatError` naming the file, the line and the field:
+a 20k-row trace with one typo should say where the typo is, not fail deep inside NumPy.
+
+Formats (``fmt`` argument, or ``"auto"`` to detect from the header / first line):
+
+========================  ==========================================================  ==============
+format                    columns / keys                                               time unit
+========================  ==========================================================  ==============
+``vidur``                 ``arrived_at,num_prefill_tokens,num_decode_tokens``          seconds
+``vidur_lengths``         ``num_prefill_tokens,num_decode_tokens`` (extra columns ok)  (no times)
+``azure``                 ``TIMESTAMP,ContextTokens,GeneratedTokens``                  datetime text
+``mooncake``              JSON lines with ``timestamp``, ``input_length``,             milliseconds
+                          ``output_length`` (``hash_ids`` and other keys ignored)
+========================  ==========================================================  ==============
+
+Times are kept as the file gives them (Vidur's replay does not shift a trace to start at 0),
+except Azure datetimes, which become seconds after the first row.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+PathLike = Union[str, Path]
+
+FORMATS = ("vidur", "vidur_lengths", "azure", "mooncake")
+"""Trace formats :func:`read_trace` understands (plus ``"auto"``)."""
+
+ZERO_TOKEN_POLICIES = ("error", "drop", "clip")
+"""What to do with rows whose prompt or output has 0 tokens: raise, drop them, or raise them to 1
+(Vidur's replay clips to 1 silently; here the choice is explicit and the count is reported)."""
+
+_CSV_COLUMNS = {
+    "vidur": ("arrived_at", "num_prefill_tokens", "num_decode_tokens"),
+    "vidur_lengths": (None, "num_prefill_tokens", "num_decode_tokens"),
+    "azure": ("TIMESTAMP", "ContextTokens", "GeneratedTokens"),
+}
+"""(time, prompt, output) column names of each CSV format; None = the format has no times."""
+
+_MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
+
+_AZURE_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,9})?$")
+"""``2023-11-16 18:15:46.6805900``: Azure writes 7 fractional digits, more than ``datetime``
+accepts, so the column is parsed by NumPy at nanosecond resolution (up to 9 digits)."""
+
+
+class TraceFormatError(ValueError):
+    """A trace that cannot be read. The message is ``file:line: field: problem``."""
+
+    def __init__(self, path: PathLike, line: int, field: Optional[str], problem: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.field = field
+        where = f"{self.path}:{line}"
+        super().__init__(f"{where}: {field}: {problem}" if field else f"{where}: {problem}")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A parsed trace, one row per request, in file order."""
+
+    path: str
+    format: str
+    arrived_at: Optional[np.ndarray]
+    """float64 seconds, non-decreasing; None for a length-only trace."""
+    num_prefill_tokens: np.ndarray
+    """int64 prompt tokens."""
+    num_decode_tokens: np.ndarray
+    """int64 output tokens."""
+    line_numbers: np.ndarray
+    """1-based file line of each row, so later checks (e.g. a max_tokens cut) can name it."""
+    num_zero_rows: int = 0
+    """Rows with a 0 token count that the ``zero_tokens`` policy dropped or clipped."""
+
+    def __len__(self) -> int:
+        return len(self.num_prefill_tokens)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def detect_format(path: PathLike) -> str:
+    """The format of ``path`` judged by its first non-blank line (JSON object or CSV header).
+
+    A header that has some but not all columns of a format raises naming the first missing
+    column of the closest format, which is what a user who mistyped a column needs to hear.
+    """
+    line_no, first = _first_line(path)
+    if first.lstrip().startswith("{"):
+        return "mooncake"
+    header = {name.strip() for name in next(csv.reader([first]))}
+    needed = {fmt: [c for c in cols if c] for fmt, cols in _CSV_COLUMNS.items()}
+    for fmt, cols in needed.items():
+        if set(cols) <= header:
+            return fmt
+    closest = max(needed, key=lambda fmt: len(header.intersection(needed[fmt])))
+    if header.intersection(needed[closest]):
+        missing = next(c for c in needed[closest] if c not in header)
+        raise TraceFormatError(
+            path, line_no, missing,
+            f"missing column for the {closest} format (header: {_shorten(first.strip())})",
+        )
+    expected = "; ".join(",".join(cols) for cols in needed.values())
+    raise TraceFormatError(
+        path, line_no, None,
+        f"unknown trace format: header {_shorten(first.strip())!r} has none of the column sets "
+        f"[{expected}] and the line is not a JSON object (Mooncake)",
+    )
+
+
+def read_trace(path: PathLike, fmt: str = "auto", zero_tokens: str = "error") -> Trace:
+    """Read a trace file of format ``fmt`` (see module docstring) into a :class:`Trace`.
+
+    :param path: the trace file.
+    :param fmt: one of :data:`FORMATS` or ``"auto"``.
+    :param zero_tokens: one of :data:`ZERO_TOKEN_POLICIES`; how rows with 0 prompt or output
+        tokens are handled. Negative counts, non-integers and decreasing times always raise.
+    """
+    if fmt not in FORMATS + ("auto",):
+        raise ValueError(f"trace format must be one of {FORMATS + ('auto',)}, got {fmt!r}")
+    if zero_tokens not in ZERO_TOKEN_POLICIES:
+        raise ValueError(f"zero_tokens must be one of {ZERO_TOKEN_POLICIES}, got {zero_tokens!r}")
+    if fmt == "auto":
+        fmt = detect_format(path)
+    return _build_trace(path, fmt, _read_columns(path, fmt), zero_tokens)
+
+
+# ----------------------------------------------------------------------------------------------
+# Columns: each reader returns (line numbers, times or None, prompt, output) as arrays; token
+# columns are float64 here and become int64 once they are checked to be whole numbers.
+
+_Columns = tuple[np.ndarray, Optional[np.ndarray], np.ndarray, np.ndarray]
+
+
+def _read_columns(path: PathLike, fmt: str) -> _Columns:
+    """The file's rows as column arrays; a UTF-8 decoding failure becomes a TraceFormatError."""
+    try:
+        return _read_jsonl(path) if fmt == "mooncake" else _read_csv(path, fmt)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _read_csv(path: PathLike, fmt: str) -> _Columns:
+    """Columns of a CSV trace. Parsing is vectorised; a bad cell is then located row by row."""
+    time_col, prompt_col, output_col = _CSV_COLUMNS[fmt]
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header, header_line = _csv_header(path, reader)
+        index = _column_index(path, header, header_line, _CSV_COLUMNS[fmt])
+        records, lines = [], []
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                records.append(row)
+                lines.append(reader.line_num)
+    if not records:
+        raise TraceFormatError(path, header_line + 1, None, "no data rows after the header")
+    line_numbers = np.asarray(lines, dtype=np.int64)
+
+    def column(col: str) -> list[str]:
+        return _csv_column(path, records, line_numbers, index[col], col)
+
+    if time_col is None:
+        times = None
+    elif fmt == "azure":
+        times = _azure_seconds(path, time_col, column(time_col), line_numbers)
+    else:
+        times = _float_column(path, time_col, column(time_col), line_numbers)
+    prompt = _float_column(path, prompt_col, column(prompt_col), line_numbers)
+    output = _float_column(path, output_col, column(output_col), line_numbers)
+    return line_numbers, times, prompt, output
+
+
+def _csv_header(path: PathLike, reader) -> tuple[list[str], int]:
+    """The first non-blank CSV record and its line number; an empty file raises."""
+    for row in reader:
+        if any(cell.strip() for cell in row):
+            return row, reader.line_num
+    raise TraceFormatError(path, 1, None, "file is empty")
+
+
+def _column_index(path: PathLike, header: list[str], line: int, columns) -> dict[str, int]:
+    """Position of each needed column in the header; a missing one raises naming it."""
+    index = {name.strip(): i for i, name in enumerate(header)}
+    for col in columns:
+        if col and col not in index:
+            problem = f"missing column (header: {_shorten(','.join(header))})"
+            raise TraceFormatError(path, line, col, problem)
+    return index
+
+
+def _csv_column(path: PathLike, records: list, lines: np.ndarray, i: int, col: str) -> list[str]:
+    """Cell ``i`` of every record; a short row or blank cell raises naming line and column."""
+    try:
+        texts = [row[i] for row in records]
+    except IndexError:
+        texts = []
+    if len(texts) < len(records) or not all(t.strip() for t in texts):
+        bad = next(k for k, row in enumerate(records) if i >= len(row) or not row[i].strip())
+        raise TraceFormatError(path, int(lines[bad]), col, "missing value")
+    return texts
+
+
+def _float_column(path: PathLike, col: str, texts: list[str], lines: np.ndarray) -> np.ndarray:
+    """CSV cells as finite float64; the first unparsable or infinite cell raises."""
+    try:
+        values = np.asarray(texts, dtype=np.float64)
+    except ValueError:  # slow path: parse cell by cell to name the first bad one
+        values = np.asarray([_number(path, int(n), col, t) for n, t in zip(lines, texts)])
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        k = bad[0]
+        problem = f"expected a finite number, got {texts[k]!r}"
+        raise TraceFormatError(path, int(lines[k]), col, problem)
+    return values
+
+
+def _read_jsonl(path: PathLike) -> _Columns:
+    """Columns of a Mooncake JSONL trace (one JSON object per line, timestamps in ms)."""
+    lines, values = [], []
+    with open(path, encoding="utf-8-sig") as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            record = _json_object(path, line, text)
+            lines.append(line)
+            values.append([_json_number(path, line, key, record) for key in _MOONCAKE_KEYS])
+    if not values:
+        raise TraceFormatError(path, 1, None, "file is empty")
+    table = np.asarray(values, dtype=np.float64)
+    return np.asarray(lines, dtype=np.int64), table[:, 0] / 1000.0, table[:, 1], table[:, 2]
+
+
+def _json_object(path: PathLike, line: int, text: str) -> dict:
+    """One JSONL line as a dict; invalid JSON or a non-object raises with the line."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        problem = f"invalid JSON ({err.msg} at column {err.pos + 1})"
+        raise TraceFormatError(path, line, None, problem) from None
+    if not isinstance(record, dict):
+        problem = f"expected a JSON object, got {type(record).__name__}"
+        raise TraceFormatError(path, line, None, problem)
+    return record
+
+
+def _json_number(path: PathLike, line: int, key: str, record: dict) -> float:
+    """``record[key]`` as a finite number; a missing key or a non-number raises."""
+    if key not in record:
+        raise TraceFormatError(path, line, key, "missing key")
+    return _number(path, line, key, record[key])
+
+
+def _number(path: PathLike, line: int, field: str, value: object) -> float:
+    """A finite float from CSV text or a JSON number (JSON booleans and strings are rejected)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TraceFormatError(path, line, field, f"expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise TraceFormatError(path, line, field, f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise TraceFormatError(path, line, field, f"expected a finite number, got {value!r}")
+    return number
+
+
+def _azure_seconds(path: PathLike, col: str, texts: list[str], lines: np.ndarray) -> np.ndarray:
+    """Azure datetime text as float64 seconds after the first row (see ``_AZURE_TIMESTAMP``).
+
+    The pattern is checked cell by cell first because NumPy's parser is lenient (it reads a
+    bare date or a blank as valid), then NumPy converts the whole column at once.
+    """
+    for k, text in enumerate(texts):
+        if not _AZURE_TIMESTAMP.match(text.strip()):
+            raise TraceFormatError(
+                path, int(lines[k]), col,
+                f"expected a time like '2023-11-16 18:15:46.6805900', got {text!r}",
+            )
+    try:
+        stamps = np.asarray([t.strip() for t in texts], dtype="datetime64[ns]")
+    except ValueError:  # e.g. month 13: the pattern matched but the date does not exist
+        stamps = np.asarray([_datetime(path, int(n), col, t) for n, t in zip(lines, texts)])
+    return (stamps - stamps[0]).astype(np.int64) / 1e9
+
+
+def _datetime(path: PathLike, line: int, col: str, text: str) -> np.datetime64:
+    """One date/time cell at nanosecond resolution; an impossible date raises."""
+    try:
+        return np.datetime64(text.strip(), "ns")
+    except ValueError:
+        raise TraceFormatError(path, line, col, f"not a valid date/time: {text!r}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Assembling and checking
+
+
+def _build_trace(path: PathLike, fmt: str, columns: _Columns, zero_tokens: str) -> Trace:
+    """A Trace from raw columns, after the whole-trace checks (tokens, time order, zeros)."""
+    lines, times, prompt, output = columns
+    prompt_field, output_field = _token_fields(fmt)
+    if times is not None:
+        _check_times(path, fmt, times, lines)
+    trace = Trace(
+        str(path),
+        fmt,
+        times,
+        _token_column(path, prompt_field, prompt, lines),
+        _token_column(path, output_field, output, lines),
+        lines,
+    )
+    return _apply_zero_policy(trace, zero_tokens)
+
+
+def _token_column(path: PathLike, field: str, values: np.ndarray, lines: np.ndarray) -> np.ndarray:
+    """Token counts as int64; the first fractional or negative count raises."""
+    fractional = np.flatnonzero(values != np.floor(values))
+    if len(fractional):
+        k = fractional[0]
+        raise TraceFormatError(
+            path, int(lines[k]), field, f"token count must be an integer, got {values[k]:g}"
+        )
+    negative = np.flatnonzero(values < 0)
+    if len(negative):
+        k = negative[0]
+        problem = f"token count must be >= 0, got {values[k]:g}"
+        raise TraceFormatError(path, int(lines[k]), field, problem)
+    return values.astype(np.int64)
+
+
+def _apply_zero_policy(trace: Trace, zero_tokens: str) -> Trace:
+    """Raise for, drop or clip rows with a 0 token count, recording how many there were."""
+    zero = (trace.num_prefill_tokens == 0) | (trace.num_decode_tokens == 0)
+    num_zero = int(zero.sum())
+    if num_zero == 0:
+        return trace
+    if zero_tokens == "error":
+        _raise_first_zero(trace, int(np.flatnonzero(zero)[0]))
+    if zero_tokens == "clip":
+        return replace(
+            trace,
+            num_prefill_tokens=np.maximum(trace.num_prefill_tokens, 1),
+            num_decode_tokens=np.maximum(trace.num_decode_tokens, 1),
+            num_zero_rows=num_zero,
+        )
+    if num_zero == len(trace):
+        first = int(trace.line_numbers[0])
+        raise TraceFormatError(trace.path, first, None, "every row has 0 tokens")
+    keep = ~zero
+    return replace(
+        trace,
+        arrived_at=None if trace.arrived_at is None else trace.arrived_at[keep],
+        num_prefill_tokens=trace.num_prefill_tokens[keep],
+        num_decode_tokens=trace.num_decode_tokens[keep],
+        line_numbers=trace.line_numbers[keep],
+        num_zero_rows=num_zero,
+    )
+
+
+def _raise_first_zero(trace: Trace, i: int) -> None:
+    """Raise for row ``i`` (which has a 0 token count), naming its column."""
+    prompt_field, output_field = _token_fields(trace.format)
+    field = prompt_field if trace.num_prefill_tokens[i] == 0 else output_field
+    raise TraceFormatError(
+        trace.path, int(trace.line_numbers[i]), field,
+        "token count is 0 (requests need >= 1 prompt and output token; pass "
+        "zero_tokens='drop' or 'clip' to accept such rows)",
+    )
+
+
+def _check_times(path: PathLike, fmt: str, times: np.ndarray, lines: np.ndarray) -> None:
+    """Times must be >= 0 and must not decrease: requests are replayed in file order."""
+    field = _time_field(fmt)
+    negative = np.flatnonzero(times < 0)
+    if len(negative):
+        k = negative[0]
+        raise TraceFormatError(path, int(lines[k]), field, f"time must be >= 0, got {times[k]:g}")
+    back = np.flatnonzero(np.diff(times) < 0)
+    if len(back):
+        k = back[0] + 1
+        raise TraceFormatError(
+            path, int(lines[k]), field,
+            f"time goes backwards ({times[k]:.6f} s after {times[k - 1]:.6f} s on line "
+            f"{int(lines[k - 1])}); sort the trace by time",
+        )
+
+
+def _shorten(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters for an error message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _time_field(fmt: str) -> str:
+    """Name of the time column/key of a format."""
+    return "timestamp" if fmt == "mooncake" else _CSV_COLUMNS[fmt][0]
+
+
+def _token_fields(fmt: str) -> tuple[str, str]:
+    """Names of the (prompt, output) columns/keys of a format."""
+    return _MOONCAKE_KEYS[1:] if fmt == "mooncake" else _CSV_COLUMNS[fmt][1:]
+
+
+def _first_line(path: PathLike) -> tuple[int, str]:
+    """(1-based number, text) of the first non-blank line; an empty file raises."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for line_no, text in enumerate(f, start=1):
+                if text.strip():
+                    return line_no, text
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+    raise TraceFormatError(path, 1, None, "file is empty")
+
+
+def _not_utf8(path: PathLike) -> TraceFormatError:
+    """The error for a file that is not UTF-8 text, naming its first undecodable line."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return TraceFormatError(path, line_no, None, f"not UTF-8 text ({err.reason})")
+    return TraceFormatError(path, 1, None, "not UTF-8 text")
