@@ -1,0 +1,367 @@
+"""Execution-time model: Vidur's keying and composition, the builtin fit, the profiled loader."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from vidur_env.hardware import DeviceSpec, ModelSpec, get_device, get_model
+from vidur_env.time_model import (
+    ExecutionTimeModel,
+    OutOfGridError,
+    ProfileDataError,
+    TimeModelError,
+    VidurOverheads,
+    builtin_time_model,
+    profiled_time_model,
+)
+
+# ----------------------------------------------------------------------------------------- keying
+
+
+class RecordingModel(ExecutionTimeModel):
+    """Constant per-layer lookups (linear 1, all-reduce 0.5, decode 2, prefill 4 ms) that log their keys."""
+
+    def __init__(self, model: str = "llama-2-7b", tp: int = 1, **kwargs) -> None:
+        super().__init__(get_model(model), get_device("a100"), tp, **kwargs)
+        self.calls: list[tuple] = []
+
+    def linear_ms(self, tokens: int) -> float:
+        self.calls.append(("linear", tokens))
+        return 1.0
+
+    def all_reduce_ms(self, tokens: int) -> float:
+        self.calls.append(("all_reduce", tokens))
+        return 0.5
+
+    def decode_attention_ms(self, batch_size: int, kv: int) -> float:
+        self.calls.append(("decode", batch_size, kv))
+        return 2.0
+
+    def prefill_attention_ms(self, kv: int, chunk: int) -> float:
+        self.calls.append(("prefill", kv, chunk))
+        return 4.0
+
+    def describe(self) -> str:
+        return "recording"
+
+
+def per_layer(seconds: float, layers: int = 32) -> float:
+    """Back from seconds per iteration to ms per layer."""
+    return seconds * 1000 / layers
+
+
+def test_decode_keys_round_tokens_to_8_and_mean_kv_up_to_64() -> None:
+    model = RecordingModel()
+    seconds = model.iteration_time(5, 5 * 100, (), ())
+    assert model.calls == [("linear", 8), ("decode", 5, 128)]
+    assert per_layer(seconds) == pytest.approx(1.0 + 2.0)  # MHA model: no batching overhead
+
+
+def test_decode_mean_kv_is_floored_before_rounding_up() -> None:
+    model = RecordingModel()
+    model.iteration_time(3, 3 * 64 + 2, (), ())  # mean 64.67 -> 64 -> 64
+    model.iteration_time(3, 3 * 64 + 3, (), ())  # mean 65 -> 128
+    assert [c for c in model.calls if c[0] == "decode"] == [("decode", 3, 64), ("decode", 3, 128)]
+
+
+def test_memo_reuses_the_rounded_key() -> None:
+    model = RecordingModel()
+    first = model.iteration_time(4, 4 * 70, (), ())
+    calls = len(model.calls)
+    assert model.iteration_time(4, 4 * 100, (), ()) == first  # mean 100 also rounds to 128
+    assert len(model.calls) == calls
+
+
+def test_vidur_prefills_become_one_equivalent_prefill() -> None:
+    model = RecordingModel()
+    seconds = model.iteration_time(2, 200, (300, 100), (0, 70))
+    # T = 402 -> 408; decode mean 100 -> 128; prefill KV 0 + (70 -> 128); chunk round(sqrt(300^2 + 100^2)) = 316
+    assert sorted(model.calls) == [("decode", 2, 128), ("linear", 408), ("prefill", 128, 316)]
+    assert per_layer(seconds) == pytest.approx(1.0 + 2.0 + 4.0)
+
+
+def test_pypi_keying_looks_up_each_prefill_with_kv_including_its_chunk() -> None:
+    model = RecordingModel(keying="vidur_pypi")
+    seconds = model.iteration_time(2, 200, (300, 100), (0, 70))
+    # decode KV = mean(processed + 1) = 101 -> 256;
+    # prefill KV = processed + chunk, up to a multiple of 256; chunk up to a multiple of 32
+    assert sorted(model.calls) == [("decode", 2, 256), ("linear", 408), ("prefill", 256, 128), ("prefill", 512, 320)]
+    assert per_layer(seconds) == pytest.approx(1.0 + 2.0 + 4.0 + 4.0)
+    assert model.kv_granularity == 256
+    assert RecordingModel(keying="vidur_pypi", kv_granularity=64).kv_granularity == 64
+
+
+def test_pypi_treats_a_one_token_chunk_as_a_decode() -> None:
+    pypi, main = RecordingModel(keying="vidur_pypi"), RecordingModel()
+    pypi.iteration_time(1, 100, (1,), (50,))
+    main.iteration_time(1, 100, (1,), (50,))
+    assert pypi.calls == [("linear", 8), ("decode", 2, 256)]  # mean((100 + 1) + (50 + 1)) = 76
+    assert sorted(main.calls) == [("decode", 1, 128), ("linear", 8), ("prefill", 64, 1)]
+
+
+def test_gqa_overhead_only_with_more_than_one_request_in_that_part() -> None:
+    gqa = RecordingModel("llama-3-8b")
+    assert per_layer(gqa.iteration_time(1, 100, (), ())) == pytest.approx(1.0 + 2.0)
+    assert per_layer(gqa.iteration_time(2, 200, (), ())) == pytest.approx(1.0 + 2.0 * 1.1)
+    assert per_layer(gqa.iteration_time(0, 0, (64,), (0,))) == pytest.approx(1.0 + 4.0)
+    assert per_layer(gqa.iteration_time(2, 200, (300, 100), (0, 70))) == pytest.approx(1.0 + 2.2 + 4.0 * 1.1)
+    pypi = RecordingModel("llama-3-8b", keying="vidur_pypi")  # the PyPI build has no prefill overhead
+    assert per_layer(pypi.iteration_time(2, 200, (300, 100), (0, 70))) == pytest.approx(1.0 + 2.2 + 4.0 + 4.0)
+    no_overhead = RecordingModel("llama-3-8b", overheads=VidurOverheads(attention_decode_batching_overhead_fraction=0))
+    assert per_layer(no_overhead.iteration_time(2, 200, (), ())) == pytest.approx(3.0)
+
+
+def test_tensor_parallel_adds_two_all_reduces_with_nccl_overheads() -> None:
+    model = RecordingModel("llama-2-70b", tp=4)
+    seconds = model.iteration_time(1, 100, (), ())
+    assert ("all_reduce", 8) in model.calls
+    assert per_layer(seconds, 80) == pytest.approx(1.0 + 2.0 + 2 * (0.5 + 0.02))
+    skewed = RecordingModel("llama-2-70b", tp=4, overheads=VidurOverheads(nccl_cpu_skew_overhead_per_device_ms=0.01))
+    extra = 2 * 0.01 * 4**1.25
+    assert per_layer(skewed.iteration_time(1, 100, (), ()), 80) == pytest.approx(1.0 + 2.0 + 2 * 0.52 + extra)
+
+
+def test_pipeline_stage_counts_its_layers_only() -> None:
+    whole, half = RecordingModel(), RecordingModel(pipeline_stages=2)
+    assert half.iteration_time(1, 10, (), ()) == pytest.approx(whole.iteration_time(1, 10, (), ()) / 2)
+
+
+def test_bad_batches_and_options_are_clear_errors() -> None:
+    model = RecordingModel()
+    with pytest.raises(TimeModelError, match="empty batch"):
+        model.iteration_time(0, 0, (), ())
+    with pytest.raises(TimeModelError, match="prefill_chunks has 2 entries but prefill_kv has 1"):
+        model.iteration_time(0, 0, (10, 20), (0,))
+    with pytest.raises(TimeModelError, match="positive"):
+        model.iteration_time(0, 0, (0,), (0,))
+    with pytest.raises(TimeModelError, match="unknown keying 'orca'; valid: vidur, vidur_pypi"):
+        RecordingModel(keying="orca")
+    assert isinstance(TimeModelError("x"), ValueError)
+
+
+# ----------------------------------------------------------------------------------------- builtin
+
+LINEAR_POINTS = [  # CALIBRATION.md, real profiling, ms per layer
+    ("llama-2-7b", "a100", 1, {1: 0.290, 8: 0.283, 32: 0.298, 64: 0.303, 128: 0.383, 256: 0.557,
+                               512: 1.042, 1024: 2.123, 2048: 4.172, 4096: 8.171}),
+    ("llama-2-7b", "h100", 1, {1: 0.175, 128: 0.199, 512: 0.375, 1024: 0.657, 4096: 2.592}),
+    ("llama-3-8b", "a100", 1, {1: 0.303, 1024: 2.348, 4096: 8.529}),
+    ("llama-2-70b", "a100", 4, {1: 0.311, 1024: 2.297, 4096: 7.912}),
+    ("llama-2-70b", "a100", 8, {1: 0.177, 4096: 4.211}),
+]
+
+
+@pytest.mark.parametrize(("model", "device", "tp", "points"), LINEAR_POINTS)
+def test_builtin_linear_ops_hit_calibration_points(model: str, device: str, tp: int, points: dict) -> None:
+    time_model = builtin_time_model(model, device, tp)
+    for tokens, ms in points.items():
+        assert time_model.linear_ms(tokens) == pytest.approx(ms, rel=0.03), tokens
+
+
+@pytest.mark.parametrize(("tp", "points"), [(2, {512: 0.063, 4096: 0.247}), (4, {512: 0.085, 4096: 0.319}),
+                                            (8, {512: 0.099, 4096: 0.411})])
+def test_builtin_all_reduce_near_calibration(tp: int, points: dict) -> None:
+    time_model = builtin_time_model("llama-2-7b", "a100", tp)  # hidden 4096: CALIBRATION's token sizes
+    for tokens, ms in points.items():
+        assert time_model.all_reduce_ms(tokens) == pytest.approx(ms, rel=0.05)
+
+
+@pytest.mark.parametrize("keying", ["vidur", "vidur_pypi"])
+def test_builtin_whole_iteration_sanity_targets(keying: str) -> None:
+    """CALIBRATION.md's derived Llama-2-7B / A100 / TP1 iteration times, within 10%."""
+    time_model = builtin_time_model("llama-2-7b", "a100", 1, keying=keying)
+    assert time_model.iteration_time(1, 100, (), ()) * 1e3 == pytest.approx(9.6, rel=0.1)
+    assert time_model.iteration_time(32, 32 * 1000, (), ()) * 1e3 == pytest.approx(19, rel=0.1)
+    assert time_model.iteration_time(0, 0, (512,), (0,)) * 1e3 == pytest.approx(37, rel=0.1)
+    if keying == "vidur":  # the PyPI build keys prefill KV with the chunk included: ~20% dearer here
+        assert time_model.iteration_time(0, 0, (4096,), (0,)) * 1e3 == pytest.approx(340, rel=0.1)
+
+
+@pytest.mark.parametrize("device", ["a100", "h100"])
+@pytest.mark.parametrize(
+    ("model", "tp"), [("llama-2-7b", 1), ("llama-3-8b", 1), ("llama-2-70b", 4), ("llama-2-70b", 8)]
+)
+def test_builtin_presets_exist_and_describe_themselves(model: str, tp: int, device: str) -> None:
+    time_model = builtin_time_model(model, device, tp)
+    text = time_model.describe()
+    for part in ("builtin", get_model(model).name, device, f"TP{tp}", "keying=vidur"):
+        assert part in text
+    assert ("derived" in text) == (model == "llama-3-8b" and device == "h100")
+    prefill, decode = time_model.iteration_time(0, 0, (512,), (0,)), time_model.iteration_time(16, 16 * 500, (), ())
+    assert 0 < decode < prefill
+
+
+def test_h100_is_faster_than_a100() -> None:
+    for model, tp in (("llama-2-7b", 1), ("llama-3-8b", 1), ("llama-2-70b", 8)):
+        a100, h100 = builtin_time_model(model, "a100", tp), builtin_time_model(model, "h100", tp)
+        for batch in ((32, 32 * 1000, (), ()), (8, 8 * 500, (400,), (0,))):
+            assert h100.iteration_time(*batch) < a100.iteration_time(*batch)
+
+
+def test_decode_attention_scales_with_kv_bytes() -> None:
+    """Llama-3-8B keeps 8 KV heads, a quarter of Llama-2-7B's KV bytes: a quarter of the bandwidth term."""
+    mha, gqa = builtin_time_model("llama-2-7b", "a100", 1), builtin_time_model("llama-3-8b", "a100", 1)
+    growth = [m.decode_attention_ms(128, 2048) - m.decode_attention_ms(64, 2048) for m in (mha, gqa)]
+    assert growth[1] == pytest.approx(growth[0] / 4)
+
+
+def test_builtin_without_preset_lists_what_exists() -> None:
+    with pytest.raises(TimeModelError, match="no builtin linear-op coefficients .* TP16; available: .*tp8"):
+        builtin_time_model("llama-2-7b", "a100", 16)
+
+
+def test_builtin_speed_path_is_memoised() -> None:
+    time_model = builtin_time_model("llama-2-7b", "a100", 1)
+    first = time_model.iteration_time(32, 32 * 1000, (480,), (1000,))
+    assert time_model.iteration_time(32, 32 * 1010, (480,), (1020,)) == first  # both KVs round to 1024
+
+
+# ----------------------------------------------------------------------------------------- profiled (fixtures)
+
+TINY = ModelSpec("test/tiny", num_layers=2, hidden_size=64, num_q_heads=4, num_kv_heads=4, ffn_size=128)
+GPU = DeviceSpec("gpu", memory_gb=80, network="net", fp16_tflops=100, hbm_tb_s=1.0)
+OPS = ("emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm",
+       "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
+LINEAR_OPS = 9  # every op but the embedding
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def mlp_row(tokens: int, op_ms: float, tp: int = 1, n_embd: int = 64) -> dict:
+    row = {f"time_stats.{op}.median": op_ms for op in OPS}
+    row.update(n_head=4, n_kv_head=4, n_embd=n_embd, n_expanded_embd=128, vocab_size=100, use_gated_mlp=True,
+               num_tokens=tokens, num_tensor_parallel_workers=tp)
+    return row
+
+
+def attention_row(batch: int, chunk: int, kv: int, ms: float, tp: int = 1) -> dict:
+    return {
+        "batch_size": batch, "prefill_chunk_size": chunk, "kv_cache_size": kv, "is_prefill": chunk > 0,
+        "time_stats.attn_decode.median": "" if chunk else ms, "time_stats.attn_prefill.median": ms if chunk else "",
+        "n_embd": 64, "n_q_head": 4, "n_kv_head": 4, "block_size": 16, "num_tensor_parallel_workers": tp,
+    }
+
+
+def decode_ms(batch: int, kv: int) -> float:
+    return batch * kv / 1000
+
+
+def prefill_ms(chunk: int, kv: int) -> float:
+    return chunk * (kv + chunk) / 1e5
+
+
+def write_profiles(root: Path, drop_mlp_column: str | None = None) -> Path:
+    """A tiny profile set in Vidur's layout, with rows for other shapes/TPs that must be filtered out."""
+    mlp = [mlp_row(t, t / 1000) for t in (8, 32)] + [mlp_row(16, 0.016), mlp_row(16, 0.018)]
+    mlp += [mlp_row(t, t / 2000, tp=2) for t in (8, 16, 32)] + [mlp_row(8, 9.9, n_embd=128)]
+    if drop_mlp_column:
+        mlp = [{k: v for k, v in row.items() if k != drop_mlp_column} for row in mlp]
+    write_csv(root / "compute" / "gpu" / "test" / "tiny" / "mlp.csv", mlp)
+    attention = []
+    for tp in (1, 2):
+        attention += [attention_row(b, 0, kv, decode_ms(b, kv), tp) for b in (1, 2, 4) for kv in (64, 128, 256)]
+        attention += [attention_row(1, c, kv, prefill_ms(c, kv), tp) for c in (64, 128) for kv in (0, 128)]
+    write_csv(root / "compute" / "gpu" / "test" / "tiny" / "attention.csv", attention)
+    network = [
+        {"": i, "time_stats.all_reduce.median": ms, "rank": 0, "num_workers": 2, "size": tokens * 2 * 64,
+         "collective": "all_reduce", "devices_per_node": per_node, "max_devices_per_node": 8}
+        for i, (tokens, ms, per_node) in enumerate([(8, 0.018, 2), (64, 0.074, 2), (8, 5.0, 1), (64, 5.0, 1)])
+    ]
+    write_csv(root / "network" / "net" / "all_reduce.csv", network)
+    return root
+
+
+def test_profiled_interpolates_linear_ops_and_averages_repeats(tmp_path: Path) -> None:
+    model = profiled_time_model(write_profiles(tmp_path), TINY, GPU, 1)
+    assert model.linear_ms(8) == pytest.approx(LINEAR_OPS * 0.008)
+    assert model.linear_ms(16) == pytest.approx(LINEAR_OPS * 0.017)  # mean of the two repeats
+    assert model.linear_ms(24) == pytest.approx(LINEAR_OPS * (0.017 + 0.032) / 2)
+
+
+def test_profiled_attention_is_bilinear(tmp_path: Path) -> None:
+    model = profiled_time_model(write_profiles(tmp_path), TINY, GPU, 1)
+    assert model.decode_attention_ms(3, 192) == pytest.approx(decode_ms(3, 192))  # b*kv is bilinear
+    expected = (prefill_ms(64, 64) + prefill_ms(128, 64)) / 2
+    assert model.prefill_attention_ms(64, 96) == pytest.approx(expected)
+
+
+def test_profiled_iteration_composes_per_layer_times(tmp_path: Path) -> None:
+    model = profiled_time_model(write_profiles(tmp_path), TINY, GPU, 1)
+    assert model.iteration_time(2, 2 * 100, (), ()) == pytest.approx(
+        (LINEAR_OPS * 0.008 + decode_ms(2, 128)) * TINY.num_layers / 1000
+    )
+    assert "profiled" in model.describe() and "test/tiny on gpu, TP1" in model.describe()
+
+
+def test_profiled_filters_tp_and_adds_all_reduce(tmp_path: Path) -> None:
+    model = profiled_time_model(write_profiles(tmp_path), TINY, GPU, 2)
+    assert model.linear_ms(16) == pytest.approx(LINEAR_OPS * 0.008)
+    assert model.all_reduce_ms(8) == pytest.approx(0.018)  # the devices_per_node=1 rows are ignored
+    assert model.all_reduce_ms(36) == pytest.approx((0.018 + 0.074) / 2)
+    expected = LINEAR_OPS * 0.004 + decode_ms(1, 64) + 2 * (0.018 + 0.02)
+    assert model.iteration_time(1, 50, (), ()) == pytest.approx(expected * TINY.num_layers / 1000)
+
+
+def test_profiled_out_of_grid_names_op_key_and_range(tmp_path: Path) -> None:
+    model = profiled_time_model(write_profiles(tmp_path), TINY, GPU, 1)
+    decode = r"attn_decode kv_cache_size at batch_size=1 .*320 is outside the profiled range 64\.\.256"
+    with pytest.raises(OutOfGridError, match=decode):
+        model.iteration_time(1, 300, (), ())
+    with pytest.raises(OutOfGridError, match=r"mlp num_tokens .*40 is outside the profiled range 8\.\.32"):
+        model.iteration_time(40, 40 * 100, (), ())
+    prefill = r"attn_prefill prefill_chunk_size .*20 is outside .*64\.\.128.*extrapolate=True"
+    with pytest.raises(OutOfGridError, match=prefill):
+        model.iteration_time(0, 0, (20,), (0,))
+
+
+def test_profiled_extrapolation_clamps_below_and_extends_above(tmp_path: Path) -> None:
+    model = profiled_time_model(write_profiles(tmp_path), TINY, GPU, 1, extrapolate=True)
+    assert model.decode_attention_ms(1, 320) == pytest.approx(decode_ms(1, 320))  # linear continuation
+    assert model.decode_attention_ms(8, 64) == pytest.approx(decode_ms(8, 64))  # row axis continues too
+    assert model.prefill_attention_ms(0, 20) == pytest.approx(prefill_ms(64, 0))  # clamped to the smallest chunk
+    assert model.linear_ms(40) == pytest.approx(LINEAR_OPS * (0.032 + (0.032 - 0.017) / 16 * 8))
+
+
+def test_profiled_missing_column_names_file_and_column(tmp_path: Path) -> None:
+    write_profiles(tmp_path, drop_mlp_column="time_stats.mlp_up_proj.median")
+    with pytest.raises(ProfileDataError, match=r"mlp\.csv: missing column 'time_stats\.mlp_up_proj\.median'"):
+        profiled_time_model(tmp_path, TINY, GPU, 1)
+
+
+def test_profiled_optional_ops_count_as_zero_when_absent(tmp_path: Path) -> None:
+    write_profiles(tmp_path, drop_mlp_column="time_stats.add.median")
+    assert profiled_time_model(tmp_path, TINY, GPU, 1).linear_ms(8) == pytest.approx((LINEAR_OPS - 1) * 0.008)
+
+
+def test_profiled_missing_file_and_rows_are_clear(tmp_path: Path) -> None:
+    write_profiles(tmp_path)
+    (tmp_path / "network" / "net" / "all_reduce.csv").unlink()
+    with pytest.raises(ProfileDataError, match=r"profiling file not found: .*network/net/all_reduce\.csv"):
+        profiled_time_model(tmp_path, TINY, GPU, 2)
+    no_rows = r"no rows with .*num_tensor_parallel_workers=4 .*present: .*num_tensor_parallel_workers in \[1, 2\]"
+    with pytest.raises(ProfileDataError, match=no_rows):
+        profiled_time_model(tmp_path, TINY, GPU, 4)
+
+
+# ----------------------------------------------------------------------------------------- profiled (real data)
+
+
+@pytest.mark.needs_shared_data
+def test_profiled_real_data_agrees_with_builtin_fit(shared_data: Path) -> None:
+    """Both read the same real mlp.csv: the compact fit stays within a few % of the interpolated profile."""
+    profiled = profiled_time_model(shared_data / "profiling", "llama-2-7b", "a100", 1, extrapolate=True)
+    builtin = builtin_time_model("llama-2-7b", "a100", 1)
+    for tokens in (8, 64, 128, 256, 512, 1024, 2048, 4096):
+        assert builtin.linear_ms(tokens) == pytest.approx(profiled.linear_ms(tokens), rel=0.03), tokens
+    # decode and whole iterations use the synthetic attention.csv: same ballpark only
+    batch = (32, 32 * 1000, (), ())
+    assert builtin.iteration_time(*batch) == pytest.approx(profiled.iteration_time(*batch), rel=0.1)
+

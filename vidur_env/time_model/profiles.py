@@ -1,0 +1,215 @@
+"""Readers for Vidur-format profiling CSVs (mlp.csv, attention.csv, all_reduce.csv).
+
+They select the rows Vidur's predictor would train on (same model shape and TP filters) and
+average repeated measurements of one grid point. Both the profiled time model and the
+coefficient fitter (benchmarks/fit_time_model.py) read profiles through here, so they see the
+same numbers. Only the standard library and NumPy are used: no pandas at run time.
+"""
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from ..hardware import ModelSpec
+from .errors import ProfileDataError
+
+__all__ = [
+    "Curve",
+    "RowCurves",
+    "all_reduce_profile",
+    "attention_profile",
+    "linear_ops_profile",
+    "profile_paths",
+]
+
+Curve = tuple[np.ndarray, np.ndarray]
+"""(sorted x values, mean time in ms at each x)."""
+
+RowCurves = dict[int, Curve]
+"""A 2-D grid stored row by row: row value -> curve over the other axis."""
+
+LINEAR_OPS_REQUIRED = ("attn_pre_proj", "attn_post_proj", "attn_rope", "mlp_up_proj", "mlp_down_proj", "mlp_act")
+"""Linear ops Vidur always adds per layer."""
+LINEAR_OPS_OPTIONAL = ("input_layernorm", "post_attention_layernorm", "add")
+"""Ops Vidur treats as 0 ms when their column is absent or empty."""
+
+
+def profile_paths(root: Path | str, device: str, model: str, network: str) -> dict[str, Path]:
+    """Where Vidur looks for each profile (its ``*_input_file`` defaults, relative to one root).
+
+    compute/<device>/<model>/mlp.csv and attention.csv; network/<network>/all_reduce.csv.
+    """
+    root = Path(root)
+    compute = root / "compute" / device / model
+    return {
+        "mlp": compute / "mlp.csv",
+        "attention": compute / "attention.csv",
+        "all_reduce": root / "network" / network / "all_reduce.csv",
+    }
+
+
+def _read_table(path: Path) -> dict[str, list[str]]:
+    """Every column of a CSV as a list of raw strings, with a clear error if the file is missing or empty."""
+    if not path.is_file():
+        raise ProfileDataError(f"profiling file not found: {path}")
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if not header:
+            raise ProfileDataError(f"{path}: empty file (no header line)")
+        columns: dict[str, list[str]] = {name: [] for name in header}
+        for line_number, row in enumerate(reader, start=2):
+            if len(row) != len(header):
+                raise ProfileDataError(f"{path}, line {line_number}: {len(row)} fields, header has {len(header)}")
+            for name, value in zip(header, row):
+                columns[name].append(value)
+    return columns
+
+
+def _column(table: Mapping[str, list[str]], path: Path, name: str, *, missing_as_zero: bool = False) -> np.ndarray:
+    """One column as floats (booleans as 0/1, empty cells as NaN), naming the file and column on error."""
+    if name not in table:
+        if missing_as_zero:
+            return np.zeros(len(next(iter(table.values()), [])))
+        raise ProfileDataError(f"{path}: missing column {name!r}")
+    values = np.empty(len(table[name]))
+    for index, raw in enumerate(table[name]):
+        text = raw.strip()
+        if text in ("True", "true"):
+            values[index] = 1.0
+        elif text in ("False", "false"):
+            values[index] = 0.0
+        elif text == "":
+            values[index] = np.nan
+        else:
+            try:
+                values[index] = float(text)
+            except ValueError:
+                raise ProfileDataError(f"{path}, line {index + 2}, column {name!r}: not a number: {raw!r}") from None
+    if missing_as_zero:
+        values = np.nan_to_num(values, nan=0.0)
+    return values
+
+
+def _select(table: Mapping[str, list[str]], path: Path, filters: Mapping[str, float]) -> np.ndarray:
+    """Boolean mask of rows matching every ``column == value`` filter; error listing what is there if none do."""
+    mask = np.ones(len(next(iter(table.values()), [])), dtype=bool)
+    for name, wanted in filters.items():
+        mask &= _column(table, path, name) == wanted
+    if not mask.any():
+        wanted_text = ", ".join(f"{k}={v:g}" for k, v in filters.items())
+        present = "; ".join(
+            f"{k} in [{', '.join(f'{v:g}' for v in np.unique(_column(table, path, k)))}]" for k in filters
+        )
+        raise ProfileDataError(f"{path}: no rows with {wanted_text} (present: {present})")
+    return mask
+
+
+def _mean_curve(x: np.ndarray, y: np.ndarray, path: Path, what: str) -> Curve:
+    """Average repeated measurements at one x, dropping rows whose time is missing."""
+    keep = ~np.isnan(y)
+    if not keep.any():
+        raise ProfileDataError(f"{path}: no timing values for {what}")
+    xs, inverse = np.unique(x[keep], return_inverse=True)
+    sums = np.bincount(inverse, weights=y[keep])
+    counts = np.bincount(inverse)
+    return xs, sums / counts
+
+
+def _rows(row_values: np.ndarray, x: np.ndarray, y: np.ndarray, path: Path, what: str) -> RowCurves:
+    """Split a 2-D grid into one averaged curve per row value."""
+    grouped: dict[int, list[int]] = defaultdict(list)
+    for index, row in enumerate(row_values):
+        grouped[int(row)].append(index)
+    curves = {}
+    for row, indices in sorted(grouped.items()):
+        picked = np.asarray(indices)
+        if not np.isnan(y[picked]).all():
+            curves[row] = _mean_curve(x[picked], y[picked], path, f"{what} row {row}")
+    if not curves:
+        raise ProfileDataError(f"{path}: no timing values for {what}")
+    return curves
+
+
+def _model_filters(model: ModelSpec, tp: int, *, mlp: bool) -> dict[str, float]:
+    """Column filters Vidur applies to pick one model shape and TP degree out of a shared CSV."""
+    if mlp:
+        return {
+            "n_head": model.num_q_heads,
+            "n_kv_head": model.num_kv_heads,
+            "n_embd": model.hidden_size,
+            "n_expanded_embd": model.ffn_size,
+            "use_gated_mlp": float(model.gated_mlp),
+            "num_tensor_parallel_workers": tp,
+        }
+    return {
+        "n_embd": model.hidden_size,
+        "n_q_head": model.num_q_heads,
+        "n_kv_head": model.num_kv_heads,
+        "num_tensor_parallel_workers": tp,
+    }
+
+
+def linear_ops_profile(path: Path | str, model: ModelSpec, tp: int) -> Curve:
+    """Per-layer time of all linear ops (sum of their medians, ms) against the batch token count."""
+    path = Path(path)
+    table = _read_table(path)
+    mask = _select(table, path, _model_filters(model, tp, mlp=True))
+    total = np.zeros(int(mask.sum()))
+    for op in LINEAR_OPS_REQUIRED:
+        total += _column(table, path, f"time_stats.{op}.median")[mask]
+    for op in LINEAR_OPS_OPTIONAL:
+        if op == "post_attention_layernorm" and not model.post_attn_norm:
+            continue
+        total += _column(table, path, f"time_stats.{op}.median", missing_as_zero=True)[mask]
+    tokens = _column(table, path, "num_tokens")[mask]
+    return _mean_curve(tokens, total, path, "linear ops")
+
+
+def all_reduce_profile(path: Path | str, tp: int) -> Curve:
+    """All-reduce time (ms) against message size in bytes, for ``tp`` workers all on one node (Vidur's filter)."""
+    path = Path(path)
+    table = _read_table(path)
+    if "collective" not in table:
+        raise ProfileDataError(f"{path}: missing column 'collective'")
+    mask = np.array([value == "all_reduce" for value in table["collective"]])
+    mask &= _select(table, path, {"num_workers": tp, "devices_per_node": tp})
+    if not mask.any():
+        raise ProfileDataError(f"{path}: no rows with collective=all_reduce, num_workers={tp}, devices_per_node={tp}")
+    sizes = _column(table, path, "size")[mask]
+    return _mean_curve(sizes, _column(table, path, "time_stats.all_reduce.median")[mask], path, "all_reduce")
+
+
+def attention_profile(
+    path: Path | str, model: ModelSpec, tp: int, block_size: int = 16
+) -> tuple[RowCurves, RowCurves]:
+    """Decode and prefill attention grids (ms per layer).
+
+    Decode rows are keyed by batch size with curves over the KV length; prefill rows by chunk
+    size with curves over the prior KV length. A row is a decode when its prefill_chunk_size
+    is 0, as in Vidur.
+    """
+    path = Path(path)
+    table = _read_table(path)
+    filters = _model_filters(model, tp, mlp=False)
+    filters["block_size"] = block_size
+    mask = _select(table, path, filters)
+    chunk = _column(table, path, "prefill_chunk_size")
+    kv = _column(table, path, "kv_cache_size")
+    decode = mask & (chunk == 0)
+    prefill = mask & (chunk > 0)
+    if not decode.any() or not prefill.any():
+        raise ProfileDataError(
+            f"{path}: needs both decode (prefill_chunk_size=0) and prefill rows for {model.name}, tp={tp}"
+        )
+    decode_ms = _column(table, path, "time_stats.attn_decode.median")
+    prefill_ms = _column(table, path, "time_stats.attn_prefill.median")
+    batch = _column(table, path, "batch_size")
+    return (
+        _rows(batch[decode], kv[decode], decode_ms[decode], path, "attn_decode"),
+        _rows(chunk[prefill], kv[prefill], prefill_ms[prefill], path, "attn_prefill"),
+    )
