@@ -33,13 +33,15 @@ def requests(arrivals, prompts, outputs):
     )
 
 
-def simulate(reqs, *, replicas=1, scheduler="sarathi", router="round_robin", time_model=None, seed=0, fast=True, **replica_kwargs):
+def simulate(reqs, *, replicas=1, scheduler="sarathi", router="round_robin", time_model=None, seed=0, fast=True,
+             **replica_kwargs):
     spec = ReplicaConfig(scheduler=scheduler, **replica_kwargs)
     cluster = ClusterConfig(num_replicas=replicas, replica=spec)
     model = time_model or AffineTime()
     sim = ClusterSimulator(cluster, reqs, time_models=[model] * replicas)
     for r in sim.replicas:
         r.fast_forward = fast
+        r.group_decodes = fast
     policy = make_router(router)
     policy.reset(replicas, np.random.default_rng(seed))
     sim.run(policy)
@@ -167,7 +169,8 @@ def test_invariants_on_random_workloads(scheduler, seed):
 
 
 @pytest.mark.parametrize("scheduler", ["sarathi", "vllm", "orca"])
-def test_fast_forward_changes_no_result(scheduler):
+def test_fast_paths_change_no_result(scheduler):
+    """Grouped decodes and the decode-run loop reproduce Vidur's per-request path exactly."""
     reqs = random_requests(400, 3, qps=25.0)
     fast = simulate(reqs, replicas=2, scheduler=scheduler, num_blocks=900, fast=True)
     slow = simulate(reqs, replicas=2, scheduler=scheduler, num_blocks=900, fast=False)
@@ -210,3 +213,14 @@ def test_aggregate_metrics_report_vidur_names_and_replica_figures():
     assert report["num_requests"] == 100
     assert sum(r["num_requests"] for r in report["replicas"]) == 100
     assert all(0.0 < r["busy_fraction"] <= 1.0 for r in report["replicas"])
+
+
+@pytest.mark.parametrize("scheduler", ["sarathi", "vllm", "orca"])
+def test_fast_paths_match_at_the_batch_cap(scheduler):
+    reqs = random_requests(300, 4, qps=40.0, max_prompt=600, max_output=200)
+    blocks = 2000 if scheduler == "orca" else 400  # Orca reserves 256 blocks per request
+    fast = simulate(reqs, replicas=1, scheduler=scheduler, batch_size_cap=6, num_blocks=blocks, fast=True)
+    slow = simulate(reqs, replicas=1, scheduler=scheduler, batch_size_cap=6, num_blocks=blocks, fast=False)
+    assert max(r.stats.batch_size_sum / r.stats.num_iterations for r in slow.replicas) > 4
+    for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts"):
+        assert getattr(fast.table, column) == getattr(slow.table, column), column

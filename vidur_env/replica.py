@@ -2,10 +2,15 @@
 
 The three schedulers are line-for-line ports of Vidur's ``_get_next_batch`` (queue orders,
 victim choice and all), working on request ids held in a :class:`RequestTable` instead of
-per-request objects. A replica is advanced lazily: :meth:`Replica.advance_to` runs every
-iteration that ends by a given time, and runs of identical decode-only iterations are
-fast-forwarded in a tight loop that performs exactly the arithmetic the general path would
-(same float additions in the same order), so results do not depend on the fast path.
+per-request objects. Two things keep it fast without changing any result:
+
+* decoding requests live in a :class:`DecodeSet` that advances them all with one counter, so
+  an iteration costs O(prefills + completions), not O(batch); when an iteration could need a
+  preemption (too few free blocks) or exceeds the batch cap, the set is written back and the
+  exact per-request path runs that iteration;
+* :meth:`Replica.advance_to` runs every iteration that ends by a given time, and runs of
+  decode-only iterations are fast-forwarded in a tight loop that performs exactly the
+  arithmetic the general path would (same float additions in the same order).
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 from math import inf
 
+from vidur_env.decode_set import DecodeSet
 from vidur_env.request_table import RequestTable, UNSET
 from vidur_env.time_model import ExecutionTimeModel
 
@@ -60,7 +66,10 @@ class Replica:
     grows_kv: bool = True
     """Whether decodes allocate a new block at each block boundary (Orca reserves up front)."""
     fast_forward: bool = True
-    """Use the closed-form decode-run path; turning it off must not change any result."""
+    """Use the tight decode-run loop; turning it off must not change any result."""
+    group_decodes: bool = True
+    """Advance decoding requests as a group; off runs Vidur's per-request path for every
+    iteration (and disables the fast-forward). Turning it off must not change any result."""
 
     def __init__(
         self, replica_id: int, table: RequestTable, time_model: ExecutionTimeModel, limits: SchedulerLimits
@@ -76,6 +85,8 @@ class Replica:
         """Vidur's ``_request_queue``: requests holding no KV, restarted ones at the front."""
         self.running: list[int] = []
         """Vidur's ``_preempted_requests``: requests holding KV, not in the batch in flight."""
+        self.decoding = DecodeSet(table, self.grows_kv)
+        """Requests of ``running`` (and of a lazy batch in flight) that are past their prefill."""
         self.allocated_blocks = 0
         self.num_allocated_requests = 0
         self.waiting_prompt_tokens = 0
@@ -83,6 +94,8 @@ class Replica:
         self.batch_prefills: list[int] = []
         self.batch_chunks: list[int] = []
         """The batch in flight: decoding requests, then prefilling ones with their chunk sizes."""
+        self.batch_lazy = False
+        """Whether the batch in flight advances ``decoding`` as a whole (else exact path)."""
         self.batch_end = inf
         self.batch_start = 0.0
         self.pending_at = inf
@@ -110,6 +123,13 @@ class Replica:
     @property
     def kv_utilization(self) -> float:
         return self.allocated_blocks / self.num_blocks
+
+    def processed_tokens(self, rid: int) -> int:
+        """Tokens request ``rid`` has processed on this replica (``table.processed`` is stale
+        for requests in the decode phase, which the replica advances as a group)."""
+        if rid in self.decoding:
+            return self.decoding.processed(rid)
+        return self.table.processed[rid]
 
     # ------------------------------------------------------------ arrivals / time
     def add_request(self, rid: int, now: float) -> None:
@@ -199,16 +219,37 @@ class Replica:
         """Choose the next batch: (decoding request ids, prefilling request ids, their chunks)."""
         raise NotImplementedError
 
-    def _grow_all(self, decodes: list[int]) -> None:
-        """Grow every decode's reservation when enough blocks are free that none can fail."""
-        processed = self.table.processed
-        blocks = self.table.blocks
-        grown = 0
-        for rid in decodes:
-            if processed[rid] > blocks[rid] * BLOCK_SIZE:
-                blocks[rid] += 1
-                grown += 1
-        self.allocated_blocks += grown
+    def _lazy_decodes_fit(self, decodes: list[int]) -> bool:
+        """Whether every decode of the coming iteration can get its block without a preemption.
+
+        Vidur checks for one free block before each decode; with ``g`` of them growing now,
+        ``free - g >= 1`` guarantees every check passes. If so, the growth is applied.
+        """
+        if not self.group_decodes:
+            return False
+        growth = self.decoding.growth_at(self.decoding.tick)
+        if self.grows_kv and self.num_blocks - self.allocated_blocks - growth < 1:
+            return False
+        if len(decodes) != self.decoding.size:
+            return False
+        self.allocated_blocks += growth
+        return True
+
+    def _write_back_decodes(self) -> None:
+        """Make ``table`` exact for every decoding request before an exact-path iteration."""
+        decoding = self.decoding
+        for rid in self.running:
+            if rid in decoding:
+                decoding.leave(rid)
+
+    def _track_decodes(self) -> None:
+        """Hand every decoding request of ``running`` back to the group after an exact iteration."""
+        if not self.group_decodes:
+            return
+        prefill_done = self.table.prefill_done
+        for rid in self.running:
+            if prefill_done[rid]:
+                self.decoding.join(rid)
 
     def _decode_run_ready(self) -> bool:
         """Whether the next batch is all running requests decoding, with no admission possible.
@@ -225,7 +266,10 @@ class Replica:
         processed = self.table.processed
         scheduled_at = self.table.scheduled_at
         num_decodes = len(decodes)
-        decode_kv = sum(map(processed.__getitem__, decodes))
+        if self.batch_lazy:
+            decode_kv = self.decoding.kv_sum() if decodes else 0
+        else:
+            decode_kv = sum(map(processed.__getitem__, decodes))
         prefill_chunks: list[int] = []
         prefill_kv: list[int] = []
         for rid, q in zip(prefills, chunks):
@@ -257,18 +301,14 @@ class Replica:
 
     def _finish_batch(self, now: float) -> None:
         table = self.table
+        if self.batch_lazy:
+            self._finish_lazy_decodes(now)
+        else:
+            self._finish_exact_decodes(now)
         processed = table.processed
         total = table.total
-        running = self.running
-        for rid in self.batch_decodes:
-            p = processed[rid] + 1
-            processed[rid] = p
-            if p == total[rid]:
-                table.completed_at[rid] = now
-                self._free(rid)
-            else:
-                running.append(rid)
         prefill = table.prefill
+        running = self.running
         for rid, q in zip(self.batch_prefills, self.batch_chunks):
             p = processed[rid] + q
             if p == prefill[rid]:
@@ -282,96 +322,95 @@ class Replica:
                 self._free(rid)
             else:
                 running.append(rid)
+                if self.batch_lazy and table.prefill_done[rid]:
+                    self.decoding.join(rid)
+        if not self.batch_lazy:
+            self._track_decodes()
         self.batch_decodes = []
         self.batch_prefills = []
         self.batch_chunks = []
         self.batch_end = inf
 
+    def _finish_lazy_decodes(self, now: float) -> None:
+        decodes = self.batch_decodes
+        if not decodes:
+            return
+        finished = self.decoding.advance()
+        if finished:
+            for rid in finished:
+                self.table.completed_at[rid] = now
+                self._free(rid)
+            gone = set(finished)
+            decodes = [rid for rid in decodes if rid not in gone]
+        self.running.extend(decodes)
+
+    def _finish_exact_decodes(self, now: float) -> None:
+        table = self.table
+        processed = table.processed
+        total = table.total
+        running = self.running
+        for rid in self.batch_decodes:
+            p = processed[rid] + 1
+            processed[rid] = p
+            if p == total[rid]:
+                table.completed_at[rid] = now
+                self._free(rid)
+            else:
+                running.append(rid)
+
     def _fast_forward(self, now: float, horizon: float) -> float:
-        """Run whole decode-only iterations of the current running set in closed form.
+        """Run whole decode-only iterations of the decode set in a tight loop.
 
         Stops before the iteration that could need a preemption, after the one in which the
         first request completes, or before the first that would end after ``horizon``.
         Returns the time reached; the general path forms the next batch from there.
         """
-        table = self.table
-        run = self._decode_run_order()
-        processed = table.processed
-        n = len(run)
-        kv_sum = 0
-        k_complete = inf
-        # first_alloc[j]: requests whose first new block comes at iteration j (0..16);
-        # after that each needs one every BLOCK_SIZE iterations.
-        first_alloc = [0] * (BLOCK_SIZE + 1)
-        for rid in run:
-            p = processed[rid]
-            kv_sum += p
-            left = table.total[rid] - p
-            if left < k_complete:
-                k_complete = left
-            if self.grows_kv:
-                first = table.blocks[rid] * BLOCK_SIZE + 1 - p
-                if not 0 <= first <= BLOCK_SIZE:
-                    raise RuntimeError(f"KV reservation invariant broken for request {rid}")
-                first_alloc[first] += 1
-        period = first_alloc[:BLOCK_SIZE]
-        period[0] += first_alloc[BLOCK_SIZE]
+        self._decode_run_order()
+        decoding = self.decoding
+        n = decoding.size
+        tick = decoding.tick
+        last = decoding.next_completion()
+        offset_sum = decoding.offset_sum
+        growth_at = decoding.growth_at
+        grows_kv = self.grows_kv
         iteration_time = self.time_model.iteration_time
-        free = self.num_blocks - self.allocated_blocks
         allocated = self.allocated_blocks
         t = now
         block_time = 0.0
         busy = 0.0
-        j = 0
-        while j < k_complete:
-            grow = first_alloc[j] if j < BLOCK_SIZE else period[j % BLOCK_SIZE]
-            if free - grow < 1:
+        while tick < last:
+            grow = growth_at(tick)
+            if grows_kv and self.num_blocks - allocated - grow < 1:
                 break
-            d = iteration_time(n, kv_sum + n * j, (), ())
+            d = iteration_time(n, offset_sum + n * tick, (), ())
             end = t + d
             if end > horizon:
                 break
-            free -= grow
             allocated += grow
             block_time += allocated * d
             busy += d
             t = end
-            j += 1
-        if j == 0:
+            tick += 1
+        k = tick - decoding.tick
+        if k == 0:
             return now
-        self._apply_decode_run(run, j, t)
+        self.allocated_blocks = allocated
+        finished = decoding.advance(k)
+        if finished:
+            for rid in finished:
+                self.table.completed_at[rid] = t
+                self._free(rid)
+            gone = set(finished)
+            self.running = [rid for rid in self.running if rid not in gone]
         stats = self.stats
-        stats.num_iterations += j
-        stats.batch_size_sum += n * j
-        stats.tokens_sum += n * j
+        stats.num_iterations += k
+        stats.batch_size_sum += n * k
+        stats.tokens_sum += n * k
         stats.busy_time += busy
         stats.block_time += block_time
         if allocated > stats.peak_blocks:
             stats.peak_blocks = allocated
         return t
-
-    def _apply_decode_run(self, run: list[int], k: int, end: float) -> None:
-        """Write back the state after ``k`` decode iterations of ``run`` ending at ``end``."""
-        table = self.table
-        processed = table.processed
-        blocks = table.blocks
-        still_running = []
-        for rid in run:
-            p = processed[rid]
-            if self.grows_kv:
-                first = blocks[rid] * BLOCK_SIZE + 1 - p
-                if k > first:
-                    grown = (k - 1 - first) // BLOCK_SIZE + 1
-                    blocks[rid] += grown
-                    self.allocated_blocks += grown
-            p += k
-            processed[rid] = p
-            if p == table.total[rid]:
-                table.completed_at[rid] = end
-                self._free(rid)
-            else:
-                still_running.append(rid)
-        self.running = still_running
 
     def _decode_run_order(self) -> list[int]:
         """The running list in the order the scheduler would batch it."""
@@ -424,17 +463,20 @@ class SarathiReplica(Replica):
         """Split the running list into this iteration's decodes and partial prefills.
 
         Leaves in ``self.running`` what Vidur leaves in ``_preempted_requests`` (sorted by
-        arrival). When there are enough free blocks for every decode to grow, no preemption
-        can happen and the split is two list comprehensions.
+        arrival). The lazy path applies when every running request fits in the batch and no
+        decode can run out of blocks; otherwise Vidur's loop runs request by request.
         """
         pool = self.running
         prefill_done = self.table.prefill_done
-        if len(pool) <= self.max_micro_batch_size and self.num_blocks - self.allocated_blocks >= len(pool):
+        if len(pool) <= self.max_micro_batch_size:
             decodes = [rid for rid in pool if prefill_done[rid]]
-            partial = [rid for rid in pool if not prefill_done[rid]] if len(decodes) < len(pool) else []
-            self._grow_all(decodes)
-            self.running = []
-            return decodes, partial
+            if self._lazy_decodes_fit(decodes):
+                self.batch_lazy = True
+                partial = [rid for rid in pool if not prefill_done[rid]] if len(decodes) < len(pool) else []
+                self.running = []
+                return decodes, partial
+        self.batch_lazy = False
+        self._write_back_decodes()
         decodes, partial = [], []
         queue = deque(pool)
         while queue:
@@ -450,12 +492,8 @@ class SarathiReplica(Replica):
 
     def _decode_run_ready(self) -> bool:
         running = self.running
-        if not running or len(running) > self.max_micro_batch_size:
+        if not running or len(running) > self.max_micro_batch_size or self.decoding.size != len(running):
             return False
-        prefill_done = self.table.prefill_done
-        for rid in running:
-            if not prefill_done[rid]:
-                return False
         if not self.waiting:
             return True
         return (
@@ -494,13 +532,15 @@ class VLLMReplica(Replica):
             self._allocate_new(rid, -(-q // BLOCK_SIZE))
             prefills.append(rid)
             chunks.append(q)
+        self.batch_lazy = self.group_decodes  # a prompt batch leaves the decodes waiting
         if prefills:
             return [], prefills, chunks
         pool = self._decode_run_order()
-        if len(pool) <= self.max_micro_batch_size and self.num_blocks - self.allocated_blocks >= len(pool):
-            self._grow_all(pool)
+        if len(pool) <= self.max_micro_batch_size and self._lazy_decodes_fit(pool):
             self.running = []
             return pool, [], []
+        self.batch_lazy = False
+        self._write_back_decodes()
         decodes: list[int] = []
         queue = deque(pool)
         while queue:
@@ -545,6 +585,9 @@ class OrcaReplica(Replica):
     def _form_batch(self) -> tuple[list[int], list[int], list[int]]:
         table = self.table
         cap = self.max_micro_batch_size
+        self.batch_lazy = self.group_decodes and len(self.running) <= cap
+        if not self.batch_lazy:
+            self._write_back_decodes()
         decodes = self.running[:cap]
         self.running = self.running[cap:]
         prefills: list[int] = []
@@ -566,8 +609,7 @@ class OrcaReplica(Replica):
         if self.waiting and len(running) < self.max_micro_batch_size:
             if self.num_blocks - self.allocated_blocks >= self.reserve_blocks:
                 return False
-        prefill_done = self.table.prefill_done
-        return all(prefill_done[rid] for rid in running)
+        return self.decoding.size == len(running)
 
 
 SCHEDULERS: dict[str, type[Replica]] = {

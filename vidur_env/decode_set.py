@@ -1,0 +1,108 @@
+"""The decode-phase requests of one replica, advanced together without touching each one.
+
+With continuous batching every decoding request gains one token per iteration and a new KV
+block every 16 tokens, and that is the whole per-iteration update for most of a batch. So the
+set keeps one iteration counter (``tick``) and, per request, the offset such that its
+processed-token count is ``offset + tick``. What an iteration needs from the set is then O(1):
+how many tokens of KV the decodes hold (``kv_sum``), how many of them take a new block now
+(``growth_at``), and which of them finish (a bucket per tick). A request's exact state is
+written back to the :class:`RequestTable` only when it leaves the set.
+"""
+from __future__ import annotations
+
+import heapq
+from math import inf
+
+from vidur_env.request_table import RequestTable
+
+BLOCK_SIZE = 16
+
+
+class DecodeSet:
+    """Requests that decode in every iteration of their replica, tracked by offsets."""
+
+    def __init__(self, table: RequestTable, grows_kv: bool) -> None:
+        self.table = table
+        self.grows_kv = grows_kv
+        self.tick = 0
+        """Iterations the set has run, all members together."""
+        self.size = 0
+        self.offset_sum = 0
+        self._offset: dict[int, int] = {}
+        self._first_growth: dict[int, int] = {}
+        self._phase = [0] * BLOCK_SIZE
+        """Members taking a new block at ticks congruent to the index (mod 16)."""
+        self._done_at: dict[int, list[int]] = {}
+        self._done_ticks: list[int] = []
+
+    def __contains__(self, rid: int) -> bool:
+        return rid in self._offset
+
+    def kv_sum(self) -> int:
+        """Tokens processed by all members, i.e. the KV their decodes attend to."""
+        return self.offset_sum + self.size * self.tick
+
+    def processed(self, rid: int) -> int:
+        return self._offset[rid] + self.tick
+
+    def growth_at(self, tick: int) -> int:
+        """Members that take a new block when the iteration at ``tick`` is formed."""
+        return self._phase[tick % BLOCK_SIZE] if self.grows_kv else 0
+
+    def next_completion(self) -> float:
+        """Tick at which the next member completes (inf when none)."""
+        ticks = self._done_ticks
+        while ticks and ticks[0] not in self._done_at:
+            heapq.heappop(ticks)
+        return ticks[0] if ticks else inf
+
+    def join(self, rid: int) -> None:
+        """Start tracking ``rid``, whose processed count and blocks in the table are exact."""
+        table = self.table
+        offset = table.processed[rid] - self.tick
+        self._offset[rid] = offset
+        self.offset_sum += offset
+        self.size += 1
+        if self.grows_kv:
+            # first tick at which processed > 16 * blocks when the iteration is formed
+            first = table.blocks[rid] * BLOCK_SIZE + 1 - offset
+            if not 0 <= first - self.tick < BLOCK_SIZE:
+                raise RuntimeError(f"KV reservation invariant broken for request {rid}")
+            self._first_growth[rid] = first
+            self._phase[first % BLOCK_SIZE] += 1
+        done = table.total[rid] - offset
+        bucket = self._done_at.get(done)
+        if bucket is None:
+            self._done_at[done] = [rid]
+            heapq.heappush(self._done_ticks, done)
+        else:
+            bucket.append(rid)
+
+    def leave(self, rid: int) -> None:
+        """Stop tracking ``rid`` and write its exact processed count and blocks back."""
+        table = self.table
+        offset = self._offset.pop(rid)
+        self.offset_sum -= offset
+        self.size -= 1
+        table.processed[rid] = offset + self.tick
+        if self.grows_kv:
+            first = self._first_growth.pop(rid)
+            self._phase[first % BLOCK_SIZE] -= 1
+            if self.tick > first:
+                table.blocks[rid] += (self.tick - 1 - first) // BLOCK_SIZE + 1
+        done = table.total[rid] - offset
+        bucket = self._done_at[done]
+        bucket.remove(rid)
+        if not bucket:
+            del self._done_at[done]
+
+    def advance(self, iterations: int = 1) -> list[int]:
+        """Run ``iterations`` iterations; return the members that completed (now left)."""
+        self.tick += iterations
+        finished = self._done_at.get(self.tick)
+        if not finished:
+            return []
+        finished = list(finished)
+        for rid in finished:
+            self.leave(rid)
+        return finished
