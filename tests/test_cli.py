@@ -76,3 +76,33 @@ def test_unknown_flag_is_an_argparse_error_with_exit_2():
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "--replicaz" in result.stderr
+
+
+def test_heterogeneous_cluster_from_a_replica_list(tmp_path, capsys):
+    spec = tmp_path / "cluster.json"
+    spec.write_text(json.dumps([
+        {"model": "llama-2-7b", "device": "h100"},
+        {"model": "llama-2-7b", "device": "a100"},
+        {"model": "llama-3-8b", "device": "a100", "scheduler": "vllm"},
+    ]))
+    code, out, _ = run_cli(["simulate", "--replica-config", str(spec), "--num-requests", "60"], capsys)
+    assert code == 0
+    replicas = json.loads(out)["replicas"]
+    assert len(replicas) == 3 and sum(r["num_requests"] for r in replicas) == 60
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('[{"model": "llama-2-7b", "tensor_paralel": 2}]', "tensor_paralel"),
+        ('[{"tensor_parallel": "2"}]', "replicas[0].tensor_parallel"),
+        ('[{"model": "llama-2-7b",}\n]', ":1: invalid JSON"),
+        ("[]", "non-empty"),
+    ],
+)
+def test_bad_replica_list_names_file_and_key(tmp_path, capsys, content, message):
+    spec = tmp_path / "cluster.json"
+    spec.write_text(content)
+    code, _, err = run_cli(["simulate", "--replica-config", str(spec)], capsys)
+    assert code == 2
+    assert "cluster.json" in err and message in err

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from vidur_env.cluster import SimulationError
-from vidur_env.config import SCHEDULER_NAMES, ClusterConfig, ConfigError, ReplicaConfig
+from vidur_env.config import SCHEDULER_NAMES, ClusterConfig, ConfigError, ReplicaConfig, load_replica_configs
 from vidur_env.hardware import UnknownSpecError
 from vidur_env.metrics import write_json
 from vidur_env.routers import ROUTERS
@@ -35,6 +35,9 @@ def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
     cluster.add_argument("--chunk-size", type=int, default=512, help="Sarathi token budget per iteration")
     cluster.add_argument("--batch-size-cap", type=int, default=128, help="most requests a replica holds at once")
     cluster.add_argument("--num-blocks", type=int, default=None, help="KV blocks per replica (default: Vidur's memory planner)")
+    cluster.add_argument("--replica-config", default=None, metavar="FILE",
+                         help="heterogeneous cluster: JSON list of replica objects (model, device, tensor_parallel, "
+                              "scheduler, ...); overrides --replicas and the per-replica flags")
     cluster.add_argument("--profiling-dir", default=None,
                          help="use Vidur-format profiling CSVs from this directory instead of the built-in time model")
     cluster.add_argument("--extrapolate", action="store_true", help="let the profiled time model extrapolate off its grid")
@@ -64,6 +67,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     )
     cluster = ClusterConfig(
         num_replicas=args.replicas, replica=replica,
+        replicas=load_replica_configs(args.replica_config) if args.replica_config else None,
         time_model="profiled" if args.profiling_dir else "builtin", profiling_dir=args.profiling_dir,
         keying=args.keying, extrapolate=args.extrapolate,
     )

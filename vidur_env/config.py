@@ -1,6 +1,7 @@
 """Typed configuration of a simulated cluster: one source of truth for the CLI and the env."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -101,10 +102,39 @@ class ClusterConfig:
             raise ConfigError(f"cluster.keying: must be one of {', '.join(KEYINGS)}, got {self.keying!r}")
 
 
+def load_replica_configs(path: str) -> tuple[ReplicaConfig, ...]:
+    """Read a heterogeneous cluster: a JSON list with one object of ReplicaConfig fields per replica."""
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read replica list ({error.strerror})") from None
+    if not isinstance(data, list) or not data:
+        raise ConfigError(f"{path}: expected a non-empty JSON list of replica objects")
+    specs = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{path}: replicas[{i}] must be an object of ReplicaConfig fields")
+        spec = replica_config_from_dict(item, where=f"{path}: replicas[{i}]")
+        spec.validate(where=f"{path}: replicas[{i}]")
+        specs.append(spec)
+    return tuple(specs)
+
+
 def replica_config_from_dict(data: dict[str, Any], where: str) -> ReplicaConfig:
     """Build a :class:`ReplicaConfig` from a mapping, rejecting unknown keys by name."""
     known = {f.name for f in fields(ReplicaConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
-    return replace(ReplicaConfig(), **data)
+    defaults = ReplicaConfig()
+    for name, value in data.items():
+        default = getattr(defaults, name)
+        if default is None or value is None:
+            continue
+        allowed = (int, float) if isinstance(default, float) else type(default)
+        if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, allowed):
+            raise ConfigError(f"{where}.{name}: expected {type(default).__name__}, got {type(value).__name__} {value!r}")
+    return replace(defaults, **data)
