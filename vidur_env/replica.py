@@ -159,6 +159,8 @@ class Replica:
             self.pending_at = inf
             if now < horizon and self.fast_forward and self._decode_run_ready():
                 now = self._fast_forward(now, horizon)
+                if self.batch_end != inf:
+                    continue
             if now >= horizon:
                 self.pending_at = now
                 return
@@ -361,9 +363,10 @@ class Replica:
     def _fast_forward(self, now: float, horizon: float) -> float:
         """Run whole decode-only iterations of the decode set in a tight loop.
 
-        Stops before the iteration that could need a preemption, after the one in which the
-        first request completes, or before the first that would end after ``horizon``.
-        Returns the time reached; the general path forms the next batch from there.
+        Stops before the iteration that could need a preemption or after the one in which
+        the first request completes (the general path forms the next batch from there), or
+        puts in flight the first iteration that would end after ``horizon``. Returns the
+        time reached.
         """
         self._decode_run_order()
         decoding = self.decoding
@@ -378,6 +381,7 @@ class Replica:
         t = now
         block_time = 0.0
         busy = 0.0
+        in_flight: tuple[int, float] | None = None
         while tick < last:
             grow = growth_at(tick)
             if grows_kv and self.num_blocks - allocated - grow < 1:
@@ -385,6 +389,7 @@ class Replica:
             d = iteration_time(n, offset_sum + n * tick, (), ())
             end = t + d
             if end > horizon:
+                in_flight = grow, d
                 break
             allocated += grow
             block_time += allocated * d
@@ -392,13 +397,21 @@ class Replica:
             t = end
             tick += 1
         k = tick - decoding.tick
-        if k == 0:
-            return now
+        if k:
+            self._apply_decode_run(k, t, allocated, busy, block_time)
+        if in_flight is not None:
+            self._start_decode_batch(t, *in_flight)
+        return t
+
+    def _apply_decode_run(self, k: int, end: float, allocated: int, busy: float, block_time: float) -> None:
+        """Account for ``k`` decode-only iterations of the whole decode set ending at ``end``."""
+        decoding = self.decoding
+        n = decoding.size
         self.allocated_blocks = allocated
         finished = decoding.advance(k)
         if finished:
             for rid in finished:
-                self.table.completed_at[rid] = t
+                self.table.completed_at[rid] = end
                 self._free(rid)
             gone = set(finished)
             self.running = [rid for rid in self.running if rid not in gone]
@@ -410,7 +423,27 @@ class Replica:
         stats.block_time += block_time
         if allocated > stats.peak_blocks:
             stats.peak_blocks = allocated
-        return t
+
+    def _start_decode_batch(self, now: float, growth: int, duration: float) -> None:
+        """Put in flight a decode-only iteration of the whole decode set, as the general path
+        would form it (same growth, same duration), without walking the batch."""
+        n = self.decoding.size
+        self.allocated_blocks += growth
+        self.batch_decodes = self.running
+        self.running = []
+        self.batch_prefills = []
+        self.batch_chunks = []
+        self.batch_lazy = True
+        self.batch_start = now
+        self.batch_end = now + duration
+        stats = self.stats
+        stats.num_iterations += 1
+        stats.batch_size_sum += n
+        stats.tokens_sum += n
+        stats.busy_time += duration
+        stats.block_time += self.allocated_blocks * duration
+        if self.allocated_blocks > stats.peak_blocks:
+            stats.peak_blocks = self.allocated_blocks
 
     def _decode_run_order(self) -> list[int]:
         """The running list in the order the scheduler would batch it."""
