@@ -24,6 +24,10 @@ from vidur_env.time_model import ExecutionTimeModel
 
 BLOCK_SIZE = 16
 
+SteadyRun = tuple["int | None", bool]
+"""(the one partial prefill in the steady batch or None, whether admission is held off only
+by the token budget)."""
+
 
 @dataclass(frozen=True)
 class SchedulerLimits:
@@ -157,10 +161,12 @@ class Replica:
                     return
                 now = self.pending_at
             self.pending_at = inf
-            if now < horizon and self.fast_forward and self._decode_run_ready():
-                now = self._fast_forward(now, horizon)
-                if self.batch_end != inf:
-                    continue
+            if now < horizon and self.fast_forward and self.group_decodes:
+                run = self._steady_run()
+                if run is not None:
+                    now = self._fast_forward(now, horizon, run)
+                    if self.batch_end != inf:
+                        continue
             if now >= horizon:
                 self.pending_at = now
                 return
@@ -253,11 +259,13 @@ class Replica:
             if prefill_done[rid]:
                 self.decoding.join(rid)
 
-    def _decode_run_ready(self) -> bool:
-        """Whether the next batch is all running requests decoding, with no admission possible.
+    def _steady_run(self) -> SteadyRun | None:
+        """Whether the coming batches are the whole decode set (plus, for Sarathi, one partial
+        prefill) with nothing admitted, and if so which partial and whether admission is held
+        off only by the token budget (``gated``). None when the general path must run.
 
-        While that holds, nothing changes the batch until a request completes, memory runs
-        short, or the horizon is reached: the fast path may take over.
+        While that holds, nothing changes the batch until a request completes, the prefill
+        finishes, memory runs short, or the horizon is reached: the fast path may take over.
         """
         raise NotImplementedError
 
@@ -302,30 +310,12 @@ class Replica:
             stats.peak_blocks = self.allocated_blocks
 
     def _finish_batch(self, now: float) -> None:
-        table = self.table
         if self.batch_lazy:
             self._finish_lazy_decodes(now)
         else:
             self._finish_exact_decodes(now)
-        processed = table.processed
-        total = table.total
-        prefill = table.prefill
-        running = self.running
         for rid, q in zip(self.batch_prefills, self.batch_chunks):
-            p = processed[rid] + q
-            if p == prefill[rid]:
-                table.prefill_done[rid] = True
-                p += 1  # the prefill iteration emits the first output token
-                if table.prefill_completed_at[rid] == UNSET:
-                    table.prefill_completed_at[rid] = now
-            processed[rid] = p
-            if p == total[rid]:
-                table.completed_at[rid] = now
-                self._free(rid)
-            else:
-                running.append(rid)
-                if self.batch_lazy and table.prefill_done[rid]:
-                    self.decoding.join(rid)
+            self._advance_prefill(rid, q, now, track=self.batch_lazy)
         if not self.batch_lazy:
             self._track_decodes()
         self.batch_decodes = []
@@ -360,13 +350,14 @@ class Replica:
             else:
                 running.append(rid)
 
-    def _fast_forward(self, now: float, horizon: float) -> float:
-        """Run whole decode-only iterations of the decode set in a tight loop.
+    def _fast_forward(self, now: float, horizon: float, run: SteadyRun) -> float:
+        """Run iterations of the steady batch (the decode set plus at most one partial
+        prefill, nothing admitted) in a tight loop.
 
-        Stops before the iteration that could need a preemption or after the one in which
-        the first request completes (the general path forms the next batch from there), or
-        puts in flight the first iteration that would end after ``horizon``. Returns the
-        time reached.
+        Stops before an iteration that could need a preemption or could admit a request, and
+        after the one in which a request completes or the partial prefill finishes (the
+        general path forms the next batch from there); puts in flight the first iteration
+        that would end after ``horizon``. Returns the time reached.
         """
         self._decode_run_order()
         decoding = self.decoding
@@ -377,69 +368,121 @@ class Replica:
         growth_at = decoding.growth_at
         grows_kv = self.grows_kv
         iteration_time = self.time_model.iteration_time
+        partial, gated = run
+        budget = self.limits.chunk_size - n
+        if partial is not None:
+            prompt = self.table.prefill[partial]
+            done = self.table.processed[partial]
         allocated = self.allocated_blocks
         t = now
         block_time = 0.0
         busy = 0.0
-        in_flight: tuple[int, float] | None = None
+        prompt_tokens = 0
+        in_flight: tuple[int, float, int] | None = None
         while tick < last:
             grow = growth_at(tick)
             if grows_kv and self.num_blocks - allocated - grow < 1:
                 break
-            d = iteration_time(n, offset_sum + n * tick, (), ())
+            kv = offset_sum + n * tick
+            if partial is None:
+                q = 0
+                d = iteration_time(n, kv, (), ())
+            else:
+                q = prompt - done if prompt - done < budget else budget
+                if gated and q < budget:
+                    break  # budget left over: the head of the queue could be admitted
+                # a one-token chunk is timed as a decode, as in the general path
+                d = iteration_time(n + 1, kv + done, (), ()) if q == 1 else iteration_time(n, kv, (q,), (done,))
             end = t + d
             if end > horizon:
-                in_flight = grow, d
+                in_flight = grow, d, q
                 break
             allocated += grow
             block_time += allocated * d
             busy += d
             t = end
             tick += 1
+            if q:
+                done += q
+                prompt_tokens += q
+                if done == prompt:
+                    break
         k = tick - decoding.tick
         if k:
-            self._apply_decode_run(k, t, allocated, busy, block_time)
+            self._apply_run(k, t, allocated, busy, block_time, partial, prompt_tokens)
         if in_flight is not None:
-            self._start_decode_batch(t, *in_flight)
+            self._start_steady_batch(t, partial, *in_flight)
         return t
 
-    def _apply_decode_run(self, k: int, end: float, allocated: int, busy: float, block_time: float) -> None:
-        """Account for ``k`` decode-only iterations of the whole decode set ending at ``end``."""
+    def _apply_run(self, k: int, end: float, allocated: int, busy: float, block_time: float,
+                   partial: int | None, prompt_tokens: int) -> None:
+        """Account for ``k`` steady iterations ending at ``end``, as the general path would."""
+        table = self.table
         decoding = self.decoding
         n = decoding.size
         self.allocated_blocks = allocated
         finished = decoding.advance(k)
         if finished:
             for rid in finished:
-                self.table.completed_at[rid] = end
+                table.completed_at[rid] = end
                 self._free(rid)
-            gone = set(finished)
+        gone = set(finished)
+        if partial is not None:
+            gone.add(partial)
+        if gone:
             self.running = [rid for rid in self.running if rid not in gone]
+        if partial is not None:
+            self._advance_prefill(partial, prompt_tokens, end)
         stats = self.stats
         stats.num_iterations += k
-        stats.batch_size_sum += n * k
-        stats.tokens_sum += n * k
+        stats.batch_size_sum += (n + (partial is not None)) * k
+        stats.tokens_sum += n * k + prompt_tokens
+        stats.prefill_tokens_sum += prompt_tokens
         stats.busy_time += busy
         stats.block_time += block_time
         if allocated > stats.peak_blocks:
             stats.peak_blocks = allocated
 
-    def _start_decode_batch(self, now: float, growth: int, duration: float) -> None:
-        """Put in flight a decode-only iteration of the whole decode set, as the general path
-        would form it (same growth, same duration), without walking the batch."""
+    def _advance_prefill(self, rid: int, tokens: int, now: float, track: bool = True) -> None:
+        """Add ``tokens`` prompt tokens to a request that has finished an iteration at ``now``.
+        When its prompt is done it emits its first token and, unless that completes it, joins
+        the decode set (if ``track``). Batch order puts it after the decodes in ``running``."""
+        table = self.table
+        p = table.processed[rid] + tokens
+        if p == table.prefill[rid]:
+            table.prefill_done[rid] = True
+            p += 1  # the prefill iteration emits the first output token
+            if table.prefill_completed_at[rid] == UNSET:
+                table.prefill_completed_at[rid] = now
+        table.processed[rid] = p
+        if p == table.total[rid]:
+            table.completed_at[rid] = now
+            self._free(rid)
+            return
+        self.running.append(rid)
+        if track and table.prefill_done[rid]:
+            self.decoding.join(rid)
+
+    def _start_steady_batch(self, now: float, partial: int | None, growth: int, duration: float, q: int) -> None:
+        """Put in flight the steady iteration the general path would form (same growth, same
+        duration), without walking the batch."""
         n = self.decoding.size
         self.allocated_blocks += growth
-        self.batch_decodes = self.running
+        if partial is None:
+            self.batch_decodes = self.running
+            self.batch_prefills, self.batch_chunks = [], []
+        else:
+            self.batch_decodes = [rid for rid in self.running if rid != partial]
+            self.batch_prefills, self.batch_chunks = [partial], [q]
         self.running = []
-        self.batch_prefills = []
-        self.batch_chunks = []
         self.batch_lazy = True
         self.batch_start = now
         self.batch_end = now + duration
         stats = self.stats
         stats.num_iterations += 1
-        stats.batch_size_sum += n
-        stats.tokens_sum += n
+        stats.batch_size_sum += n + len(self.batch_prefills)
+        stats.tokens_sum += n + q
+        stats.prefill_tokens_sum += q
         stats.busy_time += duration
         stats.block_time += self.allocated_blocks * duration
         if self.allocated_blocks > stats.peak_blocks:
@@ -523,18 +566,28 @@ class SarathiReplica(Replica):
         self.running = sorted(queue, key=self.table.arrived_at.__getitem__)
         return decodes, partial
 
-    def _decode_run_ready(self) -> bool:
+    def _steady_run(self) -> SteadyRun | None:
         running = self.running
-        if not running or len(running) > self.max_micro_batch_size or self.decoding.size != len(running):
-            return False
+        if not running or len(running) > self.max_micro_batch_size:
+            return None
+        decoding = self.decoding
+        partial = None
+        if decoding.size != len(running):
+            if len(running) - decoding.size != 1 or self.limits.chunk_size <= decoding.size:
+                return None
+            partial = next(rid for rid in reversed(running) if rid not in decoding)  # usually last
         if not self.waiting:
-            return True
-        return (
+            return partial, False
+        if (
             self.num_allocated_requests == self.limits.batch_size_cap
             or len(running) == self.max_micro_batch_size
-            or len(running) >= self.limits.chunk_size
             or not self._can_admit(self.waiting[0])
-        )
+        ):
+            return partial, False
+        if partial is None:
+            # the head gets min(prompt, budget) tokens: none when the decodes use the budget
+            return (None, False) if len(running) >= self.limits.chunk_size else None
+        return partial, True
 
 
 class VLLMReplica(Replica):
@@ -589,19 +642,20 @@ class VLLMReplica(Replica):
         self.running.sort(key=self.table.arrived_at.__getitem__)
         return self.running
 
-    def _decode_run_ready(self) -> bool:
+    def _steady_run(self) -> SteadyRun | None:
         running = self.running
-        if not running or len(running) > self.max_micro_batch_size:
-            return False
+        if not running or len(running) > self.max_micro_batch_size or self.decoding.size != len(running):
+            return None
         if not self.waiting:
-            return True
+            return None, False
         rid = self.waiting[0]
-        q = self.table.prefill[rid]
-        return (
+        if (
             not self._can_admit(rid)
-            or not self._prompt_batch_fits([], q)
+            or not self._prompt_batch_fits([], self.table.prefill[rid])
             or self.num_allocated_requests == self.limits.batch_size_cap
-        )
+        ):
+            return None, False
+        return None
 
 
 class OrcaReplica(Replica):
@@ -635,14 +689,14 @@ class OrcaReplica(Replica):
             chunks.append(table.prefill[rid])
         return decodes, prefills, chunks
 
-    def _decode_run_ready(self) -> bool:
+    def _steady_run(self) -> SteadyRun | None:
         running = self.running
-        if not running or len(running) > self.max_micro_batch_size:
-            return False
+        if not running or len(running) > self.max_micro_batch_size or self.decoding.size != len(running):
+            return None
         if self.waiting and len(running) < self.max_micro_batch_size:
             if self.num_blocks - self.allocated_blocks >= self.reserve_blocks:
-                return False
-        return self.decoding.size == len(running)
+                return None
+        return None, False
 
 
 SCHEDULERS: dict[str, type[Replica]] = {
