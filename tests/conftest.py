@@ -23,3 +23,14 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"calibration data not found at {path} (set VIDUR_SHARED_DATA to use it)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    """One torch thread: faster for the small networks of the tests, and bitwise reproducible."""
+    import torch
+
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)

@@ -19,14 +19,6 @@ from sb3_klppo.behaviour_cloning import (
 from sb3_klppo.klppo import reference_kl
 
 
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    n_threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(n_threads)
-
-
 def model_for(env, **kwargs) -> KLPPO:
     return KLPPO("MlpPolicy", env, n_steps=64, batch_size=64, seed=0, device="cpu", **kwargs)
 

@@ -57,15 +57,6 @@ KLPPO_TRAIN_KEYS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    """One thread: faster on small nets under load, and bitwise-reproducible."""
-    n_threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(n_threads)
-
-
 def categorical(logits: list[list[float]]) -> CategoricalDistribution:
     logits_t = th.tensor(logits)
     return CategoricalDistribution(logits_t.shape[1]).proba_distribution(logits_t)

@@ -22,14 +22,6 @@ from sb3_klppo.klppo import linear_schedule_value
 FAST = dict(n_steps=32, batch_size=32, n_epochs=2, seed=0, device="cpu", policy_kwargs=dict(net_arch=[16]))
 
 
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    n_threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(n_threads)
-
-
 class CapturedDumps(KVWriter):
     """A logger output that keeps every dump in memory."""
 
