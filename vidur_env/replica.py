@@ -46,7 +46,6 @@ class SchedulerLimits:
     max_tokens: int = 4096
     """Longest request; Orca reserves this many tokens of KV per request at admission."""
     watermark_fraction: float = 0.01
-    block_size: int = BLOCK_SIZE
 
 
 @dataclass
@@ -101,7 +100,6 @@ class Replica:
         self.batch_lazy = False
         """Whether the batch in flight advances ``decoding`` as a whole (else exact path)."""
         self.batch_end = inf
-        self.batch_start = 0.0
         self.pending_at = inf
         """Time at which an idle replica has work to schedule (formation deferred to it)."""
         self.stats = ReplicaStats()
@@ -296,7 +294,6 @@ class Replica:
         self.batch_decodes = decodes
         self.batch_prefills = prefills
         self.batch_chunks = chunks
-        self.batch_start = now
         self.batch_end = now + duration
         stats = self.stats
         stats.num_iterations += 1
@@ -476,7 +473,6 @@ class Replica:
             self.batch_prefills, self.batch_chunks = [partial], [q]
         self.running = []
         self.batch_lazy = True
-        self.batch_start = now
         self.batch_end = now + duration
         stats = self.stats
         stats.num_iterations += 1
