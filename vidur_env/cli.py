@@ -10,9 +10,11 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from vidur_env.cluster import SimulationError
 from vidur_env.config import SCHEDULER_NAMES, ClusterConfig, ConfigError, ReplicaConfig, load_replica_configs
+from vidur_env.evaluation import evaluate, load_model
 from vidur_env.hardware import UnknownSpecError
 from vidur_env.metrics import write_json
 from vidur_env.routers import ROUTERS
@@ -107,7 +109,63 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--output-json", default=None, help="also write the aggregate metrics here")
     simulate.add_argument("--output-csv", default=None, help="write per-request metrics (Vidur column names) here")
     simulate.set_defaults(handler=cmd_simulate)
+    add_evaluate_parser(commands)
     return parser
+
+
+DEFAULT_EVAL_ROUTERS = "round_robin,random,lor,jsq,power_of_two,least_kv,least_work_left,vllm_dp"
+
+
+def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
+    """The ``evaluate`` subcommand. Its ``--model`` is the SB3 model zip, so the served LLM,
+    ``--model`` in ``simulate``, is ``--llm`` here."""
+    evaluate_parser = commands.add_parser(
+        "evaluate", help="compare routers (and a trained SB3 model) on the same workloads; table, JSON, CDF plot",
+        conflict_handler="resolve")
+    add_scenario_arguments(evaluate_parser)
+    evaluate_parser.add_argument("--llm", dest="model", default=ReplicaConfig.model,
+                                 help="served model name or alias (simulate's --model; default Llama-2-7B)")
+    evaluate_parser.add_argument("--routers", default=DEFAULT_EVAL_ROUTERS,
+                                 help=f"comma-separated router names (default: all; from {', '.join(sorted(ROUTERS))})")
+    evaluate_parser.add_argument("--model", dest="model_path", default=None, metavar="PATH.zip",
+                                 help="also evaluate this SB3 model (KLPPO, PPO or MaskablePPO zip)")
+    evaluate_parser.add_argument("--model-name", default=None, help="row name of the model (default: file stem)")
+    evaluate_parser.add_argument("--episodes", type=int, default=3, help="episodes per policy (default 3)")
+    evaluate_parser.add_argument("--seed", type=int, default=0, help="episode k uses seed S+k for every policy")
+    evaluate_parser.add_argument("--episode-requests", type=int, default=None,
+                                 help="routing decisions per episode (default: --num-requests)")
+    evaluate_parser.add_argument("--reward", choices=("latency", "ttft", "slo"), default="latency",
+                                 help="reward whose return is reported (slo needs --slo-ttft and/or --slo-e2e)")
+    evaluate_parser.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO in seconds (reward slo)")
+    evaluate_parser.add_argument("--slo-e2e", type=float, default=None, help="E2E SLO in seconds (reward slo)")
+    evaluate_parser.add_argument("--obs-refresh-ms", type=float, default=0.0,
+                                 help="observation staleness, as the model was trained with (default 0: fresh)")
+    evaluate_parser.add_argument("--oracle", action="store_true", help="observations include the output length")
+    evaluate_parser.add_argument("--stochastic", action="store_true", help="sample the model's actions")
+    evaluate_parser.add_argument("--output-dir", default=".",
+                                 help="where evaluation.json and latency_cdf.png are written (default: .)")
+    evaluate_parser.set_defaults(handler=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    routers = [name for name in args.routers.split(",") if name.strip()]
+    model = load_model(args.model_path) if args.model_path else None
+    model_name = args.model_name or (Path(args.model_path).stem if args.model_path else "ppo")
+    env_kwargs = {
+        "scenario": scenario_from_args(args),
+        "num_requests": args.episode_requests or args.num_requests,
+        "reward": args.reward, "slo_ttft_s": args.slo_ttft, "slo_e2e_s": args.slo_e2e,
+        "obs_refresh_ms": args.obs_refresh_ms, "oracle": args.oracle,
+    }
+    result = evaluate(env_kwargs, routers, model=model, model_name=model_name, episodes=args.episodes,
+                      seed=args.seed, deterministic=not args.stochastic)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result.to_json(out / "evaluation.json")
+    result.plot_latency_cdf(out / "latency_cdf.png")
+    sys.stdout.write(result.table())
+    print(f"wrote {out / 'evaluation.json'} and {out / 'latency_cdf.png'}")
+    return 0
 
 
 def run_command(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

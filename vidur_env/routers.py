@@ -2,7 +2,10 @@
 
 A router is called once per arriving request with the simulator advanced to the arrival
 time, and returns a replica id. Routers read replica state only through the public
-attributes documented on :class:`vidur_env.cluster.ClusterSimulator`.
+attributes documented on :class:`vidur_env.cluster.ClusterSimulator` (and a replica's
+``time_model``, for the work estimate). Each router can also decide from the env's
+observation (:meth:`Router.choose_observed`), which :class:`RouterPolicy` wraps in SB3's
+``predict`` interface.
 """
 from __future__ import annotations
 
@@ -10,8 +13,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vidur_env.observation import ObservationView, ReplicaCosts, decode_observation, queued_work_seconds
+
 if TYPE_CHECKING:
     from vidur_env.cluster import ClusterSimulator
+    from vidur_env.replica import Replica
 
 
 class Router:
@@ -25,6 +31,11 @@ class Router:
         self.rng = rng
 
     def choose(self, sim: "ClusterSimulator", rid: int) -> int:
+        """The replica for request ``rid``, from the simulator's public state."""
+        raise NotImplementedError
+
+    def choose_observed(self, view: ObservationView, row: int) -> int:
+        """The replica for env ``row`` of a batch of de-normalised observations."""
         raise NotImplementedError
 
     def __call__(self, sim: "ClusterSimulator", rid: int) -> int:
@@ -49,10 +60,16 @@ class RoundRobin(Router):
         super().reset(num_replicas, rng)
         self.counter = 0
 
-    def choose(self, sim: "ClusterSimulator", rid: int) -> int:
+    def _next(self) -> int:
         choice = self.counter % self.num_replicas
         self.counter += 1
         return choice
+
+    def choose(self, sim: "ClusterSimulator", rid: int) -> int:
+        return self._next()
+
+    def choose_observed(self, view: ObservationView, row: int) -> int:
+        return self._next()
 
 
 class RandomRouter(Router):
@@ -63,18 +80,129 @@ class RandomRouter(Router):
     def choose(self, sim: "ClusterSimulator", rid: int) -> int:
         return int(self.rng.integers(self.num_replicas))
 
+    def choose_observed(self, view: ObservationView, row: int) -> int:
+        return int(self.rng.integers(self.num_replicas))
 
-class LeastOutstandingRequests(Router):
+
+class ScoreRouter(Router):
+    """A router that sends the request to the replica with the lowest score, ties to the lowest
+    index. Subclasses define the score twice, on the simulator's public replica attributes
+    (:meth:`score`) and on de-normalised observations (:meth:`observed_scores`); the two agree
+    whenever the observation is fresh (``obs_refresh_ms=0``), up to float32 resolution."""
+
+    def score(self, replica: "Replica") -> float:
+        raise NotImplementedError
+
+    def observed_scores(self, view: ObservationView, row: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def choose(self, sim: "ClusterSimulator", rid: int) -> int:
+        return argmin_first([self.score(r) for r in sim.replicas])
+
+    def choose_observed(self, view: ObservationView, row: int) -> int:
+        return int(np.argmin(self.observed_scores(view, row)))
+
+
+class LeastOutstandingRequests(ScoreRouter):
     """Vidur's ``lor``: fewest requests *waiting* in the replica's queue (running ones are
-    not counted, which skews load at moderate rates)."""
+    not counted, which skews load at moderate rates). Score: ``num_waiting``."""
 
     name = "lor"
 
+    def score(self, replica: "Replica") -> float:
+        return replica.num_waiting
+
+    def observed_scores(self, view: ObservationView, row: int) -> np.ndarray:
+        return view.waiting[row]
+
+
+class JoinShortestQueue(ScoreRouter):
+    """Join the shortest queue, counting every request the replica has not finished.
+    Score: ``num_waiting + num_allocated_requests`` (queued plus holding KV, which includes the
+    batch in flight)."""
+
+    name = "jsq"
+
+    def score(self, replica: "Replica") -> float:
+        return replica.num_waiting + replica.num_allocated_requests
+
+    def observed_scores(self, view: ObservationView, row: int) -> np.ndarray:
+        return view.waiting[row] + view.running[row]
+
+
+class VLLMDataParallel(ScoreRouter):
+    """vLLM's data-parallel load balancer: a queued request weighs four running ones.
+    Score: ``4 * num_waiting + num_allocated_requests``."""
+
+    name = "vllm_dp"
+
+    def score(self, replica: "Replica") -> float:
+        return 4 * replica.num_waiting + replica.num_allocated_requests
+
+    def observed_scores(self, view: ObservationView, row: int) -> np.ndarray:
+        return 4 * view.waiting[row] + view.running[row]
+
+
+class LeastKV(ScoreRouter):
+    """Lowest KV-cache utilisation. Score: ``allocated_blocks / num_blocks``."""
+
+    name = "least_kv"
+
+    def score(self, replica: "Replica") -> float:
+        return replica.kv_utilization
+
+    def observed_scores(self, view: ObservationView, row: int) -> np.ndarray:
+        return view.kv_utilization[row]
+
+
+class LeastWorkLeft(ScoreRouter):
+    """Least estimated work queued: queued prompt tokens to prefill plus the decode load of every
+    request queued or holding KV, in seconds of the replica's own time model (so a slower
+    replica's queue weighs more). Score: :func:`vidur_env.observation.queued_work_seconds`,
+    which uses ``waiting_prompt_tokens``, ``num_waiting``, ``num_allocated_requests`` and
+    ``time_model``, never a request's output length."""
+
+    name = "least_work_left"
+
+    def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
+        super().reset(num_replicas, rng)
+        self.costs: dict[int, ReplicaCosts] = {}
+
+    def score(self, replica: "Replica") -> float:
+        costs = self.costs.get(id(replica.time_model))
+        if costs is None:
+            costs = self.costs[id(replica.time_model)] = ReplicaCosts.from_time_model(replica.time_model)
+        return queued_work_seconds(replica, costs)
+
+    def observed_scores(self, view: ObservationView, row: int) -> np.ndarray:
+        return view.queued_work[row]
+
+
+class PowerOfTwo(Router):
+    """Power of two choices: sample two distinct replicas with the router's generator and take
+    the one with fewer ``num_waiting + num_allocated_requests`` (ties to the lower index)."""
+
+    name = "power_of_two"
+
+    def _pick(self, loads: "np.ndarray | list[float]") -> int:
+        n = len(loads)
+        if n == 1:
+            return 0
+        a, b = sorted(int(i) for i in self.rng.choice(n, 2, replace=False))
+        return b if loads[b] < loads[a] else a
+
     def choose(self, sim: "ClusterSimulator", rid: int) -> int:
-        return argmin_first([r.num_waiting for r in sim.replicas])
+        return self._pick([r.num_waiting + r.num_allocated_requests for r in sim.replicas])
+
+    def choose_observed(self, view: ObservationView, row: int) -> int:
+        return self._pick(view.waiting[row] + view.running[row])
 
 
-ROUTERS: dict[str, type[Router]] = {cls.name: cls for cls in (RoundRobin, RandomRouter, LeastOutstandingRequests)}
+ROUTERS: dict[str, type[Router]] = {
+    cls.name: cls
+    for cls in (RoundRobin, RandomRouter, LeastOutstandingRequests, JoinShortestQueue, PowerOfTwo,
+                LeastKV, LeastWorkLeft, VLLMDataParallel)
+}
 
 
 def make_router(name: str) -> Router:
@@ -83,3 +211,59 @@ def make_router(name: str) -> Router:
         return ROUTERS[name]()
     except KeyError:
         raise ValueError(f"unknown router {name!r}; choose from {', '.join(sorted(ROUTERS))}") from None
+
+
+class RouterPolicy:
+    """A router as an SB3-style policy on the env's observations, for ``evaluate_policy``,
+    behaviour cloning and anything else that calls ``predict``.
+
+    ``predict(obs)`` takes a batch of observations (n_envs, N, F) and returns actions of shape
+    (n_envs,) (a single (N, F) observation gives a 0-d array, as SB3 models do). Score routers
+    decide from the de-normalised features (:func:`vidur_env.observation.decode_observation`);
+    ``round_robin`` keeps a counter and ``random`` / ``power_of_two`` a generator, one router
+    per env index, restarted where ``episode_start`` is True. The generators derive from
+    ``seed`` (None: fresh entropy), so a seeded policy is reproducible.
+
+    :param router: registry name, or a :class:`Router` subclass.
+    :param seed: seed of the generators of stochastic routers.
+    """
+
+    def __init__(self, router: "str | type[Router]", seed: int | None = None) -> None:
+        if isinstance(router, str):
+            make_router(router)  # validate the name early, with the registry's message
+            router = ROUTERS[router]
+        self.router_class = router
+        self.name = router.name
+        self.reset(seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Forget every env's router state and reseed."""
+        self.rng = np.random.default_rng(seed)
+        self.routers: list[Router] = []
+
+    def _restart(self, index: int, num_replicas: int) -> None:
+        router = self.router_class()
+        router.reset(num_replicas, np.random.default_rng(self.rng.integers(2**63)))
+        if index < len(self.routers):
+            self.routers[index] = router
+        else:
+            self.routers.append(router)
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        obs = np.asarray(observation)
+        single = obs.ndim == 2
+        view = decode_observation(obs)
+        n_envs, num_replicas = view.waiting.shape
+        starts = np.ones(n_envs, dtype=bool) if episode_start is None else np.asarray(episode_start, dtype=bool).reshape(-1)
+        actions = np.empty(n_envs, dtype=np.int64)
+        for i in range(n_envs):
+            if i >= len(self.routers) or (episode_start is not None and starts[i]):
+                self._restart(i, num_replicas)
+            actions[i] = self.routers[i].choose_observed(view, i)
+        return (actions[0] if single else actions), state

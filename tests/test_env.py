@@ -1,0 +1,289 @@
+"""The routing env: API checks, the reward/return identity, determinism, masks, staleness."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+
+import vidur_env  # noqa: F401  (registration; the subprocess test checks it is not needed)
+from vidur_env.cluster import ClusterSimulator
+from vidur_env.config import ConfigError
+from vidur_env.env import VidurRoutingEnv
+from vidur_env.metrics import RequestMetrics
+from vidur_env.observation import COLUMN, decode_observation, queued_work_seconds, ReplicaCosts
+from vidur_env.routers import make_router
+
+SMALL = dict(num_replicas=2, num_requests=48)
+
+
+def run_episode(env, policy=None, seed=0):
+    """Play one episode; return (observations, rewards, final info)."""
+    obs, _ = env.reset(seed=seed)
+    observations, rewards, k = [obs], [], 0
+    while True:
+        action = policy(env, obs, k) if policy else k % env.num_replicas
+        obs, reward, terminated, truncated, info = env.step(action)
+        assert not terminated
+        observations.append(obs)
+        rewards.append(reward)
+        k += 1
+        if truncated:
+            return observations, rewards, info
+
+
+def random_policy(seed):
+    rng = np.random.default_rng(seed)
+    return lambda env, obs, k: int(rng.integers(env.num_replicas))
+
+
+def test_make_works_in_a_fresh_interpreter_without_kwargs():
+    code = ("import gymnasium; env = gymnasium.make('vidur_env:VidurRouting-v0'); obs, _ = env.reset(seed=0); "
+            "print(obs.shape, env.action_space)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "(4, 10) Discrete(4)"
+
+
+@pytest.mark.parametrize("kwargs", [{"render_mode": "ansi"}, {"render_mode": "rgb_array", "oracle": True},
+                                    {"obs_refresh_ms": 20.0, "reward": "ttft"}])
+def test_gymnasium_check_env_passes_without_warnings(kwargs):
+    env = gym.make("vidur_env:VidurRouting-v0", **SMALL, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gym_check_env(env.unwrapped)
+
+
+def test_sb3_check_env_passes_with_only_its_2d_shape_advisory():
+    from gymnasium.wrappers import FlattenObservation
+    from stable_baselines3.common.env_checker import check_env
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(VidurRoutingEnv(**SMALL))
+    # SB3 advises flattening any Box that is neither 1-D nor an image; the (N, F) rows are by design.
+    assert [str(w.message) for w in caught if "unconventional shape" not in str(w.message)] == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(FlattenObservation(VidurRoutingEnv(**SMALL)))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"obs_refresh_ms": 40.0}, {"scheduler": "vllm"}])
+def test_return_is_minus_total_e2e_latency_over_the_scale(kwargs):
+    env = VidurRoutingEnv(**SMALL, **kwargs)
+    _, rewards, info = run_episode(env, random_policy(3), seed=5)
+    per_request = info["request_metrics"]
+    assert len(per_request.request_id) == 48
+    expected = -per_request.request_e2e_time.sum() / env.reward_scale
+    assert sum(rewards) == pytest.approx(expected, rel=1e-9)
+
+
+ONE_TOKEN_OUTPUTS = {"lengths": "fixed", "prefill_tokens": 300, "decode_tokens": 1, "load": 0.3}
+PREEMPTIONS = {"num_blocks": 400, "load": 1.5}  # small KV caches: requests restart
+
+
+@pytest.mark.parametrize("scenario", [{"load": 0.2}, {"load": 1.5}, ONE_TOKEN_OUTPUTS,
+                                      {"scheduler": "vllm", "load": 1.5}, {"scheduler": "orca", "load": 1.5},
+                                      PREEMPTIONS])
+@pytest.mark.parametrize("reward, column", [("latency", "completed_at"), ("ttft", "prefill_completed_at")])
+def test_each_reward_is_the_exact_area_between_its_two_decisions(reward, column, scenario):
+    env = VidurRoutingEnv(**SMALL, reward=reward, reward_scale=1.0, **scenario)
+    _, rewards, info = run_episode(env, random_policy(4), seed=2)
+    m = info["request_metrics"]
+    assert scenario is not PREEMPTIONS or m.request_num_restarts.sum() > 0
+    arrived, ended = m.arrived_at, getattr(m, column)
+    decisions = np.append(env.requests.arrived_at, np.inf)
+    for k, reward_k in enumerate(rewards):
+        start, stop = decisions[k], decisions[k + 1]
+        routed = m.request_id <= k
+        overlap = np.minimum(ended[routed], stop) - np.maximum(arrived[routed], start)
+        assert reward_k == pytest.approx(-np.clip(overlap, 0.0, None).sum(), rel=1e-9, abs=1e-12)
+
+
+def test_ttft_reward_returns_minus_total_ttft():
+    env = VidurRoutingEnv(**SMALL, reward="ttft", reward_scale=0.1)
+    _, rewards, info = run_episode(env, random_policy(1))
+    assert sum(rewards) == pytest.approx(-info["request_metrics"].prefill_e2e_time.sum() / 0.1, rel=1e-9)
+
+
+def test_slo_reward_counts_misses_at_completion():
+    env = VidurRoutingEnv(**SMALL, reward="slo", slo_ttft_s=0.2, slo_e2e_s=5.0)
+    _, rewards, info = run_episode(env, random_policy(2))
+    m = info["request_metrics"]
+    misses = np.sum((m.prefill_e2e_time > 0.2) | (m.request_e2e_time > 5.0))
+    assert sum(rewards) == -misses
+    assert set(rewards) <= {0.0} | {-float(k) for k in range(1, 49)}
+
+
+def test_default_scale_is_the_mean_isolated_latency_and_rewards_are_order_one():
+    env = VidurRoutingEnv(num_requests=256)
+    _, rewards, _ = run_episode(env)
+    assert 1.0 < env.reward_scale < 10.0  # seconds: a conversation request alone on an A100
+    assert -20.0 < np.mean(rewards) < 0.0
+
+
+def test_env_routes_exactly_like_the_simulator_with_the_same_decisions():
+    env = VidurRoutingEnv(**SMALL)
+    _, _, info = run_episode(env)  # round robin actions
+    sim = ClusterSimulator(env.cluster, env.requests, max_tokens=env.workload.max_tokens, time_models=env.time_models)
+    router = make_router("round_robin")
+    router.reset(sim.num_replicas, np.random.default_rng(0))
+    sim.run(router)
+    np.testing.assert_array_equal(RequestMetrics.from_simulator(sim).completed_at, info["request_metrics"].completed_at)
+
+
+def test_same_seed_same_episode_and_new_draw_per_episode():
+    env = VidurRoutingEnv(**SMALL)
+    first = run_episode(env, random_policy(0), seed=11)
+    arrivals = list(env.requests.arrived_at)
+    again = run_episode(VidurRoutingEnv(**SMALL), random_policy(0), seed=11)
+    np.testing.assert_array_equal(np.stack(first[0]), np.stack(again[0]))
+    assert first[1] == again[1]
+    env.reset()
+    assert list(env.requests.arrived_at) != arrivals
+
+
+def test_trace_replay_is_the_same_every_episode(tmp_path):
+    trace = tmp_path / "trace.csv"
+    rows = "\n".join(f"{0.1 * i},{50 + 7 * i},{3 + i % 5}" for i in range(20))
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n" + rows + "\n")
+    env = VidurRoutingEnv(num_replicas=2, trace=str(trace), num_requests=None)
+    assert env.num_requests == 20 and env.scenario.load == 0.85
+    env.reset(seed=1)
+    first = env.requests.arrived_at.copy()
+    env.reset(seed=2)
+    np.testing.assert_array_equal(env.requests.arrived_at, first)
+
+
+def test_observation_features_decode_to_the_replica_state():
+    env = VidurRoutingEnv(num_replicas=3, num_requests=120)
+    obs, _ = env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        obs, *_ = env.step(int(rng.integers(3)))
+        assert env.observation_space.contains(obs)
+        view = decode_observation(obs)
+        sim = env.simulator
+        assert view.waiting[0].tolist() == [r.num_waiting for r in sim.replicas]
+        assert view.waiting_tokens[0].tolist() == [r.waiting_prompt_tokens for r in sim.replicas]
+        assert view.running[0].tolist() == [r.num_allocated_requests for r in sim.replicas]
+        assert view.batch_size[0].tolist() == [r.num_in_batch for r in sim.replicas]
+        work = [queued_work_seconds(r, ReplicaCosts.from_time_model(r.time_model)) for r in sim.replicas]
+        np.testing.assert_allclose(view.queued_work[0], work, rtol=1e-5, atol=1e-6)
+        prompt = sim.table.orig_prefill[env.current_request] / env.workload.max_tokens
+        np.testing.assert_allclose(obs[:, COLUMN["prompt"]], prompt, rtol=1e-6)
+
+
+def test_no_output_length_feature_unless_oracle():
+    plain = VidurRoutingEnv(**SMALL)
+    oracle = VidurRoutingEnv(**SMALL, oracle=True)
+    assert plain.observation_space.shape == (2, 10) and oracle.observation_space.shape == (2, 11)
+    obs, _ = oracle.reset(seed=0)
+    assert obs[0, COLUMN["output"]] == pytest.approx(oracle.requests.num_decode_tokens[0] / oracle.workload.max_tokens)
+
+
+def test_stale_observations_hold_between_refresh_ticks_and_do_not_change_the_dynamics():
+    fresh = VidurRoutingEnv(**SMALL)
+    stale = VidurRoutingEnv(**SMALL, obs_refresh_ms=500.0)
+    _, _, fresh_info = run_episode(fresh, seed=4)
+    observations, _, stale_info = run_episode(stale, seed=4)
+    np.testing.assert_array_equal(fresh_info["request_metrics"].completed_at, stale_info["request_metrics"].completed_at)
+    arrivals = stale.requests.arrived_at
+    ticks = np.floor(arrivals / 0.5)
+    same_tick = [k for k in range(1, 48) if ticks[k] == ticks[k - 1]]
+    assert same_tick, "the workload should have arrivals within one refresh period"
+    for k in same_tick:
+        np.testing.assert_array_equal(observations[k][:, :9], observations[k - 1][:, :9])
+
+
+def test_masks_block_full_queues_and_replicas_whose_kv_can_never_hold_the_prompt():
+    env = VidurRoutingEnv(num_replicas=2, num_requests=64, max_queue=1, load=3.0)
+    env.reset(seed=0)
+    assert env.action_masks().tolist() == [True, True]
+    masked = 0
+    for _ in range(63):
+        mask = env.action_masks()
+        waiting = [r.num_waiting for r in env.simulator.replicas]
+        assert mask.tolist() == [w < 1 for w in waiting] or (not any(w < 1 for w in waiting) and mask.all())
+        masked += int(not mask.all())
+        env.step(int(np.argmax(mask)))
+    assert masked > 0
+    tiny = {"cluster": {"replicas": [{"num_blocks": 4}, {}]}, "workload": {"lengths": "fixed", "prefill_tokens": 200,
+                                                                          "decode_tokens": 8}}
+    env = VidurRoutingEnv(num_requests=4, qps=1.0, **tiny)  # qps: a capacity probe could not run on the tiny one
+    env.reset(seed=0)
+    assert env.action_masks().tolist() == [False, True]
+
+
+def test_maskable_ppo_runs_on_the_masks():
+    sb3_contrib = pytest.importorskip("sb3_contrib")
+    model = sb3_contrib.MaskablePPO("MlpPolicy", VidurRoutingEnv(**SMALL, max_queue=2), n_steps=32, batch_size=16,
+                                    n_epochs=1, seed=0, device="cpu")
+    model.learn(64)
+
+
+def test_vec_envs_step():
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    for cls, kwargs in ((DummyVecEnv, {}), (SubprocVecEnv, {"start_method": "fork"})):
+        venv = make_vec_env("vidur_env:VidurRouting-v0", n_envs=2, env_kwargs=dict(num_replicas=2, num_requests=8),
+                            vec_env_cls=cls, vec_env_kwargs=kwargs, seed=0)
+        assert venv.reset().shape == (2, 2, 10)
+        ends = []
+        for _ in range(10):
+            obs, rewards, dones, infos = venv.step(np.array([0, 1]))
+            ends += [info for info, done in zip(infos, dones) if done]
+        venv.close()
+        assert obs.shape == (2, 2, 10) and rewards.shape == (2,)
+        assert len(ends) == 2 and all(info["metrics"]["num_requests"] == 8 for info in ends)
+
+
+def test_episode_end_info_carries_the_simulator_metrics():
+    _, _, info = run_episode(VidurRoutingEnv(**SMALL))
+    assert info["metrics"]["num_requests"] == 48
+    assert "request_e2e_time" in info["metrics"] and len(info["request_metrics"].request_id) == 48
+
+
+def test_heterogeneous_cluster_has_a_relative_speed_feature():
+    cluster = {"replicas": [{"device": "a100"}, {"device": "h100"}]}
+    env = VidurRoutingEnv(cluster=cluster, num_requests=8)
+    obs, _ = env.reset(seed=0)
+    speed = obs[:, COLUMN["relative_speed"]]
+    assert speed[1] == pytest.approx(1.0) and 0.0 < speed[0] < 1.0
+
+
+def test_render_ansi_prints_one_row_per_replica():
+    env = VidurRoutingEnv(num_replicas=3, num_requests=8, render_mode="ansi")
+    env.reset(seed=0)
+    env.step(0)
+    text = env.render()
+    assert text.count("\n") == 2 + 3 and "waiting" in text
+    assert VidurRoutingEnv(num_replicas=3, render_mode="rgb_array").render() is not None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"bogus": 1}, "bogus"),
+    ({"reward": "latencyy"}, "reward"),
+    ({"reward": "slo"}, "slo_ttft_s"),
+    ({"num_requests": 0}, "num_requests"),
+    ({"obs_refresh_ms": -1}, "obs_refresh_ms"),
+    ({"cluster": {"replicas": [{}], "nodes": 3}}, "nodes"),
+    ({"workload": {"qpss": 3}}, "qpss"),
+    ({"cluster": {"replicas": [{}, {}]}, "device": "h100"}, "device"),
+])
+def test_bad_arguments_raise_config_errors_naming_them(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        VidurRoutingEnv(**kwargs)
+
+
+def test_shortcuts_reach_the_cluster_and_the_workload():
+    env = VidurRoutingEnv(num_replicas=3, tp=2, model="llama-2-7b", scheduler="vllm", lengths="fixed",
+                          prefill_tokens=100, decode_tokens=10, qps=2.0, num_requests=16)
+    assert env.action_space.n == 3 and env.cluster.replica.tensor_parallel == 2
+    assert env.cluster.replica.scheduler == "vllm" and env.scenario.load is None and env.workload.qps == 2.0
+    env.reset(seed=0)
+    assert set(env.requests.num_prefill_tokens) == {100}

@@ -1,0 +1,132 @@
+"""The evaluation harness and ``python -m vidur_env evaluate`` end to end on tiny workloads."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from vidur_env.cli import main
+from vidur_env.cluster import ClusterSimulator, build_time_models
+from vidur_env.config import ClusterConfig, ReplicaConfig
+from vidur_env.evaluation import LOWER_BOUND, EvaluationError, evaluate
+from vidur_env.metrics import RequestMetrics
+from vidur_env.reward import isolated_latencies
+
+TINY = {"num_replicas": 2, "num_requests": 40}
+ROW_KEYS = {"e2e_mean", "e2e_p50", "e2e_p99", "ttft_mean", "ttft_p50", "ttft_p99", "throughput", "restarts"}
+
+
+@pytest.fixture(scope="module")
+def result():
+    return evaluate(TINY, ["lor", "jsq", "random"], episodes=2, seed=7)
+
+
+def test_rows_for_every_policy_and_the_lower_bound(result):
+    assert list(result.rows) == ["lor", "jsq", "random", LOWER_BOUND]
+    for row in result.rows.values():
+        assert ROW_KEYS <= set(row) and row["num_requests"] == 80 and row["episodes"] == 2
+        assert 0 < row["e2e_p50"] <= row["e2e_p99"] and 0 < row["ttft_mean"] <= row["e2e_mean"]
+    bound = result.rows[LOWER_BOUND]
+    assert all(bound["e2e_mean"] < row["e2e_mean"] for name, row in result.rows.items() if name != LOWER_BOUND)
+    assert bound["restarts"] == 0 and bound["return_mean"] is None
+
+
+def test_common_random_numbers_and_determinism(result):
+    alone = evaluate(TINY, ["jsq"], episodes=2, seed=7)
+    assert alone.rows["jsq"] == result.rows["jsq"]
+    assert alone.rows[LOWER_BOUND] == result.rows[LOWER_BOUND]
+    again = evaluate(TINY, ["random"], episodes=2, seed=7)
+    assert again.rows["random"] == result.rows["random"]
+    other = evaluate(TINY, ["jsq"], episodes=2, seed=8)
+    assert other.rows["jsq"] != result.rows["jsq"]
+
+
+def test_table_json_and_plot(result, tmp_path):
+    table = result.table()
+    assert all(name in table for name in result.rows) and "E2E p99" in table
+    result.to_json(tmp_path / "e.json")
+    data = json.loads((tmp_path / "e.json").read_text())
+    assert data["rows"]["jsq"]["e2e_mean"] == pytest.approx(result.rows["jsq"]["e2e_mean"])
+    assert data["settings"]["episodes"] == 2
+    result.plot_latency_cdf(tmp_path / "cdf.png")
+    assert (tmp_path / "cdf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("scheduler", ["sarathi", "vllm", "orca"])
+def test_lower_bound_is_the_latency_of_a_request_served_alone(scheduler):
+    cluster = ClusterConfig(num_replicas=1, replica=ReplicaConfig(scheduler=scheduler))
+    models = build_time_models(cluster)
+    for prompt, output in ((1, 1), (513, 3), (1000, 40), (3000, 200)):
+        requests = SimpleNamespace(arrived_at=np.array([0.25]), num_prefill_tokens=np.array([prompt]),
+                                   num_decode_tokens=np.array([output]))
+        sim = ClusterSimulator(cluster, requests, time_models=models)
+        sim.run(lambda _sim, _rid: 0)
+        m = RequestMetrics.from_simulator(sim)
+        ttft, e2e = isolated_latencies(cluster.replica_configs, models, 4096, np.array([prompt]), np.array([output]))
+        assert ttft[0] == pytest.approx(m.prefill_e2e_time[0], rel=1e-9)
+        assert e2e[0] == pytest.approx(m.request_e2e_time[0], rel=1e-9)
+
+
+def test_lower_bound_takes_the_fastest_replica_of_a_heterogeneous_cluster():
+    cluster = ClusterConfig(replicas=(ReplicaConfig(device="a100"), ReplicaConfig(device="h100")))
+    models = build_time_models(cluster)
+    prompts, outputs = np.array([500, 2000]), np.array([50, 10])
+    _, both = isolated_latencies(cluster.replica_configs, models, 4096, prompts, outputs)
+    _, a100 = isolated_latencies(cluster.replica_configs[:1], models[:1], 4096, prompts, outputs)
+    _, h100 = isolated_latencies(cluster.replica_configs[1:], models[1:], 4096, prompts, outputs)
+    np.testing.assert_array_equal(both, np.minimum(a100, h100))
+    assert (h100 < a100).all()
+
+
+def test_a_model_is_evaluated_on_the_same_workloads():
+    from stable_baselines3 import PPO
+
+    from vidur_env.env import VidurRoutingEnv
+
+    model = PPO("MlpPolicy", VidurRoutingEnv(**TINY), n_steps=16, batch_size=16, seed=0, device="cpu")
+    out = evaluate(TINY, ["jsq"], model=model, model_name="untrained", episodes=1)
+    assert list(out.rows) == ["jsq", "untrained", LOWER_BOUND]
+    assert out.rows["untrained"]["num_requests"] == 40
+    with pytest.raises(EvaluationError, match="shape"):
+        evaluate({**TINY, "oracle": True}, [], model=model, episodes=1)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"routers": ["jsq", "nope"]}, "nope"),
+    ({"routers": ["jsq"], "episodes": 0}, "episodes"),
+    ({"routers": []}, "nothing to evaluate"),
+])
+def test_bad_evaluation_input_is_named(bad, message):
+    with pytest.raises(EvaluationError, match=message):
+        evaluate(TINY, **bad)
+
+
+def test_evaluate_command_end_to_end_with_a_saved_model(tmp_path, capsys):
+    from stable_baselines3 import PPO
+
+    from vidur_env.env import VidurRoutingEnv
+
+    PPO("MlpPolicy", VidurRoutingEnv(**TINY), n_steps=16, batch_size=16, seed=0, device="cpu").save(tmp_path / "router.zip")
+    out_dir = tmp_path / "out"
+    code = main(["evaluate", "--routers", "lor,jsq", "--model", str(tmp_path / "router.zip"), "--episodes", "1",
+                 "--seed", "3", "--replicas", "2", "--episode-requests", "30", "--output-dir", str(out_dir)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    for name in ("lor", "jsq", "router", LOWER_BOUND):
+        assert name in printed
+    data = json.loads((out_dir / "evaluation.json").read_text())
+    assert set(data["rows"]) == {"lor", "jsq", "router", LOWER_BOUND}
+    assert data["rows"]["jsq"]["num_requests"] == 30
+    assert (out_dir / "latency_cdf.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--routers", "lor,shortest"], "unknown router(s) shortest"),
+    (["--model", "missing.zip"], "model file not found"),
+])
+def test_evaluate_command_rejects_bad_input_with_exit_2(argv, message, tmp_path, capsys):
+    code = main(["evaluate", "--replicas", "2", "--episode-requests", "8", "--output-dir", str(tmp_path)] + argv)
+    assert code == 2
+    assert message in capsys.readouterr().err

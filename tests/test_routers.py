@@ -1,0 +1,163 @@
+"""Heuristic routers: each decides as its definition says, on the simulator and on observations."""
+from __future__ import annotations
+
+from math import inf
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from vidur_env.cli import main
+from vidur_env.env import VidurRoutingEnv
+from vidur_env.observation import ObservationBuilder, ReplicaCosts
+from vidur_env.routers import ROUTERS, RouterPolicy, make_router
+
+
+class LinearTime:
+    """Prefill costs ``p`` s per token, a decode ``d`` s per request: costs are exactly (p, d)."""
+
+    def __init__(self, p: float, d: float) -> None:
+        self.p, self.d = p, d
+
+    def iteration_time(self, num_decodes, decode_kv_sum, chunks, kvs):
+        return sum(chunks) * self.p + num_decodes * self.d
+
+
+FAST, SLOW = LinearTime(1e-4, 1e-3), LinearTime(3e-4, 3e-3)
+
+# name: (waiting, running, waiting prompt tokens, KV blocks of 100, time model)
+STATE = {
+    "A": (0, 6, 0, 40, FAST),
+    "B": (1, 1, 3000, 1, FAST),
+    "C": (1, 0, 5000, 5, FAST),
+    "D": (0, 3, 0, 30, FAST),
+    "E": (0, 2, 0, 20, SLOW),
+}
+# lor: waiting [0,1,1,0,0] -> A (lowest index of the ties); jsq: waiting+running [6,2,1,3,2] -> C;
+# vllm_dp: 4*waiting+running [6,5,4,3,2] -> E; least_kv -> B;
+# least_work_left (s): A 6*.21=1.26, B .3+2*.21=.72, C .5+.21=.71, D 3*.21=.63, E 2*.63=1.26 -> D.
+EXPECTED = {"lor": 0, "jsq": 2, "vllm_dp": 4, "least_kv": 1, "least_work_left": 3}
+
+
+def replica(i, waiting, running, tokens, blocks, model):
+    return SimpleNamespace(
+        replica_id=i, num_waiting=waiting, num_allocated_requests=running, waiting_prompt_tokens=tokens,
+        allocated_blocks=blocks, num_blocks=100, kv_utilization=blocks / 100, num_in_batch=0, batch_end=inf,
+        is_busy=False, time_model=model,
+    )
+
+
+def hand_built(state=STATE):
+    replicas = [replica(i, *values) for i, values in enumerate(state.values())]
+    return SimpleNamespace(replicas=replicas, num_replicas=len(replicas))
+
+
+def observe(sim):
+    builder = ObservationBuilder([ReplicaCosts.from_time_model(r.time_model) for r in sim.replicas],
+                                 [r.num_blocks for r in sim.replicas], max_tokens=4096)
+    builder.snapshot(sim.replicas, 0.0)
+    return builder.build(100, 10)
+
+
+def chosen(name, sim, seed=0):
+    router = make_router(name)
+    router.reset(sim.num_replicas, np.random.default_rng(seed))
+    return router.choose(sim, 0)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_score_router_decides_by_its_definition(name):
+    sim = hand_built()
+    assert chosen(name, sim) == EXPECTED[name]
+    action, state = RouterPolicy(name).predict(observe(sim))
+    assert action.shape == () and int(action) == EXPECTED[name] and state is None
+
+
+def test_jsq_counts_running_requests_and_lor_does_not():
+    sim = hand_built({"x": (1, 0, 0, 0, FAST), "y": (0, 9, 0, 0, FAST)})
+    assert chosen("lor", sim) == 1 and chosen("jsq", sim) == 0
+
+
+def test_vllm_dp_weighs_a_queued_request_as_four_running():
+    four_running = hand_built({"x": (1, 0, 0, 0, FAST), "y": (0, 4, 0, 0, FAST)})
+    five_running = hand_built({"x": (1, 0, 0, 0, FAST), "y": (0, 5, 0, 0, FAST)})
+    assert chosen("vllm_dp", four_running) == 0  # tie: 4 = 4, lowest index
+    assert chosen("vllm_dp", five_running) == 0
+    three_running = hand_built({"x": (1, 0, 0, 0, FAST), "y": (0, 3, 0, 0, FAST)})
+    assert chosen("vllm_dp", three_running) == 1
+
+
+def test_least_work_left_weighs_a_slow_replica_more():
+    same_load = hand_built({"slow": (0, 2, 0, 0, SLOW), "fast": (0, 2, 0, 0, FAST)})
+    assert chosen("least_work_left", same_load) == 1
+    assert chosen("jsq", same_load) == 0
+
+
+def test_power_of_two_takes_the_less_loaded_of_two_sampled_replicas():
+    sim = hand_built()
+    loads = [w + r for w, r, *_ in STATE.values()]
+    picks = []
+    for seed in range(40):
+        a, b = sorted(int(i) for i in np.random.default_rng(seed).choice(5, 2, replace=False))
+        pick = chosen("power_of_two", sim, seed)
+        assert pick in (a, b) and loads[pick] == min(loads[a], loads[b])
+        picks.append(pick)
+    assert 0 not in picks  # the most loaded replica loses every comparison
+    assert chosen("power_of_two", hand_built({"only": (5, 5, 0, 0, FAST)})) == 0
+
+
+def test_round_robin_cycles_and_restarts_with_each_episode():
+    policy = RouterPolicy("round_robin")
+    obs = np.stack([observe(hand_built())] * 2)  # two envs
+    actions = [policy.predict(obs)[0].tolist() for _ in range(6)]
+    assert actions == [[0, 0], [1, 1], [2, 2], [3, 3], [4, 4], [0, 0]]
+    restarted, _ = policy.predict(obs, episode_start=np.array([True, False]))
+    assert restarted.tolist() == [0, 1]
+
+
+def test_random_policy_is_uniform_and_reproducible_by_seed():
+    obs = observe(hand_built())[None]
+    draws = [int(RouterPolicy("random", seed=3).predict(obs)[0][0]) for _ in range(2)]
+    assert draws[0] == draws[1]
+    policy = RouterPolicy("random", seed=0)
+    counts = np.bincount([int(policy.predict(obs)[0][0]) for _ in range(500)], minlength=5)
+    assert counts.min() > 60
+
+
+def test_registry_names_every_router_and_rejects_unknown_names():
+    assert set(ROUTERS) == {"round_robin", "random", "lor", "jsq", "power_of_two", "least_kv", "least_work_left",
+                            "vllm_dp"}
+    with pytest.raises(ValueError, match="least_kv"):
+        make_router("shortest")
+    with pytest.raises(ValueError, match="unknown router"):
+        RouterPolicy("shortest")
+
+
+@pytest.mark.parametrize("name", ["lor", "jsq", "vllm_dp", "least_kv", "least_work_left"])
+def test_policy_on_fresh_observations_matches_the_router_on_the_simulator(name):
+    env = VidurRoutingEnv(num_replicas=3, num_requests=150, load=1.2)
+    router = make_router(name)
+    router.reset(3, np.random.default_rng(0))
+    policy = RouterPolicy(name)
+    obs, _ = env.reset(seed=0)
+    truncated = False
+    while not truncated:
+        action = router.choose(env.simulator, env.current_request)
+        assert int(policy.predict(obs)[0]) == action
+        obs, _, _, truncated, _ = env.step(action)
+
+
+@pytest.mark.parametrize("name", sorted(ROUTERS))
+def test_every_router_runs_from_the_simulate_command(name, capsys):
+    assert main(["simulate", "--router", name, "--replicas", "2", "--num-requests", "20"]) == 0
+    assert '"num_requests": 20' in capsys.readouterr().out
+
+
+def test_router_policies_work_with_sb3_evaluate_policy():
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    venv = make_vec_env(VidurRoutingEnv, n_envs=2, env_kwargs=dict(num_replicas=2, num_requests=16), seed=0)
+    for name in ("jsq", "power_of_two", "round_robin"):
+        mean, std = evaluate_policy(RouterPolicy(name, seed=0), venv, n_eval_episodes=2)
+        assert mean < 0 and np.isfinite(std)

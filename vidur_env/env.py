@@ -1,0 +1,430 @@
+"""The Gymnasium routing env: a thin adapter over :class:`vidur_env.cluster.ClusterSimulator`."""
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from math import inf
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from vidur_env.cluster import ClusterSimulator, build_time_models
+from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig, replica_config_from_dict
+from vidur_env.metrics import RequestMetrics, aggregate_metrics
+from vidur_env.observation import ObservationBuilder, ReplicaCosts, features, queued_work_seconds
+from vidur_env.replica import BLOCK_SIZE
+from vidur_env.reward import REWARDS, LatencyReward, SLOReward, TTFTReward, isolated_latencies
+from vidur_env.simulation import Scenario, resolve_workload
+from vidur_env.workload import Requests, WorkloadConfig, generate_requests
+
+DEFAULT_LOAD = 0.85
+REFERENCE_SEED = 12345
+"""Seed of the fixed workload draw the automatic reward scale is measured on."""
+
+CLUSTER_FIELDS = frozenset(f.name for f in fields(ClusterConfig)) - {"replica", "replicas"}
+REPLICA_FIELDS = frozenset(f.name for f in fields(ReplicaConfig))
+WORKLOAD_FIELDS = frozenset(f.name for f in fields(WorkloadConfig)) - {"num_requests"}
+ALIASES = {"tp": "tensor_parallel"}
+
+
+class VidurRoutingEnv(gym.Env):
+    """Route the requests of a simulated LLM-serving cluster to its replicas.
+
+    ## Description
+
+    A cluster of N replicas (Vidur-faithful batching schedulers, paged KV cache and execution
+    times) serves a stream of requests. Each step routes the request that has just arrived;
+    the simulator then runs every replica up to the next arrival. The objective is low latency.
+
+    ## Action Space
+
+    ``Discrete(N)``: the replica that serves the arriving request.
+
+    ## Observation Space
+
+    ``Box(0, 1, (N, F), float32)``: one row per replica; the incoming request's features are
+    repeated in every row, so a permutation-equivariant policy can score replicas with shared
+    weights. Unbounded quantities are squashed as ``x / (x + c)`` (0.5 at ``x = c``, never
+    clipped, invertible; see :mod:`vidur_env.observation`).
+
+    | Col | Feature          | Raw quantity                                                  | Transform     | Min | Max |
+    |-----|------------------|---------------------------------------------------------------|---------------|-----|-----|
+    | 0   | waiting          | requests queued at the replica, holding no KV (`num_waiting`) | squash(8)     | 0   | 1   |
+    | 1   | waiting_tokens   | prompt tokens of those requests (`waiting_prompt_tokens`)     | squash(8192)  | 0   | 1   |
+    | 2   | running          | requests holding KV, in the batch or not (`num_allocated_requests`) | squash(32) | 0 | 1 |
+    | 3   | kv_utilization   | allocated KV blocks / KV blocks                               | none          | 0   | 1   |
+    | 4   | batch_size       | requests in the iteration in flight (`num_in_batch`)          | squash(32)    | 0   | 1   |
+    | 5   | queued_work      | estimated seconds of queued work: queued prompt tokens x prefill s/token + (waiting + running) x 210 x decode s/token, from the replica's time model (`queued_work_seconds`) | squash(2 s) | 0 | 1 |
+    | 6   | batch_remaining  | seconds until the iteration in flight ends (0 when idle)      | squash(0.05 s)| 0   | 1   |
+    | 7   | relative_speed   | fastest replica's cost of a reference request / this replica's (1 on homogeneous clusters) | none | 0 | 1 |
+    | 8   | relative_kv      | this replica's KV blocks / the largest replica's              | none          | 0   | 1   |
+    | 9   | prompt           | incoming request's prompt tokens / max_tokens                 | none          | 0   | 1   |
+    | 10  | output (oracle)  | incoming request's output tokens / max_tokens, only with `oracle=True` | none | 0   | 1   |
+
+    No feature reveals a request's output length unless ``oracle=True``. With
+    ``obs_refresh_ms=k`` columns 0-8 are the replica state at the last multiple of k ms (as a
+    router polling its replicas sees it); columns 9-10 are always current. The observation
+    after the last decision has zeros in columns 9-10.
+
+    ## Rewards
+
+    - ``"latency"`` (default; alias ``"e2e"``): minus the area under the number of requests in
+      the system (arrived, not completed) between this decision and the next, divided by
+      ``reward_scale``. The last step also charges the drain of the remaining requests, so
+      the episode return is exactly ``-sum(E2E latency) / reward_scale``. Default scale: the
+      mean latency of a request served alone with no queueing (on the fastest replica) over a
+      fixed draw of the workload, so a step's reward is about minus the mean slowdown.
+    - ``"ttft"``: the same with the number of requests still waiting for their first token;
+      return ``-sum(TTFT) / reward_scale``, default scale the mean isolated TTFT.
+    - ``"slo"``: minus the number of requests completing in the step that miss the SLO
+      (TTFT above ``slo_ttft_s`` or E2E above ``slo_e2e_s``; at least one is required), over
+      ``reward_scale`` (default 1); the return is minus the number of misses.
+
+    ## Starting State
+
+    An empty cluster at the first arrival of a fresh workload draw from the env's generator
+    (``reset(seed=...)`` makes it reproducible); a trace replay (``arrival`` and ``lengths``
+    both ``"trace"``) is the same every episode.
+
+    ## Episode End
+
+    After ``num_requests`` decisions the episode is *truncated*: the simulator drains, the
+    final reward charges the remaining latency, and ``info`` carries ``"metrics"`` (Vidur-named
+    aggregate metrics, :func:`vidur_env.metrics.aggregate_metrics`) and ``"request_metrics"``
+    (:class:`vidur_env.metrics.RequestMetrics`). It never terminates.
+
+    ## Action masks
+
+    :meth:`action_masks` (sb3-contrib's MaskablePPO) marks replicas that can take the request:
+    the prompt fits the replica's KV cache when empty, and the replica's queue is shorter
+    than ``max_queue`` (when set). If no replica qualifies, all are allowed. Masks read the
+    live simulator and are advisory: a masked action is still carried out.
+
+    ## Arguments
+
+    ``gymnasium.make("vidur_env:VidurRouting-v0", **kwargs)``; with no kwargs, the default
+    scenario: 4 x Llama-2-7B on A100 (TP1, Sarathi), conversation-trace lengths, Poisson
+    arrivals at 85% of measured capacity, 512 requests per episode.
+
+    - ``cluster``: :class:`ClusterConfig` or dict (``replica`` / ``replicas`` as dicts for a
+      heterogeneous cluster). ``workload``: :class:`WorkloadConfig` or dict.
+      ``scenario``: a :class:`Scenario` instead of the three.
+    - ``load``: arrival rate as a fraction of measured capacity (Poisson/Gamma); ``"auto"``
+      means 0.85 unless ``qps`` is given as a shortcut; None keeps the workload's ``qps``.
+    - Flat shortcuts: any field of ClusterConfig (``num_replicas``, ``time_model``,
+      ``profiling_dir``, ``keying``, ``extrapolate``), ReplicaConfig (``model``, ``device``,
+      ``tensor_parallel`` or ``tp``, ``scheduler``, ``chunk_size``, ...) or WorkloadConfig
+      (``arrival``, ``qps``, ``lengths``, ``trace``, ``max_tokens``, ...) overrides it in
+      ``cluster`` / ``workload``. ``trace`` alone implies a trace replay.
+    - ``num_requests``: decisions per episode (default 512; None: every row of the workload's
+      trace, or the workload's ``num_requests`` when it reads no trace).
+    - ``reward``, ``reward_scale``, ``slo_ttft_s``, ``slo_e2e_s``: see Rewards.
+    - ``obs_refresh_ms``: observation staleness (0: fresh). ``oracle``: add the output length.
+    - ``max_queue``: queue length at which :meth:`action_masks` masks a replica.
+    - ``render_mode``: None, ``"ansi"`` (a text table of the replicas) or ``"rgb_array"`` (bars
+      of queued requests, running requests and KV use per replica; SB3's ``make_vec_env``
+      asks for it by default).
+
+    Unknown arguments raise :class:`vidur_env.config.ConfigError` naming them.
+
+    ## Version History
+
+    - v0: initial version.
+    """
+
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+
+    def __init__(
+        self,
+        *,
+        cluster: ClusterConfig | dict | None = None,
+        workload: WorkloadConfig | dict | None = None,
+        load: float | str | None = "auto",
+        scenario: Scenario | None = None,
+        num_requests: int | None = 512,
+        reward: str = "latency",
+        reward_scale: float | None = None,
+        slo_ttft_s: float | None = None,
+        slo_e2e_s: float | None = None,
+        obs_refresh_ms: float = 0.0,
+        oracle: bool = False,
+        max_queue: int | None = None,
+        render_mode: str | None = None,
+        **shortcuts: Any,
+    ) -> None:
+        self.scenario = build_scenario(cluster, workload, load, scenario, shortcuts)
+        self.scenario.validate()
+        self.reward_kind = check_reward(reward, slo_ttft_s, slo_e2e_s)
+        self.slo_ttft_s, self.slo_e2e_s = slo_ttft_s, slo_e2e_s
+        check_options(num_requests, reward_scale, obs_refresh_ms, max_queue, render_mode)
+        self.render_mode = render_mode
+        self.oracle = bool(oracle)
+        self.max_queue = max_queue
+        self.cluster = self.scenario.cluster
+        self.time_models = build_time_models(self.cluster)
+        self.workload = resolve_workload(self.scenario, self.time_models)
+        if num_requests is not None or "trace" in (self.workload.arrival, self.workload.lengths):
+            self.workload = replace(self.workload, num_requests=num_requests)
+        self.fixed_trace = self.workload.arrival == "trace" and self.workload.lengths == "trace"
+        reference = generate_requests(self.workload, np.random.default_rng(REFERENCE_SEED))
+        self.num_requests = len(reference)
+        self.reward_scale = reward_scale if reward_scale is not None else self._auto_scale(reference)
+        self.num_replicas = len(self.cluster.replica_configs)
+        self.costs = [ReplicaCosts.from_time_model(m) for m in self.time_models]
+        self.refresh_s = obs_refresh_ms / 1000.0
+        self.observation_space = spaces.Box(0.0, 1.0, (self.num_replicas, len(features(self.oracle))), np.float32)
+        self.action_space = spaces.Discrete(self.num_replicas)
+        self.simulator: ClusterSimulator | None = None
+        """The episode's simulator (public state for routers that need more than the observation)."""
+        self.requests: Requests | None = None
+        """The episode's workload draw."""
+        self.current_request = -1
+        """Id of the request awaiting a decision (-1 once the episode is over)."""
+
+    # ------------------------------------------------------------------------------ setup
+    def _auto_scale(self, reference: Requests) -> float:
+        """Mean isolated latency (E2E or TTFT) of a fixed draw of the workload; 1 for SLO."""
+        if self.reward_kind == "slo":
+            return 1.0
+        ttft, e2e = isolated_latencies(self.cluster.replica_configs, self.time_models, self.workload.max_tokens,
+                                       reference.num_prefill_tokens, reference.num_decode_tokens)
+        return float(np.mean(ttft if self.reward_kind == "ttft" else e2e))
+
+    def isolated_latencies(self, requests: Requests) -> tuple[np.ndarray, np.ndarray]:
+        """(TTFT, E2E) of each request served alone on its fastest replica: the no-queueing bound."""
+        return isolated_latencies(self.cluster.replica_configs, self.time_models, self.workload.max_tokens,
+                                  requests.num_prefill_tokens, requests.num_decode_tokens)
+
+    def _make_reward(self, sim: ClusterSimulator) -> LatencyReward:
+        if self.reward_kind == "ttft":
+            return TTFTReward(sim.table, sim.replicas, self.reward_scale)
+        if self.reward_kind == "slo":
+            return SLOReward(sim.table, sim.replicas, self.reward_scale, self.slo_ttft_s, self.slo_e2e_s)
+        return LatencyReward(sim.table, sim.replicas, self.reward_scale)
+
+    # ------------------------------------------------------------------------------ gym API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        rng = np.random.default_rng(REFERENCE_SEED) if self.fixed_trace else self.np_random
+        self.requests = generate_requests(self.workload, rng)
+        sim = ClusterSimulator(self.cluster, self.requests, max_tokens=self.workload.max_tokens,
+                               time_models=self.time_models)
+        self.simulator = sim
+        self._prefill = sim.table.orig_prefill
+        self._decode = sim.table.orig_decode
+        self._admit_blocks = [admissible_blocks(r) for r in sim.replicas]
+        self._reward = self._make_reward(sim)
+        self._obs = ObservationBuilder(self.costs, [r.num_blocks for r in sim.replicas], self.workload.max_tokens,
+                                       oracle=self.oracle, refresh_s=self.refresh_s)
+        self._decisions = 0
+        obs = self._next_observation(sim.table.arrived_at[0])
+        return obs, {"request_id": self.current_request}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        sim = self.simulator
+        if sim is None or self.current_request < 0:
+            raise RuntimeError("call reset() before step(), and again after the episode ends")
+        replica = int(action)
+        sim.dispatch(replica)
+        self._reward.add(self.current_request, replica)
+        self._decisions += 1
+        if self._decisions < self.num_requests:
+            t = sim.table.arrived_at[self._decisions]
+            obs = self._next_observation(t)
+            return obs, self._reward.step(t), False, False, {"request_id": self.current_request}
+        return self._end_episode()
+
+    def _next_observation(self, t: float) -> np.ndarray:
+        """Advance to the arrival at ``t`` (via the refresh tick when stale) and observe."""
+        sim = self.simulator
+        builder = self._obs
+        if self.refresh_s > 0.0:
+            if builder.needs_refresh(t):
+                tick = builder.last_tick(t)
+                sim.advance_to(tick)
+                builder.snapshot(sim.replicas, tick)
+            rid = sim.advance_to_next_arrival()
+        else:
+            rid = sim.advance_to_next_arrival()
+            builder.snapshot(sim.replicas, t)
+        self.current_request = rid
+        return builder.build(self._prefill[rid], self._decode[rid])
+
+    def _end_episode(self) -> tuple[np.ndarray, float, bool, bool, dict]:
+        sim = self.simulator
+        sim.drain()
+        reward = self._reward.finish()
+        self.current_request = -1
+        self._obs.snapshot(sim.replicas, sim.now)
+        obs = self._obs.build(0, 0)
+        per_request = RequestMetrics.from_simulator(sim)
+        info = {"metrics": aggregate_metrics(sim, per_request), "request_metrics": per_request}
+        return obs, reward, False, True, info
+
+    def action_masks(self) -> np.ndarray:
+        """Replicas that can take the current request (see the class docstring)."""
+        sim = self.simulator
+        rid = self.current_request
+        if sim is None or rid < 0:
+            return np.ones(self.num_replicas, dtype=bool)
+        need = -(-self._prefill[rid] // BLOCK_SIZE)
+        cap = inf if self.max_queue is None else self.max_queue
+        mask = np.array([need <= admit and r.num_waiting < cap for r, admit in zip(sim.replicas, self._admit_blocks)],
+                        dtype=bool)
+        return mask if mask.any() else np.ones(self.num_replicas, dtype=bool)
+
+    def render(self) -> str | np.ndarray | None:
+        if self.render_mode == "ansi":
+            return replica_table(self.simulator, self.costs, self.current_request)
+        if self.render_mode == "rgb_array":
+            return replica_bars(self.simulator)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: configuration and rendering
+
+
+def admissible_blocks(replica: Any) -> float:
+    """Largest prompt (in KV blocks) an empty replica admits; -1 if it admits nothing."""
+    if replica.grows_kv:
+        return replica.num_blocks - replica.watermark_blocks
+    return inf if replica.reserve_blocks <= replica.num_blocks else -1
+
+
+def build_scenario(cluster: Any, workload: Any, load: Any, scenario: Scenario | None,
+                   shortcuts: dict[str, Any]) -> Scenario:
+    """The env's scenario from structured configs plus flat shortcuts (unknown names rejected)."""
+    shortcuts = {ALIASES.get(k, k): v for k, v in shortcuts.items()}
+    unknown = sorted(set(shortcuts) - CLUSTER_FIELDS - REPLICA_FIELDS - WORKLOAD_FIELDS)
+    if unknown:
+        valid = sorted(CLUSTER_FIELDS | REPLICA_FIELDS | WORKLOAD_FIELDS | set(ALIASES))
+        raise ConfigError(f"VidurRoutingEnv: unknown argument(s) {', '.join(unknown)}; "
+                          f"valid shortcuts: {', '.join(valid)}")
+    if scenario is not None:
+        if cluster is not None or workload is not None or load != "auto":
+            raise ConfigError("VidurRoutingEnv: pass either scenario or cluster/workload/load, not both")
+        cluster, workload, load = scenario.cluster, scenario.workload, scenario.load
+    cluster = apply_cluster_shortcuts(cluster_from(cluster), shortcuts)
+    workload = apply_workload_shortcuts(workload_from(workload), shortcuts)
+    if load == "auto":
+        load = None if "qps" in shortcuts else DEFAULT_LOAD
+    if load is not None and (isinstance(load, bool) or not isinstance(load, (int, float))):
+        raise ConfigError(f"VidurRoutingEnv.load: must be a number, None or 'auto', got {load!r}")
+    return Scenario(cluster=cluster, workload=workload, load=load)
+
+
+def cluster_from(value: ClusterConfig | dict | None) -> ClusterConfig:
+    """A ClusterConfig from itself, None (the default) or a dict with nested replica dicts."""
+    if value is None:
+        return ClusterConfig()
+    if isinstance(value, ClusterConfig):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"cluster: expected a ClusterConfig or a dict, got {type(value).__name__}")
+    known = {f.name for f in fields(ClusterConfig)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"cluster: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+    data = dict(value)
+    if isinstance(data.get("replica"), dict):
+        data["replica"] = replica_config_from_dict(data["replica"], "cluster.replica")
+    if data.get("replicas") is not None:
+        data["replicas"] = tuple(
+            spec if isinstance(spec, ReplicaConfig) else replica_config_from_dict(spec, f"cluster.replicas[{i}]")
+            for i, spec in enumerate(data["replicas"])
+        )
+    return replace(ClusterConfig(), **data)
+
+
+def workload_from(value: WorkloadConfig | dict | None) -> WorkloadConfig:
+    """A WorkloadConfig from itself, None (the default) or a dict (unknown keys rejected)."""
+    if value is None:
+        return WorkloadConfig()
+    if isinstance(value, WorkloadConfig):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"workload: expected a WorkloadConfig or a dict, got {type(value).__name__}")
+    known = {f.name for f in fields(WorkloadConfig)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"workload: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+    return replace(WorkloadConfig(), **value)
+
+
+def apply_cluster_shortcuts(cluster: ClusterConfig, shortcuts: dict[str, Any]) -> ClusterConfig:
+    replica_args = {k: v for k, v in shortcuts.items() if k in REPLICA_FIELDS}
+    cluster_args = {k: v for k, v in shortcuts.items() if k in CLUSTER_FIELDS}
+    if replica_args and cluster.replicas is not None:
+        raise ConfigError(f"VidurRoutingEnv: replica shortcut(s) {', '.join(sorted(replica_args))} cannot apply to "
+                          "a heterogeneous cluster (cluster.replicas); set them per replica")
+    if replica_args:
+        cluster = replace(cluster, replica=replace(cluster.replica, **replica_args))
+    return replace(cluster, **cluster_args) if cluster_args else cluster
+
+
+def apply_workload_shortcuts(workload: WorkloadConfig, shortcuts: dict[str, Any]) -> WorkloadConfig:
+    args = {k: v for k, v in shortcuts.items() if k in WORKLOAD_FIELDS}
+    if args.get("trace") is not None:
+        args.setdefault("arrival", "trace")
+        args.setdefault("lengths", "trace")
+    return replace(workload, **args) if args else workload
+
+
+def check_reward(reward: str, slo_ttft_s: float | None, slo_e2e_s: float | None) -> str:
+    kind = "latency" if reward == "e2e" else reward
+    if kind not in REWARDS:
+        raise ConfigError(f"VidurRoutingEnv.reward: must be one of {', '.join(REWARDS)} (or e2e), got {reward!r}")
+    if kind == "slo" and slo_ttft_s is None and slo_e2e_s is None:
+        raise ConfigError("VidurRoutingEnv: reward='slo' needs slo_ttft_s and/or slo_e2e_s (seconds)")
+    for name, value in (("slo_ttft_s", slo_ttft_s), ("slo_e2e_s", slo_e2e_s)):
+        if value is not None and not value > 0:
+            raise ConfigError(f"VidurRoutingEnv.{name}: must be a positive number of seconds, got {value!r}")
+    return kind
+
+
+def check_options(num_requests: Any, reward_scale: Any, obs_refresh_ms: Any, max_queue: Any, render_mode: Any) -> None:
+    if num_requests is not None and (isinstance(num_requests, bool) or not isinstance(num_requests, int)
+                                     or num_requests < 1):
+        raise ConfigError(f"VidurRoutingEnv.num_requests: must be a positive integer or None, got {num_requests!r}")
+    if reward_scale is not None and not (isinstance(reward_scale, (int, float)) and reward_scale > 0):
+        raise ConfigError(f"VidurRoutingEnv.reward_scale: must be a positive number or None, got {reward_scale!r}")
+    if not (isinstance(obs_refresh_ms, (int, float)) and obs_refresh_ms >= 0):
+        raise ConfigError(f"VidurRoutingEnv.obs_refresh_ms: must be a non-negative number, got {obs_refresh_ms!r}")
+    if max_queue is not None and (isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1):
+        raise ConfigError(f"VidurRoutingEnv.max_queue: must be a positive integer or None, got {max_queue!r}")
+    if render_mode not in (None, "ansi", "rgb_array"):
+        raise ConfigError(f"VidurRoutingEnv.render_mode: must be None, 'ansi' or 'rgb_array', got {render_mode!r}")
+
+
+def replica_table(sim: ClusterSimulator | None, costs: list[ReplicaCosts], rid: int) -> str:
+    """A fixed-width text table of the replicas' state (the env's ansi rendering)."""
+    if sim is None:
+        return "(no episode: call reset())\n"
+    head = f"t={sim.now:.3f}s  request {rid} (prompt {sim.table.orig_prefill[rid]} tokens)" if rid >= 0 else "episode over"
+    lines = [head, f"{'replica':>7} {'waiting':>7} {'wait_tok':>8} {'running':>7} {'batch':>5} "
+                   f"{'kv%':>6} {'work_s':>7} {'ends_in':>8}"]
+    for r, c in zip(sim.replicas, costs):
+        ends = f"{r.batch_end - sim.now:8.4f}" if r.is_busy else f"{'idle':>8}"
+        lines.append(f"{r.replica_id:>7} {r.num_waiting:>7} {r.waiting_prompt_tokens:>8} {r.num_allocated_requests:>7} "
+                     f"{r.num_in_batch:>5} {100 * r.kv_utilization:>6.1f} {queued_work_seconds(r, c):>7.3f} {ends}")
+    return "\n".join(lines) + "\n"
+
+
+BAR_HEIGHT, BAR_WIDTH = 64, 8
+BAR_COLOURS = ((220, 80, 60), (60, 120, 220), (80, 180, 90))
+"""Queued requests (red, full at 32), running requests (blue, full at 128), KV use (green)."""
+
+
+def replica_bars(sim: ClusterSimulator | None) -> np.ndarray:
+    """An RGB image with three bars per replica (the env's rgb_array rendering)."""
+    replicas = sim.replicas if sim is not None else []
+    image = np.full((BAR_HEIGHT, max(1, len(replicas)) * 4 * BAR_WIDTH, 3), 255, dtype=np.uint8)
+    for i, r in enumerate(replicas):
+        levels = (min(r.num_waiting / 32, 1.0), min(r.num_allocated_requests / 128, 1.0), r.kv_utilization)
+        for j, (level, colour) in enumerate(zip(levels, BAR_COLOURS)):
+            left = (4 * i + j) * BAR_WIDTH
+            height = int(round(level * BAR_HEIGHT))
+            image[BAR_HEIGHT - height:, left:left + BAR_WIDTH - 1] = colour
+    return image

@@ -1,0 +1,255 @@
+"""Compare routers (and trained SB3 models) on the same workloads, against a no-queueing bound.
+
+Every policy runs full episodes of the routing env; episode ``k`` is reset with seed
+``seed + k`` for every policy (common random numbers), so all policies route the same
+requests. Per-request E2E and TTFT are pooled over episodes. The ``lower_bound`` row serves
+every request alone on its fastest replica (:func:`vidur_env.reward.isolated_latencies`):
+no router can beat it, and the gap to it is the queueing and batching a router caused.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from vidur_env.config import ConfigError
+from vidur_env.env import VidurRoutingEnv
+from vidur_env.metrics import summarize, write_json
+from vidur_env.routers import ROUTERS, RouterPolicy
+
+LOWER_BOUND = "lower_bound"
+TABLE_COLUMNS = (
+    ("e2e_mean", "E2E mean"), ("e2e_p50", "E2E p50"), ("e2e_p99", "E2E p99"),
+    ("ttft_mean", "TTFT mean"), ("ttft_p50", "TTFT p50"), ("ttft_p99", "TTFT p99"),
+    ("throughput", "req/s"), ("restarts", "restarts"), ("return_mean", "return"),
+)
+
+
+class EvaluationError(ConfigError):
+    """Unusable evaluation input (router name, model file, model/env mismatch); a ConfigError,
+    so the CLI reports it as a user error (exit status 2)."""
+
+
+@dataclass
+class EvaluationResult:
+    """Pooled metrics per policy, the per-request latencies behind them, and the settings.
+
+    ``rows[name]`` holds ``e2e_mean/p50/p90/p99``, ``ttft_mean/p50/p90/p99`` (seconds),
+    ``throughput`` (completed requests per second of makespan, pooled), ``restarts`` (total
+    recompute preemptions), ``return_mean`` (mean episode return; None for the bound),
+    ``episodes`` and ``num_requests``.
+    """
+
+    rows: dict[str, dict]
+    latencies: dict[str, dict[str, np.ndarray]] = field(repr=False)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """A fixed-width text table, one line per policy (latencies in seconds)."""
+        width = max(len("policy"), *(len(name) for name in self.rows))
+        header = f"{'policy':<{width}}" + "".join(f"{title:>11}" for _, title in TABLE_COLUMNS)
+        lines = [header, "-" * len(header)]
+        for name, row in self.rows.items():
+            cells = "".join(f"{format_cell(row.get(key)):>11}" for key, _ in TABLE_COLUMNS)
+            lines.append(f"{name:<{width}}{cells}")
+        return "\n".join(lines) + "\n"
+
+    def to_json(self, path: str | Path) -> None:
+        """The settings and rows as JSON (NaN written as null)."""
+        rows = {name: {k: none_if_nan(v) for k, v in row.items()} for name, row in self.rows.items()}
+        write_json({"settings": self.settings, "rows": rows}, path)
+
+    def plot_latency_cdf(self, path: str | Path) -> None:
+        """A PNG with the empirical CDFs of E2E (left) and TTFT (right), one line per policy."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(11, 4.5))
+        FigureCanvasAgg(figure)
+        axes = figure.subplots(1, 2)
+        for ax, kind, title in zip(axes, ("e2e", "ttft"), ("E2E latency", "Time to first token")):
+            for name, values in self.latencies.items():
+                data = np.sort(values[kind])
+                if data.size == 0:
+                    continue
+                style = "--" if name == LOWER_BOUND else "-"
+                ax.plot(data, np.arange(1, data.size + 1) / data.size, style, label=name)
+            ax.set_xscale("log")
+            ax.set_xlabel("seconds (log scale)")
+            ax.set_ylabel("fraction of requests")
+            ax.set_title(title)
+            ax.grid(True, alpha=0.3)
+        axes[0].legend(fontsize="small")
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+
+
+def format_cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def none_if_nan(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def check_router_names(routers: Sequence[str]) -> list[str]:
+    """The names, validated against the registry (the error lists the valid ones)."""
+    names = [name.strip() for name in routers if name.strip()]
+    unknown = [name for name in names if name not in ROUTERS]
+    if unknown:
+        raise EvaluationError(f"unknown router(s) {', '.join(unknown)}; choose from {', '.join(sorted(ROUTERS))}")
+    if len(set(names)) != len(names):
+        raise EvaluationError(f"router names repeat: {', '.join(names)}")
+    return names
+
+
+def pooled_row(e2e: list[np.ndarray], ttft: list[np.ndarray], makespans: list[float], restarts: int,
+               returns: list[float] | None) -> dict[str, Any]:
+    """The row of one policy from its episodes' per-request arrays."""
+    e2e_all, ttft_all = np.concatenate(e2e), np.concatenate(ttft)
+    e2e_stats, ttft_stats = summarize(e2e_all), summarize(ttft_all)
+    span = float(sum(makespans))
+    row: dict[str, Any] = {f"e2e_{k}": e2e_stats[k] for k in ("mean", "p50", "p90", "p99")}
+    row.update({f"ttft_{k}": ttft_stats[k] for k in ("mean", "p50", "p90", "p99")})
+    row["throughput"] = e2e_all.size / span if span > 0 else float("nan")
+    row["restarts"] = int(restarts)
+    row["return_mean"] = float(np.mean(returns)) if returns else None
+    row["episodes"] = len(e2e)
+    row["num_requests"] = int(e2e_all.size)
+    return row
+
+
+def model_predictor(model: Any, env: VidurRoutingEnv, deterministic: bool):
+    """A function obs -> action for an SB3 model, checking that it fits the env's spaces.
+
+    Models trained on flattened observations (gymnasium's FlattenObservation) are fed the
+    flattened observation; MaskablePPO models get the env's action masks.
+    """
+    shape = env.observation_space.shape
+    model_shape = getattr(getattr(model, "observation_space", None), "shape", shape)
+    flat = tuple(model_shape) == (int(np.prod(shape)),)
+    if tuple(model_shape) != shape and not flat:
+        raise EvaluationError(f"the model expects observations of shape {tuple(model_shape)} but the env gives {shape}; "
+                              "evaluate on the scenario the model was trained on (replicas, oracle)")
+    masked = "action_masks" in inspect.signature(model.predict).parameters
+
+    def act(obs: np.ndarray) -> int:
+        kwargs = {"action_masks": env.action_masks()} if masked else {}
+        action, _ = model.predict(obs.reshape(-1) if flat else obs, deterministic=deterministic, **kwargs)
+        return int(np.asarray(action).reshape(-1)[0])
+
+    return act
+
+
+def router_predictor(policy: RouterPolicy):
+    """obs -> action for a router policy (its state restarts when the policy is reset)."""
+
+    def act(obs: np.ndarray) -> int:
+        action, _ = policy.predict(obs[None])
+        return int(action[0])
+
+    return act
+
+
+def run_episodes(env: VidurRoutingEnv, act, episodes: int, seed: int, on_reset=None) -> dict[str, Any]:
+    """Full episodes with ``act``; per-request arrays and totals from the end-of-episode info."""
+    e2e, ttft, makespans, returns = [], [], [], []
+    restarts = 0
+    for k in range(episodes):
+        obs, _ = env.reset(seed=seed + k)
+        if on_reset is not None:
+            on_reset(seed + k)
+        total, truncated, info = 0.0, False, {}
+        while not truncated:
+            obs, reward, _, truncated, info = env.step(act(obs))
+            total += reward
+        per_request = info["request_metrics"]
+        e2e.append(per_request.request_e2e_time)
+        ttft.append(per_request.prefill_e2e_time)
+        makespans.append(info["metrics"]["makespan"])
+        restarts += int(per_request.request_num_restarts.sum())
+        returns.append(total)
+    return {"e2e": e2e, "ttft": ttft, "makespans": makespans, "restarts": restarts, "returns": returns}
+
+
+def lower_bound_episodes(env: VidurRoutingEnv, episodes: int, seed: int) -> dict[str, Any]:
+    """Isolated latencies of the same workload draws the policies saw."""
+    e2e, ttft, makespans = [], [], []
+    for k in range(episodes):
+        env.reset(seed=seed + k)
+        requests = env.requests
+        first, last = env.isolated_latencies(requests)
+        ttft.append(first)
+        e2e.append(last)
+        makespans.append(float(np.max(requests.arrived_at + last) - np.min(requests.arrived_at)))
+    return {"e2e": e2e, "ttft": ttft, "makespans": makespans, "restarts": 0, "returns": None}
+
+
+def evaluate(env_kwargs: dict, routers: Sequence[str], *, model=None, model_name: str = "ppo", episodes: int = 3,
+             seed: int = 0, deterministic: bool = True) -> EvaluationResult:
+    """Run every router (and ``model``, if given) for ``episodes`` full episodes on the same
+    workloads (episode k uses seed ``seed + k`` for every policy) and pool the results.
+
+    :param env_kwargs: keyword arguments of :class:`VidurRoutingEnv` (the scenario).
+    :param routers: registry names (see :data:`vidur_env.routers.ROUTERS`).
+    :param model: an SB3 model (anything with ``predict``) to evaluate too, named ``model_name``.
+    :param episodes: episodes per policy.
+    :param seed: seed of episode 0 (workload draws and the routers' generators).
+    :param deterministic: passed to ``model.predict``.
+    """
+    names = check_router_names(routers)
+    if not isinstance(episodes, int) or episodes < 1:
+        raise EvaluationError(f"episodes: must be a positive integer, got {episodes!r}")
+    if model is not None and (model_name in names or model_name == LOWER_BOUND):
+        raise EvaluationError(f"model name {model_name!r} clashes with a router or the lower bound row")
+    if not names and model is None:
+        raise EvaluationError("nothing to evaluate: give at least one router or a model")
+    env = VidurRoutingEnv(**env_kwargs)
+    runs: dict[str, dict[str, Any]] = {}
+    for name in names:
+        policy = RouterPolicy(name)
+        runs[name] = run_episodes(env, router_predictor(policy), episodes, seed, on_reset=policy.reset)
+    if model is not None:
+        runs[model_name] = run_episodes(env, model_predictor(model, env, deterministic), episodes, seed)
+    runs[LOWER_BOUND] = lower_bound_episodes(env, episodes, seed)
+    rows = {name: pooled_row(r["e2e"], r["ttft"], r["makespans"], r["restarts"], r["returns"]) for name, r in runs.items()}
+    latencies = {name: {"e2e": np.concatenate(r["e2e"]), "ttft": np.concatenate(r["ttft"])} for name, r in runs.items()}
+    settings = {"env_kwargs": env_kwargs, "episodes": episodes, "seed": seed, "deterministic": deterministic,
+                "reward": env.reward_kind, "reward_scale": env.reward_scale, "episode_requests": env.num_requests}
+    return EvaluationResult(rows, latencies, settings)
+
+
+def load_model(path: str | os.PathLike):
+    """Load an SB3 model zip: KLPPO, then PPO, then sb3-contrib's MaskablePPO if installed."""
+    path = str(path)
+    if not (os.path.isfile(path) or os.path.isfile(path + ".zip")):
+        raise EvaluationError(f"model file not found: {path}")
+    loaders = []
+    try:
+        from sb3_klppo import KLPPO
+        loaders.append(KLPPO)
+    except ImportError:
+        pass
+    from stable_baselines3 import PPO
+    loaders.append(PPO)
+    try:
+        from sb3_contrib import MaskablePPO
+        loaders.append(MaskablePPO)
+    except ImportError:
+        pass
+    failures = []
+    for cls in loaders:
+        try:
+            return cls.load(path, device="cpu")
+        except Exception as error:  # each loader rejects foreign zips its own way
+            failures.append(f"{cls.__name__}: {type(error).__name__}: {error}")
+    raise EvaluationError(f"cannot load {path} as an SB3 model ({'; '.join(failures)})")
