@@ -1,0 +1,137 @@
+"""The training config: one typed source for JSON keys and CLI flags, and errors that say where."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sb3_klppo.cli import build_parser, config_from_args, main
+from sb3_klppo.config import (
+    ConfigError,
+    TrainConfig,
+    all_knobs,
+    config_to_dict,
+    config_to_flags,
+    flag_table_markdown,
+    load_config,
+    save_config,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def parse(argv: list[str]) -> TrainConfig:
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def write_config(tmp_path: Path, edit) -> Path:
+    """The default config as JSON with ``edit`` applied to its dict."""
+    data = config_to_dict(TrainConfig())
+    edit(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def test_every_knob_has_a_unique_flag_and_a_help_line():
+    knobs = all_knobs()
+    assert len({k.flag for k in knobs}) == len(knobs)
+    assert all(k.help for k in knobs)
+    table = flag_table_markdown()
+    assert all(f"`{k.key}`" in table for k in knobs)
+    assert "`kl_regularization.kl_coef` | `--kl-coef`" in table
+
+
+@pytest.mark.parametrize("name", ["ppo_warmstart.json", "ppo_online.json"])
+def test_flags_round_trip(name):
+    config = load_config(CONFIGS / name)
+    assert parse(config_to_flags(config)) == config
+
+
+def test_embedded_defaults_are_the_warmstart_config():
+    assert load_config(CONFIGS / "ppo_warmstart.json") == TrainConfig()
+
+
+def test_online_config_has_no_warm_start_and_no_reference_pull():
+    config = load_config(CONFIGS / "ppo_online.json")
+    assert not config.warm_start.enabled
+    assert config.kl_regularization.kl_ref_coef_initial == 0
+
+
+def test_flag_overrides_the_file_and_only_that_key():
+    config = parse(["--config", str(CONFIGS / "ppo_warmstart.json"), "--kl-coef", "0.3", "--no-warm-start",
+                    "--env-kwargs", '{"num_replicas": 8}', "--eval-routers", "jsq,lor", "--target-kl", "null"])
+    base = TrainConfig()
+    assert config.kl_regularization.kl_coef == 0.3
+    assert config.kl_regularization.target_kl is None
+    assert not config.warm_start.enabled
+    assert config.env.kwargs == {"num_replicas": 8}
+    assert config.evaluation.routers == ["jsq", "lor"]
+    assert config.ppo == base.ppo and config.monitoring == base.monitoring
+
+
+def test_saved_config_loads_back(tmp_path):
+    config = parse(["--kl-coef", "0.25", "--total-timesteps", "1000"])
+    save_config(config, tmp_path / "c.json")
+    assert load_config(tmp_path / "c.json") == config
+
+
+def test_integer_values_are_accepted_for_numbers(tmp_path):
+    path = write_config(tmp_path, lambda d: d["kl_regularization"].update(kl_coef=1))
+    assert load_config(path).kl_regularization.kl_coef == 1.0
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda d: d["kl_regularization"].update(kl_cof=0.1), r"unknown key 'kl_regularization\.kl_cof'"),
+        (lambda d: d.update(extra_block={}), r"unknown key 'extra_block'"),
+        (lambda d: d["ppo"].update(n_steps="512"), r"ppo\.n_steps: expected integer, got \"512\""),
+        (lambda d: d["ppo"].update(n_steps=512.5), r"ppo\.n_steps: expected integer"),
+        (lambda d: d["warm_start"].update(enabled=1), r"warm_start\.enabled: expected true/false"),
+        (lambda d: d["evaluation"].update(routers="lor"), r"evaluation\.routers: expected list of strings"),
+        (lambda d: d.update(ppo=[]), r"ppo: expected a JSON object"),
+        (lambda d: d["kl_regularization"].update(kl_coef=-0.1), r"kl_regularization\.kl_coef: must be >= 0, got -0\.1"),
+        (lambda d: d["ppo"].update(gamma=1.5), r"ppo\.gamma: must be <= 1"),
+        (lambda d: d["monitoring"].update(target_kl_action="panic"), r"target_kl_action: must be one of warn, adapt, stop"),
+    ],
+)
+def test_invalid_values_name_the_key_and_the_file(tmp_path, edit, expected):
+    path = write_config(tmp_path, edit)
+    with pytest.raises(ConfigError, match=expected) as error:
+        load_config(path)
+    assert str(path) in str(error.value)
+
+
+def test_errors_give_the_line_of_the_key(tmp_path):
+    path = write_config(tmp_path, lambda d: d["kl_regularization"].update(kl_coef=-1))
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if '"kl_coef"' in text)
+    with pytest.raises(ConfigError, match=rf"{path}, line {line}: kl_regularization\.kl_coef"):
+        load_config(path)
+
+
+def test_json_syntax_errors_give_line_and_column(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{\n  "seed": 1,\n  "ppo": {"n_steps": 64,}\n}\n')
+    with pytest.raises(ConfigError, match=rf"{path}, line 3 column \d+: invalid JSON"):
+        load_config(path)
+
+
+def test_bad_flag_values_name_the_flag_and_the_key():
+    with pytest.raises(ConfigError, match=r"--kl-coef \(config key kl_regularization\.kl_coef\): must be >= 0"):
+        parse(["--kl-coef", "-1"])
+    with pytest.raises(ConfigError, match=r"--n-steps .*expected integer, got 'many'"):
+        parse(["--n-steps", "many"])
+    with pytest.raises(ConfigError, match=r"--env-kwargs .*invalid JSON"):
+        parse(["--env-kwargs", "{num_replicas: 8}"])
+
+
+def test_cli_reports_config_errors_with_exit_status_2(tmp_path, capsys):
+    path = write_config(tmp_path, lambda d: d["ppo"].update(batch_sise=64))
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "ppo.batch_sise" in err and str(path) in err and "Traceback" not in err
+    assert main(["train", "--config", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read config file" in capsys.readouterr().err
