@@ -67,7 +67,7 @@ def compare(ref_dir: Path, args: argparse.Namespace) -> float:
     requests, vidur, summary = read_reference(ref_dir)
     ours = simulate_ours(requests, args, int(summary["spec"].get("max_tokens", 4096)))
     print(f"\n{ref_dir.name}: {len(requests.arrived_at)} requests, offered {summary.get('offered_qps', float('nan')):.2f} "
-          f"req/s, Vidur busy {summary.get('busy_fraction', float('nan')):.0%}, restarts Vidur "
+          f"req/s, Vidur's mean batch {summary.get('mean_batch_size', float('nan')):.1f}, restarts Vidur "
           f"{summary.get('total_restarts', 0)} / ours {int(ours.request_num_restarts.sum())}")
     print(f"{'metric':<24}{'Vidur':>10}{'ours':>10}{'diff':>9}")
     worst = 0.0
