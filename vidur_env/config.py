@@ -123,12 +123,17 @@ def load_replica_configs(path: str) -> tuple[ReplicaConfig, ...]:
     return tuple(specs)
 
 
-def replica_config_from_dict(data: dict[str, Any], where: str) -> ReplicaConfig:
-    """Build a :class:`ReplicaConfig` from a mapping, rejecting unknown keys by name."""
-    known = {f.name for f in fields(ReplicaConfig)}
+def reject_unknown_keys(data: dict[str, Any], cls: type, where: str) -> None:
+    """Raise a :class:`ConfigError` naming every key of ``data`` that is not a field of ``cls``."""
+    known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+
+
+def replica_config_from_dict(data: dict[str, Any], where: str) -> ReplicaConfig:
+    """Build a :class:`ReplicaConfig` from a mapping, rejecting unknown keys by name."""
+    reject_unknown_keys(data, ReplicaConfig, where)
     defaults = ReplicaConfig()
     for name, value in data.items():
         default = getattr(defaults, name)

@@ -10,7 +10,7 @@ import numpy as np
 from gymnasium import spaces
 
 from vidur_env.cluster import ClusterSimulator, build_time_models
-from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig, replica_config_from_dict
+from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig, reject_unknown_keys, replica_config_from_dict
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
 from vidur_env.observation import ObservationBuilder, ReplicaCosts, features, queued_work_seconds
 from vidur_env.replica import BLOCK_SIZE
@@ -323,10 +323,7 @@ def cluster_from(value: ClusterConfig | dict | None) -> ClusterConfig:
         return value
     if not isinstance(value, dict):
         raise ConfigError(f"cluster: expected a ClusterConfig or a dict, got {type(value).__name__}")
-    known = {f.name for f in fields(ClusterConfig)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ConfigError(f"cluster: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+    reject_unknown_keys(value, ClusterConfig, "cluster")
     data = dict(value)
     if isinstance(data.get("replica"), dict):
         data["replica"] = replica_config_from_dict(data["replica"], "cluster.replica")
@@ -346,10 +343,7 @@ def workload_from(value: WorkloadConfig | dict | None) -> WorkloadConfig:
         return value
     if not isinstance(value, dict):
         raise ConfigError(f"workload: expected a WorkloadConfig or a dict, got {type(value).__name__}")
-    known = {f.name for f in fields(WorkloadConfig)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ConfigError(f"workload: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+    reject_unknown_keys(value, WorkloadConfig, "workload")
     return replace(WorkloadConfig(), **value)
 
 
