@@ -24,6 +24,10 @@ class AffineTime:
         kv = decode_kv_sum + sum(prefill_kv)
         return self.base + self.per_token * tokens + self.per_kv * kv
 
+    def decode_run_time(self, num_decodes, decode_kv_sum) -> tuple[float, int]:
+        # the time depends on the exact KV, so it holds for one iteration only
+        return self.iteration_time(num_decodes, decode_kv_sum, (), ()), 1
+
 
 def requests(arrivals, prompts, outputs):
     return SimpleNamespace(
@@ -222,5 +226,18 @@ def test_fast_paths_match_at_the_batch_cap(scheduler):
     fast = simulate(reqs, replicas=1, scheduler=scheduler, batch_size_cap=6, num_blocks=blocks, fast=True)
     slow = simulate(reqs, replicas=1, scheduler=scheduler, batch_size_cap=6, num_blocks=blocks, fast=False)
     assert max(r.stats.batch_size_sum / r.stats.num_iterations for r in slow.replicas) > 4
+    for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts"):
+        assert getattr(fast.table, column) == getattr(slow.table, column), column
+
+
+@pytest.mark.parametrize("scheduler", ["sarathi", "vllm"])
+def test_fast_paths_match_with_a_rounded_time_model(scheduler):
+    """With Vidur's rounded KV keys, decode runs reuse one lookup per key; still exact."""
+    from vidur_env.time_model import builtin_time_model
+
+    model = builtin_time_model("llama-2-7b", "a100", 1)
+    reqs = random_requests(300, 6, qps=25.0)
+    fast = simulate(reqs, replicas=2, scheduler=scheduler, num_blocks=900, time_model=model, fast=True)
+    slow = simulate(reqs, replicas=2, scheduler=scheduler, num_blocks=900, time_model=model, fast=False)
     for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts"):
         assert getattr(fast.table, column) == getattr(slow.table, column), column

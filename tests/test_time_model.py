@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vidur_env.hardware import DeviceSpec, ModelSpec, get_device, get_model
@@ -365,3 +366,18 @@ def test_profiled_real_data_agrees_with_builtin_fit(shared_data: Path) -> None:
     batch = (32, 32 * 1000, (), ())
     assert builtin.iteration_time(*batch) == pytest.approx(profiled.iteration_time(*batch), rel=0.1)
 
+
+
+@pytest.mark.parametrize("keying", ["vidur", "vidur_pypi"])
+def test_decode_run_time_holds_for_the_span_it_reports(keying):
+    model = builtin_time_model("llama-2-7b", "a100", 1, keying=keying)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 129))
+        kv_sum = int(rng.integers(0, 3000)) * n + int(rng.integers(0, n))
+        seconds, span = model.decode_run_time(n, kv_sum)
+        assert 1 <= span <= model.kv_granularity
+        for j in range(span):
+            assert model.iteration_time(n, kv_sum + n * j, (), ()) == seconds
+        next_mean = (kv_sum + n * span) // n + (1 if keying == "vidur_pypi" else 0)
+        assert next_mean % model.kv_granularity == 1 or model.kv_granularity == 1

@@ -365,6 +365,8 @@ class Replica:
         growth_at = decoding.growth_at
         grows_kv = self.grows_kv
         iteration_time = self.time_model.iteration_time
+        decode_run_time = self.time_model.decode_run_time
+        same_until = tick  # decode-only iterations before this tick reuse ``d``
         partial, gated = run
         budget = self.limits.chunk_size - n
         if partial is not None:
@@ -383,7 +385,9 @@ class Replica:
             kv = offset_sum + n * tick
             if partial is None:
                 q = 0
-                d = iteration_time(n, kv, (), ())
+                if tick >= same_until:
+                    d, span = decode_run_time(n, kv)
+                    same_until = tick + span
             else:
                 q = prompt - done if prompt - done < budget else budget
                 if gated and q < budget:

@@ -174,6 +174,18 @@ class ExecutionTimeModel(ABC):
             seconds = self._evaluate(key)
         return seconds
 
+    def decode_run_time(self, num_decodes: int, decode_kv_sum: int) -> tuple[float, int]:
+        """Seconds of a decode-only iteration, and for how many consecutive such iterations
+        (each adding one token to every decode) that time stays the same.
+
+        The time only changes when the rounded mean KV key does, once per ``kv_granularity``
+        iterations, so a run of decode iterations needs one lookup per key.
+        """
+        granularity = self.kv_granularity
+        mean_kv = decode_kv_sum // num_decodes + self._decode_kv_offset
+        key_kv = (mean_kv + granularity - 1) // granularity * granularity
+        return self.iteration_time(num_decodes, decode_kv_sum, (), ()), key_kv - mean_kv + 1
+
     def _mixed_key_vidur(self, num_decodes: int, decode_kv_sum: int, chunks: tuple, kvs: tuple) -> tuple:
         """Main branch: one equivalent prefill at (sum of rounded KVs, round(sqrt(sum of squares)))."""
         granularity = self.kv_granularity
