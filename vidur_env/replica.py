@@ -62,6 +62,20 @@ class ReplicaStats:
     peak_blocks: int = 0
     num_preemptions: int = 0
 
+    def record(self, iterations: int, requests: int, tokens: int, prefill_tokens: int,
+               busy: float, block_time: float, blocks: int) -> None:
+        """Add ``iterations`` iterations that held ``requests`` requests and ``tokens`` tokens
+        in all, ran ``busy`` seconds with ``block_time`` block-seconds of KV, ending at
+        ``blocks`` allocated blocks."""
+        self.num_iterations += iterations
+        self.batch_size_sum += requests
+        self.tokens_sum += tokens
+        self.prefill_tokens_sum += prefill_tokens
+        self.busy_time += busy
+        self.block_time += block_time
+        if blocks > self.peak_blocks:
+            self.peak_blocks = blocks
+
 
 class Replica:
     """State and scheduling of one replica; subclasses choose the batch composition rule."""
@@ -176,6 +190,19 @@ class Replica:
         self.allocated_blocks -= table.blocks[rid]
         table.blocks[rid] = 0
         self.num_allocated_requests -= 1
+
+    def _complete(self, rid: int, now: float) -> None:
+        """Record ``rid``'s completion at ``now`` and free its KV."""
+        self.table.completed_at[rid] = now
+        self._free(rid)
+
+    def _advance_decodes(self, iterations: int, now: float) -> list[int]:
+        """Run the decode set ``iterations`` iterations ending at ``now``; complete and return
+        the requests that finished."""
+        finished = self.decoding.advance(iterations)
+        for rid in finished:
+            self._complete(rid, now)
+        return finished
 
     def _allocate_new(self, rid: int, num_blocks: int) -> None:
         self.table.blocks[rid] = num_blocks
@@ -295,16 +322,9 @@ class Replica:
         self.batch_prefills = prefills
         self.batch_chunks = chunks
         self.batch_end = now + duration
-        stats = self.stats
-        stats.num_iterations += 1
-        stats.batch_size_sum += len(decodes) + len(prefills)
         prefill_tokens = sum(chunks)
-        stats.tokens_sum += len(decodes) + prefill_tokens
-        stats.prefill_tokens_sum += prefill_tokens
-        stats.busy_time += duration
-        stats.block_time += self.allocated_blocks * duration
-        if self.allocated_blocks > stats.peak_blocks:
-            stats.peak_blocks = self.allocated_blocks
+        self.stats.record(1, len(decodes) + len(prefills), len(decodes) + prefill_tokens, prefill_tokens,
+                          duration, self.allocated_blocks * duration, self.allocated_blocks)
 
     def _finish_batch(self, now: float) -> None:
         if self.batch_lazy:
@@ -324,11 +344,8 @@ class Replica:
         decodes = self.batch_decodes
         if not decodes:
             return
-        finished = self.decoding.advance()
+        finished = self._advance_decodes(1, now)
         if finished:
-            for rid in finished:
-                self.table.completed_at[rid] = now
-                self._free(rid)
             gone = set(finished)
             decodes = [rid for rid in decodes if rid not in gone]
         self.running.extend(decodes)
@@ -342,8 +359,7 @@ class Replica:
             p = processed[rid] + 1
             processed[rid] = p
             if p == total[rid]:
-                table.completed_at[rid] = now
-                self._free(rid)
+                self._complete(rid, now)
             else:
                 running.append(rid)
 
@@ -418,31 +434,17 @@ class Replica:
     def _apply_run(self, k: int, end: float, allocated: int, busy: float, block_time: float,
                    partial: int | None, prompt_tokens: int) -> None:
         """Account for ``k`` steady iterations ending at ``end``, as the general path would."""
-        table = self.table
-        decoding = self.decoding
-        n = decoding.size
+        n = self.decoding.size
         self.allocated_blocks = allocated
-        finished = decoding.advance(k)
-        if finished:
-            for rid in finished:
-                table.completed_at[rid] = end
-                self._free(rid)
-        gone = set(finished)
+        gone = set(self._advance_decodes(k, end))
         if partial is not None:
             gone.add(partial)
         if gone:
             self.running = [rid for rid in self.running if rid not in gone]
         if partial is not None:
             self._advance_prefill(partial, prompt_tokens, end)
-        stats = self.stats
-        stats.num_iterations += k
-        stats.batch_size_sum += (n + (partial is not None)) * k
-        stats.tokens_sum += n * k + prompt_tokens
-        stats.prefill_tokens_sum += prompt_tokens
-        stats.busy_time += busy
-        stats.block_time += block_time
-        if allocated > stats.peak_blocks:
-            stats.peak_blocks = allocated
+        self.stats.record(k, (n + (partial is not None)) * k, n * k + prompt_tokens, prompt_tokens,
+                          busy, block_time, allocated)
 
     def _advance_prefill(self, rid: int, tokens: int, now: float, track: bool = True) -> None:
         """Add ``tokens`` prompt tokens to a request that has finished an iteration at ``now``.
@@ -457,8 +459,7 @@ class Replica:
                 table.prefill_completed_at[rid] = now
         table.processed[rid] = p
         if p == table.total[rid]:
-            table.completed_at[rid] = now
-            self._free(rid)
+            self._complete(rid, now)
             return
         self.running.append(rid)
         if track and table.prefill_done[rid]:
@@ -478,15 +479,8 @@ class Replica:
         self.running = []
         self.batch_lazy = True
         self.batch_end = now + duration
-        stats = self.stats
-        stats.num_iterations += 1
-        stats.batch_size_sum += n + len(self.batch_prefills)
-        stats.tokens_sum += n + q
-        stats.prefill_tokens_sum += q
-        stats.busy_time += duration
-        stats.block_time += self.allocated_blocks * duration
-        if self.allocated_blocks > stats.peak_blocks:
-            stats.peak_blocks = self.allocated_blocks
+        self.stats.record(1, n + len(self.batch_prefills), n + q, q,
+                          duration, self.allocated_blocks * duration, self.allocated_blocks)
 
     def _decode_run_order(self) -> list[int]:
         """The running list in the order the scheduler would batch it."""
