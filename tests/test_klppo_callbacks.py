@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 
 import pytest
-import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.logger import KVWriter, Logger
 

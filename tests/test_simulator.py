@@ -9,7 +9,6 @@ import pytest
 from vidur_env.cluster import ClusterSimulator, SimulationError
 from vidur_env.config import ClusterConfig, ReplicaConfig
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
-from vidur_env.replica import Replica
 from vidur_env.routers import make_router
 
 
