@@ -10,6 +10,7 @@ from vidur_env.cluster import ClusterSimulator, SimulationError
 from vidur_env.config import ClusterConfig, ReplicaConfig
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
 from vidur_env.routers import make_router
+from vidur_env.time_model import builtin_time_model
 
 
 class AffineTime:
@@ -171,19 +172,57 @@ def test_invariants_on_random_workloads(scheduler, seed):
         assert sum(table.restarts) == 0
 
 
+class StateRecorder:
+    """A router that records every replica's public state at each decision, then delegates."""
+
+    FIELDS = ("num_waiting", "waiting_prompt_tokens", "num_allocated_requests", "num_in_batch",
+              "allocated_blocks", "batch_end", "is_busy")
+
+    def __init__(self, router: str, num_replicas: int) -> None:
+        self.router = make_router(router)
+        self.router.reset(num_replicas, np.random.default_rng(0))
+        self.states: list[tuple] = []
+
+    def __call__(self, sim: ClusterSimulator, rid: int) -> int:
+        self.states.append(tuple(tuple(getattr(r, f) for f in self.FIELDS) for r in sim.replicas))
+        return self.router(sim, rid)
+
+
+def run_recorded(reqs, scheduler, router, time_model, fast):
+    cluster = ClusterConfig(num_replicas=2, replica=ReplicaConfig(scheduler=scheduler, num_blocks=900))
+    sim = ClusterSimulator(cluster, reqs, time_models=[time_model] * 2)
+    for r in sim.replicas:
+        r.fast_forward = r.group_decodes = fast
+    recorder = StateRecorder(router, 2)
+    sim.run(recorder)
+    return sim, recorder.states
+
+
+@pytest.mark.parametrize("time_model", ["affine", "builtin"])
+@pytest.mark.parametrize("router", ["round_robin", "jsq"])
 @pytest.mark.parametrize("scheduler", ["sarathi", "vllm", "orca"])
-def test_fast_paths_change_no_result(scheduler):
-    """Grouped decodes and the decode-run loop reproduce Vidur's per-request path exactly."""
-    reqs = random_requests(400, 3, qps=25.0)
-    fast = simulate(reqs, replicas=2, scheduler=scheduler, num_blocks=900, fast=True)
-    slow = simulate(reqs, replicas=2, scheduler=scheduler, num_blocks=900, fast=False)
-    for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts"):
+def test_fast_paths_change_no_result(scheduler, router, time_model):
+    """Grouped decodes and the decode-run loop (suspended at arrivals and resumed) reproduce
+    Vidur's per-request path exactly: every timestamp, and the public state a router sees at
+    every decision. The builtin model's decode times hold for runs of iterations (rounded KV),
+    the affine one's for one iteration."""
+    model = AffineTime() if time_model == "affine" else builtin_time_model("meta-llama/Llama-2-7b-hf", "a100", 1)
+    reqs = random_requests(400, 3, qps=25.0 if time_model == "affine" else 40.0)
+    fast, fast_states = run_recorded(reqs, scheduler, router, model, fast=True)
+    slow, slow_states = run_recorded(reqs, scheduler, router, model, fast=False)
+    for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts", "replica"):
         assert getattr(fast.table, column) == getattr(slow.table, column), column
+    assert fast_states == slow_states
     if scheduler != "orca":
         assert sum(slow.table.restarts) > 0, "the case must exercise preemption"
     for a, b in zip(fast.replicas, slow.replicas):
         assert a.stats.num_iterations == b.stats.num_iterations
+        assert a.stats.batch_size_sum == b.stats.batch_size_sum
+        assert a.stats.tokens_sum == b.stats.tokens_sum
+        assert a.stats.prefill_tokens_sum == b.stats.prefill_tokens_sum
         assert a.stats.peak_blocks == b.stats.peak_blocks
+        assert a.stats.busy_time == pytest.approx(b.stats.busy_time, rel=1e-12)
+        assert a.stats.block_time == pytest.approx(b.stats.block_time, rel=1e-12)
 
 
 def test_same_seed_same_results_bit_for_bit():
@@ -225,18 +264,5 @@ def test_fast_paths_match_at_the_batch_cap(scheduler):
     fast = simulate(reqs, replicas=1, scheduler=scheduler, batch_size_cap=6, num_blocks=blocks, fast=True)
     slow = simulate(reqs, replicas=1, scheduler=scheduler, batch_size_cap=6, num_blocks=blocks, fast=False)
     assert max(r.stats.batch_size_sum / r.stats.num_iterations for r in slow.replicas) > 4
-    for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts"):
-        assert getattr(fast.table, column) == getattr(slow.table, column), column
-
-
-@pytest.mark.parametrize("scheduler", ["sarathi", "vllm"])
-def test_fast_paths_match_with_a_rounded_time_model(scheduler):
-    """With Vidur's rounded KV keys, decode runs reuse one lookup per key; still exact."""
-    from vidur_env.time_model import builtin_time_model
-
-    model = builtin_time_model("llama-2-7b", "a100", 1)
-    reqs = random_requests(300, 6, qps=25.0)
-    fast = simulate(reqs, replicas=2, scheduler=scheduler, num_blocks=900, time_model=model, fast=True)
-    slow = simulate(reqs, replicas=2, scheduler=scheduler, num_blocks=900, time_model=model, fast=False)
     for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts"):
         assert getattr(fast.table, column) == getattr(slow.table, column), column

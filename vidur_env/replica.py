@@ -29,6 +29,18 @@ SteadyRun = tuple["int | None", bool]
 by the token budget)."""
 
 
+@dataclass
+class Suspended:
+    """A decode-run loop stopped at a horizon with its next iteration in flight."""
+
+    run: SteadyRun
+    chunk: int
+    """Prompt tokens of ``run``'s partial prefill in the iteration in flight (0 if none)."""
+    decode_time: float
+    same_until: int
+    """The loop's cached decode-only iteration time and the tick until which it holds."""
+
+
 @dataclass(frozen=True)
 class SchedulerLimits:
     """Knobs of a replica's batching scheduler and KV cache, with Vidur's defaults."""
@@ -116,6 +128,9 @@ class Replica:
         self.batch_end = inf
         self.pending_at = inf
         """Time at which an idle replica has work to schedule (formation deferred to it)."""
+        self.suspended: Suspended | None = None
+        """Set while the batch in flight is a steady iteration the decode-run loop stopped at a
+        horizon: ``running`` is that batch and the loop resumes from it (see ``_suspend``)."""
         self.stats = ReplicaStats()
 
     # ----------------------------------------------------------------- public view
@@ -126,6 +141,9 @@ class Replica:
     @property
     def batch(self) -> list[int]:
         """Ids of the requests in the batch in flight, in Vidur's batch order."""
+        if self.suspended is not None:
+            partial = self.suspended.run[0]
+            return [rid for rid in self.running if rid != partial] + ([] if partial is None else [partial])
         return self.batch_decodes + self.batch_prefills
 
     @property
@@ -134,6 +152,8 @@ class Replica:
 
     @property
     def num_in_batch(self) -> int:
+        if self.suspended is not None:
+            return len(self.running)
         return len(self.batch_decodes) + len(self.batch_prefills)
 
     @property
@@ -150,6 +170,8 @@ class Replica:
     # ------------------------------------------------------------ arrivals / time
     def add_request(self, rid: int, now: float) -> None:
         """Queue a routed request; an idle replica will form a batch once time moves past ``now``."""
+        if self.suspended is not None:
+            self._materialize()  # the loop's premise (what is waiting) no longer holds
         self.waiting.append(rid)
         self.waiting_prompt_tokens += self.table.prefill[rid]
         if self.batch_end == inf and now < self.pending_at:
@@ -167,7 +189,12 @@ class Replica:
                 if self.batch_end > horizon:
                     return
                 now = self.batch_end
-                self._finish_batch(now)
+                if self.suspended is not None:
+                    now = self._fast_forward(now, horizon, self.suspended.run, self.suspended)
+                    if self.batch_end != inf:
+                        continue
+                else:
+                    self._finish_batch(now)
             else:
                 if self.pending_at >= horizon:
                     return
@@ -363,16 +390,17 @@ class Replica:
             else:
                 running.append(rid)
 
-    def _fast_forward(self, now: float, horizon: float, run: SteadyRun) -> float:
+    def _fast_forward(self, now: float, horizon: float, run: SteadyRun, resumed: Suspended | None = None) -> float:
         """Run iterations of the steady batch (the decode set plus at most one partial
         prefill, nothing admitted) in a tight loop.
 
         Stops before an iteration that could need a preemption or could admit a request, and
         after the one in which a request completes or the partial prefill finishes (the
-        general path forms the next batch from there); puts in flight the first iteration
-        that would end after ``horizon``. Returns the time reached.
+        general path forms the next batch from there); suspends with the first iteration that
+        would end after ``horizon`` in flight. With ``resumed``, the iteration in flight when
+        the loop last suspended has just ended at ``now`` and the loop picks up after it.
+        Returns the time reached.
         """
-        self._decode_run_order()
         decoding = self.decoding
         n = decoding.size
         tick = decoding.tick
@@ -382,7 +410,6 @@ class Replica:
         grows_kv = self.grows_kv
         iteration_time = self.time_model.iteration_time
         decode_run_time = self.time_model.decode_run_time
-        same_until = tick  # decode-only iterations before this tick reuse ``d``
         partial, gated = run
         budget = self.limits.chunk_size - n
         if partial is not None:
@@ -392,9 +419,24 @@ class Replica:
         t = now
         block_time = 0.0
         busy = 0.0
-        prompt_tokens = 0
+        prompt_tokens = 0  # of the partial prefill over the whole run
+        recorded_tokens = 0  # of those, in the iteration recorded when it was suspended
+        running = True
+        if resumed is None:
+            self._decode_run_order()
+            same_until = tick  # decode-only iterations before this tick reuse ``d``
+        else:
+            self.suspended = None
+            self.batch_end = inf
+            d, same_until = resumed.decode_time, resumed.same_until
+            q = recorded_tokens = resumed.chunk
+            tick += 1
+            if q:
+                done += q
+                prompt_tokens += q
+                running = done != prompt
         in_flight: tuple[int, float, int] | None = None
-        while tick < last:
+        while running and tick < last:
             grow = growth_at(tick)
             if grows_kv and self.num_blocks - allocated - grow < 1:
                 break
@@ -426,14 +468,17 @@ class Replica:
                     break
         k = tick - decoding.tick
         if k:
-            self._apply_run(k, t, allocated, busy, block_time, partial, prompt_tokens)
+            self._apply_run(k, t, allocated, busy, block_time, partial, prompt_tokens,
+                            recorded=resumed is not None, recorded_tokens=recorded_tokens)
         if in_flight is not None:
-            self._start_steady_batch(t, partial, *in_flight)
+            self._suspend(t, run, *in_flight, d if partial is None else 0.0, same_until)
         return t
 
     def _apply_run(self, k: int, end: float, allocated: int, busy: float, block_time: float,
-                   partial: int | None, prompt_tokens: int) -> None:
-        """Account for ``k`` steady iterations ending at ``end``, as the general path would."""
+                   partial: int | None, prompt_tokens: int, recorded: bool, recorded_tokens: int) -> None:
+        """Account for ``k`` steady iterations ending at ``end``, as the general path would;
+        the first of them is already in the stats if ``recorded`` (with ``recorded_tokens``
+        of ``prompt_tokens``)."""
         n = self.decoding.size
         self.allocated_blocks = allocated
         gone = set(self._advance_decodes(k, end))
@@ -443,8 +488,35 @@ class Replica:
             self.running = [rid for rid in self.running if rid not in gone]
         if partial is not None:
             self._advance_prefill(partial, prompt_tokens, end)
-        self.stats.record(k, (n + (partial is not None)) * k, n * k + prompt_tokens, prompt_tokens,
-                          busy, block_time, allocated)
+        k -= recorded
+        if k:
+            tokens = prompt_tokens - recorded_tokens
+            self.stats.record(k, (n + (partial is not None)) * k, n * k + tokens, tokens, busy, block_time, allocated)
+
+    def _suspend(self, now: float, run: SteadyRun, growth: int, duration: float, chunk: int,
+                 decode_time: float, same_until: int) -> None:
+        """Put in flight the steady iteration the general path would form (same growth, same
+        duration, same stats) and remember the loop's state, without walking the batch:
+        ``running`` stands for the batch until the loop resumes or :meth:`_materialize`."""
+        n = self.decoding.size
+        self.allocated_blocks += growth
+        self.batch_lazy = True
+        self.batch_end = now + duration
+        self.suspended = Suspended(run, chunk, decode_time, same_until)
+        self.stats.record(1, n + (run[0] is not None), n + chunk, chunk,
+                          duration, self.allocated_blocks * duration, self.allocated_blocks)
+
+    def _materialize(self) -> None:
+        """Turn a suspended loop's iteration in flight into the general path's batch lists."""
+        partial = self.suspended.run[0]
+        if partial is None:
+            self.batch_decodes = self.running
+            self.batch_prefills, self.batch_chunks = [], []
+        else:
+            self.batch_decodes = [rid for rid in self.running if rid != partial]
+            self.batch_prefills, self.batch_chunks = [partial], [self.suspended.chunk]
+        self.running = []
+        self.suspended = None
 
     def _advance_prefill(self, rid: int, tokens: int, now: float, track: bool = True) -> None:
         """Add ``tokens`` prompt tokens to a request that has finished an iteration at ``now``.
@@ -464,23 +536,6 @@ class Replica:
         self.running.append(rid)
         if track and table.prefill_done[rid]:
             self.decoding.join(rid)
-
-    def _start_steady_batch(self, now: float, partial: int | None, growth: int, duration: float, q: int) -> None:
-        """Put in flight the steady iteration the general path would form (same growth, same
-        duration), without walking the batch."""
-        n = self.decoding.size
-        self.allocated_blocks += growth
-        if partial is None:
-            self.batch_decodes = self.running
-            self.batch_prefills, self.batch_chunks = [], []
-        else:
-            self.batch_decodes = [rid for rid in self.running if rid != partial]
-            self.batch_prefills, self.batch_chunks = [partial], [q]
-        self.running = []
-        self.batch_lazy = True
-        self.batch_end = now + duration
-        self.stats.record(1, n + len(self.batch_prefills), n + q, q,
-                          duration, self.allocated_blocks * duration, self.allocated_blocks)
 
     def _decode_run_order(self) -> list[int]:
         """The running list in the order the scheduler would batch it."""
