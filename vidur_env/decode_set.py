@@ -30,8 +30,9 @@ class DecodeSet:
         self.offset_sum = 0
         self._offset: dict[int, int] = {}
         self._first_growth: dict[int, int] = {}
-        self._phase = [0] * BLOCK_SIZE
-        """Members taking a new block at ticks congruent to the index (mod 16)."""
+        self.phase = [0] * BLOCK_SIZE
+        """Members taking a new block at ticks congruent to the index (mod 16); all zero when
+        the replica does not grow KV per block (read directly by the replica's tight loop)."""
         self._done_at: dict[int, list[int]] = {}
         self._done_ticks: list[int] = []
 
@@ -47,7 +48,7 @@ class DecodeSet:
 
     def growth_at(self, tick: int) -> int:
         """Members that take a new block when the iteration at ``tick`` is formed."""
-        return self._phase[tick % BLOCK_SIZE] if self.grows_kv else 0
+        return self.phase[tick % BLOCK_SIZE] if self.grows_kv else 0
 
     def next_completion(self) -> float:
         """Tick at which the next member completes (inf when none)."""
@@ -69,7 +70,7 @@ class DecodeSet:
             if not 0 <= first - self.tick < BLOCK_SIZE:
                 raise RuntimeError(f"KV reservation invariant broken for request {rid}")
             self._first_growth[rid] = first
-            self._phase[first % BLOCK_SIZE] += 1
+            self.phase[first % BLOCK_SIZE] += 1
         done = table.total[rid] - offset
         bucket = self._done_at.get(done)
         if bucket is None:
@@ -87,7 +88,7 @@ class DecodeSet:
         table.processed[rid] = offset + self.tick
         if self.grows_kv:
             first = self._first_growth.pop(rid)
-            self._phase[first % BLOCK_SIZE] -= 1
+            self.phase[first % BLOCK_SIZE] -= 1
             if self.tick > first:
                 table.blocks[rid] += (self.tick - 1 - first) // BLOCK_SIZE + 1
         done = table.total[rid] - offset

@@ -406,8 +406,7 @@ class Replica:
         tick = decoding.tick
         last = decoding.next_completion()
         offset_sum = decoding.offset_sum
-        growth_at = decoding.growth_at
-        grows_kv = self.grows_kv
+        phase = decoding.phase
         iteration_time = self.time_model.iteration_time
         decode_run_time = self.time_model.decode_run_time
         partial, gated = run
@@ -416,29 +415,32 @@ class Replica:
             prompt = self.table.prefill[partial]
             done = self.table.processed[partial]
         allocated = self.allocated_blocks
+        limit = self.num_blocks - 1 if self.grows_kv else inf  # a decode needs one free block
         t = now
         block_time = 0.0
         busy = 0.0
         prompt_tokens = 0  # of the partial prefill over the whole run
-        recorded_tokens = 0  # of those, in the iteration recorded when it was suspended
-        running = True
         if resumed is None:
             self._decode_run_order()
             same_until = tick  # decode-only iterations before this tick reuse ``d``
+            recorded = recorded_tokens = 0
+            running = True
         else:
+            # the iteration in flight at suspension (already in the stats) has ended at ``now``
             self.suspended = None
             self.batch_end = inf
             d, same_until = resumed.decode_time, resumed.same_until
-            q = recorded_tokens = resumed.chunk
+            recorded, recorded_tokens = 1, resumed.chunk
             tick += 1
-            if q:
-                done += q
-                prompt_tokens += q
+            running = True
+            if recorded_tokens:
+                done += recorded_tokens
+                prompt_tokens = recorded_tokens
                 running = done != prompt
-        in_flight: tuple[int, float, int] | None = None
+        in_flight = False
         while running and tick < last:
-            grow = growth_at(tick)
-            if grows_kv and self.num_blocks - allocated - grow < 1:
+            grow = phase[tick & 15]  # all zero without KV growth (Orca)
+            if allocated + grow > limit:
                 break
             kv = offset_sum + n * tick
             if partial is None:
@@ -452,13 +454,13 @@ class Replica:
                     break  # budget left over: the head of the queue could be admitted
                 # a one-token chunk is timed as a decode, as in the general path
                 d = iteration_time(n + 1, kv + done, (), ()) if q == 1 else iteration_time(n, kv, (q,), (done,))
-            end = t + d
-            if end > horizon:
-                in_flight = grow, d, q
-                break
             allocated += grow
             block_time += allocated * d
             busy += d
+            end = t + d
+            if end > horizon:
+                in_flight = True
+                break
             t = end
             tick += 1
             if q:
@@ -467,44 +469,41 @@ class Replica:
                 if done == prompt:
                     break
         k = tick - decoding.tick
-        if k:
-            self._apply_run(k, t, allocated, busy, block_time, partial, prompt_tokens,
-                            recorded=resumed is not None, recorded_tokens=recorded_tokens)
-        if in_flight is not None:
-            self._suspend(t, run, *in_flight, d if partial is None else 0.0, same_until)
+        self.allocated_blocks = allocated
+        if k and (tick == last or partial is not None):
+            self._apply_run(k, t, partial, prompt_tokens)
+        else:
+            decoding.tick = tick  # nothing completes: the set advances by its counter alone
+        # one stats update for the iterations run (less the one recorded at suspension) and
+        # the one now in flight, which is recorded when it starts, as in the general path
+        iterations = k - recorded + in_flight
+        if iterations:
+            tokens = prompt_tokens - recorded_tokens + (q if in_flight else 0)
+            stats = self.stats
+            stats.num_iterations += iterations
+            stats.batch_size_sum += (n + (partial is not None)) * iterations
+            stats.tokens_sum += n * iterations + tokens
+            stats.prefill_tokens_sum += tokens
+            stats.busy_time += busy
+            stats.block_time += block_time
+            if allocated > stats.peak_blocks:
+                stats.peak_blocks = allocated
+        if in_flight:
+            self.batch_lazy = True
+            self.batch_end = t + d
+            self.suspended = Suspended(run, q, d if partial is None else 0.0, same_until)
         return t
 
-    def _apply_run(self, k: int, end: float, allocated: int, busy: float, block_time: float,
-                   partial: int | None, prompt_tokens: int, recorded: bool, recorded_tokens: int) -> None:
-        """Account for ``k`` steady iterations ending at ``end``, as the general path would;
-        the first of them is already in the stats if ``recorded`` (with ``recorded_tokens``
-        of ``prompt_tokens``)."""
-        n = self.decoding.size
-        self.allocated_blocks = allocated
-        gone = set(self._advance_decodes(k, end))
-        if partial is not None:
+    def _apply_run(self, k: int, end: float, partial: int | None, prompt_tokens: int) -> None:
+        """Advance the decode set ``k`` iterations and the partial prefill by ``prompt_tokens``,
+        ending at ``end``, as the general path would (completions, batch order)."""
+        finished = self._advance_decodes(k, end)
+        if finished or partial is not None:
+            gone = set(finished)
             gone.add(partial)
-        if gone:
             self.running = [rid for rid in self.running if rid not in gone]
-        if partial is not None:
-            self._advance_prefill(partial, prompt_tokens, end)
-        k -= recorded
-        if k:
-            tokens = prompt_tokens - recorded_tokens
-            self.stats.record(k, (n + (partial is not None)) * k, n * k + tokens, tokens, busy, block_time, allocated)
-
-    def _suspend(self, now: float, run: SteadyRun, growth: int, duration: float, chunk: int,
-                 decode_time: float, same_until: int) -> None:
-        """Put in flight the steady iteration the general path would form (same growth, same
-        duration, same stats) and remember the loop's state, without walking the batch:
-        ``running`` stands for the batch until the loop resumes or :meth:`_materialize`."""
-        n = self.decoding.size
-        self.allocated_blocks += growth
-        self.batch_lazy = True
-        self.batch_end = now + duration
-        self.suspended = Suspended(run, chunk, decode_time, same_until)
-        self.stats.record(1, n + (run[0] is not None), n + chunk, chunk,
-                          duration, self.allocated_blocks * duration, self.allocated_blocks)
+            if partial is not None:
+                self._advance_prefill(partial, prompt_tokens, end)
 
     def _materialize(self) -> None:
         """Turn a suspended loop's iteration in flight into the general path's batch lists."""
