@@ -27,8 +27,9 @@ from vidur_env.cluster import ClusterSimulator
 from vidur_env.config import ClusterConfig, ReplicaConfig
 from vidur_env.metrics import RequestMetrics, summarize
 from vidur_env.routers import make_router
-from vidur_env.time_model import builtin_time_model, profiled_time_model
+from vidur_env.time_model import ExecutionTimeModel, builtin_time_model, profiled_time_model
 
+MODEL, DEVICE = "meta-llama/Llama-2-7b-hf", "a100"
 COMPARED = ("prefill_e2e_time", "request_e2e_time")
 STATS = ("mean", "p50", "p99")
 
@@ -48,24 +49,28 @@ def read_reference(ref_dir: Path) -> tuple[SimpleNamespace, dict[str, np.ndarray
     return requests, outcomes, summary
 
 
-def simulate_ours(requests: SimpleNamespace, args: argparse.Namespace, max_tokens: int) -> RequestMetrics:
-    spec = ReplicaConfig(model="meta-llama/Llama-2-7b-hf", device="a100", scheduler="sarathi")
-    cluster = ClusterConfig(num_replicas=4, replica=spec)
+def time_model(args: argparse.Namespace) -> ExecutionTimeModel:
+    """The execution-time model compared with Vidur's (see the module docstring)."""
     if args.time_model == "profiled":
-        model = profiled_time_model(args.profiling_dir, spec.model, spec.device, 1, keying=args.keying,
-                                    kv_granularity=args.kv_granularity, extrapolate=True)
-    else:
-        model = builtin_time_model(spec.model, spec.device, 1, keying=args.keying, kv_granularity=args.kv_granularity)
+        return profiled_time_model(args.profiling_dir, MODEL, DEVICE, 1, keying=args.keying,
+                                   kv_granularity=args.kv_granularity, extrapolate=True)
+    return builtin_time_model(MODEL, DEVICE, 1, keying=args.keying, kv_granularity=args.kv_granularity)
+
+
+def simulate_ours(requests: SimpleNamespace, model: ExecutionTimeModel, max_tokens: int) -> ClusterSimulator:
+    """Vidur's reference cluster in our simulator, run with round robin on ``requests``."""
+    cluster = ClusterConfig(num_replicas=4, replica=ReplicaConfig(model=MODEL, device=DEVICE, scheduler="sarathi"))
     sim = ClusterSimulator(cluster, requests, max_tokens=max_tokens, time_models=[model] * 4)
     router = make_router("round_robin")
     router.reset(4, np.random.default_rng(0))
     sim.run(router)
-    return RequestMetrics.from_simulator(sim)
+    return sim
 
 
 def compare(ref_dir: Path, args: argparse.Namespace) -> float:
     requests, vidur, summary = read_reference(ref_dir)
-    ours = simulate_ours(requests, args, int(summary["spec"].get("max_tokens", 4096)))
+    sim = simulate_ours(requests, time_model(args), int(summary["spec"].get("max_tokens", 4096)))
+    ours = RequestMetrics.from_simulator(sim)
     print(f"\n{ref_dir.name}: {len(requests.arrived_at)} requests, offered {summary.get('offered_qps', float('nan')):.2f} "
           f"req/s, Vidur's mean batch {summary.get('mean_batch_size', float('nan')):.1f}, restarts Vidur "
           f"{summary.get('total_restarts', 0)} / ours {int(ours.request_num_restarts.sum())}")
@@ -83,13 +88,17 @@ def compare(ref_dir: Path, args: argparse.Namespace) -> float:
     return worst
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("reference_dirs", nargs="+", type=Path, help="outputs of vidur_reference.py")
+def add_time_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profiling-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/vidur/profiling"))
     parser.add_argument("--time-model", choices=("profiled", "builtin"), default="profiled")
     parser.add_argument("--keying", choices=("vidur", "vidur_pypi"), default="vidur_pypi")
     parser.add_argument("--kv-granularity", type=int, default=64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reference_dirs", nargs="+", type=Path, help="outputs of vidur_reference.py")
+    add_time_model_flags(parser)
     args = parser.parse_args()
     worst = max(compare(ref_dir, args) for ref_dir in args.reference_dirs)
     print(f"\nlargest |difference| over TTFT/E2E mean, p50, p99: {worst:.1%} (target: within 5%)")

@@ -73,6 +73,24 @@ SUMMARISED_METRICS = (
 QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0}
 #: Columns the input trace must have.
 TRACE_COLUMNS = ("arrived_at", "num_prefill_tokens", "num_decode_tokens")
+#: Marker of the event-loop timing line the driver prints.
+EVENT_LOOP_MARKER = "VIDUR_EVENT_LOOP_CPU_S"
+#: What ``python -m vidur.main`` does, plus the process CPU time of ``Simulator.run``'s event
+#: loop alone (setup, predictor loading and output writing excluded), for speed comparisons.
+VIDUR_DRIVER = f"""
+import time
+from vidur.config import SimulationConfig
+from vidur.simulator import Simulator
+from vidur.utils.random import set_seeds
+config = SimulationConfig.create_from_cli_args()
+set_seeds(config.seed)
+simulator = Simulator(config)
+write_output, simulator._write_output = simulator._write_output, lambda: None
+start = time.process_time()
+simulator.run()
+print("{EVENT_LOOP_MARKER}", time.process_time() - start, flush=True)
+write_output()
+"""
 
 
 class VidurReferenceError(ValueError):
@@ -249,7 +267,8 @@ def replayed_requests(
 def build_command(
     spec: VidurRunSpec, vidur_trace: Path, dataset_ids: tuple[str, str], output_root: Path
 ) -> List[str]:
-    """The exact ``python -m vidur.main`` invocation (every default that matters pinned)."""
+    """The Vidur invocation (``vidur.main`` via :data:`VIDUR_DRIVER`, every default that
+    matters pinned)."""
     p = "--random_forrest_execution_time_predictor_config_"
     g = "--trace_request_generator_config_"
     flags = {
@@ -282,7 +301,7 @@ def build_command(
         p + "prediction_max_batch_size": spec.batch_size_cap,
         "--metrics_config_output_dir": output_root,
     }
-    command = [str(spec.vidur_python), *(["-O"] if spec.strip_asserts else []), "-m", "vidur.main"]
+    command = [str(spec.vidur_python), *(["-O"] if spec.strip_asserts else []), "-c", VIDUR_DRIVER]
     for flag, value in flags.items():
         command += [flag, str(value)]
     return command + [
@@ -313,6 +332,14 @@ def run_vidur(command: Sequence[str], output_root: Path, log_path: Path, timeout
     if not runs:
         raise VidurReferenceError(f"no request_metrics.csv under {output_root}; see {log_path}")
     return runs[-1]
+
+
+def event_loop_cpu_seconds(log_path: Path) -> float:
+    """The driver's timing of Vidur's event loop, from its log."""
+    for line in log_path.read_text().splitlines():
+        if line.startswith(EVENT_LOOP_MARKER):
+            return float(line.split()[1])
+    raise VidurReferenceError(f"{log_path}: no {EVENT_LOOP_MARKER} line (was Vidur run through VIDUR_DRIVER?)")
 
 
 def read_request_metrics(path: Path) -> Dict[int, Dict[str, float]]:
@@ -449,6 +476,7 @@ def run_reference(spec: VidurRunSpec) -> dict:
         "command": command,
         "vidur_output_dir": str(run_dir),
         "wall_time_s": wall,
+        "event_loop_cpu_s": event_loop_cpu_seconds(out_dir / "vidur.log"),
         "files": {"requests": "requests.csv", "request_metrics": "request_metrics.csv"},
         **summarize(spec, requests, run_dir),
     }
@@ -496,7 +524,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     headline = {k: summary[k] for k in ("num_requests", "offered_qps", "mean_batch_size",
-                                         "total_restarts", "wall_time_s")}
+                                         "total_restarts", "wall_time_s", "event_loop_cpu_s")}
     print(json.dumps({**headline, "metrics": summary["metrics"]}, indent=2))
     return 0
 
