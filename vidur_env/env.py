@@ -196,7 +196,7 @@ class VidurRoutingEnv(gym.Env):
         return isolated_latencies(self.cluster.replica_configs, self.time_models, self.workload.max_tokens,
                                   requests.num_prefill_tokens, requests.num_decode_tokens)
 
-    def _make_reward(self, sim: ClusterSimulator) -> LatencyReward:
+    def _make_reward(self, sim: ClusterSimulator) -> LatencyReward | SLOReward:
         if self.reward_kind == "ttft":
             return TTFTReward(sim.table, sim.replicas, self.reward_scale)
         if self.reward_kind == "slo":

@@ -73,6 +73,12 @@ class ReplicaStats:
     """Integral of allocated KV blocks over busy time (block-seconds)."""
     peak_blocks: int = 0
     num_preemptions: int = 0
+    num_completed: int = 0
+    completed_time_sum: float = 0.0
+    num_first_tokens: int = 0
+    first_token_time_sum: float = 0.0
+    """Requests that completed (emitted their first token) and the sum of those times: what
+    the env's latency (TTFT) reward integrates, in O(1) per replica and step."""
 
     def record(self, iterations: int, requests: int, tokens: int, prefill_tokens: int,
                busy: float, block_time: float, blocks: int) -> None:
@@ -221,6 +227,9 @@ class Replica:
     def _complete(self, rid: int, now: float) -> None:
         """Record ``rid``'s completion at ``now`` and free its KV."""
         self.table.completed_at[rid] = now
+        stats = self.stats
+        stats.num_completed += 1
+        stats.completed_time_sum += now
         self._free(rid)
 
     def _advance_decodes(self, iterations: int, now: float) -> list[int]:
@@ -528,6 +537,8 @@ class Replica:
             p += 1  # the prefill iteration emits the first output token
             if table.prefill_completed_at[rid] == UNSET:
                 table.prefill_completed_at[rid] = now
+                self.stats.num_first_tokens += 1
+                self.stats.first_token_time_sum += now
         table.processed[rid] = p
         if p == table.total[rid]:
             self._complete(rid, now)

@@ -1,10 +1,11 @@
 """Rewards of the routing env, and the isolated (no-queueing) service time they are scaled by.
 
-Latency rewards integrate a count of pending requests over time, exactly: between two
-decisions at ``t0 < t1`` the area under the count is ``n * (t1 - t0) - sum(t1 - e)`` over the
-requests whose end time ``e`` fell in between, with ``n`` the count after the decision at
-``t0``. Summed over an episode and its final drain, that is ``sum(end - arrival)`` over its
-requests: minus the return is the total latency (E2E or TTFT) divided by the scale.
+Latency rewards integrate a count of pending requests over time, exactly (up to float
+rounding): between two decisions at ``t0 < t1`` the area under the count is
+``n * (t1 - t0) - sum(t1 - e)`` over the requests whose end time ``e`` fell in between, with
+``n`` the count after the decision at ``t0``. Summed over an episode and its final drain, that
+is ``sum(end - arrival)`` over its requests: minus the return is the total latency (E2E or
+TTFT) divided by the scale.
 """
 from __future__ import annotations
 
@@ -22,32 +23,27 @@ REWARDS = ("latency", "ttft", "slo")
 """Reward kinds the env accepts (``e2e`` is an alias of ``latency``)."""
 
 
-class PendingArea:
-    """Exact integral over time of the number of routed requests whose ``end`` time is unset.
+class FinishedScan:
+    """Finds which routed requests have ended (``end`` set), scanning few of them per step.
 
     Requests are kept per replica in routing order, and a step only scans the replicas the
-    caller says may have finished some (see :class:`LatencyReward`). A scan stops at the first
+    caller says may have finished some (see :class:`SLOReward`). A scan stops at the first
     request never scheduled (``scheduled_at`` unset): replicas admit new requests first come,
     first served, so every later one is unscheduled too and cannot have ended. A scan therefore
     costs O(requests admitted), bounded by the KV cache, not by the queue.
     """
 
-    def __init__(self, end: list[float], scheduled_at: list[float], num_replicas: int, start: float) -> None:
+    def __init__(self, end: list[float], scheduled_at: list[float], num_replicas: int) -> None:
         self.end = end
         self.scheduled_at = scheduled_at
         self.pending: list[list[int]] = [[] for _ in range(num_replicas)]
-        self.count = 0
-        self.time = start
 
     def add(self, rid: int, replica: int) -> None:
-        """A request routed at the current time (``self.time``)."""
         self.pending[replica].append(rid)
-        self.count += 1
 
-    def advance(self, t: float, replicas: Sequence[int]) -> tuple[float, list[int]]:
-        """Area since the last call up to ``t``, and the requests found finished in ``replicas``."""
+    def finished(self, replicas: Sequence[int]) -> list[int]:
+        """The requests found ended in ``replicas`` since the last call (now forgotten)."""
         end, scheduled_at = self.end, self.scheduled_at
-        area = self.count * (t - self.time)
         finished: list[int] = []
         for r in replicas:
             pending = self.pending[r]
@@ -57,9 +53,7 @@ class PendingArea:
                 rid = pending[i]
                 if scheduled_at[rid] < 0.0:
                     break
-                e = end[rid]
-                if e >= 0.0:
-                    area -= t - e
+                if end[rid] >= 0.0:
                     finished.append(rid)
                 else:
                     still.append(rid)
@@ -67,85 +61,100 @@ class PendingArea:
             if i < n:
                 still += pending[i:]
             self.pending[r] = still
-        self.count -= len(finished)
-        self.time = t
-        return area, finished
+        return finished
 
-    def finish(self) -> tuple[float, list[int]]:
-        """Area from the last call until every pending request has ended (after a drain)."""
-        end = self.end
-        finished = [rid for lst in self.pending for rid in lst]
-        area = sum(end[rid] - self.time for rid in finished)
+    def rest(self) -> list[int]:
+        """Every request still tracked (all ended, after a drain)."""
+        rest = [rid for lst in self.pending for rid in lst]
         self.pending = [[] for _ in self.pending]
-        self.count = 0
-        return area, finished
+        return rest
 
 
 class LatencyReward:
     """``-(area under the number of requests in the system) / scale`` per step (reward="latency").
 
-    A replica is scanned for completions only when its in-system count (``num_waiting +
-    num_allocated_requests``) is below the number of requests the tracker holds for it.
+    Each replica counts its completions and sums their times (``ReplicaStats``), so a step
+    costs O(replicas): over ``(t0, t]`` the area is ``n * (t - t0) - (k * t - s)``, with ``n``
+    the requests in the system after the decision at ``t0`` and ``k``, ``s`` the number and
+    time sum of the completions since.
     """
 
     def __init__(self, table: "RequestTable", replicas: Sequence["Replica"], scale: float) -> None:
-        start = table.arrived_at[0] if len(table) else 0.0
-        self.area = PendingArea(table.completed_at, table.scheduled_at, len(replicas), start)
         self.replicas = replicas
         self.scale = scale
+        self.time = table.arrived_at[0] if len(table) else 0.0
+        self.pending = 0
+        self.ended, self.ended_time_sum = self._ended()
+
+    def _ended(self) -> tuple[int, float]:
+        """Requests ended so far, cluster-wide, and the sum of their end times."""
+        count, total = 0, 0.0
+        for replica in self.replicas:
+            count += replica.stats.num_completed
+            total += replica.stats.completed_time_sum
+        return count, total
 
     def add(self, rid: int, replica: int) -> None:
-        self.area.add(rid, replica)
+        """A request routed at the current decision time."""
+        self.pending += 1
 
-    def _changed(self) -> list[int]:
-        pending = self.area.pending
-        return [i for i, r in enumerate(self.replicas) if r.num_waiting + r.num_allocated_requests < len(pending[i])]
+    def _area(self, t: float) -> float:
+        """Area under the pending count from the last decision to ``t``."""
+        count, total = self._ended()
+        new, new_sum = count - self.ended, total - self.ended_time_sum
+        area = self.pending * (t - self.time) - (new * t - new_sum)
+        self.pending -= new
+        self.ended, self.ended_time_sum = count, total
+        self.time = t
+        return area
 
     def step(self, t: float) -> float:
-        area, _ = self.area.advance(t, self._changed())
-        return -area / self.scale
+        return -self._area(t) / self.scale
 
     def finish(self) -> float:
-        area, _ = self.area.finish()
+        """The rest of the area, once the simulator has drained (every request ended)."""
+        count, total = self._ended()
+        area = (total - self.ended_time_sum) - (count - self.ended) * self.time
+        self.pending = 0
         return -area / self.scale
 
 
 class TTFTReward(LatencyReward):
-    """``-(area under the number of requests without their first token) / scale`` (reward="ttft").
+    """``-(area under the number of requests without their first token) / scale`` (reward="ttft")."""
 
-    A replica is scanned when it started an iteration since the last step
-    (``stats.num_iterations``) or is idle: a first token comes at the end of an iteration, after
-    which the replica either starts another or goes idle.
-    """
-
-    def __init__(self, table: "RequestTable", replicas: Sequence["Replica"], scale: float) -> None:
-        super().__init__(table, replicas, scale)
-        self.area = PendingArea(table.prefill_completed_at, table.scheduled_at, len(replicas), self.area.time)
-        self.iterations = [r.stats.num_iterations for r in replicas]
-
-    def _changed(self) -> list[int]:
-        changed = []
-        for i, r in enumerate(self.replicas):
-            n = r.stats.num_iterations
-            if n != self.iterations[i] or not r.is_busy:
-                self.iterations[i] = n
-                changed.append(i)
-        return changed
+    def _ended(self) -> tuple[int, float]:
+        count, total = 0, 0.0
+        for replica in self.replicas:
+            count += replica.stats.num_first_tokens
+            total += replica.stats.first_token_time_sum
+        return count, total
 
 
-class SLOReward(LatencyReward):
+class SLOReward:
     """``-(requests completing in the step that miss the SLO) / scale`` (reward="slo").
 
     A request meets the SLO when its TTFT is at most ``ttft_s`` and its E2E latency at most
-    ``e2e_s`` (a None bound is not checked). The return is minus the number of misses.
+    ``e2e_s`` (a None bound is not checked). The return is minus the number of misses. Which
+    requests finished is found by :class:`PendingArea`, scanning a replica only when its
+    in-system count (``num_waiting + num_allocated_requests``) fell below the requests it
+    tracks there.
     """
 
     def __init__(self, table: "RequestTable", replicas: Sequence["Replica"], scale: float,
                  ttft_s: float | None, e2e_s: float | None) -> None:
-        super().__init__(table, replicas, scale)
+        self.scan = FinishedScan(table.completed_at, table.scheduled_at, len(replicas))
         self.table = table
+        self.replicas = replicas
+        self.scale = scale
         self.ttft_s = float("inf") if ttft_s is None else ttft_s
         self.e2e_s = float("inf") if e2e_s is None else e2e_s
+
+    def add(self, rid: int, replica: int) -> None:
+        self.scan.add(rid, replica)
+
+    def _changed(self) -> list[int]:
+        pending = self.scan.pending
+        return [i for i, r in enumerate(self.replicas) if r.num_waiting + r.num_allocated_requests < len(pending[i])]
 
     def _misses(self, finished: list[int]) -> int:
         table = self.table
@@ -157,12 +166,10 @@ class SLOReward(LatencyReward):
         return misses
 
     def step(self, t: float) -> float:
-        _, finished = self.area.advance(t, self._changed())
-        return -self._misses(finished) / self.scale
+        return -self._misses(self.scan.finished(self._changed())) / self.scale
 
     def finish(self) -> float:
-        _, finished = self.area.finish()
-        return -self._misses(finished) / self.scale
+        return -self._misses(self.scan.rest()) / self.scale
 
 
 # ---------------------------------------------------------------------------------------------
