@@ -24,9 +24,10 @@ from vidur_env.time_model import ExecutionTimeModel
 
 BLOCK_SIZE = 16
 
-SteadyRun = tuple["int | None", bool]
+SteadyRun = tuple["int | None", bool, bool]
 """(the one partial prefill in the steady batch or None, whether admission is held off only
-by the token budget)."""
+by the token budget, whether that partial is the head of the queue, which the run's first
+iteration admits)."""
 
 
 @dataclass
@@ -209,8 +210,12 @@ class Replica:
             if now < horizon and self.fast_forward and self.group_decodes:
                 run = self._steady_run()
                 if run is not None:
+                    tick = self.decoding.tick
                     now = self._fast_forward(now, horizon, run)
                     if self.batch_end != inf:
+                        continue
+                    if self.decoding.tick != tick:  # the run ended (a completion, ...): look again
+                        self.pending_at = now
                         continue
             if now >= horizon:
                 self.pending_at = now
@@ -270,6 +275,15 @@ class Replica:
         self.waiting_prompt_tokens -= self.table.prefill[rid]
         return rid
 
+    def _admit_head(self, now: float) -> None:
+        """Admit the head of the queue into the running list as a partial prefill starting at
+        ``now`` (what Sarathi's batch formation does to it, in the same order)."""
+        rid = self._pop_waiting()
+        self._allocate_new(rid, -(-self.table.prefill[rid] // BLOCK_SIZE))
+        if self.table.scheduled_at[rid] == UNSET:
+            self.table.scheduled_at[rid] = now
+        self.running.append(rid)
+
     def _schedule_running_decode(self, rid: int, pool: deque[int]) -> bool:
         """Vidur's admission of a running request: preempt from the back of ``pool`` until a
         block is free (at least one must be, even if ``rid`` needs none), else preempt ``rid``.
@@ -322,8 +336,9 @@ class Replica:
 
     def _steady_run(self) -> SteadyRun | None:
         """Whether the coming batches are the whole decode set (plus, for Sarathi, one partial
-        prefill) with nothing admitted, and if so which partial and whether admission is held
-        off only by the token budget (``gated``). None when the general path must run.
+        prefill, possibly admitted by the first of them) with nothing else admitted, and if so
+        which partial and whether admission is held off only by the token budget (``gated``).
+        None when the general path must run.
 
         While that holds, nothing changes the batch until a request completes, the prefill
         finishes, memory runs short, or the horizon is reached: the fast path may take over.
@@ -401,7 +416,7 @@ class Replica:
 
     def _fast_forward(self, now: float, horizon: float, run: SteadyRun, resumed: Suspended | None = None) -> float:
         """Run iterations of the steady batch (the decode set plus at most one partial
-        prefill, nothing admitted) in a tight loop.
+        prefill, which the first iteration may admit from the queue) in a tight loop.
 
         Stops before an iteration that could need a preemption or could admit a request, and
         after the one in which a request completes or the partial prefill finishes (the
@@ -418,8 +433,11 @@ class Replica:
         phase = decoding.phase
         iteration_time = self.time_model.iteration_time
         decode_run_time = self.time_model.decode_run_time
-        partial, gated = run
+        partial, gated, admit = run
         budget = self.limits.chunk_size - n
+        if admit:
+            self._admit_head(now)
+            run = partial, gated, False
         if partial is not None:
             prompt = self.table.prefill[partial]
             done = self.table.processed[partial]
@@ -506,13 +524,15 @@ class Replica:
     def _apply_run(self, k: int, end: float, partial: int | None, prompt_tokens: int) -> None:
         """Advance the decode set ``k`` iterations and the partial prefill by ``prompt_tokens``,
         ending at ``end``, as the general path would (completions, batch order)."""
-        finished = self._advance_decodes(k, end)
-        if finished or partial is not None:
-            gone = set(finished)
-            gone.add(partial)
-            self.running = [rid for rid in self.running if rid not in gone]
-            if partial is not None:
-                self._advance_prefill(partial, prompt_tokens, end)
+        running = self.running
+        for rid in self._advance_decodes(k, end):
+            running.remove(rid)
+        if partial is not None:
+            if running[-1] == partial:  # the usual place of the partial prefill
+                running.pop()
+            else:
+                running.remove(partial)
+            self._advance_prefill(partial, prompt_tokens, end)
 
     def _materialize(self) -> None:
         """Turn a suspended loop's iteration in flight into the general path's batch lists."""
@@ -627,7 +647,7 @@ class SarathiReplica(Replica):
 
     def _steady_run(self) -> SteadyRun | None:
         running = self.running
-        if not running or len(running) > self.max_micro_batch_size:
+        if len(running) > self.max_micro_batch_size:
             return None
         decoding = self.decoding
         partial = None
@@ -635,18 +655,40 @@ class SarathiReplica(Replica):
             if len(running) - decoding.size != 1 or self.limits.chunk_size <= decoding.size:
                 return None
             partial = next(rid for rid in reversed(running) if rid not in decoding)  # usually last
-        if not self.waiting:
-            return partial, False
+        waiting = self.waiting
         if (
-            self.num_allocated_requests == self.limits.batch_size_cap
+            not waiting
+            or self.num_allocated_requests == self.limits.batch_size_cap
             or len(running) == self.max_micro_batch_size
-            or not self._can_admit(self.waiting[0])
+            or not self._can_admit(waiting[0])
         ):
-            return partial, False
-        if partial is None:
-            # the head gets min(prompt, budget) tokens: none when the decodes use the budget
-            return (None, False) if len(running) >= self.limits.chunk_size else None
-        return partial, True
+            return (partial, False, False) if running else None
+        if partial is not None:
+            return partial, True, False
+        if len(running) >= self.limits.chunk_size:
+            return None, False, False  # the decodes use the whole budget: the head gets no tokens
+        return self._admission_run()
+
+    def _admission_run(self) -> SteadyRun | None:
+        """The run whose first iteration admits the head of the queue next to the decode set,
+        or None when the general path must decide: the head's blocks do not fit beside this
+        iteration's decode growth, or a second request would join the same iteration."""
+        table, waiting = self.table, self.waiting
+        rid = waiting[0]
+        need = -(-table.prefill[rid] // BLOCK_SIZE)
+        free = self.num_blocks - self.allocated_blocks - self.decoding.growth_at(self.decoding.tick) - need
+        if free < max(self.watermark_blocks, 1):
+            return None
+        budget = self.limits.chunk_size - len(self.running)
+        gated = (
+            len(waiting) > 1
+            and self.num_allocated_requests + 1 < self.limits.batch_size_cap
+            and len(self.running) + 1 < self.max_micro_batch_size
+            and free - -(-table.prefill[waiting[1]] // BLOCK_SIZE) >= self.watermark_blocks
+        )
+        if gated and table.prefill[rid] < budget:
+            return None
+        return rid, gated, True
 
 
 class VLLMReplica(Replica):
@@ -706,14 +748,14 @@ class VLLMReplica(Replica):
         if not running or len(running) > self.max_micro_batch_size or self.decoding.size != len(running):
             return None
         if not self.waiting:
-            return None, False
+            return None, False, False
         rid = self.waiting[0]
         if (
             not self._can_admit(rid)
             or not self._prompt_batch_fits([], self.table.prefill[rid])
             or self.num_allocated_requests == self.limits.batch_size_cap
         ):
-            return None, False
+            return None, False, False
         return None
 
 
@@ -755,7 +797,7 @@ class OrcaReplica(Replica):
         if self.waiting and len(running) < self.max_micro_batch_size:
             if self.num_blocks - self.allocated_blocks >= self.reserve_blocks:
                 return None
-        return None, False
+        return None, False, False
 
 
 SCHEDULERS: dict[str, type[Replica]] = {
