@@ -671,23 +671,22 @@ class SarathiReplica(Replica):
 
     def _admission_run(self) -> SteadyRun | None:
         """The run whose first iteration admits the head of the queue next to the decode set,
-        or None when the general path must decide: the head's blocks do not fit beside this
-        iteration's decode growth, or a second request would join the same iteration."""
+        or None when the general path must decide because the head's blocks do not fit beside
+        this iteration's decode growth. (If a second request would join that iteration, the
+        loop stops before running it, and the general path finds the head already admitted,
+        exactly as its own formation would have left it.)"""
         table, waiting = self.table, self.waiting
         rid = waiting[0]
         need = -(-table.prefill[rid] // BLOCK_SIZE)
         free = self.num_blocks - self.allocated_blocks - self.decoding.growth_at(self.decoding.tick) - need
         if free < max(self.watermark_blocks, 1):
             return None
-        budget = self.limits.chunk_size - len(self.running)
         gated = (
             len(waiting) > 1
             and self.num_allocated_requests + 1 < self.limits.batch_size_cap
             and len(self.running) + 1 < self.max_micro_batch_size
             and free - -(-table.prefill[waiting[1]] // BLOCK_SIZE) >= self.watermark_blocks
         )
-        if gated and table.prefill[rid] < budget:
-            return None
         return rid, gated, True
 
 
