@@ -8,9 +8,15 @@ per-request objects. Two things keep it fast without changing any result:
   an iteration costs O(prefills + completions), not O(batch); when an iteration could need a
   preemption (too few free blocks) or exceeds the batch cap, the set is written back and the
   exact per-request path runs that iteration;
-* :meth:`Replica.advance_to` runs every iteration that ends by a given time, and runs of
-  decode-only iterations are fast-forwarded in a tight loop that performs exactly the
-  arithmetic the general path would (same float additions in the same order).
+* :meth:`Replica.advance_to` runs every iteration that ends by a given time, and steady runs
+  (the decode set plus at most one partial prefill, which Sarathi's first iteration may admit
+  from the queue) go through a tight loop that performs exactly the arithmetic the general
+  path would (same float additions in the same order). At a horizon (the next arrival) the
+  loop suspends with its iteration in flight and later resumes where it stopped, so the
+  public state is exact at every arrival without re-forming the batch.
+
+``tests/test_simulator.py::test_fast_paths_change_no_result`` holds all of this to the
+per-request path: every timestamp, every stat, and the state a router sees at each decision.
 """
 from __future__ import annotations
 
@@ -40,6 +46,9 @@ class Suspended:
     decode_time: float
     same_until: int
     """The loop's cached decode-only iteration time and the tick until which it holds."""
+    queue_changed: bool = False
+    """A request was queued since: the run's premise is gone, so resuming only finishes the
+    iteration in flight and hands the next formation back to :meth:`Replica.advance_to`."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +146,7 @@ class Replica:
         """Time at which an idle replica has work to schedule (formation deferred to it)."""
         self.suspended: Suspended | None = None
         """Set while the batch in flight is a steady iteration the decode-run loop stopped at a
-        horizon: ``running`` is that batch and the loop resumes from it (see ``_suspend``)."""
+        horizon: ``running`` is that batch and the loop resumes from it (see :meth:`_fast_forward`)."""
         self.stats = ReplicaStats()
 
     # ----------------------------------------------------------------- public view
@@ -178,7 +187,7 @@ class Replica:
     def add_request(self, rid: int, now: float) -> None:
         """Queue a routed request; an idle replica will form a batch once time moves past ``now``."""
         if self.suspended is not None:
-            self._materialize()  # the loop's premise (what is waiting) no longer holds
+            self.suspended.queue_changed = True
         self.waiting.append(rid)
         self.waiting_prompt_tokens += self.table.prefill[rid]
         if self.batch_end == inf and now < self.pending_at:
@@ -459,11 +468,11 @@ class Replica:
             d, same_until = resumed.decode_time, resumed.same_until
             recorded, recorded_tokens = 1, resumed.chunk
             tick += 1
-            running = True
+            running = not resumed.queue_changed
             if recorded_tokens:
                 done += recorded_tokens
                 prompt_tokens = recorded_tokens
-                running = done != prompt
+                running = running and done != prompt
         in_flight = False
         while running and tick < last:
             grow = phase[tick & 15]  # all zero without KV growth (Orca)
@@ -533,18 +542,6 @@ class Replica:
             else:
                 running.remove(partial)
             self._advance_prefill(partial, prompt_tokens, end)
-
-    def _materialize(self) -> None:
-        """Turn a suspended loop's iteration in flight into the general path's batch lists."""
-        partial = self.suspended.run[0]
-        if partial is None:
-            self.batch_decodes = self.running
-            self.batch_prefills, self.batch_chunks = [], []
-        else:
-            self.batch_decodes = [rid for rid in self.running if rid != partial]
-            self.batch_prefills, self.batch_chunks = [partial], [self.suspended.chunk]
-        self.running = []
-        self.suspended = None
 
     def _advance_prefill(self, rid: int, tokens: int, now: float, track: bool = True) -> None:
         """Add ``tokens`` prompt tokens to a request that has finished an iteration at ``now``.
