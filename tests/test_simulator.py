@@ -266,3 +266,18 @@ def test_fast_paths_match_at_the_batch_cap(scheduler):
     assert max(r.stats.batch_size_sum / r.stats.num_iterations for r in slow.replicas) > 4
     for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts"):
         assert getattr(fast.table, column) == getattr(slow.table, column), column
+
+
+@pytest.mark.parametrize("scheduler", ["sarathi", "vllm", "orca"])
+def test_fast_paths_match_when_arrivals_coincide_with_iteration_ends(scheduler):
+    """Every iteration takes exactly 1/64 s, and requests arrive on that grid: an iteration
+    ending at an arrival's instant finishes first, and the next one is formed with the new
+    request queued (Vidur's event order), on the fast paths as on the per-request path."""
+    tick = AffineTime(base=1 / 64, per_token=0.0, per_kv=0.0)
+    rng = np.random.default_rng(8)
+    arrivals = np.sort(rng.integers(0, 400, size=120)) / 64
+    reqs = requests(arrivals, rng.integers(1, 300, size=120), rng.integers(1, 60, size=120))
+    fast = simulate(reqs, scheduler=scheduler, time_model=tick, fast=True)
+    slow = simulate(reqs, scheduler=scheduler, time_model=tick, fast=False)
+    for column in ("scheduled_at", "prefill_completed_at", "completed_at"):
+        assert getattr(fast.table, column) == getattr(slow.table, column), column

@@ -427,108 +427,130 @@ class Replica:
         """Run iterations of the steady batch (the decode set plus at most one partial
         prefill, which the first iteration may admit from the queue) in a tight loop.
 
-        Stops before an iteration that could need a preemption or could admit a request, and
-        after the one in which a request completes or the partial prefill finishes (the
-        general path forms the next batch from there); suspends with the first iteration that
-        would end after ``horizon`` in flight. With ``resumed``, the iteration in flight when
-        the loop last suspended has just ended at ``now`` and the loop picks up after it.
-        Returns the time reached.
+        The run goes through segments with the same decode set and partial prefill. A
+        segment ends after the iteration in which a request completes or the prefill finishes;
+        with nothing queued the run carries on with the new decode set, else the general path
+        forms the next batch. The run also stops before an iteration that could need a
+        preemption or admit a request, and suspends with the first iteration that would end
+        after ``horizon`` in flight. With ``resumed``, the iteration in flight when the loop
+        last suspended has just ended at ``now`` and the loop picks up after it. Returns the
+        time reached.
         """
         decoding = self.decoding
-        n = decoding.size
-        tick = decoding.tick
-        last = decoding.next_completion()
-        offset_sum = decoding.offset_sum
         phase = decoding.phase
         iteration_time = self.time_model.iteration_time
         decode_run_time = self.time_model.decode_run_time
+        chunk_size = self.limits.chunk_size
+        limit = self.num_blocks - 1 if self.grows_kv else inf  # a decode needs one free block
         partial, gated, admit = run
-        budget = self.limits.chunk_size - n
         if admit:
             self._admit_head(now)
             run = partial, gated, False
-        if partial is not None:
-            prompt = self.table.prefill[partial]
-            done = self.table.processed[partial]
-        allocated = self.allocated_blocks
-        limit = self.num_blocks - 1 if self.grows_kv else inf  # a decode needs one free block
         t = now
-        block_time = 0.0
-        busy = 0.0
-        prompt_tokens = 0  # of the partial prefill over the whole run
         if resumed is None:
             self._decode_run_order()
-            same_until = tick  # decode-only iterations before this tick reuse ``d``
+            same_until = decoding.tick  # decode-only iterations before this tick reuse ``d``
             recorded = recorded_tokens = 0
-            running = True
         else:
-            # the iteration in flight at suspension (already in the stats) has ended at ``now``
             self.suspended = None
             self.batch_end = inf
             d, same_until = resumed.decode_time, resumed.same_until
             recorded, recorded_tokens = 1, resumed.chunk
-            tick += 1
-            running = not resumed.queue_changed
-            if recorded_tokens:
-                done += recorded_tokens
-                prompt_tokens = recorded_tokens
-                running = running and done != prompt
-        in_flight = False
-        while running and tick < last:
-            grow = phase[tick & 15]  # all zero without KV growth (Orca)
-            if allocated + grow > limit:
-                break
-            kv = offset_sum + n * tick
-            if partial is None:
-                q = 0
-                if tick >= same_until:
-                    d, span = decode_run_time(n, kv)
-                    same_until = tick + span
-            else:
-                q = prompt - done if prompt - done < budget else budget
-                if gated and q < budget:
-                    break  # budget left over: the head of the queue could be admitted
-                # a one-token chunk is timed as a decode, as in the general path
-                d = iteration_time(n + 1, kv + done, (), ()) if q == 1 else iteration_time(n, kv, (q,), (done,))
-            allocated += grow
-            block_time += allocated * d
-            busy += d
-            end = t + d
-            if end > horizon:
-                in_flight = True
-                break
-            t = end
-            tick += 1
-            if q:
-                done += q
-                prompt_tokens += q
-                if done == prompt:
+        while True:  # one segment
+            n = decoding.size
+            tick = decoding.tick
+            last = decoding.next_completion()
+            offset_sum = decoding.offset_sum
+            budget = chunk_size - n
+            if partial is not None:
+                prompt = self.table.prefill[partial]
+                done = self.table.processed[partial]
+            allocated = self.allocated_blocks
+            block_time = busy = 0.0
+            prompt_tokens = 0  # of the partial prefill in this segment
+            going = True
+            if recorded:
+                # the iteration in flight at suspension (already in the stats) has ended at ``now``
+                tick += 1
+                going = not resumed.queue_changed
+                if recorded_tokens:
+                    done += recorded_tokens
+                    prompt_tokens = recorded_tokens
+                    going = going and done != prompt
+            in_flight = False
+            while going and tick < last and t < horizon:
+                grow = phase[tick & 15]  # all zero without KV growth (Orca)
+                if allocated + grow > limit:
                     break
-        k = tick - decoding.tick
-        self.allocated_blocks = allocated
-        if k and (tick == last or partial is not None):
-            self._apply_run(k, t, partial, prompt_tokens)
-        else:
-            decoding.tick = tick  # nothing completes: the set advances by its counter alone
-        # one stats update for the iterations run (less the one recorded at suspension) and
-        # the one now in flight, which is recorded when it starts, as in the general path
-        iterations = k - recorded + in_flight
-        if iterations:
-            tokens = prompt_tokens - recorded_tokens + (q if in_flight else 0)
-            stats = self.stats
-            stats.num_iterations += iterations
-            stats.batch_size_sum += (n + (partial is not None)) * iterations
-            stats.tokens_sum += n * iterations + tokens
-            stats.prefill_tokens_sum += tokens
-            stats.busy_time += busy
-            stats.block_time += block_time
-            if allocated > stats.peak_blocks:
-                stats.peak_blocks = allocated
-        if in_flight:
-            self.batch_lazy = True
-            self.batch_end = t + d
-            self.suspended = Suspended(run, q, d if partial is None else 0.0, same_until)
-        return t
+                kv = offset_sum + n * tick
+                if partial is None:
+                    q = 0
+                    if tick >= same_until:
+                        d, span = decode_run_time(n, kv)
+                        same_until = tick + span
+                else:
+                    q = prompt - done if prompt - done < budget else budget
+                    if gated and q < budget:
+                        break  # budget left over: the head of the queue could be admitted
+                    # a one-token chunk is timed as a decode, as in the general path
+                    d = iteration_time(n + 1, kv + done, (), ()) if q == 1 else iteration_time(n, kv, (q,), (done,))
+                allocated += grow
+                block_time += allocated * d
+                busy += d
+                end = t + d
+                if end > horizon:
+                    in_flight = True
+                    break
+                t = end
+                tick += 1
+                if q:
+                    done += q
+                    prompt_tokens += q
+                    if done == prompt:
+                        break
+            k = tick - decoding.tick
+            prefilled = partial is not None and done == prompt
+            completed = k and tick == last
+            self.allocated_blocks = allocated
+            if completed or (k and partial is not None):
+                self._apply_run(k, t, partial, prompt_tokens)
+            else:
+                decoding.tick = tick  # nothing completes: the set advances by its counter alone
+            self._record_segment(k - recorded + in_flight, n, partial,
+                                 prompt_tokens - recorded_tokens + (q if in_flight else 0), busy, block_time, allocated)
+            if in_flight:
+                self.batch_lazy = True
+                self.batch_end = t + d
+                self.suspended = Suspended(run, q, d if partial is None else 0.0, same_until)
+                return t
+            if not (completed or prefilled) or self.waiting:
+                return t
+            # a request completed or finished its prefill, and nothing is queued: go on with
+            # the new decode set (its first iteration recomputes the decode time)
+            if prefilled:
+                partial = None
+            if partial is None and not decoding.size:
+                return t
+            run = partial, False, False
+            gated = False
+            recorded = recorded_tokens = 0
+            same_until = decoding.tick
+
+    def _record_segment(self, iterations: int, n: int, partial: int | None, prompt_tokens: int,
+                        busy: float, block_time: float, allocated: int) -> None:
+        """One stats update for a segment's iterations: those run (less the one recorded at
+        suspension) and the one now in flight, recorded when it starts as in the general path."""
+        if not iterations:
+            return
+        stats = self.stats
+        stats.num_iterations += iterations
+        stats.batch_size_sum += (n + (partial is not None)) * iterations
+        stats.tokens_sum += n * iterations + prompt_tokens
+        stats.prefill_tokens_sum += prompt_tokens
+        stats.busy_time += busy
+        stats.block_time += block_time
+        if allocated > stats.peak_blocks:
+            stats.peak_blocks = allocated
 
     def _apply_run(self, k: int, end: float, partial: int | None, prompt_tokens: int) -> None:
         """Advance the decode set ``k`` iterations and the partial prefill by ``prompt_tokens``,
