@@ -74,9 +74,7 @@ def main() -> None:
     print(f"  no decode-run loop  : {no_ff:,.0f} ({no_ff_median:,.0f})")
     print(f"  per-request path    : {exact:,.0f} ({exact_median:,.0f}); Vidur's loop, no grouping")
     print(f"speed-up of the fast paths:  {fast / exact:.2f}x")
-    print("reference: Vidur's own event loop, ~700 requests/s on this scenario and machine "
-          "(VIDUR_SEMANTICS.md); ratio to it: "
-          f"{fast / 700:.0f}x")
+    print("(Vidur itself, timed side by side on the same requests: benchmarks/speed_vs_vidur.py)")
 
     if args.profile:
         profiler = cProfile.Profile()
