@@ -241,6 +241,16 @@ def test_lor_counts_only_waiting_requests():
     assert sim.table.replica == [0, 1, 0, 1]
 
 
+@pytest.mark.parametrize("arrivals, prompts, outputs, message", [
+    ([0.0, 1.0, 2.0], [10, 0, 10], [5, 5, 5], "request 1: prompt and output need at least one token"),
+    ([0.0, 1.0, 2.0], [10, 10, 10], [5, 5, 0], "request 2: prompt and output need at least one token"),
+    ([0.0, 2.0, 1.0], [10, 10, 10], [5, 5, 5], "request 2: arrival times must be non-decreasing"),
+])
+def test_unservable_requests_are_rejected_by_index(arrivals, prompts, outputs, message):
+    with pytest.raises(SimulationError, match=message):
+        ClusterSimulator(ClusterConfig(num_replicas=1), requests(arrivals, prompts, outputs), time_models=[AffineTime()])
+
+
 def test_request_longer_than_max_tokens_is_rejected_by_name():
     with pytest.raises(SimulationError, match="request 0.*max_tokens"):
         ClusterSimulator(ClusterConfig(num_replicas=1), requests([0.0], [4000], [200]), time_models=[AffineTime()])

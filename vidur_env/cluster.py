@@ -103,17 +103,23 @@ class ClusterSimulator:
         self.now = self.table.arrived_at[0] if len(self.table) else 0.0
 
     def _check_requests_fit(self, max_tokens: int) -> None:
+        """Reject, naming the first offending request, lengths and arrival orders the
+        simulator cannot serve (checked on arrays: this runs at every env reset)."""
         table = self.table
-        for rid in range(len(table)):
-            if table.orig_prefill[rid] < 1 or table.orig_decode[rid] < 1:
-                raise SimulationError(f"request {rid}: prompt and output need at least one token each")
-            if table.orig_prefill[rid] + table.orig_decode[rid] > max_tokens:
-                raise SimulationError(
-                    f"request {rid}: {table.orig_prefill[rid]} + {table.orig_decode[rid]} tokens exceed "
-                    f"max_tokens={max_tokens}; cap the workload's lengths (WorkloadConfig.max_tokens)"
-                )
-            if rid and table.arrived_at[rid] < table.arrived_at[rid - 1]:
-                raise SimulationError(f"request {rid}: arrival times must be non-decreasing")
+        prefill, decode = np.asarray(table.orig_prefill), np.asarray(table.orig_decode)
+        empty = np.flatnonzero((prefill < 1) | (decode < 1))
+        if empty.size:
+            raise SimulationError(f"request {empty[0]}: prompt and output need at least one token each")
+        too_long = np.flatnonzero(prefill + decode > max_tokens)
+        if too_long.size:
+            rid = too_long[0]
+            raise SimulationError(
+                f"request {rid}: {prefill[rid]} + {decode[rid]} tokens exceed "
+                f"max_tokens={max_tokens}; cap the workload's lengths (WorkloadConfig.max_tokens)"
+            )
+        backwards = np.flatnonzero(np.diff(np.asarray(table.arrived_at)) < 0)
+        if backwards.size:
+            raise SimulationError(f"request {backwards[0] + 1}: arrival times must be non-decreasing")
 
     @property
     def num_requests(self) -> int:

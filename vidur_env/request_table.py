@@ -27,9 +27,9 @@ class RequestTable:
         n = len(arrived_at)
         if not (len(num_prefill_tokens) == len(num_decode_tokens) == n):
             raise ValueError("arrived_at, num_prefill_tokens and num_decode_tokens differ in length")
-        self.arrived_at: list[float] = [float(x) for x in arrived_at]
-        self.orig_prefill: list[int] = [int(x) for x in num_prefill_tokens]
-        self.orig_decode: list[int] = [int(x) for x in num_decode_tokens]
+        self.arrived_at: list[float] = np.asarray(arrived_at, dtype=np.float64).tolist()
+        self.orig_prefill: list[int] = np.asarray(num_prefill_tokens, dtype=np.int64).tolist()
+        self.orig_decode: list[int] = np.asarray(num_decode_tokens, dtype=np.int64).tolist()
         self.total: list[int] = [p + d for p, d in zip(self.orig_prefill, self.orig_decode)]
         """Prompt plus output tokens; a restart moves tokens between the two but keeps the sum."""
         self.prefill: list[int] = list(self.orig_prefill)
