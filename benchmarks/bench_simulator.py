@@ -9,7 +9,7 @@ Each path runs ``--repeats`` times; the best run is the figure (the machine is a
 whose speed varies by up to 40% between runs, which only ever slows a run down) and the
 median is printed next to it.
 
-    python benchmarks/bench_simulator.py [--requests 20000] [--repeats 5] [--profile]
+    python benchmarks/bench_simulator.py [--requests 20000] [--repeats 5] [--scheduler sarathi] [--profile]
 """
 from __future__ import annotations
 
@@ -45,11 +45,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--load", type=float, default=0.85)
     parser.add_argument("--repeats", type=int, default=5, help="runs per path; the best is reported")
+    parser.add_argument("--scheduler", choices=("sarathi", "vllm", "orca"), default="sarathi")
     parser.add_argument("--profile", action="store_true", help="print the top functions by own time")
     args = parser.parse_args()
 
     scenario = Scenario(load=args.load)
-    scenario = replace(scenario, workload=replace(scenario.workload, num_requests=args.requests))
+    cluster = replace(scenario.cluster, replica=replace(scenario.cluster.replica, scheduler=args.scheduler))
+    scenario = replace(scenario, cluster=cluster, workload=replace(scenario.workload, num_requests=args.requests))
     time_models = build_time_models(scenario.cluster)
     workload = resolve_workload(scenario, time_models)
     requests = generate_requests(workload, np.random.default_rng(0))
