@@ -284,11 +284,16 @@ class Replica:
         self.waiting_prompt_tokens -= self.table.prefill[rid]
         return rid
 
+    def _admit_waiting(self) -> int:
+        """Take the head of the queue and allocate the blocks of its prompt (Sarathi, vLLM)."""
+        rid = self._pop_waiting()
+        self._allocate_new(rid, -(-self.table.prefill[rid] // BLOCK_SIZE))
+        return rid
+
     def _admit_head(self, now: float) -> None:
         """Admit the head of the queue into the running list as a partial prefill starting at
         ``now`` (what Sarathi's batch formation does to it, in the same order)."""
-        rid = self._pop_waiting()
-        self._allocate_new(rid, -(-self.table.prefill[rid] // BLOCK_SIZE))
+        rid = self._admit_waiting()
         if self.table.scheduled_at[rid] == UNSET:
             self.table.scheduled_at[rid] = now
         self.running.append(rid)
@@ -516,8 +521,13 @@ class Replica:
                 self._apply_run(k, t, partial, prompt_tokens)
             else:
                 decoding.tick = tick  # nothing completes: the set advances by its counter alone
-            self._record_segment(k - recorded + in_flight, n, partial,
-                                 prompt_tokens - recorded_tokens + (q if in_flight else 0), busy, block_time, allocated)
+            # one stats update for the segment: the iterations run (less the one recorded at
+            # suspension) and the one now in flight, recorded when it starts as in the general path
+            iterations = k - recorded + in_flight
+            if iterations:
+                tokens = prompt_tokens - recorded_tokens + (q if in_flight else 0)
+                self.stats.record(iterations, (n + (partial is not None)) * iterations, n * iterations + tokens,
+                                  tokens, busy, block_time, allocated)
             if in_flight:
                 self.batch_lazy = True
                 self.batch_end = t + d
@@ -535,22 +545,6 @@ class Replica:
             gated = False
             recorded = recorded_tokens = 0
             same_until = decoding.tick
-
-    def _record_segment(self, iterations: int, n: int, partial: int | None, prompt_tokens: int,
-                        busy: float, block_time: float, allocated: int) -> None:
-        """One stats update for a segment's iterations: those run (less the one recorded at
-        suspension) and the one now in flight, recorded when it starts as in the general path."""
-        if not iterations:
-            return
-        stats = self.stats
-        stats.num_iterations += iterations
-        stats.batch_size_sum += (n + (partial is not None)) * iterations
-        stats.tokens_sum += n * iterations + prompt_tokens
-        stats.prefill_tokens_sum += prompt_tokens
-        stats.busy_time += busy
-        stats.block_time += block_time
-        if allocated > stats.peak_blocks:
-            stats.peak_blocks = allocated
 
     def _apply_run(self, k: int, end: float, partial: int | None, prompt_tokens: int) -> None:
         """Advance the decode set ``k`` iterations and the partial prefill by ``prompt_tokens``,
@@ -626,8 +620,7 @@ class SarathiReplica(Replica):
             q = min(table.prefill[rid] - processed[rid], budget)
             if q <= 0:
                 break
-            self._pop_waiting()
-            self._allocate_new(rid, -(-table.prefill[rid] // BLOCK_SIZE))
+            self._admit_waiting()
             budget -= q
             prefills.append(rid)
             chunks.append(q)
@@ -733,8 +726,7 @@ class VLLMReplica(Replica):
                 break
             if len(prefills) == self.max_micro_batch_size:
                 break
-            self._pop_waiting()
-            self._allocate_new(rid, -(-q // BLOCK_SIZE))
+            self._admit_waiting()
             prefills.append(rid)
             chunks.append(q)
         self.batch_lazy = self.group_decodes  # a prompt batch leaves the decodes waiting

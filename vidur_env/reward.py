@@ -79,6 +79,10 @@ class LatencyReward:
     time sum of the completions since.
     """
 
+    count_stat: str = "num_completed"
+    time_sum_stat: str = "completed_time_sum"
+    """The ``ReplicaStats`` counters of the event that ends a request's pending time."""
+
     def __init__(self, table: "RequestTable", replicas: Sequence["Replica"], scale: float) -> None:
         self.replicas = replicas
         self.scale = scale
@@ -90,8 +94,8 @@ class LatencyReward:
         """Requests ended so far, cluster-wide, and the sum of their end times."""
         count, total = 0, 0.0
         for replica in self.replicas:
-            count += replica.stats.num_completed
-            total += replica.stats.completed_time_sum
+            count += getattr(replica.stats, self.count_stat)
+            total += getattr(replica.stats, self.time_sum_stat)
         return count, total
 
     def add(self, rid: int, replica: int) -> None:
@@ -122,12 +126,8 @@ class LatencyReward:
 class TTFTReward(LatencyReward):
     """``-(area under the number of requests without their first token) / scale`` (reward="ttft")."""
 
-    def _ended(self) -> tuple[int, float]:
-        count, total = 0, 0.0
-        for replica in self.replicas:
-            count += replica.stats.num_first_tokens
-            total += replica.stats.first_token_time_sum
-        return count, total
+    count_stat = "num_first_tokens"
+    time_sum_stat = "first_token_time_sum"
 
 
 class SLOReward:
