@@ -287,3 +287,9 @@ def test_shortcuts_reach_the_cluster_and_the_workload():
     assert env.cluster.replica.scheduler == "vllm" and env.scenario.load is None and env.workload.qps == 2.0
     env.reset(seed=0)
     assert set(env.requests.num_prefill_tokens) == {100}
+
+
+def test_a_misspelt_argument_is_named_with_the_env_arguments_and_shortcuts():
+    with pytest.raises(ConfigError, match=r"unknown argument\(s\) num_request; the env's own arguments: .*num_requests"
+                                          r".*; scenario shortcuts: .*qps"):
+        VidurRoutingEnv(num_request=5)

@@ -1,6 +1,7 @@
 """The Gymnasium routing env: a thin adapter over :class:`vidur_env.cluster.ClusterSimulator`."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import fields, replace
 from math import inf
 from typing import Any
@@ -300,8 +301,9 @@ def build_scenario(cluster: Any, workload: Any, load: Any, scenario: Scenario | 
     unknown = sorted(set(shortcuts) - CLUSTER_FIELDS - REPLICA_FIELDS - WORKLOAD_FIELDS)
     if unknown:
         valid = sorted(CLUSTER_FIELDS | REPLICA_FIELDS | WORKLOAD_FIELDS | set(ALIASES))
-        raise ConfigError(f"VidurRoutingEnv: unknown argument(s) {', '.join(unknown)}; "
-                          f"valid shortcuts: {', '.join(valid)}")
+        own = [name for name in inspect.signature(VidurRoutingEnv).parameters if name != "shortcuts"]
+        raise ConfigError(f"VidurRoutingEnv: unknown argument(s) {', '.join(unknown)}; the env's own arguments: "
+                          f"{', '.join(own)}; scenario shortcuts: {', '.join(valid)}")
     if scenario is not None:
         if cluster is not None or workload is not None or load != "auto":
             raise ConfigError("VidurRoutingEnv: pass either scenario or cluster/workload/load, not both")
