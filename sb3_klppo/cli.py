@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             groups[knob.block].add_argument(knob.flag, dest=knob.dest, metavar=metavar(knob), help=help_text)
     commands.add_parser("flags", help="print the JSON key -> CLI flag table (markdown)")
+    from sb3_klppo.sweep import add_sweep_parser  # the sweep module imports this one
+
+    add_sweep_parser(commands)
     return parser
 
 
@@ -98,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "flags":
         print(flag_table_markdown())
         return 0
+    if args.command == "sweep":
+        from sb3_klppo.sweep import run_sweep_command
+
+        return run_sweep_command(args)
     try:
         config = config_from_args(args)
         summary = train(config)
