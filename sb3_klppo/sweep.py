@@ -52,6 +52,8 @@ CONFIDENCE = 0.95
 """Level of every confidence interval in the report."""
 TRIALS_DIR = "trials"
 RAY_DIR = "ray"
+OPTUNA_DB, OPTUNA_STUDY = "optuna.db", "sweep"
+"""The Optuna study of ``--search optuna`` (SQLite, in the sweep directory) and its name."""
 SWEEP_JSON, SWEEP_MD = "sweep.json", "sweep.md"
 OK, FAILED, NOT_RUN = "ok", "failed", "not run"
 """Trial statuses in the report."""
@@ -454,29 +456,31 @@ def grid_search(plan: SweepPlan, options: RayOptions) -> None:
 
 
 def optuna_search(plan: SweepPlan, options: RayOptions, trials: int) -> None:
-    """``trials`` configurations sampled by Optuna (TPE over the grid's values as categories), each
-    run with every seed; configurations finished earlier are told to Optuna, not run again."""
+    """Optuna's TPE samples configurations (the grid's values as categories) until its study holds
+    ``trials`` finished samples; each sample runs every seed and Optuna is told the mean.
+
+    The study lives in ``optuna.db`` in the sweep directory, so a rerun continues it. A configuration
+    sampled again reuses its finished trials instead of training them again.
+    """
+    import optuna
     from ray import tune
     from ray.tune.search import Repeater
     from ray.tune.search.optuna import OptunaSearch
 
-    done = [(c, [finished(plan, c, seed) for seed in plan.seeds]) for c in plan.configurations()]
-    done = [(c, records) for c, records in done if all(records)]
-    remaining = trials - len(done)
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{plan.output_dir / OPTUNA_DB}")
+    try:
+        study = optuna.load_study(study_name=OPTUNA_STUDY, storage=storage)
+        finished_samples = sum(trial.state.is_finished() for trial in study.trials)
+    except KeyError:
+        finished_samples = 0
+    remaining = trials - finished_samples
     if remaining <= 0:
         return
-    texts = {c.index: {axis.key: axis.texts[axis.values.index(c.overrides[axis.key])] for axis in plan.axes}
-             for c, _ in done}
-    mode = METRIC_MODES[plan.metric]
-    means = [estimate(r["metrics"].get(plan.metric) for r in records).mean for _, records in done]
-    rewards = [math.nan if mean is None else mean for mean in means]
-    searcher = OptunaSearch(
-        space={axis.key: tune.choice(list(axis.texts)) for axis in plan.axes},
-        metric=plan.metric, mode=mode, seed=plan.base.seed,
-        points_to_evaluate=[texts[c.index] for c, _ in done] or None, evaluated_rewards=rewards or None,
-    )
-    run_tune(plan, options, param_space={}, search_alg=Repeater(searcher, repeat=len(plan.seeds)),
-             num_samples=remaining * len(plan.seeds))
+    searcher = OptunaSearch(metric=plan.metric, mode=METRIC_MODES[plan.metric], storage=storage,
+                            study_name=OPTUNA_STUDY, seed=plan.base.seed + finished_samples)
+    run_tune(plan, options, param_space={axis.key: tune.choice(list(axis.texts)) for axis in plan.axes},
+             search_alg=Repeater(searcher, repeat=len(plan.seeds)), num_samples=remaining * len(plan.seeds))
 
 
 # ---------------------------------------------------------------------------------------------
