@@ -514,7 +514,7 @@ def paired_comparison(best: Mapping[int, float], other: Mapping[int, float], mod
     elif (differences.ci_high < 0) if mode == "min" else (differences.ci_low > 0):
         verdict = f"better with {CONFIDENCE:.0%} confidence"
     else:
-        verdict = f"not distinguishable at {CONFIDENCE:.0%} confidence (the interval includes no advantage; add seeds)"
+        verdict = f"not distinguishable at {CONFIDENCE:.0%} confidence (the interval includes 0; more seeds narrow it)"
     return {"seeds": seeds, "difference": differences.to_json(), "p_value": p_value, "verdict": verdict}
 
 
@@ -675,4 +675,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     report = write_report(plan, args.search)
     print(f"wrote {plan.output_dir / SWEEP_MD} ({len(report['configurations'])} configurations, "
           f"{len(report['failed'])} trials not ok; best by {plan.metric}: {report['best']})")
+    unfinished = sum(trial["status"] == NOT_RUN for trial in report["failed"])
+    if unfinished:
+        print(f"{unfinished} trials did not finish (interrupted); run the same command again to resume them")
     return EXIT_FAILED_TRIALS if report["failed"] else 0

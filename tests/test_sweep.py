@@ -1,4 +1,5 @@
-"""The sweep: its statistics, its plan and errors (no Ray), and tiny sweeps on a local 2-CPU Ray."""
+"""The sweep: its statistics, its plan and errors (no Ray), the pipeline function its trials call,
+and tiny sweeps on a local 2-CPU Ray."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from sb3_klppo.cli import main
 from sb3_klppo.config import ConfigError, TrainConfig, config_to_dict
-from sb3_klppo.pipeline import override
+from sb3_klppo.pipeline import model_metrics, override, run_training
 from sb3_klppo.sweep import (
     METRIC_MODES,
     OK,
@@ -179,6 +180,29 @@ def test_an_output_dir_of_another_sweep_is_refused(tmp_path, capsys):
     write_record(plan.record_path(configuration, 0), ok_record(plan, configuration, 0, 1.0))
     assert main(["sweep", "--grid", "kl_regularization.kl_coef=0.3,0.2", "--seeds", "1", "--output-dir", str(tmp_path)]) == 2
     assert "is a trial of another sweep" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline function the trials call
+# ---------------------------------------------------------------------------------------------
+
+
+def test_run_training_takes_a_dict_with_overrides_and_returns_the_run(tmp_path):
+    run_dir, summary = run_training(TINY_CONFIG, overrides={"seed": 3, "output_dir": str(tmp_path / "run"),
+                                                            "kl_regularization.kl_coef": "0.05"})
+    assert run_dir == tmp_path / "run" and (run_dir / "report.md").is_file()
+    assert summary == json.loads((run_dir / "summary.json").read_text()) and summary["num_timesteps"] == 256
+    used = json.loads((run_dir / "config_used.json").read_text())
+    assert (used["seed"], used["kl_regularization"]["kl_coef"]) == (3, 0.05)
+    rows = json.loads((run_dir / "evaluation.json").read_text())["rows"]
+    assert model_metrics(summary)["e2e_mean"] == rows["klppo"]["e2e_mean"] > 0
+
+
+def test_a_bad_override_raises_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="ppo.batch_size"):
+        run_training(TINY_CONFIG, overrides={"output_dir": str(tmp_path / "run"), "ppo.batch_size": 1})
+    assert not (tmp_path / "run").exists()
+    assert model_metrics({"evaluation": None}) == {}
 
 
 # ---------------------------------------------------------------------------------------------
