@@ -316,6 +316,12 @@ def check_records(plan: SweepPlan) -> None:
                               "(different config, grid or seeds); resume with the same options or use a new --output-dir")
 
 
+def trial_record(plan: SweepPlan, configuration: Configuration, seed: int, status: str, **fields: Any) -> dict[str, Any]:
+    """A trial's record: which configuration and seed, its full config, its status and what came out."""
+    return {"configuration": configuration.index, "label": configuration.label, "overrides": configuration.overrides,
+            "seed": seed, "config": config_to_dict(plan.trial_config(configuration, seed)), "status": status, **fields}
+
+
 def finished(plan: SweepPlan, configuration: Configuration, seed: int) -> dict[str, Any] | None:
     """The trial's record if it finished."""
     record = read_record(plan.record_path(configuration, seed))
@@ -331,18 +337,15 @@ def run_trial(plan: SweepPlan, index: int, seed: int) -> dict[str, Any]:
     done = finished(plan, configuration, seed)
     if done:
         return done["metrics"]
-    config = plan.trial_config(configuration, seed)
-    record = {"configuration": index, "label": configuration.label, "overrides": configuration.overrides,
-              "seed": seed, "config": config_to_dict(config)}
     path = plan.record_path(configuration, seed)
     try:
-        run_dir, summary = run_training(config)
+        run_dir, summary = run_training(plan.trial_config(configuration, seed))
     except Exception as error:
-        write_record(path, {**record, "status": FAILED, "error": f"{type(error).__name__}: {error}",
-                            "traceback": traceback.format_exc()})
+        write_record(path, trial_record(plan, configuration, seed, FAILED, error=f"{type(error).__name__}: {error}",
+                                        traceback=traceback.format_exc()))
         raise
     metrics = {key: value for key, value in model_metrics(summary).items() if key in METRIC_MODES}
-    write_record(path, {**record, "status": OK, "run_dir": str(run_dir), "metrics": metrics})
+    write_record(path, trial_record(plan, configuration, seed, OK, run_dir=str(run_dir), metrics=metrics))
     return metrics
 
 
@@ -434,10 +437,8 @@ def run_tune(plan: SweepPlan, options: RayOptions, *, param_space: dict[str, Any
             index, seed = trial_of(plan, result.config)
             configuration = plan.configurations()[index]
             if not plan.record_path(configuration, seed).is_file():
-                write_record(plan.record_path(configuration, seed), {
-                    "configuration": index, "label": configuration.label, "overrides": configuration.overrides,
-                    "seed": seed, "config": config_to_dict(plan.trial_config(configuration, seed)),
-                    "status": FAILED, "error": str(result.error).strip().splitlines()[-1]})
+                write_record(plan.record_path(configuration, seed), trial_record(
+                    plan, configuration, seed, FAILED, error=str(result.error).strip().splitlines()[-1]))
     finally:
         if started:
             import ray
@@ -498,9 +499,8 @@ def trial_rows(plan: SweepPlan, search: str) -> list[dict[str, Any]]:
             if record is not None:
                 rows.append(record)
             elif search == "grid":
-                rows.append({"configuration": configuration.index, "label": configuration.label,
-                             "overrides": configuration.overrides, "seed": seed, "status": NOT_RUN,
-                             "error": "no record: the trial did not finish (interrupted?); run the sweep again"})
+                rows.append(trial_record(plan, configuration, seed, NOT_RUN,
+                                         error="no record: the trial did not finish (interrupted?); run the sweep again"))
     return rows
 
 
@@ -646,10 +646,12 @@ def check_arguments(args: argparse.Namespace, plan: SweepPlan) -> None:
         raise ConfigError("--trials: applies to --search optuna only (a grid search runs every configuration)")
     if args.address and args.num_cpus:
         raise ConfigError("--num-cpus: sets the local Ray's size; a cluster given by --address has its own")
-    for flag in ("num_cpus", "cpus_per_trial", "max_concurrent"):
-        value = getattr(args, flag)
-        if value is not None and value < (0 if flag == "max_concurrent" else 1e-9):
-            raise ConfigError(f"--{flag.replace('_', '-')}: must be positive, got {value}")
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise ConfigError(f"--num-cpus: must be >= 1, got {args.num_cpus}")
+    if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
+        raise ConfigError(f"--cpus-per-trial: must be > 0, got {args.cpus_per_trial}")
+    if args.max_concurrent < 0:
+        raise ConfigError(f"--max-concurrent: must be >= 0, got {args.max_concurrent}")
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sb3_klppo.cli import main
-from sb3_klppo.config import ConfigError, TrainConfig, config_to_dict
+from sb3_klppo.config import ConfigError, TrainConfig
 from sb3_klppo.pipeline import model_metrics, override, run_training
 from sb3_klppo.sweep import (
     METRIC_MODES,
@@ -22,6 +22,7 @@ from sb3_klppo.sweep import (
     parse_grid,
     t_central_mass,
     t_critical,
+    trial_record,
     write_record,
     write_report,
 )
@@ -134,6 +135,8 @@ def test_seeds_and_run_directories_per_configuration(tmp_path):
         (["--grid", "ppo.n_epochs=2,4", "--search", "optuna"], "give --trials"),
         (["--grid", "ppo.n_epochs=2,4", "--trials", "3"], "--trials: applies to --search optuna only"),
         (["--seeds", "0"], "--seeds: must be >= 1"),
+        (["--num-cpus", "0"], "--num-cpus: must be >= 1"),
+        (["--address", "auto", "--num-cpus", "2"], "--num-cpus: sets the local Ray's size"),
     ],
 )
 def test_bad_sweep_options_exit_2_with_one_line(tmp_path, capsys, options, message):
@@ -144,11 +147,8 @@ def test_bad_sweep_options_exit_2_with_one_line(tmp_path, capsys, options, messa
 
 
 def ok_record(plan, configuration, seed, e2e_mean):
-    config = plan.trial_config(configuration, seed)
     metrics = {metric: 1.0 for metric in METRIC_MODES} | {"e2e_mean": e2e_mean}
-    return {"configuration": configuration.index, "label": configuration.label, "overrides": configuration.overrides,
-            "seed": seed, "config": config_to_dict(config),
-            "status": OK, "run_dir": config.output_dir, "metrics": metrics}
+    return trial_record(plan, configuration, seed, OK, run_dir="unused", metrics=metrics)
 
 
 def test_report_ranks_configurations_and_keeps_failed_and_missing_trials(tmp_path):
