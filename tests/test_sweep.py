@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,13 @@ def test_bad_sweep_options_exit_2_with_one_line(tmp_path, capsys, options, messa
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "s").exists()
+
+
+def test_without_ray_the_sweep_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.tune", None)
+    assert main(["sweep", "--grid", "ppo.n_epochs=2,4", "--output-dir", str(tmp_path / "s")]) == 2
+    assert "sweep needs Ray Tune: pip install 'vidur-env[sweep]'" in capsys.readouterr().err
 
 
 def ok_record(plan, configuration, seed, e2e_mean):
