@@ -405,7 +405,8 @@ def progress_callback(plan: SweepPlan):
         def on_trial_complete(self, iteration, trials, trial, **info):
             index, seed = trial_of(plan, trial.config)
             value = (trial.last_result or {}).get(plan.metric)
-            print(f"{plan.configurations()[index].name} seed {seed}: done, {plan.metric} {value}", flush=True)
+            shown = f"{value:.4g}" if isinstance(value, (int, float)) else value
+            print(f"{plan.configurations()[index].name} seed {seed}: done, {plan.metric} {shown}", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             index, seed = trial_of(plan, trial.config)
@@ -626,8 +627,9 @@ def add_sweep_parser(commands: Any) -> None:
     sweep.add_argument("--search", choices=("grid", "optuna"), default="grid",
                        help="every grid point (default), or Optuna's TPE sampling --trials of them")
     sweep.add_argument("--trials", type=int, help="configurations Optuna samples (each run with every seed)")
-    sweep.add_argument("--metric", choices=tuple(METRIC_MODES), default="e2e_mean",
-                       help="evaluation metric that ranks configurations and drives Optuna (default e2e_mean)")
+    sweep.add_argument("--metric", choices=tuple(METRIC_MODES), default="e2e_mean", metavar="NAME",
+                       help="evaluation metric that ranks configurations and drives Optuna: "
+                            f"{', '.join(METRIC_MODES)} (default e2e_mean)")
     sweep.add_argument("--output-dir", help="sweep directory (default: the config's output_dir + '_sweep')")
     sweep.add_argument("--address", help="existing Ray cluster to run on (default: start a local Ray)")
     sweep.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all cores)")
