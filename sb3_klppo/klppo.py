@@ -3,16 +3,23 @@
 The algorithm is a small diff on :class:`stable_baselines3.PPO`: only :meth:`KLPPO.train` changes, and
 the extra loss terms are plain functions of one minibatch (:func:`kl_penalty`, :func:`reference_kl`,
 :func:`entropy_floor_penalty`, :func:`linear_schedule_value`) so they can be checked by hand.
+
+A KLPPO zip is a PPO zip plus one member, ``reference_policy.pt`` (the reference's state dict):
+SB3's loader reads only ``*.pth`` members, so ``stable_baselines3.PPO.load`` opens a KLPPO zip as
+a plain PPO model (the policy class must be importable, e.g. ``sb3_klppo`` installed for
+``ReplicaSetPolicy``), while :meth:`KLPPO.load` restores the reference too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import pathlib
 import warnings
 import zipfile
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
@@ -22,13 +29,19 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
-from stable_baselines3.common.save_util import load_from_zip_file
+from stable_baselines3.common.save_util import load_from_zip_file, open_path
 from stable_baselines3.common.type_aliases import GymEnv, Schedule, TensorDict
-from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.utils import explained_variance, get_device
 from torch.nn import functional as F
+
+from sb3_klppo.policies import ReplicaSetPolicy
 
 KL_ESTIMATORS = ("k1_clamped", "k3", "exact")
 REFERENCE_ATTR = "reference_policy"
+REFERENCE_FILE = "reference_policy.pt"
+"""Zip member of the reference's state dict: not ``*.pth``, so SB3's loader (and PPO.load) skips it."""
+ZipSource = str | pathlib.Path | io.BufferedIOBase
+SelfKLPPO = TypeVar("SelfKLPPO", bound="KLPPO")
 # Figures KLPPO adds to PPO's train/* keys (minibatch means of the last update).
 LOGGED_STATS = ("kl_penalty", "kl_coef", "ref_kl", "ref_kl_coef", "entropy", "entropy_penalty", "entropy_warmup_coef")
 
@@ -180,6 +193,29 @@ def _policy_from_zip(path: str | pathlib.Path | io.BufferedIOBase, device: th.de
     return policy
 
 
+def _readable_twice(path: ZipSource) -> tuple[ZipSource, ZipSource]:
+    """Two handles on one zip: SB3's loader reads a buffer to an unknown position, and the reference
+    member is read after it. Paths are simply reopened."""
+    if isinstance(path, io.BufferedIOBase):
+        content = path.read()
+        return io.BytesIO(content), io.BytesIO(content)
+    return path, path
+
+
+def _reference_state(path: ZipSource, device: th.device | str) -> dict[str, th.Tensor] | None:
+    """The reference's state dict stored by :meth:`KLPPO.save`, or None when the zip has none."""
+    file = open_path(path, "r", verbose=0, suffix="zip")
+    try:
+        with zipfile.ZipFile(file) as archive:
+            if REFERENCE_FILE not in archive.namelist():
+                return None
+            with archive.open(REFERENCE_FILE) as member:
+                return th.load(io.BytesIO(member.read()), map_location=get_device(device), weights_only=True)
+    finally:
+        if isinstance(path, (str, pathlib.Path)):
+            file.close()
+
+
 class KLPPO(PPO):
     """
     Proximal Policy Optimization (clip version) with KL penalties, a frozen reference policy and an
@@ -269,6 +305,9 @@ class KLPPO(PPO):
     :param entropy_warmup_steps: Number of minibatch (gradient) steps over which the warm-up bonus fades.
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
+
+    # SB3 declares a class's policy aliases in its body; KLPPO adds the set-structured policy to PPO's.
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {**PPO.policy_aliases, "ReplicaSetPolicy": ReplicaSetPolicy}
 
     def __init__(
         self,
@@ -428,41 +467,89 @@ class KLPPO(PPO):
 
     # --------------------------------------------------------------------------- save / load
 
-    def _setup_model(self) -> None:
-        """PPO's setup, plus an empty reference of the saved architecture when loading a zip."""
-        super()._setup_model()
-        if self._reference_spec is not None and self.reference_policy is None:
-            self.reference_policy = _build_frozen(self._reference_spec, self.device)
-
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        """Save the reference's state dict in the zip next to the policy's, when there is one."""
+        """The reference's state dict is a parameter like the policy's (``get_parameters`` and
+        ``set_parameters`` carry it); :meth:`save` moves it to its own zip member."""
         state_dicts, torch_variables = super()._get_torch_save_params()
         if self.reference_policy is not None:
             state_dicts = [*state_dicts, REFERENCE_ATTR]
         return state_dicts, torch_variables
 
     def _excluded_save_params(self) -> list[str]:
-        """The last update's figures describe a training session, not the model."""
-        return [*super()._excluded_save_params(), "last_update_stats"]
+        """The last update's figures describe a training session, not the model; the reference is
+        saved as a state dict (:data:`REFERENCE_FILE`), never pickled into the data."""
+        return [*super()._excluded_save_params(), "last_update_stats", REFERENCE_ATTR]
+
+    @contextlib.contextmanager
+    def _reference_detached(self) -> Iterator[BasePolicy | None]:
+        """The model without its reference for the duration of the block (SB3's save then writes a
+        plain PPO zip); the reference is handed to the block and put back afterwards."""
+        reference, self.reference_policy = self.reference_policy, None
+        try:
+            yield reference
+        finally:
+            self.reference_policy = reference
+
+    def save(self, path: ZipSource, exclude: list[str] | None = None, include: list[str] | None = None) -> None:
+        """SB3's zip (loadable by ``PPO.load``) plus the reference's state dict in :data:`REFERENCE_FILE`.
+
+        Paths get SB3's treatment (``.zip`` appended when there is no suffix); a buffer is written
+        and left open, as SB3 does.
+        """
+        archive = io.BytesIO()
+        with self._reference_detached() as reference:
+            super().save(archive, exclude=exclude, include=include)
+        if reference is not None:
+            with zipfile.ZipFile(archive, mode="a") as zipped, zipped.open(REFERENCE_FILE, "w", force_zip64=True) as member:
+                th.save(reference.state_dict(), member)
+        file = open_path(path, "w", verbose=0, suffix="zip")
+        file.write(archive.getvalue())
+        if isinstance(path, (str, pathlib.Path)):
+            file.close()
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfKLPPO],
+        path: ZipSource,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfKLPPO:
+        """SB3's ``load``, then the reference's weights from :data:`REFERENCE_FILE` (zips saved before
+        that member existed carry ``reference_policy.pth``, which SB3's ``load`` restores itself)."""
+        path, again = _readable_twice(path)
+        model = super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+        state = _reference_state(again, model.device)
+        if state is not None:
+            model.set_parameters({REFERENCE_ATTR: state}, exact_match=False, device=model.device)
+        return model
 
     def set_parameters(
         self,
-        load_path_or_dict: str | pathlib.Path | io.BufferedIOBase | TensorDict,
+        load_path_or_dict: ZipSource | TensorDict,
         exact_match: bool = True,
         device: th.device | str = "auto",
     ) -> None:
         """SB3's ``set_parameters``, also accepting a reference policy when this model has none yet.
 
-        The reference's architecture comes from the zip when loading from a path, otherwise it is
-        assumed to be the same as this model's policy.
+        The reference is built on demand (a loaded model has only its saved architecture, the
+        ``_reference_spec``, until its weights arrive); its architecture comes from the zip, else
+        from this model's saved spec, else it is assumed to be this model's policy's.
         """
         if isinstance(load_path_or_dict, dict):
             params, spec = load_path_or_dict, None
         else:
-            data, params, _ = load_from_zip_file(load_path_or_dict, device=device)
+            source, again = _readable_twice(load_path_or_dict)
+            data, params, _ = load_from_zip_file(source, device=device)
             spec = (data or {}).get("_reference_spec")
+            state = _reference_state(again, device)
+            if state is not None:
+                params = {**params, REFERENCE_ATTR: state}
         if REFERENCE_ATTR in params and self.reference_policy is None:
-            self._reference_spec = spec or _policy_spec(self.policy)
+            self._reference_spec = spec or self._reference_spec or _policy_spec(self.policy)
             self.reference_policy = _build_frozen(self._reference_spec, self.device)
         super().set_parameters(params, exact_match=exact_match, device=device)
 
