@@ -623,8 +623,13 @@ class KLPPO(PPO):
         """
         Update policy using the currently gathered rollout buffer.
 
-        PPO's update step for step, with :meth:`_regularisation`'s terms added to each minibatch
-        loss and the gradient-step clock advanced after each optimizer step.
+        Copied from ``stable_baselines3.ppo.ppo.PPO.train`` of stable-baselines3 2.9.2 (as
+        sb3-contrib's MaskablePPO copies it); the lines that differ are marked ``# KLPPO:``:
+        the reference snapshot before the epochs, :meth:`_regularisation`'s terms added to each
+        minibatch loss, the gradient-step clock after each optimizer step, and the extra figures
+        logged at the end. Everything else is SB3's code, comments included, so a diff against a
+        newer SB3 release shows what to carry over (``tests/test_klppo.py`` checks that with
+        every KLPPO term off the update equals PPO's bit for bit, and that only marked lines differ).
         """
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
@@ -635,13 +640,13 @@ class KLPPO(PPO):
         # Optional: clip range for the value function
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
-        # Snapshot of pi_old for the exact KL estimator, before any gradient step
+        # KLPPO: snapshot of pi_old for the exact KL estimator, before any gradient step
         rollout_policy = self._rollout_policy_snapshot()
 
         entropy_losses = []
         pg_losses, value_losses = [], []
         clip_fractions = []
-        extra_stats: list[dict[str, float]] = []
+        extra_stats: list[dict[str, float]] = []  # KLPPO: per-minibatch figures of the extra terms
 
         continue_training = True
         # train for n_epochs epochs
@@ -680,6 +685,7 @@ class KLPPO(PPO):
                     values_pred = values
                 else:
                     # Clip the difference between old and new value
+                    # NOTE: this depends on the reward scaling
                     values_pred = rollout_data.old_values + th.clamp(
                         values - rollout_data.old_values, -clip_range_vf, clip_range_vf
                     )
@@ -698,7 +704,7 @@ class KLPPO(PPO):
 
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
 
-                # KLPPO: KL penalties, reference KL, entropy floor and warm-up bonus
+                # KLPPO: KL penalties, reference KL, entropy floor and warm-up bonus (the next 6 lines)
                 extra_loss, stats = self._regularisation(
                     rollout_data.observations, rollout_data.old_log_prob, log_prob, entropy, rollout_policy
                 )
@@ -708,6 +714,8 @@ class KLPPO(PPO):
 
                 # Calculate approximate form of reverse KL Divergence for early stopping
                 # see issue #417: https://github.com/DLR-RM/stable-baselines3/issues/417
+                # and discussion in PR #419: https://github.com/DLR-RM/stable-baselines3/pull/419
+                # and Schulman blog: http://joschu.net/blog/kl-approx.html
                 with th.no_grad():
                     log_ratio = log_prob - rollout_data.old_log_prob
                     approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
@@ -725,7 +733,7 @@ class KLPPO(PPO):
                 # Clip grad norm
                 th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()
-                self._n_kl_updates += 1
+                self._n_kl_updates += 1  # KLPPO: the clock of the reference and warm-up schedules
 
             self._n_updates += 1
             if not continue_training:
@@ -748,6 +756,7 @@ class KLPPO(PPO):
         self.logger.record("train/clip_range", clip_range)
         if self.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
+        # KLPPO: the extra figures, logged and kept for callbacks
         self._record_update_stats(extra_stats, float(np.mean(approx_kl_divs)), float(np.mean(clip_fractions)))
 
     def _record_update_stats(self, extra_stats: list[dict[str, float]], approx_kl: float, clip_fraction: float) -> None:

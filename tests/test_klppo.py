@@ -519,3 +519,29 @@ def test_cartpole_still_learns_with_penalties_on():
     mean_reward, _ = evaluate_policy(model, make_vec_env("CartPole-v1", n_envs=1, seed=100), n_eval_episodes=10)
     assert mean_reward > 100  # random play scores ~22; this setup scores ~120-480 over seeds 0-3 (190 here)
     assert model.ref_kl_coef == 0.0 and model.last_update_stats["ref_kl"] > 0
+
+
+def test_train_differs_from_sb3s_ppo_train_only_in_marked_lines():
+    import difflib
+    import inspect
+    import re
+
+    import stable_baselines3
+
+    ours = inspect.getsource(KLPPO.train)
+    copied = re.search(r"of stable-baselines3 (\d+\.\d+\.\d+)", ours)[1]
+    if stable_baselines3.__version__ != copied:
+        pytest.skip(f"KLPPO.train was copied from SB3 {copied}; SB3 {stable_baselines3.__version__} is installed")
+
+    def without_docstring(source: str) -> list[str]:
+        head, _, rest = source.partition('"""')
+        return (head + rest.partition('"""')[2]).splitlines()
+
+    theirs, body = without_docstring(inspect.getsource(PPO.train)), without_docstring(ours)
+    matcher = difflib.SequenceMatcher(a=theirs, b=body, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        assert tag == "insert", f"SB3 lines changed or removed: {theirs[i1:i2]}"
+        added = [line for line in body[j1:j2] if line.strip()]
+        assert any("# KLPPO:" in line for line in added), f"unmarked difference: {added}"

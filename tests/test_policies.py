@@ -125,7 +125,7 @@ def test_maskable_ppo_trains_the_maskable_variant_on_the_routing_env():
 
     from sb3_klppo.maskable import MaskableReplicaSetPolicy
 
-    with pytest.raises(ValueError):  # the reason for the variant: MaskablePPO rejects the plain policy
+    with pytest.raises(ValueError, match="MaskableActorCriticPolicy"):  # the reason for the variant: MaskablePPO rejects the plain policy
         sb3_contrib.MaskablePPO(ReplicaSetPolicy, RowsEnv(), **FAST)
     venv = make_vec_env("vidur_env:VidurRouting-v0", n_envs=2, seed=0, env_kwargs={"num_requests": 48})
     model = sb3_contrib.MaskablePPO(MaskableReplicaSetPolicy, venv, policy_kwargs={"net_arch": [16]}, **FAST)
