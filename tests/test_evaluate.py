@@ -125,8 +125,52 @@ def test_evaluate_command_end_to_end_with_a_saved_model(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--routers", "lor,shortest"], "unknown router(s) shortest"),
     (["--model", "missing.zip"], "model file not found"),
+    (["--model", __file__, "--algorithm", "stable_baselines3"], "algorithm 'stable_baselines3': expected MODULE:CLASS"),
+    (["--model", __file__, "--algorithm", "stable_baselines3:PPQ"], "stable_baselines3 has no PPQ"),
+    (["--model", __file__, "--algorithm", "no_such_rl_lib:PPO"], "cannot import no_such_rl_lib"),
 ])
 def test_evaluate_command_rejects_bad_input_with_exit_2(argv, message, tmp_path, capsys):
     code = main(["evaluate", "--replicas", "2", "--episode-requests", "8", "--output-dir", str(tmp_path)] + argv)
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """A KLPPO zip with a reference and a MaskablePPO zip, both on the TINY scenario."""
+    from sb3_contrib import MaskablePPO
+
+    from sb3_klppo import KLPPO
+    from sb3_klppo.maskable import MaskableReplicaSetPolicy
+    from vidur_env.env import VidurRoutingEnv
+
+    folder = tmp_path_factory.mktemp("models")
+    small = dict(n_steps=16, batch_size=16, seed=0, device="cpu", policy_kwargs={"net_arch": [8]})
+    klppo = KLPPO("ReplicaSetPolicy", VidurRoutingEnv(**TINY), **small)
+    klppo.set_reference_policy()
+    klppo.save(folder / "klppo.zip")
+    MaskablePPO(MaskableReplicaSetPolicy, VidurRoutingEnv(**TINY), **small).save(folder / "masked.zip")
+    return folder
+
+
+def test_load_model_takes_any_algorithm_class_by_object_or_name(saved_models):
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3 import PPO
+
+    from sb3_klppo import KLPPO
+    from vidur_env.evaluation import load_model
+
+    assert type(load_model(saved_models / "klppo.zip")) is PPO  # the default: a KLPPO zip is a PPO zip
+    assert type(load_model(saved_models / "masked.zip")) is MaskablePPO  # masks honoured by default
+    by_name = load_model(saved_models / "klppo.zip", "sb3_klppo:KLPPO")
+    assert type(by_name) is KLPPO and by_name.reference_policy is not None
+    assert type(load_model(saved_models / "klppo.zip", KLPPO)) is KLPPO
+    with pytest.raises(EvaluationError, match="cannot load .* as an SB3 model .*MaskablePPO"):
+        load_model(saved_models / "klppo.zip", MaskablePPO)
+
+
+def test_evaluate_command_loads_with_the_named_algorithm(saved_models, tmp_path, capsys):
+    code = main(["evaluate", "--routers", "lor", "--model", str(saved_models / "klppo.zip"), "--algorithm",
+                 "sb3_klppo:KLPPO", "--episodes", "1", "--replicas", "2", "--episode-requests", "12",
+                 "--output-dir", str(tmp_path)])
+    assert code == 0 and "klppo" in capsys.readouterr().out

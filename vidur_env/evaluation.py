@@ -8,6 +8,7 @@ no router can beat it, and the gap to it is the queueing and batching a router c
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 import os
@@ -228,28 +229,54 @@ def evaluate(env_kwargs: dict, routers: Sequence[str], *, model=None, model_name
     return EvaluationResult(rows, latencies, settings)
 
 
-def load_model(path: str | os.PathLike):
-    """Load an SB3 model zip: KLPPO, then PPO, then sb3-contrib's MaskablePPO if installed."""
+DEFAULT_ALGORITHMS = ("sb3_contrib:MaskablePPO", "stable_baselines3:PPO")
+"""What :func:`load_model` tries when no algorithm is named: a maskable model needs MaskablePPO
+(which refuses other zips), every other PPO-family zip (KLPPO's included) loads as PPO."""
+
+
+def algorithm_class(spec: str | type) -> type:
+    """An SB3 algorithm class given itself or as ``"module:Class"`` (e.g. ``"sb3_klppo:KLPPO"``)."""
+    if isinstance(spec, type):
+        return spec
+    module_name, _, class_name = str(spec).partition(":")
+    if not module_name or not class_name:
+        raise EvaluationError(f"algorithm {spec!r}: expected MODULE:CLASS, e.g. stable_baselines3:PPO")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except ImportError as error:
+        raise EvaluationError(f"algorithm {spec!r}: cannot import {module_name} ({error})") from None
+    except AttributeError:
+        raise EvaluationError(f"algorithm {spec!r}: {module_name} has no {class_name}") from None
+    if not callable(getattr(cls, "load", None)):
+        raise EvaluationError(f"algorithm {spec!r}: {class_name} has no load(); give an SB3 algorithm class")
+    return cls
+
+
+def load_model(path: str | os.PathLike, algorithm: str | type | None = None):
+    """Load an SB3 model zip with ``algorithm`` (a class or ``"module:Class"``), or by default
+    with the first of :data:`DEFAULT_ALGORITHMS` that is installed and accepts the zip.
+
+    The harness needs only ``predict``, so any SB3 algorithm class works; none is imported here
+    unless asked for (vidur_env depends on no RL library).
+    """
     path = str(path)
     if not (os.path.isfile(path) or os.path.isfile(path + ".zip")):
         raise EvaluationError(f"model file not found: {path}")
-    loaders = []
-    try:
-        from sb3_klppo import KLPPO
-        loaders.append(KLPPO)
-    except ImportError:
-        pass
-    from stable_baselines3 import PPO
-    loaders.append(PPO)
-    try:
-        from sb3_contrib import MaskablePPO
-        loaders.append(MaskablePPO)
-    except ImportError:
-        pass
+    if algorithm is not None:
+        candidates = [algorithm_class(algorithm)]
+    else:
+        candidates = []
+        for spec in DEFAULT_ALGORITHMS:
+            try:
+                candidates.append(algorithm_class(spec))
+            except EvaluationError:
+                continue  # not installed: the next default may be
     failures = []
-    for cls in loaders:
+    for cls in candidates:
         try:
             return cls.load(path, device="cpu")
         except Exception as error:  # each loader rejects foreign zips its own way
             failures.append(f"{cls.__name__}: {type(error).__name__}: {error}")
+    if not candidates:
+        raise EvaluationError(f"cannot load {path}: none of {', '.join(DEFAULT_ALGORITHMS)} is installed")
     raise EvaluationError(f"cannot load {path} as an SB3 model ({'; '.join(failures)})")
