@@ -174,3 +174,49 @@ def test_evaluate_command_loads_with_the_named_algorithm(saved_models, tmp_path,
                  "sb3_klppo:KLPPO", "--episodes", "1", "--replicas", "2", "--episode-requests", "12",
                  "--output-dir", str(tmp_path)])
     assert code == 0 and "klppo" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("df, quantile", [(1, 12.7062047), (2, 4.3026527), (4, 2.7764451), (9, 2.2621572),
+                                          (30, 2.0422725), (100, 1.9839715)])
+def test_t_quantile_matches_the_published_table(df, quantile):
+    from vidur_env.paired import student_t_quantile
+
+    assert student_t_quantile(0.975, df) == pytest.approx(quantile, abs=1e-6)
+    assert student_t_quantile(0.025, df) == pytest.approx(-quantile, abs=1e-6)
+
+
+def test_paired_difference_calls_an_interval_over_zero_a_tie():
+    from vidur_env.paired import paired_difference
+
+    noisy = paired_difference([1.00, 0.98, 1.01], [1.0, 1.0, 1.0])  # -0.33% with a wide interval
+    assert noisy.verdict == "tie" and noisy.mean_pct == pytest.approx(-1 / 3)
+    assert noisy.half_width_pct == pytest.approx(4.3026527 * np.std([0, -2, 1], ddof=1) / np.sqrt(3), rel=1e-6)
+    assert paired_difference([0.9, 0.91, 0.89], [1.0, 1.0, 1.0]).verdict == "better"
+    assert paired_difference([1.2, 1.21], [1.0, 1.0]).verdict == "worse"
+    single = paired_difference([0.5], [1.0])
+    assert single.verdict == "tie" and "no interval" in str(single)
+
+
+def test_every_policy_keeps_its_per_episode_figures(result, tmp_path):
+    from vidur_env.evaluation import EPISODE_FIGURES
+
+    for name in ("lor", "jsq", "random", LOWER_BOUND):
+        figures = result.episodes[name]
+        assert set(figures) == set(EPISODE_FIGURES) and all(len(v) == 2 for v in figures.values())
+    # The pooled row and the episodes come from the same requests.
+    assert sum(result.episodes["jsq"]["restarts"]) == result.rows["jsq"]["restarts"]
+    assert np.mean(result.episodes["jsq"]["return"]) == pytest.approx(result.rows["jsq"]["return_mean"])
+    comparison = result.compare("jsq", "random", "e2e_mean")
+    ratios = np.array(result.episodes["jsq"]["e2e_mean"]) / np.array(result.episodes["random"]["e2e_mean"])
+    assert comparison.mean_pct == pytest.approx(100 * (ratios.mean() - 1)) and comparison.episodes == 2
+    result.to_json(tmp_path / "e.json")
+    saved = json.loads((tmp_path / "e.json").read_text())
+    assert saved["episodes"]["lor"]["e2e_mean"] == result.episodes["lor"]["e2e_mean"]
+    assert saved["episodes"][LOWER_BOUND]["return"] == [None, None]
+    assert "replicas" in saved["settings"]["scenario"]
+
+
+def test_progress_is_told_every_episodes_decisions():
+    told = []
+    evaluate(TINY, ["jsq", "lor"], episodes=2, progress=told.append)
+    assert told == [40] * 4
