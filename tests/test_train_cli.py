@@ -28,11 +28,20 @@ ARTIFACTS = ("model.zip", "vecnormalize.pkl", "config_used.json", "report.md", "
              "progress.csv", "kl_stats.csv", "latency_cdf.png", "approx_kl.png", "kl_schedule.png", "learning_curve.png")
 
 
+QUICK = [*TINY, "--no-warm-start", "--no-evaluate", "--curve-every", "0"]
+"""TINY without cloning, curve and evaluation: for the tests about run directories."""
+
+
+def run_dir(prefix: Path, number: int = 1) -> Path:
+    """Where a run given ``--output-dir prefix`` writes: the numbered directory."""
+    return prefix.with_name(f"{prefix.name}_{number}")
+
+
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "first"
     assert main(["train", *TINY, "--output-dir", str(out)]) == 0
-    return out
+    return run_dir(out)
 
 
 def kl_rows(path: Path) -> list[dict[str, str]]:
@@ -79,8 +88,9 @@ def test_saved_model_has_its_reference_and_schedule_step(first_run):
 
 def test_resume_continues_the_reference_kl_schedule(first_run, tmp_path):
     before = KLPPO.load(first_run / "model.zip", device="cpu")
-    out = tmp_path / "resumed"
-    code = main(["train", *TINY, "--resume", str(first_run / "model.zip"), "--output-dir", str(out), "--no-evaluate"])
+    out = run_dir(tmp_path / "resumed")
+    code = main(["train", *TINY, "--resume", str(first_run / "model.zip"), "--output-dir", str(tmp_path / "resumed"),
+                 "--no-evaluate"])
     assert code == 0
     after = KLPPO.load(out / "model.zip", device="cpu")
     assert after.kl_schedule_step == before.kl_schedule_step + 16
