@@ -80,7 +80,7 @@ class PairedDifference:
 
     def __str__(self) -> str:
         if math.isinf(self.half_width_pct):
-            return f"{self.mean_pct:+.2f}% (1 episode: no interval)"
+            return f"{self.mean_pct:+.2f}%, 1 episode: no interval"
         return f"{self.mean_pct:+.2f}% ± {self.half_width_pct:.2f}%"
 
     def as_dict(self) -> dict[str, float | int | str | None]:
