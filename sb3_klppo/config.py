@@ -208,7 +208,7 @@ class TrainConfig:
     number_runs: bool = knob(True, flag="--number-runs")
     """Number the run directories (--no-number-runs: write into output_dir itself)."""
     overwrite: bool = knob(False, flag="--overwrite")
-    """Allow writing into a directory that holds a finished run (its files are replaced)."""
+    """Allow writing into a directory that holds a finished run (files of the same name are replaced)."""
     resume: str | None = knob(None)
     """Saved model.zip to continue from in a new run directory, on new workloads: weights, reference and KL schedule kept, no warm start."""
 
