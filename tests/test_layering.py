@@ -53,7 +53,9 @@ from vidur_env.evaluation import evaluate
 out = io.StringIO()
 with contextlib.redirect_stdout(out):
     assert main(["simulate", "--num-requests", "30"]) == 0
-assert json.loads(out.getvalue()[out.getvalue().index("{"):])
+text = out.getvalue()
+metrics, _ = json.JSONDecoder().raw_decode(text[text.index("{"):])
+assert metrics
 env = gymnasium.make("vidur_env:VidurRouting-v0", num_requests=20)
 env.reset(seed=0)
 for _ in range(20):
