@@ -16,7 +16,9 @@ import math
 import pathlib
 import warnings
 from abc import abstractmethod
+from collections.abc import Callable
 
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 TARGET_KL_ACTIONS = ("warn", "adapt", "stop")
@@ -224,3 +226,51 @@ class RefKLScheduleLogger(BaseCallback):
         self.logger.record("kl_schedule/step", step)
         if self.verbose >= 1:
             print(f"ref_kl_coef={coef:.4g} at gradient step {step}")
+
+
+class PeriodicEvaluation(UpdateEndCallback):
+    """SB3's ``EvalCallback`` idea counted in updates: evaluate the current policy before the first
+    update, every ``every`` updates and after the last, always on the same fixed episodes.
+
+    Training-episode returns follow the training workload sequence (the same for every policy),
+    so their dips say little about the policy; a fixed-seed evaluation does. What "evaluate"
+    means is the caller's: ``evaluate(model)`` returns named figures, kept in ``history`` with
+    ``timesteps`` and ``updates``.
+
+    :param evaluate: Runs the fixed episodes with the model; returns e.g. ``{"e2e_mean": ...}``.
+    :param every: Updates between evaluations (>= 1).
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages
+    """
+
+    def __init__(self, evaluate: Callable[[BaseAlgorithm], dict[str, float]], every: int, verbose: int = 0):
+        super().__init__(verbose)
+        if every < 1:
+            raise ValueError(f"every must be >= 1 update, got {every!r}")
+        self.evaluate = evaluate
+        self.every = int(every)
+        self.history: list[dict[str, float]] = []
+        self._updates_seen = 0
+
+    def _record(self) -> None:
+        figures = self.evaluate(self.model)
+        self.history.append({"timesteps": float(self.model.num_timesteps), "updates": float(self._updates_seen),
+                             **figures})
+        for name, value in figures.items():
+            self.logger.record(f"eval/{name}", value)
+        if self.verbose >= 1:
+            print(f"evaluation at {self.model.num_timesteps} steps: {figures}")
+
+    def _on_training_start(self) -> None:
+        super()._on_training_start()
+        if not self.history:
+            self._record()
+
+    def _on_update_end(self, stats: dict[str, float]) -> None:
+        self._updates_seen += 1
+        if self._updates_seen % self.every == 0:
+            self._record()
+
+    def _on_training_end(self) -> None:
+        super()._on_training_end()
+        if self.history[-1]["timesteps"] != self.model.num_timesteps:
+            self._record()

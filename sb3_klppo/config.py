@@ -164,9 +164,13 @@ class MonitoringConfig:
     checkpoint_freq: int = knob(0, ge=0)
     """Save a checkpoint every this many steps per env (0: none)."""
     progress_bar: bool = knob(True, flag="--progress-bar")
-    """Show progress bars on cloning, training and evaluation."""
-    verbose: int = knob(0, ge=0, le=2)
-    """SB3 verbosity (0: quiet, 1: info, 2: debug)."""
+    """At verbose >= 1, one progress bar over the whole job (cloning, training, evaluations)."""
+    verbose: int = knob(1, ge=0, le=2)
+    """0: errors and the final table only; 1: progress bar and a summary as well; 2: SB3's logger table too."""
+    curve_every: int = knob(4, ge=0)
+    """PPO updates between learning-curve evaluations of the current policy (0: no curve)."""
+    curve_episodes: int = knob(3, ge=1)
+    """Episodes per learning-curve point, on the same fixed seeds every time (after the evaluation's)."""
 
 
 @dataclass(frozen=True)
@@ -200,9 +204,13 @@ class TrainConfig:
     torch_threads: int = knob(1, ge=1)
     """CPU threads of torch; 1 is fastest for these small networks on a 2-core machine."""
     output_dir: str = knob("runs/ppo_warmstart")
-    """Directory of every output (model.zip, logs, report.md, plots)."""
+    """Run directory prefix: each run writes into <output_dir>_<N>, N the next unused number."""
+    number_runs: bool = knob(True, flag="--number-runs")
+    """Number the run directories (--no-number-runs: write into output_dir itself)."""
+    overwrite: bool = knob(False, flag="--overwrite")
+    """Allow writing into a directory that holds a finished run (files of the same name are replaced)."""
     resume: str | None = knob(None)
-    """Saved model.zip to continue from: weights, reference and KL schedule step kept, no warm start."""
+    """Saved model.zip to continue from in a new run directory, on new workloads: weights, reference and KL schedule kept, no warm start."""
 
 
 BLOCKS: dict[str, type] = {

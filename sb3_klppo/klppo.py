@@ -3,16 +3,23 @@
 The algorithm is a small diff on :class:`stable_baselines3.PPO`: only :meth:`KLPPO.train` changes, and
 the extra loss terms are plain functions of one minibatch (:func:`kl_penalty`, :func:`reference_kl`,
 :func:`entropy_floor_penalty`, :func:`linear_schedule_value`) so they can be checked by hand.
+
+A KLPPO zip is a PPO zip plus one member, ``reference_policy.pt`` (the reference's state dict):
+SB3's loader reads only ``*.pth`` members, so ``stable_baselines3.PPO.load`` opens a KLPPO zip as
+a plain PPO model (the policy class must be importable, e.g. ``sb3_klppo`` installed for
+``ReplicaSetPolicy``), while :meth:`KLPPO.load` restores the reference too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import pathlib
 import warnings
 import zipfile
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
@@ -22,13 +29,19 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
-from stable_baselines3.common.save_util import load_from_zip_file
+from stable_baselines3.common.save_util import load_from_zip_file, open_path
 from stable_baselines3.common.type_aliases import GymEnv, Schedule, TensorDict
-from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.utils import explained_variance, get_device
 from torch.nn import functional as F
+
+from sb3_klppo.policies import ReplicaSetPolicy
 
 KL_ESTIMATORS = ("k1_clamped", "k3", "exact")
 REFERENCE_ATTR = "reference_policy"
+REFERENCE_FILE = "reference_policy.pt"
+"""Zip member of the reference's state dict: not ``*.pth``, so SB3's loader (and PPO.load) skips it."""
+ZipSource = str | pathlib.Path | io.BufferedIOBase
+SelfKLPPO = TypeVar("SelfKLPPO", bound="KLPPO")
 # Figures KLPPO adds to PPO's train/* keys (minibatch means of the last update).
 LOGGED_STATS = ("kl_penalty", "kl_coef", "ref_kl", "ref_kl_coef", "entropy", "entropy_penalty", "entropy_warmup_coef")
 
@@ -180,6 +193,29 @@ def _policy_from_zip(path: str | pathlib.Path | io.BufferedIOBase, device: th.de
     return policy
 
 
+def _readable_twice(path: ZipSource) -> tuple[ZipSource, ZipSource]:
+    """Two handles on one zip: SB3's loader reads a buffer to an unknown position, and the reference
+    member is read after it. Paths are simply reopened."""
+    if isinstance(path, io.BufferedIOBase):
+        content = path.read()
+        return io.BytesIO(content), io.BytesIO(content)
+    return path, path
+
+
+def _reference_state(path: ZipSource, device: th.device | str) -> dict[str, th.Tensor] | None:
+    """The reference's state dict stored by :meth:`KLPPO.save`, or None when the zip has none."""
+    file = open_path(path, "r", verbose=0, suffix="zip")
+    try:
+        with zipfile.ZipFile(file) as archive:
+            if REFERENCE_FILE not in archive.namelist():
+                return None
+            with archive.open(REFERENCE_FILE) as member:
+                return th.load(io.BytesIO(member.read()), map_location=get_device(device), weights_only=True)
+    finally:
+        if isinstance(path, (str, pathlib.Path)):
+            file.close()
+
+
 class KLPPO(PPO):
     """
     Proximal Policy Optimization (clip version) with KL penalties, a frozen reference policy and an
@@ -269,6 +305,9 @@ class KLPPO(PPO):
     :param entropy_warmup_steps: Number of minibatch (gradient) steps over which the warm-up bonus fades.
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
+
+    # SB3 declares a class's policy aliases in its body; KLPPO adds the set-structured policy to PPO's.
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {**PPO.policy_aliases, "ReplicaSetPolicy": ReplicaSetPolicy}
 
     def __init__(
         self,
@@ -428,41 +467,89 @@ class KLPPO(PPO):
 
     # --------------------------------------------------------------------------- save / load
 
-    def _setup_model(self) -> None:
-        """PPO's setup, plus an empty reference of the saved architecture when loading a zip."""
-        super()._setup_model()
-        if self._reference_spec is not None and self.reference_policy is None:
-            self.reference_policy = _build_frozen(self._reference_spec, self.device)
-
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        """Save the reference's state dict in the zip next to the policy's, when there is one."""
+        """The reference's state dict is a parameter like the policy's (``get_parameters`` and
+        ``set_parameters`` carry it); :meth:`save` moves it to its own zip member."""
         state_dicts, torch_variables = super()._get_torch_save_params()
         if self.reference_policy is not None:
             state_dicts = [*state_dicts, REFERENCE_ATTR]
         return state_dicts, torch_variables
 
     def _excluded_save_params(self) -> list[str]:
-        """The last update's figures describe a training session, not the model."""
-        return [*super()._excluded_save_params(), "last_update_stats"]
+        """The last update's figures describe a training session, not the model; the reference is
+        saved as a state dict (:data:`REFERENCE_FILE`), never pickled into the data."""
+        return [*super()._excluded_save_params(), "last_update_stats", REFERENCE_ATTR]
+
+    @contextlib.contextmanager
+    def _reference_detached(self) -> Iterator[BasePolicy | None]:
+        """The model without its reference for the duration of the block (SB3's save then writes a
+        plain PPO zip); the reference is handed to the block and put back afterwards."""
+        reference, self.reference_policy = self.reference_policy, None
+        try:
+            yield reference
+        finally:
+            self.reference_policy = reference
+
+    def save(self, path: ZipSource, exclude: list[str] | None = None, include: list[str] | None = None) -> None:
+        """SB3's zip (loadable by ``PPO.load``) plus the reference's state dict in :data:`REFERENCE_FILE`.
+
+        Paths get SB3's treatment (``.zip`` appended when there is no suffix); a buffer is written
+        and left open, as SB3 does.
+        """
+        archive = io.BytesIO()
+        with self._reference_detached() as reference:
+            super().save(archive, exclude=exclude, include=include)
+        if reference is not None:
+            with zipfile.ZipFile(archive, mode="a") as zipped, zipped.open(REFERENCE_FILE, "w", force_zip64=True) as member:
+                th.save(reference.state_dict(), member)
+        file = open_path(path, "w", verbose=0, suffix="zip")
+        file.write(archive.getvalue())
+        if isinstance(path, (str, pathlib.Path)):
+            file.close()
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfKLPPO],
+        path: ZipSource,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfKLPPO:
+        """SB3's ``load``, then the reference's weights from :data:`REFERENCE_FILE` (zips saved before
+        that member existed carry ``reference_policy.pth``, which SB3's ``load`` restores itself)."""
+        path, again = _readable_twice(path)
+        model = super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+        state = _reference_state(again, model.device)
+        if state is not None:
+            model.set_parameters({REFERENCE_ATTR: state}, exact_match=False, device=model.device)
+        return model
 
     def set_parameters(
         self,
-        load_path_or_dict: str | pathlib.Path | io.BufferedIOBase | TensorDict,
+        load_path_or_dict: ZipSource | TensorDict,
         exact_match: bool = True,
         device: th.device | str = "auto",
     ) -> None:
         """SB3's ``set_parameters``, also accepting a reference policy when this model has none yet.
 
-        The reference's architecture comes from the zip when loading from a path, otherwise it is
-        assumed to be the same as this model's policy.
+        The reference is built on demand (a loaded model has only its saved architecture, the
+        ``_reference_spec``, until its weights arrive); its architecture comes from the zip, else
+        from this model's saved spec, else it is assumed to be this model's policy's.
         """
         if isinstance(load_path_or_dict, dict):
             params, spec = load_path_or_dict, None
         else:
-            data, params, _ = load_from_zip_file(load_path_or_dict, device=device)
+            source, again = _readable_twice(load_path_or_dict)
+            data, params, _ = load_from_zip_file(source, device=device)
             spec = (data or {}).get("_reference_spec")
+            state = _reference_state(again, device)
+            if state is not None:
+                params = {**params, REFERENCE_ATTR: state}
         if REFERENCE_ATTR in params and self.reference_policy is None:
-            self._reference_spec = spec or _policy_spec(self.policy)
+            self._reference_spec = spec or self._reference_spec or _policy_spec(self.policy)
             self.reference_policy = _build_frozen(self._reference_spec, self.device)
         super().set_parameters(params, exact_match=exact_match, device=device)
 
@@ -536,8 +623,13 @@ class KLPPO(PPO):
         """
         Update policy using the currently gathered rollout buffer.
 
-        PPO's update step for step, with :meth:`_regularisation`'s terms added to each minibatch
-        loss and the gradient-step clock advanced after each optimizer step.
+        Copied from ``stable_baselines3.ppo.ppo.PPO.train`` of stable-baselines3 2.9.2 (as
+        sb3-contrib's MaskablePPO copies it); the lines that differ are marked ``# KLPPO:``:
+        the reference snapshot before the epochs, :meth:`_regularisation`'s terms added to each
+        minibatch loss, the gradient-step clock after each optimizer step, and the extra figures
+        logged at the end. Everything else is SB3's code, comments included, so a diff against a
+        newer SB3 release shows what to carry over (``tests/test_klppo.py`` checks that with
+        every KLPPO term off the update equals PPO's bit for bit, and that only marked lines differ).
         """
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
@@ -548,13 +640,13 @@ class KLPPO(PPO):
         # Optional: clip range for the value function
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
-        # Snapshot of pi_old for the exact KL estimator, before any gradient step
+        # KLPPO: snapshot of pi_old for the exact KL estimator, before any gradient step
         rollout_policy = self._rollout_policy_snapshot()
 
         entropy_losses = []
         pg_losses, value_losses = [], []
         clip_fractions = []
-        extra_stats: list[dict[str, float]] = []
+        extra_stats: list[dict[str, float]] = []  # KLPPO: per-minibatch figures of the extra terms
 
         continue_training = True
         # train for n_epochs epochs
@@ -593,6 +685,7 @@ class KLPPO(PPO):
                     values_pred = values
                 else:
                     # Clip the difference between old and new value
+                    # NOTE: this depends on the reward scaling
                     values_pred = rollout_data.old_values + th.clamp(
                         values - rollout_data.old_values, -clip_range_vf, clip_range_vf
                     )
@@ -611,7 +704,7 @@ class KLPPO(PPO):
 
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
 
-                # KLPPO: KL penalties, reference KL, entropy floor and warm-up bonus
+                # KLPPO: KL penalties, reference KL, entropy floor and warm-up bonus (the next 6 lines)
                 extra_loss, stats = self._regularisation(
                     rollout_data.observations, rollout_data.old_log_prob, log_prob, entropy, rollout_policy
                 )
@@ -621,6 +714,8 @@ class KLPPO(PPO):
 
                 # Calculate approximate form of reverse KL Divergence for early stopping
                 # see issue #417: https://github.com/DLR-RM/stable-baselines3/issues/417
+                # and discussion in PR #419: https://github.com/DLR-RM/stable-baselines3/pull/419
+                # and Schulman blog: http://joschu.net/blog/kl-approx.html
                 with th.no_grad():
                     log_ratio = log_prob - rollout_data.old_log_prob
                     approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
@@ -638,7 +733,7 @@ class KLPPO(PPO):
                 # Clip grad norm
                 th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()
-                self._n_kl_updates += 1
+                self._n_kl_updates += 1  # KLPPO: the clock of the reference and warm-up schedules
 
             self._n_updates += 1
             if not continue_training:
@@ -661,6 +756,7 @@ class KLPPO(PPO):
         self.logger.record("train/clip_range", clip_range)
         if self.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
+        # KLPPO: the extra figures, logged and kept for callbacks
         self._record_update_stats(extra_stats, float(np.mean(approx_kl_divs)), float(np.mean(clip_fractions)))
 
     def _record_update_stats(self, extra_stats: list[dict[str, float]], approx_kl: float, clip_fraction: float) -> None:

@@ -9,7 +9,9 @@ scores every row with the same weights (a Deep Sets encoder), so
 - the value is permutation-invariant: it reads a mean + max pooling of the row embeddings;
 - the same weights serve any N (the networks never see N; SB3's spaces fix it per model only).
 
-Importing this module registers the alias, so ``KLPPO("ReplicaSetPolicy", env)`` works.
+``KLPPO("ReplicaSetPolicy", env)`` works through KLPPO's own ``policy_aliases``; plain PPO takes
+the class itself. :class:`sb3_klppo.maskable.MaskableReplicaSetPolicy` is the same network for
+sb3-contrib's MaskablePPO.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
-from sb3_klppo.klppo import KLPPO
 
 DEFAULT_NET_ARCH: dict[str, list[int]] = {"pi": [64, 64], "vf": [64, 64]}
 
@@ -111,21 +112,10 @@ def _row_net_arch(net_arch: list[int] | dict[str, list[int]] | None) -> dict[str
     return arch
 
 
-class ReplicaSetPolicy(ActorCriticPolicy):
-    """Actor-critic policy choosing one row of an ``(N, F)`` Box observation (a ``Discrete(N)`` action).
-
-    A shared per-row MLP encodes each row; the actor adds one equivariant context layer and
-    scores each row with the same linear head (one logit per row); the critic pools its row
-    embeddings (mean + max) into the value. Everything else (distributions, saving, ``predict``,
-    ``evaluate_actions``) is SB3's :class:`ActorCriticPolicy`.
-
-    :param observation_space: Box of shape ``(N, F)``: one row per choice.
-    :param action_space: ``Discrete(N)``: the chosen row.
-    :param lr_schedule: Learning rate schedule (could be constant)
-    :param net_arch: Hidden sizes of the per-row MLPs: a list for both trunks, or
-        ``dict(pi=[...], vf=[...])``; default ``dict(pi=[64, 64], vf=[64, 64])``.
-    :param activation_fn: Activation function
-    :param kwargs: Any other :class:`ActorCriticPolicy` argument (``ortho_init``, optimizer, ...).
+class ReplicaSetLayout:
+    """The set-structured networks, mixed into an SB3 actor-critic policy class (the plain one
+    here, sb3-contrib's maskable one in :mod:`sb3_klppo.maskable`): the spaces check, the row
+    trunks in place of ``MlpExtractor``, a per-row scorer as ``action_net``, and :meth:`row_logits`.
     """
 
     def __init__(
@@ -139,7 +129,7 @@ class ReplicaSetPolicy(ActorCriticPolicy):
         **kwargs: Any,
     ) -> None:
         _check_spaces(observation_space, action_space)
-        super().__init__(
+        super().__init__(  # type: ignore[call-arg]
             observation_space,
             action_space,
             lr_schedule,
@@ -170,6 +160,24 @@ class ReplicaSetPolicy(ActorCriticPolicy):
         return self.action_net(self.mlp_extractor.forward_actor(features))
 
 
+class ReplicaSetPolicy(ReplicaSetLayout, ActorCriticPolicy):
+    """Actor-critic policy choosing one row of an ``(N, F)`` Box observation (a ``Discrete(N)`` action).
+
+    A shared per-row MLP encodes each row; the actor adds one equivariant context layer and
+    scores each row with the same linear head (one logit per row); the critic pools its row
+    embeddings (mean + max) into the value. Everything else (distributions, saving, ``predict``,
+    ``evaluate_actions``) is SB3's :class:`ActorCriticPolicy`.
+
+    :param observation_space: Box of shape ``(N, F)``: one row per choice.
+    :param action_space: ``Discrete(N)``: the chosen row.
+    :param lr_schedule: Learning rate schedule (could be constant)
+    :param net_arch: Hidden sizes of the per-row MLPs: a list for both trunks, or
+        ``dict(pi=[...], vf=[...])``; default ``dict(pi=[64, 64], vf=[64, 64])``.
+    :param activation_fn: Activation function
+    :param kwargs: Any other :class:`ActorCriticPolicy` argument (``ortho_init``, optimizer, ...).
+    """
+
+
 def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> None:
     """The policy needs rows to score and one action per row."""
     if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 2:
@@ -178,11 +186,3 @@ def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -
         raise ReplicaSetPolicyError(
             f"ReplicaSetPolicy needs a Discrete(N) action with N = {observation_space.shape[0]} rows, got {action_space}"
         )
-
-
-def register_policy_alias() -> None:
-    """Make ``"ReplicaSetPolicy"`` a policy string of :class:`KLPPO` (its own copy of PPO's aliases)."""
-    KLPPO.policy_aliases = {**KLPPO.policy_aliases, "ReplicaSetPolicy": ReplicaSetPolicy}
-
-
-register_policy_alias()

@@ -1,9 +1,10 @@
 """The run's report: PNG plots of the training figures and ``report.md`` with the results table.
 
 Plots are drawn with matplotlib's object API (``Figure``), so no GUI backend or global pyplot
-state is involved. Every figure comes from the in-memory recorders of the run
-(:class:`sb3_klppo.cli.UpdateRecorder`, :class:`sb3_klppo.cli.RolloutRecorder`); the latency
-CDF comes from the evaluation harness.
+state is involved. Every figure comes from the run's records (:mod:`sb3_klppo.records`); the
+latency CDF and the per-episode figures come from the evaluation harness's result. Every
+comparison between two policies is paired over the same evaluation episodes and carries its
+95% t interval; a difference whose interval contains zero is reported as a tie.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import pathlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from sb3_klppo.config import TrainConfig, all_knobs, get_value
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from sb3_klppo.cli import RunSummary
+    from sb3_klppo.records import LearningCurve, RunSummary
 
 MODEL_NAME = "klppo"
 """Name of the trained router in the evaluation table."""
@@ -88,16 +91,24 @@ def plot_kl_schedule(updates: Sequence[dict[str, float]], entropy_min: float | N
     return _save(figure, path)
 
 
-def plot_learning_curve(rollouts: Sequence[dict[str, float]], path: pathlib.Path) -> pathlib.Path:
-    """Mean reward per step of each rollout, and the mean return of recent episodes."""
+CURVE_PANELS = (("e2e_mean", "mean E2E (s)"), ("ttft_mean", "mean TTFT (s)"))
+"""Learning-curve figures plotted, one panel each (lower is better)."""
+
+
+def plot_learning_curve(curve: LearningCurve, path: pathlib.Path) -> pathlib.Path:
+    """The policy evaluated on the same fixed seeds during training, against the teacher's level
+    on those seeds (a horizontal line): every point routes the same workloads."""
     figure = _figure(5.6)
-    top, bottom = figure.subplots(2, 1, sharex=True)
-    top.plot(*_series(rollouts, "mean_reward"), marker=".")
-    top.set_ylabel("mean reward per step (env units)")
-    top.set_title("learning curve")
-    bottom.plot(*_series(rollouts, "ep_rew_mean"), marker=".", color="tab:green")
-    bottom.set_ylabel("episode return (last 100)")
-    bottom.set_xlabel("environment steps")
+    axes = figure.subplots(len(CURVE_PANELS), 1, sharex=True)
+    for ax, (key, label) in zip(axes, CURVE_PANELS):
+        ax.plot(*_series(curve.points, key), marker="o", label="trained policy")
+        if curve.reference is not None:
+            ax.axhline(curve.reference[key], color="tab:red", linestyle="--", label=f"{curve.reference_name} (same seeds)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize="small")
+    seeds = f"seeds {curve.seeds[0]}..{curve.seeds[-1]}" if len(curve.seeds) > 1 else f"seed {curve.seeds[0]}"
+    axes[0].set_title(f"learning curve: fixed-seed evaluation ({len(curve.seeds)} episodes, {seeds})")
+    axes[-1].set_xlabel("environment steps")
     return _save(figure, path)
 
 
@@ -112,46 +123,64 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def results_table(rows: dict[str, dict], teacher: str | None) -> str:
-    """Markdown table of every policy's metrics (seconds; throughput in requests/s), with the
-    mean-E2E difference to the teacher when there is one."""
+def results_table(result: Any, model: str, teacher: str | None) -> str:
+    """Markdown table of every policy's metrics (seconds; throughput in requests/s), with the trained
+    router's mean-E2E difference to the teacher, paired over episodes, when there is one."""
+    rows = result.rows
     columns = [c for c in TABLE_COLUMNS if any(c in row for row in rows.values())]
-    header = ["policy", *columns] + (["mean E2E vs teacher"] if teacher in rows else [])
+    vs_teacher = teacher in rows and model in rows
+    header = ["policy", *columns] + ([f"mean E2E vs `{teacher}` (95% CI)"] if vs_teacher else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in rows.items():
         cells = [name, *(_fmt(row.get(c)) for c in columns)]
-        if teacher in rows:
-            cells.append(f"{100 * (row['e2e_mean'] / rows[teacher]['e2e_mean'] - 1):+.2f}%")
+        if vs_teacher:
+            cells.append(_verdict_cell(result.compare(model, teacher, "e2e_mean")) if name == model else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def comparisons(rows: dict[str, dict], model: str, baselines: Sequence[str]) -> list[str]:
-    """One line per baseline: where the trained router wins and loses, metric by metric."""
-    ours, lines = rows[model], []
+def _verdict_cell(difference: Any) -> str:
+    return f"{difference} ({difference.verdict})"
+
+
+def comparisons(result: Any, model: str, baselines: Sequence[str]) -> list[str]:
+    """One line per baseline: metric by metric, better, worse or a tie on the paired interval."""
+    lines = []
     for name in baselines:
-        theirs = rows[name]
-        parts = []
-        for key, label in COMPARED_METRICS:
-            if key in ours and key in theirs and theirs[key]:
-                change = 100 * (ours[key] / theirs[key] - 1)
-                parts.append(f"{label} {'better' if change < 0 else 'worse' if change > 0 else 'equal'} ({change:+.2f}%)")
+        parts = [f"{label} {_describe(result.compare(model, name, key))}" for key, label in COMPARED_METRICS]
         lines.append(f"- vs `{name}`: " + "; ".join(parts))
     return lines
 
 
-def acceptance(rows: dict[str, dict], model: str, teacher: str | None) -> list[str]:
-    """The main job's bar: mean E2E at most 1% above the teacher's, below round_robin's and lor's."""
-    checks = []
+def _describe(difference: Any) -> str:
+    return f"{difference.verdict} ({difference})"
+
+
+def comparison_figures(result: Any, model: str, baselines: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The comparisons of :func:`comparisons` as JSON-ready figures, for ``summary.json``."""
+    return {name: {key: result.compare(model, name, key).as_dict() for key, _ in COMPARED_METRICS}
+            for name in baselines}
+
+
+def acceptance(result: Any, model: str, teacher: str | None) -> list[str]:
+    """The main job's bar on pooled means: mean E2E at most 1% above the teacher's, below
+    round_robin's and lor's; each line also shows the paired difference and its verdict."""
+    rows, checks = result.rows, []
     ours = rows[model]["e2e_mean"]
+
+    def paired(name: str) -> str:
+        difference = result.compare(model, name, "e2e_mean")
+        return f"paired {difference}: {difference.verdict}"
+
     if teacher in rows:
         bound = 1.01 * rows[teacher]["e2e_mean"]
-        checks.append(f"- mean E2E <= 1.01 x teacher `{teacher}` ({ours:.4g} vs {bound:.4g} s): "
+        checks.append(f"- mean E2E <= 1.01 x teacher `{teacher}` ({ours:.4g} vs {bound:.4g} s; {paired(teacher)}): "
                       f"{'PASS' if ours <= bound else 'FAIL'}")
     for name in ("round_robin", "lor"):
         if name in rows:
-            checks.append(f"- mean E2E < `{name}` ({ours:.4g} vs {rows[name]['e2e_mean']:.4g} s): "
-                          f"{'PASS' if ours < rows[name]['e2e_mean'] else 'FAIL'}")
+            theirs = rows[name]["e2e_mean"]
+            checks.append(f"- mean E2E < `{name}` ({ours:.4g} vs {theirs:.4g} s; {paired(name)}): "
+                          f"{'PASS' if ours < theirs else 'FAIL'}")
     return checks
 
 
@@ -215,10 +244,52 @@ def _bc_lines(bc: Any, resumed: bool) -> list[str]:
             f"(log-likelihood {bc.train_log_likelihood:.3f} nats/decision)."]
 
 
+def non_default_settings(config: TrainConfig) -> list[str]:
+    """Every config key whose value differs from the built-in default, with both values."""
+    defaults = TrainConfig()
+    lines = []
+    for knob in all_knobs():
+        ours, default = get_value(config, knob), get_value(defaults, knob)
+        if ours != default:
+            lines.append(f"- `{knob.key}` = `{json.dumps(ours)}` (default `{json.dumps(default)}`)")
+    return lines
+
+
+def scenario_line(summary: RunSummary) -> str:
+    """The env, its kwargs and, when the harness ran, what they resolve to."""
+    config = summary.config
+    kwargs = json.dumps(config.env.kwargs) if config.env.kwargs else "none (the env's default scenario)"
+    resolved = summary.evaluation.settings.get("scenario") if summary.evaluation is not None else None
+    return f"Scenario: `{config.env.id}`, env.kwargs {kwargs}" + (f": {resolved}." if resolved else ".")
+
+
+def header_lines(summary: RunSummary) -> list[str]:
+    """Title, scenario and every setting that differs from the defaults."""
+    changed = non_default_settings(summary.config)
+    return [f"# Training report: `{type(summary.model.policy).__name__}` on `{summary.config.env.id}`", "",
+            scenario_line(summary), "",
+            "Settings that differ from the defaults:" if changed else "Every setting is the default.",
+            *changed, ""]
+
+
+def _teacher(summary: RunSummary) -> str | None:
+    config = summary.config
+    return config.warm_start.expert if config.warm_start.enabled and not config.resume else None
+
+
+def _baselines(rows: dict[str, dict]) -> list[str]:
+    return [name for name in rows if name not in (MODEL_NAME, LOWER_BOUND_ROW)]
+
+
 def summary_json(summary: RunSummary) -> dict[str, Any]:
-    """Machine-readable run summary (timings, cloning, training figures, evaluation rows)."""
+    """Machine-readable run summary (timings, cloning, training figures, curve, evaluation rows and
+    the paired comparisons)."""
     bc = summary.bc_report
+    evaluation = summary.evaluation
+    curve = summary.curve
     return {
+        "run_dir": str(summary.output_dir),
+        "env_seed": summary.env_seed,
         "timings_s": summary.timings,
         "behaviour_cloning": None if bc is None else {
             "train_accuracy": bc.train_accuracy, "val_accuracy": bc.val_accuracy,
@@ -227,7 +298,12 @@ def summary_json(summary: RunSummary) -> dict[str, Any]:
         "num_timesteps": summary.model.num_timesteps,
         "updates": summary.callbacks.updates.history,
         "rollouts": summary.callbacks.rollouts.history,
-        "evaluation": None if summary.evaluation is None else summary.evaluation.rows,
+        "learning_curve": None if curve is None else {
+            "seeds": curve.seeds, "points": curve.points, "reference_router": curve.reference_name,
+            "reference": curve.reference},
+        "evaluation": None if evaluation is None else evaluation.rows,
+        "comparisons": None if evaluation is None else comparison_figures(
+            evaluation, MODEL_NAME, _baselines(evaluation.rows)),
     }
 
 
@@ -235,34 +311,60 @@ def write_report(summary: RunSummary) -> pathlib.Path:
     """Write the plots, ``summary.json``, ``evaluation.json`` and ``report.md``; return the report's path."""
     config, out = summary.config, summary.output_dir
     kl = config.kl_regularization
-    updates, rollouts = summary.callbacks.updates.history, summary.callbacks.rollouts.history
+    updates = summary.callbacks.updates.history
     plots = {
         "approx_kl vs target_kl": plot_approx_kl(updates, kl.target_kl, out / "approx_kl.png"),
         "reference-KL coefficient and entropy": plot_kl_schedule(updates, kl.entropy_min, out / "kl_schedule.png"),
-        "learning curve": plot_learning_curve(rollouts, out / "learning_curve.png"),
     }
+    if summary.curve is not None:
+        plots["learning curve"] = plot_learning_curve(summary.curve, out / "learning_curve.png")
     (out / "summary.json").write_text(json.dumps(summary_json(summary), indent=2, default=str) + "\n")
 
-    teacher = config.warm_start.expert if config.warm_start.enabled and not config.resume else None
-    lines = [f"# Training report: `{type(summary.model.policy).__name__}` on `{config.env.id}`", ""]
-    lines += [f"Config used: `config_used.json`. Output: `{out}`. Model: `model.zip` "
-              f"({summary.model.num_timesteps} env steps, {summary.model.kl_schedule_step} gradient steps).", ""]
+    teacher = _teacher(summary)
+    lines = header_lines(summary)
+    lines += [f"Run directory: `{out}`. Config used: `config_used.json`. Model: `model.zip` "
+              f"({summary.model.num_timesteps} env steps, {summary.model.kl_schedule_step} gradient steps; "
+              f"loadable by KLPPO.load and by stable_baselines3's PPO.load). Training envs seeded {summary.env_seed}.", ""]
     lines += [*summary.notes, *_bc_lines(summary.bc_report, bool(config.resume)), ""]
-    lines += ["Wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in summary.timings.items()), ""]
+    lines += [wall_time_line(summary), ""]
     lines += ["## Training health", "", *training_health(updates, kl.target_kl, kl.entropy_min, max_entropy(summary.model.action_space)), ""]
     if summary.evaluation is not None:
-        rows = summary.evaluation.rows
-        summary.evaluation.to_json(out / "evaluation.json")
-        summary.evaluation.plot_latency_cdf(out / "latency_cdf.png")
+        result = summary.evaluation
+        result.to_json(out / "evaluation.json")
+        result.plot_latency_cdf(out / "latency_cdf.png")
         plots = {"latency CDF per router": out / "latency_cdf.png", **plots}
-        baselines = [name for name in rows if name not in (MODEL_NAME, LOWER_BOUND_ROW)]
         lines += ["## Evaluation", "",
                   f"{config.evaluation.episodes} episodes per policy on the same workloads (seed {config.evaluation.seed}); "
-                  "latencies in seconds, lower is better.", "",
-                  results_table(rows, teacher), "", "### Where the trained router wins and loses", "",
-                  *comparisons(rows, MODEL_NAME, baselines), "", "### Acceptance", "",
-                  *acceptance(rows, MODEL_NAME, teacher), ""]
+                  "latencies in seconds, lower is better. Differences are means of per-episode relative "
+                  "differences with their paired 95% t interval; an interval containing zero is a tie. "
+                  "Per-episode figures: `evaluation.json`.", "",
+                  results_table(result, MODEL_NAME, teacher), "", "### Where the trained router wins and loses", "",
+                  *comparisons(result, MODEL_NAME, _baselines(result.rows)), "", "### Acceptance", "",
+                  *acceptance(result, MODEL_NAME, teacher), ""]
     lines += ["## Plots", ""] + [f"### {title}\n\n![{title}]({path.name})\n" for title, path in plots.items()]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def wall_time_line(summary: RunSummary) -> str:
+    return "Wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in summary.timings.items())
+
+
+def console_text(summary: RunSummary) -> str:
+    """What the job prints when it ends: the report's path and results table (verbose 0), after
+    a summary of the run (verbose >= 1)."""
+    config, out = summary.config, summary.output_dir
+    lines = []
+    if config.monitoring.verbose >= 1:
+        kl = config.kl_regularization
+        lines += [f"run directory: {out}", wall_time_line(summary), *summary.notes,
+                  *_bc_lines(summary.bc_report, bool(config.resume)),
+                  *training_health(summary.callbacks.updates.history, kl.target_kl, kl.entropy_min,
+                                   max_entropy(summary.model.action_space))]
+        if summary.evaluation is not None:
+            lines += acceptance(summary.evaluation, MODEL_NAME, _teacher(summary))
+    lines.append(f"report: {out / 'report.md'}")
+    if summary.evaluation is not None:
+        lines.append(results_table(summary.evaluation, MODEL_NAME, _teacher(summary)))
+    return "\n".join(lines)

@@ -1,7 +1,8 @@
-"""Shared fixtures: locating the optional calibration data in ../shared/data."""
+"""Shared fixtures: locating the optional calibration data in ../shared/data; one torch thread."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,15 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def single_torch_thread():
-    """One torch thread: faster for the small networks of the tests, and bitwise reproducible."""
-    import torch
+    """One torch thread: faster for the small networks of the tests, and bitwise reproducible.
 
+    Applies only once torch is loaded (the RL test modules import it when collected); it never
+    imports torch itself, so the simulator's tests run where torch is absent.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

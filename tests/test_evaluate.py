@@ -125,8 +125,98 @@ def test_evaluate_command_end_to_end_with_a_saved_model(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--routers", "lor,shortest"], "unknown router(s) shortest"),
     (["--model", "missing.zip"], "model file not found"),
+    (["--model", __file__, "--algorithm", "stable_baselines3"], "algorithm 'stable_baselines3': expected MODULE:CLASS"),
+    (["--model", __file__, "--algorithm", "stable_baselines3:PPQ"], "stable_baselines3 has no PPQ"),
+    (["--model", __file__, "--algorithm", "no_such_rl_lib:PPO"], "cannot import no_such_rl_lib"),
 ])
 def test_evaluate_command_rejects_bad_input_with_exit_2(argv, message, tmp_path, capsys):
     code = main(["evaluate", "--replicas", "2", "--episode-requests", "8", "--output-dir", str(tmp_path)] + argv)
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """A KLPPO zip with a reference and a MaskablePPO zip, both on the TINY scenario."""
+    from sb3_contrib import MaskablePPO
+
+    from sb3_klppo import KLPPO
+    from sb3_klppo.maskable import MaskableReplicaSetPolicy
+    from vidur_env.env import VidurRoutingEnv
+
+    folder = tmp_path_factory.mktemp("models")
+    small = dict(n_steps=16, batch_size=16, seed=0, device="cpu", policy_kwargs={"net_arch": [8]})
+    klppo = KLPPO("ReplicaSetPolicy", VidurRoutingEnv(**TINY), **small)
+    klppo.set_reference_policy()
+    klppo.save(folder / "klppo.zip")
+    MaskablePPO(MaskableReplicaSetPolicy, VidurRoutingEnv(**TINY), **small).save(folder / "masked.zip")
+    return folder
+
+
+def test_load_model_takes_any_algorithm_class_by_object_or_name(saved_models):
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3 import PPO
+
+    from sb3_klppo import KLPPO
+    from vidur_env.evaluation import load_model
+
+    assert type(load_model(saved_models / "klppo.zip")) is PPO  # the default: a KLPPO zip is a PPO zip
+    assert type(load_model(saved_models / "masked.zip")) is MaskablePPO  # masks honoured by default
+    by_name = load_model(saved_models / "klppo.zip", "sb3_klppo:KLPPO")
+    assert type(by_name) is KLPPO and by_name.reference_policy is not None
+    assert type(load_model(saved_models / "klppo.zip", KLPPO)) is KLPPO
+    with pytest.raises(EvaluationError, match="cannot load .* as an SB3 model .*MaskablePPO"):
+        load_model(saved_models / "klppo.zip", MaskablePPO)
+
+
+def test_evaluate_command_loads_with_the_named_algorithm(saved_models, tmp_path, capsys):
+    code = main(["evaluate", "--routers", "lor", "--model", str(saved_models / "klppo.zip"), "--algorithm",
+                 "sb3_klppo:KLPPO", "--episodes", "1", "--replicas", "2", "--episode-requests", "12",
+                 "--output-dir", str(tmp_path)])
+    assert code == 0 and "klppo" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("df, quantile", [(1, 12.7062047), (2, 4.3026527), (4, 2.7764451), (9, 2.2621572),
+                                          (30, 2.0422725), (100, 1.9839715)])
+def test_t_quantile_matches_the_published_table(df, quantile):
+    from vidur_env.paired import student_t_quantile
+
+    assert student_t_quantile(0.975, df) == pytest.approx(quantile, abs=1e-6)
+    assert student_t_quantile(0.025, df) == pytest.approx(-quantile, abs=1e-6)
+
+
+def test_paired_difference_calls_an_interval_over_zero_a_tie():
+    from vidur_env.paired import paired_difference
+
+    noisy = paired_difference([1.00, 0.98, 1.01], [1.0, 1.0, 1.0])  # -0.33% with a wide interval
+    assert noisy.verdict == "tie" and noisy.mean_pct == pytest.approx(-1 / 3)
+    assert noisy.half_width_pct == pytest.approx(4.3026527 * np.std([0, -2, 1], ddof=1) / np.sqrt(3), rel=1e-6)
+    assert paired_difference([0.9, 0.91, 0.89], [1.0, 1.0, 1.0]).verdict == "better"
+    assert paired_difference([1.2, 1.21], [1.0, 1.0]).verdict == "worse"
+    single = paired_difference([0.5], [1.0])
+    assert single.verdict == "tie" and "no interval" in str(single)
+
+
+def test_every_policy_keeps_its_per_episode_figures(result, tmp_path):
+    from vidur_env.evaluation import EPISODE_FIGURES
+
+    for name in ("lor", "jsq", "random", LOWER_BOUND):
+        figures = result.episodes[name]
+        assert set(figures) == set(EPISODE_FIGURES) and all(len(v) == 2 for v in figures.values())
+    # The pooled row and the episodes come from the same requests.
+    assert sum(result.episodes["jsq"]["restarts"]) == result.rows["jsq"]["restarts"]
+    assert np.mean(result.episodes["jsq"]["return"]) == pytest.approx(result.rows["jsq"]["return_mean"])
+    comparison = result.compare("jsq", "random", "e2e_mean")
+    ratios = np.array(result.episodes["jsq"]["e2e_mean"]) / np.array(result.episodes["random"]["e2e_mean"])
+    assert comparison.mean_pct == pytest.approx(100 * (ratios.mean() - 1)) and comparison.episodes == 2
+    result.to_json(tmp_path / "e.json")
+    saved = json.loads((tmp_path / "e.json").read_text())
+    assert saved["episodes"]["lor"]["e2e_mean"] == result.episodes["lor"]["e2e_mean"]
+    assert saved["episodes"][LOWER_BOUND]["return"] == [None, None]
+    assert "replicas" in saved["settings"]["scenario"]
+
+
+def test_progress_is_told_every_episodes_decisions():
+    told = []
+    evaluate(TINY, ["jsq", "lor"], episodes=2, progress=told.append)
+    assert told == [40] * 4

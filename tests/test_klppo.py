@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import math
 import zipfile
 
@@ -325,7 +326,7 @@ def test_save_load_round_trip_restores_reference_and_step_counter(tmp_path):
     assert steps == 2
     model.save(tmp_path / "model.zip")
     with zipfile.ZipFile(tmp_path / "model.zip") as archive:
-        assert "reference_policy.pth" in archive.namelist()  # a state dict, not a pickle
+        assert "reference_policy.pt" in archive.namelist()  # a state dict, not a pickle
 
     loaded = KLPPO.load(tmp_path / "model.zip", env=make_vec_env("CartPole-v1", n_envs=1), device="cpu")
     assert loaded.kl_schedule_step == steps
@@ -342,6 +343,54 @@ def test_save_load_round_trip_restores_reference_and_step_counter(tmp_path):
     assert loaded.kl_schedule_step == steps + 2  # the schedule continues
     after = loaded.reference_policy.state_dict()
     assert all(th.equal(before[k], after[k]) for k in before)  # never trained
+
+
+def test_plain_ppo_loads_a_klppo_zip_with_a_reference(tmp_path):
+    model = small_model(kl_coef=0.1, kl_ref_coef_initial=0.5, kl_ref_decay_steps=100)
+    model.set_reference_policy()
+    perturb(model.reference_policy, scale=0.3, seed=4)
+    model.learn(64)
+    model.save(tmp_path / "model.zip")
+    with zipfile.ZipFile(tmp_path / "model.zip") as archive:
+        assert not [name for name in archive.namelist() if name.startswith("reference_policy") and name.endswith(".pth")]
+    plain = PPO.load(tmp_path / "model.zip", device="cpu")
+    assert type(plain) is PPO
+    expected, got = parameters(model), parameters(plain)
+    assert all(th.equal(expected[k], got[k]) for k in expected)
+    obs = np.stack([model.observation_space.sample() for _ in range(8)])
+    assert np.array_equal(plain.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+
+
+def test_klppo_loads_its_zips_from_buffers_and_the_older_pth_layout(tmp_path):
+    model = small_model()
+    model.set_reference_policy()
+    perturb(model.reference_policy, scale=0.3, seed=4)
+    expected = model.reference_policy.state_dict()
+    buffer = io.BytesIO()
+    model.save(buffer)
+    buffer.seek(0)
+    PPO.save(model, tmp_path / "older.zip")  # SB3's own save: the reference as reference_policy.pth
+    with zipfile.ZipFile(tmp_path / "older.zip") as archive:
+        assert "reference_policy.pth" in archive.namelist()
+    for source in (buffer, tmp_path / "older.zip"):
+        loaded = KLPPO.load(source, device="cpu")
+        got = loaded.reference_policy.state_dict()
+        assert all(th.equal(expected[k], got[k]) for k in expected)
+
+
+def test_replica_set_policy_is_declared_in_klppos_own_aliases():
+    import ast
+    import inspect
+
+    from sb3_klppo import klppo, policies
+
+    assert KLPPO.policy_aliases["ReplicaSetPolicy"] is policies.ReplicaSetPolicy
+    assert "ReplicaSetPolicy" not in PPO.policy_aliases  # PPO's own table is not patched
+    body = ast.parse(inspect.getsource(klppo.KLPPO)).body[0].body
+    declared = [n for n in body if isinstance(n, ast.AnnAssign) and getattr(n.target, "id", None) == "policy_aliases"]
+    assert declared, "policy_aliases is not declared in KLPPO's class body"
+    source = inspect.getsource(policies)  # policies.py neither imports nor patches KLPPO
+    assert "policy_aliases =" not in source and "sb3_klppo.klppo" not in source
 
 
 def test_klppo_loads_a_plain_ppo_zip(tmp_path):
@@ -470,3 +519,29 @@ def test_cartpole_still_learns_with_penalties_on():
     mean_reward, _ = evaluate_policy(model, make_vec_env("CartPole-v1", n_envs=1, seed=100), n_eval_episodes=10)
     assert mean_reward > 100  # random play scores ~22; this setup scores ~120-480 over seeds 0-3 (190 here)
     assert model.ref_kl_coef == 0.0 and model.last_update_stats["ref_kl"] > 0
+
+
+def test_train_differs_from_sb3s_ppo_train_only_in_marked_lines():
+    import difflib
+    import inspect
+    import re
+
+    import stable_baselines3
+
+    ours = inspect.getsource(KLPPO.train)
+    copied = re.search(r"of stable-baselines3 (\d+\.\d+\.\d+)", ours)[1]
+    if stable_baselines3.__version__ != copied:
+        pytest.skip(f"KLPPO.train was copied from SB3 {copied}; SB3 {stable_baselines3.__version__} is installed")
+
+    def without_docstring(source: str) -> list[str]:
+        head, _, rest = source.partition('"""')
+        return (head + rest.partition('"""')[2]).splitlines()
+
+    theirs, body = without_docstring(inspect.getsource(PPO.train)), without_docstring(ours)
+    matcher = difflib.SequenceMatcher(a=theirs, b=body, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        assert tag == "insert", f"SB3 lines changed or removed: {theirs[i1:i2]}"
+        added = [line for line in body[j1:j2] if line.strip()]
+        assert any("# KLPPO:" in line for line in added), f"unmarked difference: {added}"

@@ -159,3 +159,22 @@ def test_schedule_logger_follows_the_reference_weight():
 def test_schedule_logger_needs_klppo():
     with pytest.raises(ValueError, match="KLPPO"):
         RefKLScheduleLogger().init_callback(PPO("MlpPolicy", "CartPole-v1", device="cpu"))
+
+
+def test_periodic_evaluation_runs_before_training_every_k_updates_and_at_the_end():
+    from sb3_klppo.callbacks import PeriodicEvaluation
+
+    seen_steps = []
+
+    def evaluate(model):
+        seen_steps.append(model.num_timesteps)
+        return {"score": float(len(seen_steps))}
+
+    curve = PeriodicEvaluation(evaluate, every=2)
+    model = KLPPO("MlpPolicy", "CartPole-v1", **FAST)
+    model.learn(32 * 5, callback=curve)  # 5 updates of 32 steps
+    assert seen_steps == [0, 64, 128, 160]  # before, after updates 2 and 4, and after the last
+    assert [p["updates"] for p in curve.history] == [0, 2, 4, 5]
+    assert [p["score"] for p in curve.history] == [1.0, 2.0, 3.0, 4.0]
+    with pytest.raises(ValueError, match="every"):
+        PeriodicEvaluation(evaluate, every=0)

@@ -20,8 +20,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ppo_warmstar
 
 
 def test_default_config_matches_its_teacher_and_beats_round_robin_and_lor(tmp_path):
-    out = tmp_path / "run"
-    assert main(["train", "--config", str(DEFAULT_CONFIG), "--output-dir", str(out), "--no-progress-bar"]) == 0
+    assert main(["train", "--config", str(DEFAULT_CONFIG), "--output-dir", str(tmp_path / "run"), "--no-progress-bar"]) == 0
+    out = tmp_path / "run_1"  # runs are numbered
     rows = json.loads((out / "evaluation.json").read_text())["rows"]
     trained = rows[MODEL_NAME]["e2e_mean"]
     teacher = load_config(DEFAULT_CONFIG).warm_start.expert

@@ -117,3 +117,31 @@ def test_net_arch_dict_and_list(model):
     assert policy.mlp_extractor.latent_dim_pi == 8 and policy.mlp_extractor.latent_dim_vf == 32
     with pytest.raises(ReplicaSetPolicyError, match="at least one hidden layer"):
         ReplicaSetPolicy(model.observation_space, model.action_space, lambda _: 1e-3, net_arch=[])
+
+
+def test_maskable_ppo_trains_the_maskable_variant_on_the_routing_env():
+    sb3_contrib = pytest.importorskip("sb3_contrib")
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sb3_klppo.maskable import MaskableReplicaSetPolicy
+
+    with pytest.raises(ValueError, match="MaskableActorCriticPolicy"):  # the reason for the variant: MaskablePPO rejects the plain policy
+        sb3_contrib.MaskablePPO(ReplicaSetPolicy, RowsEnv(), **FAST)
+    venv = make_vec_env("vidur_env:VidurRouting-v0", n_envs=2, seed=0, env_kwargs={"num_requests": 48})
+    model = sb3_contrib.MaskablePPO(MaskableReplicaSetPolicy, venv, policy_kwargs={"net_arch": [16]}, **FAST)
+    assert isinstance(model.policy, MaskableReplicaSetPolicy)
+    model.learn(256)
+    assert model.num_timesteps == 256
+    masks = np.stack(venv.env_method("action_masks"))
+    masks[:, 0] = False  # forbid replica 0: the policy must never choose it
+    masks[:, 1] = True
+    obs = venv.reset()
+    for _ in range(20):
+        actions, _ = model.predict(obs, action_masks=masks)
+        assert not np.any(actions == 0)
+    # Same weights, same scores as the plain policy: the variant only adds masking.
+    plain = ReplicaSetPolicy(model.observation_space, model.action_space, lambda _: 1e-3, net_arch=[16])
+    plain.load_state_dict(model.policy.state_dict())
+    with th.no_grad():
+        tensor = th.as_tensor(obs)
+        assert th.allclose(plain.row_logits(tensor), model.policy.row_logits(tensor))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sb3_klppo import KLPPO
@@ -28,11 +30,20 @@ ARTIFACTS = ("model.zip", "vecnormalize.pkl", "config_used.json", "report.md", "
              "progress.csv", "kl_stats.csv", "latency_cdf.png", "approx_kl.png", "kl_schedule.png", "learning_curve.png")
 
 
+QUICK = [*TINY, "--no-warm-start", "--no-evaluate", "--curve-every", "0"]
+"""TINY without cloning, curve and evaluation: for the tests about run directories."""
+
+
+def run_dir(prefix: Path, number: int = 1) -> Path:
+    """Where a run given ``--output-dir prefix`` writes: the numbered directory."""
+    return prefix.with_name(f"{prefix.name}_{number}")
+
+
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "first"
     assert main(["train", *TINY, "--output-dir", str(out)]) == 0
-    return out
+    return run_dir(out)
 
 
 def kl_rows(path: Path) -> list[dict[str, str]]:
@@ -79,8 +90,9 @@ def test_saved_model_has_its_reference_and_schedule_step(first_run):
 
 def test_resume_continues_the_reference_kl_schedule(first_run, tmp_path):
     before = KLPPO.load(first_run / "model.zip", device="cpu")
-    out = tmp_path / "resumed"
-    code = main(["train", *TINY, "--resume", str(first_run / "model.zip"), "--output-dir", str(out), "--no-evaluate"])
+    out = run_dir(tmp_path / "resumed")
+    code = main(["train", *TINY, "--resume", str(first_run / "model.zip"), "--output-dir", str(tmp_path / "resumed"),
+                 "--no-evaluate"])
     assert code == 0
     after = KLPPO.load(out / "model.zip", device="cpu")
     assert after.kl_schedule_step == before.kl_schedule_step + 16
@@ -128,3 +140,160 @@ def test_health_block_flags_a_dead_uniform_policy():
     assert "stopped changing" in text and "still (nearly) uniform" in text
     healthy = "\n".join(training_health(updates([1e-3] * 4, [0.5] * 4), 0.02, 0.05, max_entropy=ln4))
     assert "WARNING" not in healthy
+
+
+# --------------------------------------------------------------------------- run directories
+
+
+def test_runs_are_numbered_and_never_overwritten(tmp_path):
+    prefix = tmp_path / "job"
+    assert main(["train", *QUICK, "--output-dir", str(prefix)]) == 0
+    first_model = (run_dir(prefix, 1) / "model.zip").read_bytes()
+    assert main(["train", *QUICK, "--output-dir", str(prefix), "--seed", "5"]) == 0
+    assert (run_dir(prefix, 2) / "model.zip").is_file()
+    assert (run_dir(prefix, 1) / "model.zip").read_bytes() == first_model  # untouched
+    assert load_config(run_dir(prefix, 2) / "config_used.json").output_dir == str(run_dir(prefix, 2))
+
+
+def test_a_finished_run_is_written_into_only_with_overwrite(tmp_path, capsys):
+    target = tmp_path / "fixed"
+    assert main(["train", *QUICK, "--output-dir", str(target), "--no-number-runs"]) == 0
+    before = (target / "model.zip").read_bytes()
+    assert main(["train", *QUICK, "--output-dir", str(target), "--no-number-runs", "--seed", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished run" in err and "--overwrite" in err and "Traceback" not in err
+    assert (target / "model.zip").read_bytes() == before
+    assert main(["train", *QUICK, "--output-dir", str(target), "--no-number-runs", "--seed", "3", "--overwrite"]) == 0
+    assert (target / "model.zip").read_bytes() != before
+
+
+def test_resume_writes_a_new_directory_and_trains_on_new_workloads(first_run, tmp_path):
+    from sb3_klppo.cli import make_vec_env
+    from sb3_klppo.run_dirs import training_seed
+
+    before = (first_run / "model.zip").read_bytes()
+    # The README's example: --resume into the same --output-dir as the first run.
+    prefix = first_run.with_name(first_run.name.rsplit("_", 1)[0])
+    assert main(["train", *QUICK, "--resume", str(first_run / "model.zip"), "--output-dir", str(prefix)]) == 0
+    resumed = run_dir(prefix, 2)
+    assert (first_run / "model.zip").read_bytes() == before
+    first_seed = json.loads((first_run / "summary.json").read_text())["env_seed"]
+    resumed_seed = json.loads((resumed / "summary.json").read_text())["env_seed"]
+    assert first_seed == 0 and resumed_seed == training_seed(0, 256) != first_seed
+    assert training_seed(0, 256) == training_seed(0, 256) != training_seed(0, 512)  # deterministic, per point
+    # The envs those seeds give route different requests.
+    config = load_config(first_run / "config_used.json")
+    arrivals = []
+    for seed in (first_seed, resumed_seed):
+        venv = make_vec_env(config, seed=seed)
+        venv.reset()
+        arrivals.append(venv.get_attr("requests")[0].arrived_at)
+    assert not np.array_equal(*arrivals)
+
+
+# --------------------------------------------------------------------------- output by verbosity
+
+
+def table_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("|")]
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory) -> dict[int, tuple[str, str]]:
+    """stdout and stderr of the tiny job at verbose 0 and 1, run as a user runs it (a subprocess)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    results = {}
+    for verbose in (0, 1):
+        out = tmp_path_factory.mktemp("verbose") / "run"
+        argv = [a for a in TINY if a != "--no-progress-bar"]
+        done = subprocess.run([sys.executable, "-m", "sb3_klppo", "train", *argv, "--verbose", str(verbose),
+                               "--output-dir", str(out)], cwd=repo, capture_output=True, timeout=600)
+        # Decoded by hand: text mode would turn the bar's carriage returns into newlines.
+        stdout, stderr = done.stdout.decode(), done.stderr.decode()
+        assert done.returncode == 0, stderr[-3000:]
+        results[verbose] = (stdout, stderr)
+    return results
+
+
+def test_verbose_0_prints_the_final_table_only(outputs):
+    stdout, stderr = outputs[0]
+    assert stderr == ""
+    lines = stdout.splitlines()
+    # The report's path, then the table: header, rule, 3 routers, klppo, lower_bound.
+    assert len(lines) == 1 + 7 and lines[0].startswith("report: ")
+    assert table_lines(stdout) == lines[1:]
+
+
+def test_verbose_1_adds_one_progress_bar_over_every_phase_and_a_summary(outputs):
+    stdout, stderr = outputs[1]
+    assert stderr.count("\n") == 1  # one bar, redrawn in place, closed once
+    frames = [frame for frame in stderr.replace("\n", "\r").split("\r") if frame.strip()]
+    for phase in ("cloning", "learning curve", "training", "evaluation"):
+        assert any(frame.startswith(phase) for frame in frames), phase
+    done, total = re.search(r"(\d+)/(\d+)", frames[-1]).groups()
+    assert done == total and "100%" in frames[-1]  # the plan counted every step of every phase
+    lines = stdout.splitlines()
+    assert table_lines(stdout) == table_lines(outputs[0][0])
+    assert 8 < len(lines) < 40 and lines[0].startswith("run directory: ") and "Wall time" in stdout
+    assert "rollout/" not in stdout
+
+
+def test_verbose_2_adds_sb3s_table(outputs, tmp_path, capsys):
+    assert main(["train", *TINY, "--verbose", "2", "--output-dir", str(tmp_path / "run")]) == 0
+    stdout = capsys.readouterr().out
+    assert "| rollout/" in stdout and "| train/" in stdout
+    assert len(stdout.splitlines()) > len(outputs[1][0].splitlines()) + 30
+
+
+# --------------------------------------------------------------------------- learning curve and report
+
+
+def test_learning_curve_evaluates_fixed_seeds_with_the_teacher_as_reference(first_run):
+    summary = json.loads((first_run / "summary.json").read_text())
+    curve = summary["learning_curve"]
+    assert curve["seeds"] == [1001, 1002, 1003]  # after the evaluation's seed 1000 (1 episode)
+    assert [p["timesteps"] for p in curve["points"]] == [0.0, 256.0]  # before training and at the end
+    assert curve["reference_router"] == "least_work_left" and curve["reference"]["e2e_mean"] > 0
+    # The first point is the cloned policy before any PPO update, on the same seeds as the reference.
+    assert all(p["e2e_mean"] > 0 for p in curve["points"])
+
+
+def test_report_header_names_the_scenario_and_the_changed_settings(first_run):
+    report = (first_run / "report.md").read_text()
+    assert 'Scenario: `vidur_env:VidurRouting-v0`, env.kwargs {"num_requests": 48}' in report
+    assert "4 replicas" in report and "24 requests per episode" in report
+    assert "- `ppo.total_timesteps` = `256` (default `131072`)" in report
+    assert "`kl_regularization.kl_coef`" not in report  # unchanged settings are not listed
+
+
+def test_every_comparison_in_the_report_carries_a_paired_interval(first_run):
+    report = (first_run / "report.md").read_text()
+    section = report.split("### Where the trained router wins and loses")[1].split("## Plots")[0]
+    comparisons = re.findall(r"(?:E2E|TTFT) (better|worse|tie) \(([-+][\d.]+%[^)]*)\)", section)
+    assert len(comparisons) == 4 * 3  # 4 metrics x 3 baselines
+    acceptance = re.findall(r"; paired ([-+][\d.]+%.*?): (better|worse|tie)\): (PASS|FAIL)", section)
+    assert len(acceptance) == 3  # vs the teacher, round_robin and lor
+    assert "1 episode: no interval" in section  # one evaluation episode: every difference is a tie
+    assert {verdict for verdict, _ in comparisons} == {"tie"}
+    episodes = json.loads((first_run / "evaluation.json").read_text())["episodes"]
+    assert set(episodes) == {"klppo", "round_robin", "lor", "least_work_left", "lower_bound"}
+    assert all(len(values) == 1 for values in episodes["klppo"].values())
+
+
+def test_the_issues_noise_is_called_a_tie_and_a_real_gain_better():
+    from types import SimpleNamespace
+
+    from sb3_klppo.report import acceptance, comparisons
+    from vidur_env.paired import PairedDifference
+
+    differences = {"noise": PairedDifference(-0.13, 0.14, 10), "teacher": PairedDifference(-5.0, 1.0, 10)}
+    rows = {"klppo": {"e2e_mean": 1.0}, "noise": {"e2e_mean": 1.0013}, "teacher": {"e2e_mean": 1.05}}
+    result = SimpleNamespace(rows=rows, compare=lambda ours, theirs, metric: differences[theirs])
+    lines = comparisons(result, "klppo", ["noise", "teacher"])
+    assert "mean E2E tie (-0.13% ± 0.14%)" in lines[0] and "better" not in lines[0]
+    assert "mean E2E better (-5.00% ± 1.00%)" in lines[1]
+    assert acceptance(result, "klppo", "teacher") == [
+        "- mean E2E <= 1.01 x teacher `teacher` (1 vs 1.06 s; paired -5.00% ± 1.00%: better): PASS"]

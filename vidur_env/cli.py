@@ -128,7 +128,10 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     evaluate_parser.add_argument("--routers", default=DEFAULT_EVAL_ROUTERS,
                                  help=f"comma-separated router names (default: all; from {', '.join(sorted(ROUTERS))})")
     evaluate_parser.add_argument("--model", dest="model_path", default=None, metavar="PATH.zip",
-                                 help="also evaluate this SB3 model (KLPPO, PPO or MaskablePPO zip)")
+                                 help="also evaluate this SB3 model zip (see --algorithm)")
+    evaluate_parser.add_argument("--algorithm", default=None, metavar="MODULE:CLASS",
+                                 help="SB3 class that loads the model, e.g. sb3_klppo:KLPPO "
+                                      "(default: sb3_contrib:MaskablePPO if it accepts the zip, else stable_baselines3:PPO)")
     evaluate_parser.add_argument("--model-name", default=None, help="row name of the model (default: file stem)")
     evaluate_parser.add_argument("--episodes", type=int, default=3, help="episodes per policy (default 3)")
     evaluate_parser.add_argument("--seed", type=int, default=0, help="episode k uses seed S+k for every policy")
@@ -149,7 +152,7 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     routers = [name for name in args.routers.split(",") if name.strip()]
-    model = load_model(args.model_path) if args.model_path else None
+    model = load_model(args.model_path, args.algorithm) if args.model_path else None
     model_name = args.model_name or (Path(args.model_path).stem if args.model_path else "ppo")
     env_kwargs = {
         "scenario": scenario_from_args(args),

@@ -5,21 +5,26 @@ Every policy runs full episodes of the routing env; episode ``k`` is reset with 
 requests. Per-request E2E and TTFT are pooled over episodes. The ``lower_bound`` row serves
 every request alone on its fastest replica (:func:`vidur_env.reward.isolated_latencies`):
 no router can beat it, and the gap to it is the queueing and batching a router caused.
+
+Besides the pooled rows, every policy's per-episode figures are kept, so two policies are
+compared episode by episode (:meth:`EvaluationResult.compare`, a paired t interval).
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from vidur_env.config import ConfigError
 from vidur_env.env import VidurRoutingEnv
 from vidur_env.metrics import summarize, write_json
+from vidur_env.paired import PairedDifference, paired_difference
 from vidur_env.routers import ROUTERS, RouterPolicy
 
 LOWER_BOUND = "lower_bound"
@@ -28,6 +33,11 @@ TABLE_COLUMNS = (
     ("ttft_mean", "TTFT mean"), ("ttft_p50", "TTFT p50"), ("ttft_p99", "TTFT p99"),
     ("throughput", "req/s"), ("restarts", "restarts"), ("return_mean", "return"),
 )
+EPISODE_FIGURES = ("e2e_mean", "e2e_p50", "e2e_p99", "ttft_mean", "ttft_p50", "ttft_p99", "throughput", "restarts",
+                   "return")
+"""Figures kept for every episode of every policy (``EvaluationResult.episodes``)."""
+Progress = Callable[[int], None]
+"""Told the routing decisions of each finished episode (a progress bar's ``update``)."""
 
 
 class EvaluationError(ConfigError):
@@ -37,17 +47,23 @@ class EvaluationError(ConfigError):
 
 @dataclass
 class EvaluationResult:
-    """Pooled metrics per policy, the per-request latencies behind them, and the settings.
+    """Pooled metrics per policy, per-episode figures, the per-request latencies, and the settings.
 
     ``rows[name]`` holds ``e2e_mean/p50/p90/p99``, ``ttft_mean/p50/p90/p99`` (seconds),
     ``throughput`` (completed requests per second of makespan, pooled), ``restarts`` (total
     recompute preemptions), ``return_mean`` (mean episode return; None for the bound),
-    ``episodes`` and ``num_requests``.
+    ``episodes`` and ``num_requests``. ``episodes[name][figure]`` lists one value per episode
+    for each of :data:`EPISODE_FIGURES` (``return`` is None for the bound).
     """
 
     rows: dict[str, dict]
     latencies: dict[str, dict[str, np.ndarray]] = field(repr=False)
     settings: dict[str, Any] = field(default_factory=dict)
+    episodes: dict[str, dict[str, list]] = field(default_factory=dict, repr=False)
+
+    def compare(self, ours: str, theirs: str, figure: str) -> PairedDifference:
+        """Episode-paired relative difference of ``figure`` (lower is better), ``ours`` vs ``theirs``."""
+        return paired_difference(self.episodes[ours][figure], self.episodes[theirs][figure])
 
     def table(self) -> str:
         """A fixed-width text table, one line per policy (latencies in seconds)."""
@@ -60,9 +76,11 @@ class EvaluationResult:
         return "\n".join(lines) + "\n"
 
     def to_json(self, path: str | Path) -> None:
-        """The settings and rows as JSON (NaN written as null)."""
+        """The settings, rows and per-episode figures as JSON (NaN written as null)."""
         rows = {name: {k: none_if_nan(v) for k, v in row.items()} for name, row in self.rows.items()}
-        write_json({"settings": self.settings, "rows": rows}, path)
+        episodes = {name: {k: [none_if_nan(v) for v in values] for k, values in figures.items()}
+                    for name, figures in self.episodes.items()}
+        write_json({"settings": self.settings, "rows": rows, "episodes": episodes}, path)
 
     def plot_latency_cdf(self, path: str | Path) -> None:
         """A PNG with the empirical CDFs of E2E (left) and TTFT (right), one line per policy."""
@@ -112,20 +130,34 @@ def check_router_names(routers: Sequence[str]) -> list[str]:
     return names
 
 
-def pooled_row(e2e: list[np.ndarray], ttft: list[np.ndarray], makespans: list[float], restarts: int,
-               returns: list[float] | None) -> dict[str, Any]:
+def pooled_row(run: dict[str, Any]) -> dict[str, Any]:
     """The row of one policy from its episodes' per-request arrays."""
-    e2e_all, ttft_all = np.concatenate(e2e), np.concatenate(ttft)
+    e2e_all, ttft_all = np.concatenate(run["e2e"]), np.concatenate(run["ttft"])
     e2e_stats, ttft_stats = summarize(e2e_all), summarize(ttft_all)
-    span = float(sum(makespans))
+    span = float(sum(run["makespans"]))
+    returns = run["returns"]
     row: dict[str, Any] = {f"e2e_{k}": e2e_stats[k] for k in ("mean", "p50", "p90", "p99")}
     row.update({f"ttft_{k}": ttft_stats[k] for k in ("mean", "p50", "p90", "p99")})
     row["throughput"] = e2e_all.size / span if span > 0 else float("nan")
-    row["restarts"] = int(restarts)
+    row["restarts"] = int(sum(run["restarts"]))
     row["return_mean"] = float(np.mean(returns)) if returns else None
-    row["episodes"] = len(e2e)
+    row["episodes"] = len(run["e2e"])
     row["num_requests"] = int(e2e_all.size)
     return row
+
+
+def episode_figures(run: dict[str, Any]) -> dict[str, list]:
+    """:data:`EPISODE_FIGURES`, one value per episode, from the same arrays as :func:`pooled_row`."""
+    figures: dict[str, list] = {name: [] for name in EPISODE_FIGURES}
+    for k, (e2e, ttft, span) in enumerate(zip(run["e2e"], run["ttft"], run["makespans"])):
+        e2e_stats, ttft_stats = summarize(e2e), summarize(ttft)
+        for kind, stats in (("e2e", e2e_stats), ("ttft", ttft_stats)):
+            for q in ("mean", "p50", "p99"):
+                figures[f"{kind}_{q}"].append(stats[q])
+        figures["throughput"].append(e2e.size / span if span > 0 else float("nan"))
+        figures["restarts"].append(int(run["restarts"][k]))
+        figures["return"].append(run["returns"][k] if run["returns"] else None)
+    return figures
 
 
 def model_predictor(model: Any, env: VidurRoutingEnv, deterministic: bool):
@@ -160,24 +192,27 @@ def router_predictor(policy: RouterPolicy):
     return act
 
 
-def run_episodes(env: VidurRoutingEnv, act, episodes: int, seed: int, on_reset=None) -> dict[str, Any]:
-    """Full episodes with ``act``; per-request arrays and totals from the end-of-episode info."""
-    e2e, ttft, makespans, returns = [], [], [], []
-    restarts = 0
+def run_episodes(env: VidurRoutingEnv, act, episodes: int, seed: int, on_reset=None,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Full episodes with ``act``; per-request arrays and per-episode totals from the end-of-episode info."""
+    e2e, ttft, makespans, restarts, returns = [], [], [], [], []
     for k in range(episodes):
         obs, _ = env.reset(seed=seed + k)
         if on_reset is not None:
             on_reset(seed + k)
-        total, truncated, info = 0.0, False, {}
+        total, truncated, info, decisions = 0.0, False, {}, 0
         while not truncated:
             obs, reward, _, truncated, info = env.step(act(obs))
             total += reward
+            decisions += 1
         per_request = info["request_metrics"]
         e2e.append(per_request.request_e2e_time)
         ttft.append(per_request.prefill_e2e_time)
         makespans.append(info["metrics"]["makespan"])
-        restarts += int(per_request.request_num_restarts.sum())
+        restarts.append(int(per_request.request_num_restarts.sum()))
         returns.append(total)
+        if progress is not None:
+            progress(decisions)
     return {"e2e": e2e, "ttft": ttft, "makespans": makespans, "restarts": restarts, "returns": returns}
 
 
@@ -191,11 +226,21 @@ def lower_bound_episodes(env: VidurRoutingEnv, episodes: int, seed: int) -> dict
         ttft.append(first)
         e2e.append(last)
         makespans.append(float(np.max(requests.arrived_at + last) - np.min(requests.arrived_at)))
-    return {"e2e": e2e, "ttft": ttft, "makespans": makespans, "restarts": 0, "returns": None}
+    return {"e2e": e2e, "ttft": ttft, "makespans": makespans, "restarts": [0] * episodes, "returns": None}
+
+
+def describe_scenario(env: VidurRoutingEnv) -> str:
+    """One line naming what was simulated: cluster, scheduler, arrivals, load and episode length."""
+    cluster, workload = env.scenario.cluster, env.workload
+    models = sorted({f"{r.model} on {r.device} (TP{r.tensor_parallel}, {r.scheduler})" for r in cluster.replica_configs})
+    load = f"load {env.scenario.load:g}" if env.scenario.load is not None else f"{workload.qps:g} req/s"
+    return (f"{env.num_replicas} replicas: {', '.join(models)}; {workload.arrival} arrivals at {load}, "
+            f"{workload.lengths} lengths, {env.num_requests} requests per episode, reward {env.reward_kind}")
 
 
 def evaluate(env_kwargs: dict, routers: Sequence[str], *, model=None, model_name: str = "ppo", episodes: int = 3,
-             seed: int = 0, deterministic: bool = True) -> EvaluationResult:
+             seed: int = 0, deterministic: bool = True, lower_bound: bool = True,
+             progress: Progress | None = None) -> EvaluationResult:
     """Run every router (and ``model``, if given) for ``episodes`` full episodes on the same
     workloads (episode k uses seed ``seed + k`` for every policy) and pool the results.
 
@@ -205,6 +250,8 @@ def evaluate(env_kwargs: dict, routers: Sequence[str], *, model=None, model_name
     :param episodes: episodes per policy.
     :param seed: seed of episode 0 (workload draws and the routers' generators).
     :param deterministic: passed to ``model.predict``.
+    :param lower_bound: add the no-queueing ``lower_bound`` row.
+    :param progress: told the routing decisions of every finished episode (e.g. a bar's update).
     """
     names = check_router_names(routers)
     if not isinstance(episodes, int) or episodes < 1:
@@ -217,39 +264,69 @@ def evaluate(env_kwargs: dict, routers: Sequence[str], *, model=None, model_name
     runs: dict[str, dict[str, Any]] = {}
     for name in names:
         policy = RouterPolicy(name)
-        runs[name] = run_episodes(env, router_predictor(policy), episodes, seed, on_reset=policy.reset)
+        runs[name] = run_episodes(env, router_predictor(policy), episodes, seed, on_reset=policy.reset, progress=progress)
     if model is not None:
-        runs[model_name] = run_episodes(env, model_predictor(model, env, deterministic), episodes, seed)
-    runs[LOWER_BOUND] = lower_bound_episodes(env, episodes, seed)
-    rows = {name: pooled_row(r["e2e"], r["ttft"], r["makespans"], r["restarts"], r["returns"]) for name, r in runs.items()}
+        runs[model_name] = run_episodes(env, model_predictor(model, env, deterministic), episodes, seed,
+                                        progress=progress)
+    if lower_bound:
+        runs[LOWER_BOUND] = lower_bound_episodes(env, episodes, seed)
+    rows = {name: pooled_row(run) for name, run in runs.items()}
+    per_episode = {name: episode_figures(run) for name, run in runs.items()}
     latencies = {name: {"e2e": np.concatenate(r["e2e"]), "ttft": np.concatenate(r["ttft"])} for name, r in runs.items()}
-    settings = {"env_kwargs": env_kwargs, "episodes": episodes, "seed": seed, "deterministic": deterministic,
-                "reward": env.reward_kind, "reward_scale": env.reward_scale, "episode_requests": env.num_requests}
-    return EvaluationResult(rows, latencies, settings)
+    settings = {"env_kwargs": env_kwargs, "scenario": describe_scenario(env), "episodes": episodes, "seed": seed,
+                "deterministic": deterministic, "reward": env.reward_kind, "reward_scale": env.reward_scale,
+                "episode_requests": env.num_requests}
+    return EvaluationResult(rows, latencies, settings, per_episode)
 
 
-def load_model(path: str | os.PathLike):
-    """Load an SB3 model zip: KLPPO, then PPO, then sb3-contrib's MaskablePPO if installed."""
+DEFAULT_ALGORITHMS = ("sb3_contrib:MaskablePPO", "stable_baselines3:PPO")
+"""What :func:`load_model` tries when no algorithm is named: a maskable model needs MaskablePPO
+(which refuses other zips), every other PPO-family zip (KLPPO's included) loads as PPO."""
+
+
+def algorithm_class(spec: str | type) -> type:
+    """An SB3 algorithm class given itself or as ``"module:Class"`` (e.g. ``"sb3_klppo:KLPPO"``)."""
+    if isinstance(spec, type):
+        return spec
+    module_name, _, class_name = str(spec).partition(":")
+    if not module_name or not class_name:
+        raise EvaluationError(f"algorithm {spec!r}: expected MODULE:CLASS, e.g. stable_baselines3:PPO")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except ImportError as error:
+        raise EvaluationError(f"algorithm {spec!r}: cannot import {module_name} ({error})") from None
+    except AttributeError:
+        raise EvaluationError(f"algorithm {spec!r}: {module_name} has no {class_name}") from None
+    if not callable(getattr(cls, "load", None)):
+        raise EvaluationError(f"algorithm {spec!r}: {class_name} has no load(); give an SB3 algorithm class")
+    return cls
+
+
+def load_model(path: str | os.PathLike, algorithm: str | type | None = None):
+    """Load an SB3 model zip with ``algorithm`` (a class or ``"module:Class"``), or by default
+    with the first of :data:`DEFAULT_ALGORITHMS` that is installed and accepts the zip.
+
+    The harness needs only ``predict``, so any SB3 algorithm class works; none is imported here
+    unless asked for (vidur_env depends on no RL library).
+    """
     path = str(path)
     if not (os.path.isfile(path) or os.path.isfile(path + ".zip")):
         raise EvaluationError(f"model file not found: {path}")
-    loaders = []
-    try:
-        from sb3_klppo import KLPPO
-        loaders.append(KLPPO)
-    except ImportError:
-        pass
-    from stable_baselines3 import PPO
-    loaders.append(PPO)
-    try:
-        from sb3_contrib import MaskablePPO
-        loaders.append(MaskablePPO)
-    except ImportError:
-        pass
+    if algorithm is not None:
+        candidates = [algorithm_class(algorithm)]
+    else:
+        candidates = []
+        for spec in DEFAULT_ALGORITHMS:
+            try:
+                candidates.append(algorithm_class(spec))
+            except EvaluationError:
+                continue  # not installed: the next default may be
     failures = []
-    for cls in loaders:
+    for cls in candidates:
         try:
             return cls.load(path, device="cpu")
         except Exception as error:  # each loader rejects foreign zips its own way
             failures.append(f"{cls.__name__}: {type(error).__name__}: {error}")
+    if not candidates:
+        raise EvaluationError(f"cannot load {path}: none of {', '.join(DEFAULT_ALGORITHMS)} is installed")
     raise EvaluationError(f"cannot load {path} as an SB3 model ({'; '.join(failures)})")
