@@ -1,5 +1,5 @@
 """What a training run records for its report: the recorders of rollouts and updates, the
-learning curve, and the run's summary. The job (:mod:`sb3_klppo.cli`) fills them; the report
+learning curve, and the run's summary. The pipeline (:mod:`sb3_klppo.pipeline`) fills them; the report
 (:mod:`sb3_klppo.report`) reads them; neither module imports the other's internals.
 """
 

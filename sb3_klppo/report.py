@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 MODEL_NAME = "klppo"
 """Name of the trained router in the evaluation table."""
+SUMMARY_FILE = "summary.json"
+"""The run's machine-readable summary (:func:`summary_json`), in its run directory."""
 LOWER_BOUND_ROW = "lower_bound"
 """The harness's no-queueing bound: a reference line, not a router to compare with."""
 COMPARED_METRICS = (("e2e_mean", "mean E2E"), ("e2e_p99", "p99 E2E"), ("ttft_mean", "mean TTFT"), ("ttft_p99", "p99 TTFT"))
@@ -318,7 +320,7 @@ def write_report(summary: RunSummary) -> pathlib.Path:
     }
     if summary.curve is not None:
         plots["learning curve"] = plot_learning_curve(summary.curve, out / "learning_curve.png")
-    (out / "summary.json").write_text(json.dumps(summary_json(summary), indent=2, default=str) + "\n")
+    (out / SUMMARY_FILE).write_text(json.dumps(summary_json(summary), indent=2, default=str) + "\n")
 
     teacher = _teacher(summary)
     lines = header_lines(summary)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from sb3_klppo.config import ConfigError, TrainConfig, config_to_dict, get_value, load_config
-from sb3_klppo.pipeline import knob_by_key, model_metrics, override, run_training
+from sb3_klppo.pipeline import knob_by_key, model_metrics, override, preflight, run_training
 
 METRIC_MODES: dict[str, str] = {
     **{f"{kind}_{stat}": "min" for kind in ("e2e", "ttft") for stat in ("mean", "p50", "p90", "p99")},
@@ -46,8 +46,9 @@ METRIC_MODES: dict[str, str] = {
     "return_mean": "max",
 }
 """The trained policy's evaluation metrics the sweep aggregates, and whether lower or higher is better."""
-SWEEP_OWNED_KEYS = ("seed", "output_dir", "evaluation.enabled")
-"""Config keys the sweep sets itself (seeds, run directories) or needs (the evaluation it ranks by)."""
+SWEEP_OWNED_KEYS = ("seed", "output_dir", "number_runs", "overwrite", "evaluation.enabled")
+"""Config keys the sweep sets itself (seeds, run directories: exactly the planned one, rewritten
+when its trial runs again) or needs (the evaluation it ranks by)."""
 CONFIDENCE = 0.95
 """Level of every confidence interval in the report."""
 TRIALS_DIR = "trials"
@@ -237,11 +238,13 @@ class SweepPlan:
         return index
 
     def trial_config(self, configuration: Configuration, seed: int) -> TrainConfig:
+        """The trial's config: it writes into exactly its planned ``config_NNN/seed_S`` directory
+        (not numbered), which a rerun of an unfinished or failed trial rewrites."""
         config = self.base
         for key, value in configuration.overrides.items():
             config = override(config, key, value)
         run_dir = self.output_dir / configuration.name / f"seed_{seed}"
-        return dataclasses.replace(config, seed=seed, output_dir=str(run_dir))
+        return dataclasses.replace(config, seed=seed, output_dir=str(run_dir), number_runs=False, overwrite=True)
 
     def record_path(self, configuration: Configuration, seed: int) -> pathlib.Path:
         return self.output_dir / TRIALS_DIR / f"{configuration.name}_seed_{seed}.json"
@@ -271,8 +274,6 @@ def make_plan(config_path: str | None, grid: Sequence[str], seeds: int, output_d
 
 def preflight_all(plan: SweepPlan) -> None:
     """Catch bad names and paths of every configuration before any trial starts."""
-    from sb3_klppo.cli import preflight
-
     for configuration in plan.configurations():
         try:
             preflight(plan.trial_config(configuration, plan.seeds[0]))

@@ -121,6 +121,7 @@ def test_seeds_and_run_directories_per_configuration(tmp_path):
     config = plan.trial_config(configurations[3], 2)
     assert (config.seed, config.kl_regularization.kl_coef, config.ppo.n_epochs) == (2, 0.2, 4)
     assert config.output_dir == str(tmp_path / "config_003" / "seed_2")
+    assert (config.number_runs, config.overwrite) == (False, True)  # exactly its directory, rewritten on a rerun
 
 
 @pytest.mark.parametrize(
@@ -130,6 +131,7 @@ def test_seeds_and_run_directories_per_configuration(tmp_path):
         (["--grid", "kl_regularization.kl_coef=0.1,-1"], "--grid kl_regularization.kl_coef: --kl-coef"),
         (["--grid", "ppo.n_envs=2,two"], "expected integer, got 'two'"),
         (["--grid", "seed=1,2"], "--grid seed: the sweep sets"),
+        (["--grid", "number_runs=true,false"], "--grid number_runs: the sweep sets"),
         (["--grid", "evaluation.routers=lor,jsq"], "give them as a JSON array"),
         (["--grid", "ppo.n_epochs=2", "--grid", "ppo.n_epochs=4"], "key given twice: ppo.n_epochs"),
         (["--grid", "warm_start.expert=lor,oracle"], "config_001 (warm_start.expert=\"oracle\"): warm_start.expert"),
@@ -197,7 +199,7 @@ def test_an_output_dir_of_another_sweep_is_refused(tmp_path, capsys):
 
 def test_run_training_takes_a_dict_with_overrides_and_returns_the_run(tmp_path):
     run_dir, summary = run_training(TINY_CONFIG, overrides={"seed": 3, "output_dir": str(tmp_path / "run"),
-                                                            "kl_regularization.kl_coef": "0.05"})
+                                                            "number_runs": False, "kl_regularization.kl_coef": "0.05"})
     assert run_dir == tmp_path / "run" and (run_dir / "report.md").is_file()
     assert summary == json.loads((run_dir / "summary.json").read_text()) and summary["num_timesteps"] == 256
     used = json.loads((run_dir / "config_used.json").read_text())

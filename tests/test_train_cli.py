@@ -168,7 +168,7 @@ def test_a_finished_run_is_written_into_only_with_overwrite(tmp_path, capsys):
 
 
 def test_resume_writes_a_new_directory_and_trains_on_new_workloads(first_run, tmp_path):
-    from sb3_klppo.cli import make_vec_env
+    from sb3_klppo.pipeline import make_vec_env
     from sb3_klppo.run_dirs import training_seed
 
     before = (first_run / "model.zip").read_bytes()
