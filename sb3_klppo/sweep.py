@@ -38,6 +38,7 @@ import numpy as np
 
 from sb3_klppo.config import ConfigError, TrainConfig, config_to_dict, get_value, load_config
 from sb3_klppo.pipeline import knob_by_key, model_metrics, override, preflight, run_training
+from vidur_env.student_t import CONFIDENCE, mean_half_width, t_central_mass
 
 METRIC_MODES: dict[str, str] = {
     **{f"{kind}_{stat}": "min" for kind in ("e2e", "ttft") for stat in ("mean", "p50", "p90", "p99")},
@@ -49,8 +50,6 @@ METRIC_MODES: dict[str, str] = {
 SWEEP_OWNED_KEYS = ("seed", "output_dir", "number_runs", "overwrite", "evaluation.enabled")
 """Config keys the sweep sets itself (seeds, run directories: exactly the planned one, rewritten
 when its trial runs again) or needs (the evaluation it ranks by)."""
-CONFIDENCE = 0.95
-"""Level of every confidence interval in the report."""
 TRIALS_DIR = "trials"
 RAY_DIR = "ray"
 OPTUNA_DB, OPTUNA_STUDY = "optuna.db", "sweep"
@@ -63,41 +62,8 @@ EXIT_FAILED_TRIALS = 1
 
 
 # ---------------------------------------------------------------------------------------------
-# Statistics: Student's t for the confidence intervals (exact for integer degrees of freedom)
+# Statistics over seeds (the t distribution is vidur_env.student_t's)
 # ---------------------------------------------------------------------------------------------
-
-
-def t_central_mass(t: float, df: int) -> float:
-    """P(|T| <= t) for Student's t with ``df`` degrees of freedom (Abramowitz & Stegun 26.7.3-4).
-
-    The closed form for integer ``df`` is a finite sum, so no special-function library is needed.
-    """
-    theta = math.atan(abs(t) / math.sqrt(df))
-    sin, cos2 = math.sin(theta), math.cos(theta) ** 2
-    if df % 2 == 0:
-        term = total = 1.0
-        for j in range(1, df // 2):
-            term *= (2 * j - 1) / (2 * j) * cos2
-            total += term
-        return sin * total
-    total = 0.0
-    if df > 1:
-        term = total = math.cos(theta)
-        for j in range(1, (df - 1) // 2):
-            term *= 2 * j / (2 * j + 1) * cos2
-            total += term
-    return 2 / math.pi * (theta + sin * total)
-
-
-def t_critical(confidence: float, df: int) -> float:
-    """The t with P(|T| <= t) = ``confidence``: the half-width of a CI in standard errors."""
-    low, high = 0.0, 1.0
-    while t_central_mass(high, df) < confidence:
-        low, high = high, 2 * high
-    for _ in range(200):
-        middle = (low + high) / 2
-        low, high = (middle, high) if t_central_mass(middle, df) < confidence else (low, middle)
-    return (low + high) / 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +95,7 @@ def estimate(values: Iterable[float | None], confidence: float = CONFIDENCE) -> 
     if n == 1:
         return Estimate(1, mean, None, None, None)
     std = float(sample.std(ddof=1))
-    half = t_critical(confidence, n - 1) * std / math.sqrt(n)
+    half = mean_half_width(std, n, confidence)
     return Estimate(n, mean, std, mean - half, mean + half)
 
 

@@ -179,7 +179,7 @@ def test_evaluate_command_loads_with_the_named_algorithm(saved_models, tmp_path,
 @pytest.mark.parametrize("df, quantile", [(1, 12.7062047), (2, 4.3026527), (4, 2.7764451), (9, 2.2621572),
                                           (30, 2.0422725), (100, 1.9839715)])
 def test_t_quantile_matches_the_published_table(df, quantile):
-    from vidur_env.paired import student_t_quantile
+    from vidur_env.student_t import student_t_quantile
 
     assert student_t_quantile(0.975, df) == pytest.approx(quantile, abs=1e-6)
     assert student_t_quantile(0.025, df) == pytest.approx(-quantile, abs=1e-6)

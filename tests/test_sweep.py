@@ -21,12 +21,11 @@ from sb3_klppo.sweep import (
     paired_comparison,
     paired_p_value,
     parse_grid,
-    t_central_mass,
-    t_critical,
     trial_record,
     write_record,
     write_report,
 )
+from vidur_env.student_t import t_central_mass, t_critical
 
 # A few hundred env steps per trial: 2 updates of 2 envs x 64 steps, a one-episode evaluation.
 TINY_CONFIG = {
