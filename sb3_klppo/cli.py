@@ -27,10 +27,9 @@ from sb3_klppo.config import (
     apply_overrides,
     flag_table_markdown,
     get_value,
-    load_config,
     metavar,
 )
-from sb3_klppo.pipeline import train
+from sb3_klppo.pipeline import resolve_config, train
 from sb3_klppo.sweep import add_sweep_parser, run_sweep_command
 
 
@@ -58,9 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The config file (or the defaults) with every given flag applied on top."""
-    config = load_config(args.config) if getattr(args, "config", None) else TrainConfig()
     given = {knob: getattr(args, knob.dest) for knob in all_knobs() if hasattr(args, knob.dest)}
-    return apply_overrides(config, given)
+    return apply_overrides(resolve_config(getattr(args, "config", None)), given)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,9 +20,9 @@ them), checked like the file and the flags are (a bad key or value raises
 same run for a resolved config, returning the in-memory :class:`~sb3_klppo.records.RunSummary`
 (model, evaluation result, callbacks) that the command line prints from.
 
-With :mod:`sb3_klppo.cli` and :mod:`sb3_klppo.sweep` this is the package's job layer: the only
-modules that import ``vidur_env``. Output follows ``monitoring.verbose``: 0 prints nothing here,
-1 adds one progress bar over the whole job, 2 adds SB3's logger table at every update.
+With :mod:`sb3_klppo.cli` and the sweep (:mod:`sb3_klppo.sweep` and its parts) this is the job
+layer: the only modules that import ``vidur_env``. Output follows ``monitoring.verbose``: 0 prints
+nothing here, 1 adds one progress bar over the whole job, 2 adds SB3's logger table at every update.
 """
 
 from __future__ import annotations
@@ -85,8 +85,9 @@ RESUMABLE_PPO_KEYS = ("n_steps", "batch_size", "n_epochs", "learning_rate", "gam
                       "clip_range", "ent_coef", "vf_coef", "max_grad_norm")
 """PPO settings a resumed model takes from the config (the policy architecture stays the saved one)."""
 
-ConfigLike = TrainConfig | Mapping[str, Any] | str | os.PathLike
-"""A config: the dataclass, a JSON-like dict (missing keys take their defaults) or a JSON file."""
+ConfigLike = TrainConfig | Mapping[str, Any] | str | os.PathLike | None
+"""A config: the dataclass, a JSON-like dict (missing keys take their defaults), a JSON file, or
+None for the built-in defaults."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,8 +124,10 @@ def override(config: TrainConfig, key: str, value: Any) -> TrainConfig:
 
 
 def resolve_config(config: ConfigLike, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """The :class:`TrainConfig` of ``config`` (dataclass, dict or file) with ``overrides`` applied in order."""
-    if isinstance(config, TrainConfig):
+    """The :class:`TrainConfig` of ``config`` (dataclass, dict, file or None) with ``overrides`` applied in order."""
+    if config is None:
+        resolved = TrainConfig()
+    elif isinstance(config, TrainConfig):
         resolved = config
     elif isinstance(config, Mapping):
         resolved = config_from_dict(dict(config))

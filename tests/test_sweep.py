@@ -13,18 +13,9 @@ import pytest
 from sb3_klppo.cli import main
 from sb3_klppo.config import ConfigError, TrainConfig
 from sb3_klppo.pipeline import model_metrics, override, run_training
-from sb3_klppo.sweep import (
-    METRIC_MODES,
-    OK,
-    estimate,
-    make_plan,
-    paired_comparison,
-    paired_p_value,
-    parse_grid,
-    trial_record,
-    write_record,
-    write_report,
-)
+from sb3_klppo.sweep_plan import METRIC_MODES, make_plan, parse_grid
+from sb3_klppo.sweep_report import estimate, paired_comparison, paired_p_value, write_report
+from sb3_klppo.sweep_trials import OK, trial_record, write_record
 from vidur_env.student_t import t_central_mass, t_critical
 
 # A few hundred env steps per trial: 2 updates of 2 envs x 64 steps, a one-episode evaluation.
@@ -223,7 +214,7 @@ def test_a_bad_override_raises_before_training(tmp_path):
 def local_ray():
     """One local Ray (2 CPUs) for the module's sweeps: the sweep reuses a running Ray."""
     ray = pytest.importorskip("ray")
-    from sb3_klppo.sweep import RayOptions, start_ray
+    from sb3_klppo.sweep_tune import RayOptions, start_ray
 
     start_ray(RayOptions(num_cpus=2))
     yield
