@@ -141,12 +141,14 @@ def resolve_config(config: ConfigLike, overrides: Mapping[str, Any] | None = Non
 def run_training(config: ConfigLike, overrides: Mapping[str, Any] | None = None) -> tuple[pathlib.Path, dict[str, Any]]:
     """Train, evaluate and report one run; return its directory and its summary.
 
-    :param config: a :class:`TrainConfig`, a JSON-like dict or the path of a JSON config file.
+    :param config: a :class:`TrainConfig`, a JSON-like dict, the path of a JSON config file, or
+        None for the built-in defaults.
     :param overrides: ``{json_key: value}`` applied on top (see :func:`override`), e.g.
         ``{"seed": 3, "output_dir": "runs/s3"}``.
-    :return: ``(run_dir, summary)``; ``summary`` is the run's ``summary.json`` (timings, cloning
-        accuracy, per-update training figures and, when evaluation is enabled, ``evaluation``: one
-        row of metrics per policy; :func:`model_metrics` picks the trained policy's).
+    :return: ``(run_dir, summary)``; ``run_dir`` is the numbered ``runs/s3_<N>`` the run claimed
+        (``output_dir`` itself with ``"number_runs": False``); ``summary`` is its ``summary.json``
+        (timings, cloning accuracy, per-update training figures and, when evaluation is enabled,
+        ``evaluation``: one row of metrics per policy; :func:`model_metrics` picks the trained policy's).
     :raises ConfigError: a bad config, key or value (before any training).
     """
     summary = train(resolve_config(config, overrides))

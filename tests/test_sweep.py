@@ -12,7 +12,7 @@ import pytest
 
 from sb3_klppo.cli import main
 from sb3_klppo.config import ConfigError, TrainConfig
-from sb3_klppo.pipeline import model_metrics, override, run_training
+from sb3_klppo.pipeline import model_metrics, override, resolve_config, run_training
 from sb3_klppo.sweep_plan import METRIC_MODES, make_plan, parse_grid
 from sb3_klppo.sweep_report import estimate, paired_comparison, paired_p_value, write_report
 from sb3_klppo.sweep_trials import OK, trial_record, write_record
@@ -100,6 +100,15 @@ def test_pipeline_override_reads_flag_strings_and_json_values():
         override(config, "ppo.n_envs", 0)
     with pytest.raises(ConfigError, match="unknown config key 'ppo.n_env'"):
         override(config, "ppo.n_env", 2)
+
+
+def test_resolve_config_takes_every_config_form(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY_CONFIG))
+    from_file = resolve_config(path, overrides={"seed": 4})
+    assert from_file == resolve_config(TINY_CONFIG, overrides={"seed": 4}) and from_file.seed == 4
+    assert resolve_config(from_file) is from_file and from_file.ppo.n_envs == 2
+    assert resolve_config(None) == TrainConfig()  # no config: the built-in defaults
 
 
 def test_seeds_and_run_directories_per_configuration(tmp_path):
