@@ -23,7 +23,6 @@ seeds), :mod:`sb3_klppo.sweep_trials` (records, one trial), :mod:`sb3_klppo.swee
 Optuna) and :mod:`sb3_klppo.sweep_report` (the aggregate over seeds).
 """
 
-
 from __future__ import annotations
 
 import argparse
