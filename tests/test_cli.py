@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from vidur_env.cli import main
-from vidur_env.metrics import CSV_COLUMNS
+from vidur_env.metrics import VIDUR_CSV_COLUMNS
 
 SMALL = ["simulate", "--replicas", "2", "--num-requests", "40"]
 
@@ -30,7 +30,7 @@ def test_simulate_prints_vidur_named_metrics_and_writes_outputs(tmp_path, capsys
     assert json.loads(out_json.read_text()) == printed
     with open(out_csv) as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 40 and tuple(rows[0]) == CSV_COLUMNS
+    assert len(rows) == 40 and tuple(rows[0]) == tuple(VIDUR_CSV_COLUMNS)
 
 
 def test_same_seed_same_output(capsys):

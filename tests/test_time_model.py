@@ -312,7 +312,7 @@ def test_profiled_filters_tp_and_adds_all_reduce(tmp_path: Path) -> None:
 
 
 def test_profiled_out_of_grid_names_op_key_and_range(tmp_path: Path) -> None:
-    model = profiled_time_model(write_profiles(tmp_path), TINY, GPU, 1)
+    model = profiled_time_model(write_profiles(tmp_path), TINY, GPU, 1, extrapolate=False)
     decode = r"attn_decode kv_cache_size at batch_size=1 .*320 is outside the profiled range 64\.\.256"
     with pytest.raises(OutOfGridError, match=decode):
         model.iteration_time(1, 300, (), ())
