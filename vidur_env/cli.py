@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -169,7 +170,25 @@ def note_out_of_grid(lookups: int) -> None:
               "(out_of_grid_lookups in the JSON; --strict-grid makes them errors)", file=sys.stderr)
 
 
+def check_output_paths(args: argparse.Namespace, flags: Sequence[str]) -> None:
+    """Output files must be writable where they are asked for; checked before a run, so a
+    typo in a directory name does not cost the run's results."""
+    for flag in flags:
+        path = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if path is not None and not Path(path).resolve().parent.is_dir():
+            raise ConfigError(f"{flag}: directory {Path(path).parent} does not exist (for {path})")
+
+
+def write_output(flag: str, path: str, write: Callable[[str], None]) -> None:
+    """``write(path)``, an OSError naming the flag and the file."""
+    try:
+        write(path)
+    except OSError as error:
+        raise ConfigError(f"{flag}: cannot write {path} ({error.strerror})") from None
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
+    check_output_paths(args, ("--output-json", "--output-csv"))
     scenario = scenario_from_args(args)
     result = run_simulation(scenario, router=args.router, seed=args.seed)
     metrics = result.metrics
@@ -177,9 +196,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                       "", " (requests_cut_to_max_tokens in the JSON)")
     note_out_of_grid(result.metrics["out_of_grid_lookups"])
     if args.output_json:
-        write_json(result.metrics, args.output_json)
+        write_output("--output-json", args.output_json, lambda path: write_json(metrics, path))
     if args.output_csv:
-        result.requests.write_csv(args.output_csv, args.csv_columns)
+        write_output("--output-csv", args.output_csv, lambda path: result.requests.write_csv(path, args.csv_columns))
     json.dump(result.metrics, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
@@ -244,7 +263,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = load_model(args.model_path) if args.model_path else None
     model_name = args.model_name or (Path(args.model_path).stem if args.model_path else "ppo")
     scenario = scenario_from_args(args)
-    episode_requests = args.episode_requests or scenario.workload.num_requests
+    episode_requests = scenario.workload.num_requests if args.episode_requests is None else args.episode_requests
     first_episode = replace(scenario.workload, num_requests=episode_requests)
     if first_episode.lengths == "trace":
         requests = generate_requests(first_episode, np.random.default_rng(args.seed))
@@ -295,11 +314,18 @@ def flag_spelling(parser: argparse.ArgumentParser) -> Callable[[str, Any], str]:
     return spell
 
 
+def note_warning(message: Warning | str, *_: Any, **__: Any) -> None:
+    """Show a warning (e.g. trace rows dropped by --trace-zero-tokens) as one ``note:`` line."""
+    print(f"note: {message}", file=sys.stderr)
+
+
 def run_command(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a subcommand, turning user errors into a message and exit status 2."""
+    """Run a subcommand, turning user errors into a message and exit status 2 and warnings
+    into one-line notes."""
     spelling = getattr(args, "spelling", python_spelling)
     try:
-        with spell_settings_with(spelling):
+        with spell_settings_with(spelling), warnings.catch_warnings():
+            warnings.showwarning = note_warning
             return handler(args)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)

@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from vidur_env.hardware import UnknownSpecError, get_model
+from vidur_env.hardware import UnknownSpecError, get_device, get_model
 
 SCHEDULER_NAMES = ("sarathi", "vllm", "orca")
 KEYINGS = ("vidur", "vidur_pypi")
@@ -106,14 +106,18 @@ class ReplicaConfig:
             raise ConfigError(f"{where}.memory_margin_fraction: must be in [0, 1), got {self.memory_margin_fraction!r}")
         if not 0.0 <= self.watermark_fraction < 1.0:
             raise ConfigError(f"{where}.watermark_fraction: must be in [0, 1), got {self.watermark_fraction!r}")
-        self._check_model_split(where)
+        self._check_hardware(where)
 
-    def _check_model_split(self, where: str) -> None:
-        """The model must exist and split evenly over ``tensor_parallel`` workers (Vidur asserts the same)."""
+    def _check_hardware(self, where: str) -> None:
+        """Model and device must be known, and the model must split evenly over
+        ``tensor_parallel`` workers (Vidur asserts the same divisibilities)."""
+        for name, lookup in (("model", get_model), ("device", get_device)):
+            try:
+                lookup(getattr(self, name))
+            except UnknownSpecError as error:
+                raise ConfigError(f"{where}.{name}: {error}") from None
         try:
             get_model(self.model).check_parallelism(self.tensor_parallel)
-        except UnknownSpecError as error:
-            raise ConfigError(f"{where}.model: {error}") from None
         except ValueError as error:
             raise ConfigError(f"{where}.tensor_parallel: {error}; choose a {setting('tensor_parallel')} "
                               "that divides the model's attention heads") from None

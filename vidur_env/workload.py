@@ -608,7 +608,10 @@ def _check_trace_fields(config: WorkloadConfig) -> None:
                 "trace",
                 f"a trace file is needed for arrival={config.arrival!r}, lengths={config.lengths!r}",
             )
-        if not os.path.isfile(trace_path(config.trace)):
+        path = trace_path(config.trace)
+        if os.path.isdir(path):
+            _fail("trace", f"{config.trace} is a directory, not a trace file")
+        if not os.path.isfile(path):
             shipped = ", ".join(SAMPLE_TRACES)
             _fail("trace", f"file not found: {config.trace} (shipped traces, by name: {shipped})")
     elif config.num_requests is None:

@@ -21,8 +21,9 @@ from .errors import OutOfGridError, TimeModelError
 
 def _out_of_grid(label: str, value: float, low: float, high: float, where: str = "") -> OutOfGridError:
     return OutOfGridError(
-        f"{label}: {value:g} is outside the profiled range {low:g}..{high:g}{where}; "
-        f"{setting('extrapolate', True)} clamps below the grid and extends its last segment above it"
+        f"{label}: {value:g} is outside the profiled range {low:g}..{high:g}{where}; with "
+        f"{setting('extrapolate', True)} such a lookup is clamped to the grid's lower end or continues its "
+        "last segment above it, and is counted"
     )
 
 __all__ = ["Curve1D", "RowGrid2D"]

@@ -99,9 +99,9 @@ def _timing_column(table: Mapping[str, list[str]], path: Path, name: str, *, mis
     """A column of measured times (ms): empty cells mean "not measured" (NaN, or 0 with
     ``missing_as_zero``), but a written value must be a finite number > 0; a negative, zero, NaN
     or infinite time raises naming the file, line and column (it would silently skew latencies)."""
-    values = _column(table, path, name, missing_as_zero=missing_as_zero)
     if name not in table:
-        return values
+        return _column(table, path, name, missing_as_zero=missing_as_zero)
+    values = _column(table, path, name)
     written = np.array([raw.strip() != "" for raw in table[name]], dtype=bool)
     with np.errstate(invalid="ignore"):
         bad = np.flatnonzero(written & ~(np.isfinite(values) & (values > 0)))
@@ -111,7 +111,7 @@ def _timing_column(table: Mapping[str, list[str]], path: Path, name: str, *, mis
             f"{path}, line {index + 2}, column {name!r}: a time must be a finite number > 0 ms, "
             f"got {table[name][index]!r}"
         )
-    return values
+    return np.nan_to_num(values, nan=0.0) if missing_as_zero else values
 
 
 def _select(table: Mapping[str, list[str]], path: Path, filters: Mapping[str, float]) -> np.ndarray:
