@@ -65,11 +65,11 @@ def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
     A flag's ``dest`` is the config field it sets, so error advice can name the flag
     (:func:`flag_spelling`)."""
     cluster = parser.add_argument_group("cluster")
-    cluster.add_argument("--replicas", dest="num_replicas", type=int, default=4,
+    cluster.add_argument("--replicas", dest="num_replicas", type=int, default=4, metavar="N",
                          help="number of identical replicas (default 4)")
     cluster.add_argument("--model", default=ReplicaConfig.model, help="model name or alias (default Llama-2-7B)")
     cluster.add_argument("--device", default=ReplicaConfig.device, help="a100 or h100 (default a100)")
-    cluster.add_argument("--tp", dest="tensor_parallel", type=int, default=1, help="tensor-parallel degree (default 1)")
+    cluster.add_argument("--tp", dest="tensor_parallel", type=int, default=1, metavar="N", help="tensor-parallel degree (default 1)")
     cluster.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="sarathi", help="replica batching scheduler")
     cluster.add_argument("--chunk-size", type=int, default=512, help="Sarathi token budget per iteration")
     cluster.add_argument("--batch-size-cap", type=int, default=128, help="most requests a replica holds at once")
