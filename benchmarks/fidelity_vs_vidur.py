@@ -4,8 +4,8 @@ Reads the reference directories written by ``benchmarks/vidur_reference.py`` (Vi
 ``request_metrics.csv`` and the exact requests it replayed, ``requests.csv``), replays the same
 requests through the command line a user would type, with default flags::
 
-    python -m vidur_env simulate --trace T --profiling-dir D --scheduler S --router R \\
-        --output-csv ours.csv
+    python -m vidur_env simulate --trace T --profiling-dir D --scheduler S --router round_robin \\
+        --max-tokens M --output-csv ours.csv
 
 and prints TTFT and E2E (mean, p50, p99) side by side with the relative difference. Both sides
 are read from a ``request_metrics.csv``-style file by the same function: ``--output-csv``
@@ -18,8 +18,8 @@ writes Vidur's header, so Vidur's file and ours are read alike.
 PyPI build's lookup keys; note that the CLI then rounds KV to 256 tokens, the PyPI default,
 while the reference runs pin 64). ``--time-model builtin`` leaves out ``--profiling-dir`` and
 compares our calibrated presets instead (a different attention source, so larger gaps are
-expected). ``--scheduler`` and ``--router`` must match the reference run (vidur_reference.py
-runs Sarathi with round robin).
+expected). The scheduler is the reference run's (``vidur_reference.py --scheduler``, recorded in
+its summary.json; Sarathi when absent), the router round robin, as Vidur's reference runs.
 """
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ def simulate_ours(ref_dir: Path, args: argparse.Namespace, work: Path) -> tuple[
     summary = json.loads((ref_dir / "summary.json").read_text())
     trace, ours = work / "trace.csv", work / "request_metrics.csv"
     write_replayed_trace(ref_dir, trace)
-    argv = ["simulate", "--trace", str(trace), "--scheduler", args.scheduler, "--router", args.router,
+    scheduler = summary["spec"].get("scheduler", "sarathi")
+    argv = ["simulate", "--trace", str(trace), "--scheduler", scheduler, "--router", "round_robin",
             "--max-tokens", str(summary["spec"].get("max_tokens", 4096)), "--output-csv", str(ours)]
     if args.time_model == "profiled":
         argv += ["--profiling-dir", args.profiling_dir]
@@ -83,8 +84,9 @@ def compare(ref_dir: Path, args: argparse.Namespace) -> float:
     with tempfile.TemporaryDirectory() as work:
         ours_csv, metrics = simulate_ours(ref_dir, args, Path(work))
         ours = read_request_metrics(ours_csv)
-    print(f"\n{ref_dir.name}: {metrics['num_requests']} requests, offered {summary.get('offered_qps', float('nan')):.2f} "
-          f"req/s, Vidur's mean batch {summary.get('mean_batch_size', float('nan')):.1f}, restarts Vidur "
+    scheduler = summary["spec"].get("scheduler", "sarathi")
+    print(f"\n{ref_dir.name} ({scheduler}): {metrics['num_requests']} requests, offered "
+          f"{summary.get('offered_qps', float('nan')):.2f} req/s, Vidur's mean batch {summary.get('mean_batch_size', float('nan')):.1f}, restarts Vidur "
           f"{summary.get('total_restarts', 0)} / ours {metrics['request_num_restarts']['total']}, "
           f"our off-grid lookups {metrics['out_of_grid_lookups']}")
     print(f"{'metric':<24}{'Vidur':>10}{'ours':>10}{'diff':>9}")
@@ -106,8 +108,6 @@ def main() -> None:
     parser.add_argument("reference_dirs", nargs="+", type=Path, help="outputs of vidur_reference.py")
     parser.add_argument("--profiling-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/vidur/profiling"))
     parser.add_argument("--time-model", choices=("profiled", "builtin"), default="profiled")
-    parser.add_argument("--scheduler", default="sarathi", help="as in the reference run")
-    parser.add_argument("--router", default="round_robin", help="as in the reference run")
     parser.add_argument("--simulate-flags", type=shlex.split, default=[],
                         help="more simulate flags, one quoted string (default: none, i.e. simulate's defaults)")
     args = parser.parse_args()
