@@ -74,7 +74,7 @@ def simulate_ours(ref_dir: Path, args: argparse.Namespace, work: Path) -> tuple[
     with contextlib.redirect_stdout(stdout):
         code = vidur_env_cli(argv + args.simulate_flags)
     if code != 0:
-        raise SystemExit(f"simulate {' '.join(argv + args.simulate_flags)} exited with {code}")
+        raise SystemExit(f"python -m vidur_env {' '.join(argv + args.simulate_flags)} exited with {code}")
     return ours, json.loads(stdout.getvalue())
 
 
