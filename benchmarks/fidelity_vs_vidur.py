@@ -1,104 +1,115 @@
 """Fidelity: our simulator against Vidur itself on the identical request list.
 
 Reads the reference directories written by ``benchmarks/vidur_reference.py`` (Vidur's
-per-request outcomes and the exact requests it replayed), replays the same requests through
-``vidur_env`` with the same cluster (4 x Llama-2-7B, A100, TP1, Sarathi chunk 512, round
-robin) and the same Vidur-format profiling CSVs, and prints TTFT and E2E (mean, p50, p99)
-side by side with the relative difference.
+``request_metrics.csv`` and the exact requests it replayed, ``requests.csv``), replays the same
+requests through the command line a user would type, with default flags::
+
+    python -m vidur_env simulate --trace T --profiling-dir D --scheduler S --router round_robin \\
+        --max-tokens M --output-csv ours.csv
+
+and prints TTFT and E2E (mean, p50, p99) side by side with the relative difference. Both sides
+are read from a ``request_metrics.csv``-style file by the same function: ``--output-csv``
+writes Vidur's header, so Vidur's file and ours are read alike.
 
     python benchmarks/fidelity_vs_vidur.py /work/fidelity/moderate /work/fidelity/high \\
-        --profiling-dir ../shared/data/vidur/profiling
+        --profiling-dir ../shared/data/vidur/profiling [--simulate-flags "--keying vidur_pypi"]
 
-The profiled time model is keyed like the PyPI build Vidur runs here (``vidur_pypi``) with
-its KV granularity pinned to 64 as in the reference runs; ``--time-model builtin`` compares
-our calibrated presets instead (a different attention source, so larger gaps are expected).
+``--simulate-flags`` are passed to ``simulate`` unchanged (e.g. ``--keying vidur_pypi``, the
+PyPI build's lookup keys; note that the CLI then rounds KV to 256 tokens, the PyPI default,
+while the reference runs pin 64). ``--time-model builtin`` leaves out ``--profiling-dir`` and
+compares our calibrated presets instead (a different attention source, so larger gaps are
+expected). The scheduler is the reference run's (``vidur_reference.py --scheduler``, recorded in
+its summary.json; Sarathi when absent), the router round robin, as Vidur's reference runs.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
+import shlex
+import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
-from vidur_env.cluster import ClusterSimulator
-from vidur_env.config import ClusterConfig, ReplicaConfig
-from vidur_env.metrics import RequestMetrics, summarize
-from vidur_env.routers import make_router
-from vidur_env.time_model import ExecutionTimeModel, builtin_time_model, profiled_time_model
+from vidur_env.cli import main as vidur_env_cli
+from vidur_env.metrics import summarize
 
-MODEL, DEVICE = "meta-llama/Llama-2-7b-hf", "a100"
 COMPARED = ("prefill_e2e_time", "request_e2e_time")
 STATS = ("mean", "p50", "p99")
+TRACE_COLUMNS = ("arrived_at", "num_prefill_tokens", "num_decode_tokens")
 
 
-def read_reference(ref_dir: Path) -> tuple[SimpleNamespace, dict[str, np.ndarray], dict]:
-    """The requests Vidur replayed, its per-request outcomes, and its run summary."""
-    with open(ref_dir / "requests.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    rows.sort(key=lambda row: int(row["request_id"]))
-    requests = SimpleNamespace(
-        arrived_at=np.array([float(r["arrived_at"]) for r in rows]),
-        num_prefill_tokens=np.array([int(r["num_prefill_tokens"]) for r in rows]),
-        num_decode_tokens=np.array([int(r["num_decode_tokens"]) for r in rows]),
-    )
-    outcomes = {name: np.array([float(r[name]) for r in rows]) for name in COMPARED}
+def read_request_metrics(path: Path) -> dict[str, np.ndarray]:
+    """The compared columns of a request_metrics.csv (Vidur's or ours), in Request Id order."""
+    with open(path, newline="") as handle:
+        rows = sorted(csv.DictReader(handle), key=lambda row: int(float(row["Request Id"])))
+    return {name: np.array([float(row[name]) for row in rows]) for name in COMPARED}
+
+
+def write_replayed_trace(ref_dir: Path, trace: Path) -> int:
+    """The requests Vidur replayed (times scaled, prompts cut) as a Vidur trace; returns their count."""
+    with open(ref_dir / "requests.csv", newline="") as handle:
+        rows = sorted(csv.DictReader(handle), key=lambda row: int(row["request_id"]))
+    with open(trace, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(TRACE_COLUMNS)
+        writer.writerows([row[name] for name in TRACE_COLUMNS] for row in rows)
+    return len(rows)
+
+
+def simulate_ours(ref_dir: Path, args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
+    """Run ``python -m vidur_env simulate`` on the reference's requests; (our CSV, our JSON)."""
     summary = json.loads((ref_dir / "summary.json").read_text())
-    return requests, outcomes, summary
-
-
-def time_model(args: argparse.Namespace) -> ExecutionTimeModel:
-    """The execution-time model compared with Vidur's (see the module docstring)."""
+    trace, ours = work / "trace.csv", work / "request_metrics.csv"
+    write_replayed_trace(ref_dir, trace)
+    scheduler = summary["spec"].get("scheduler", "sarathi")
+    argv = ["simulate", "--trace", str(trace), "--scheduler", scheduler, "--router", "round_robin",
+            "--max-tokens", str(summary["spec"].get("max_tokens", 4096)), "--output-csv", str(ours)]
     if args.time_model == "profiled":
-        return profiled_time_model(args.profiling_dir, MODEL, DEVICE, 1, keying=args.keying,
-                                   kv_granularity=args.kv_granularity, extrapolate=True)
-    return builtin_time_model(MODEL, DEVICE, 1, keying=args.keying, kv_granularity=args.kv_granularity)
-
-
-def simulate_ours(requests: SimpleNamespace, model: ExecutionTimeModel, max_tokens: int) -> ClusterSimulator:
-    """Vidur's reference cluster in our simulator, run with round robin on ``requests``."""
-    cluster = ClusterConfig(num_replicas=4, replica=ReplicaConfig(model=MODEL, device=DEVICE, scheduler="sarathi"))
-    sim = ClusterSimulator(cluster, requests, max_tokens=max_tokens, time_models=[model] * 4)
-    router = make_router("round_robin")
-    router.reset(4, np.random.default_rng(0))
-    sim.run(router)
-    return sim
+        argv += ["--profiling-dir", args.profiling_dir]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = vidur_env_cli(argv + args.simulate_flags)
+    if code != 0:
+        raise SystemExit(f"python -m vidur_env {' '.join(argv + args.simulate_flags)} exited with {code}")
+    return ours, json.loads(stdout.getvalue())
 
 
 def compare(ref_dir: Path, args: argparse.Namespace) -> float:
-    requests, vidur, summary = read_reference(ref_dir)
-    sim = simulate_ours(requests, time_model(args), int(summary["spec"].get("max_tokens", 4096)))
-    ours = RequestMetrics.from_simulator(sim)
-    print(f"\n{ref_dir.name}: {len(requests.arrived_at)} requests, offered {summary.get('offered_qps', float('nan')):.2f} "
-          f"req/s, Vidur's mean batch {summary.get('mean_batch_size', float('nan')):.1f}, restarts Vidur "
-          f"{summary.get('total_restarts', 0)} / ours {int(ours.request_num_restarts.sum())}")
+    summary = json.loads((ref_dir / "summary.json").read_text())
+    vidur = read_request_metrics(ref_dir / "request_metrics.csv")
+    with tempfile.TemporaryDirectory() as work:
+        ours_csv, metrics = simulate_ours(ref_dir, args, Path(work))
+        ours = read_request_metrics(ours_csv)
+    scheduler = summary["spec"].get("scheduler", "sarathi")
+    print(f"\n{ref_dir.name} ({scheduler}): {metrics['num_requests']} requests, offered "
+          f"{summary.get('offered_qps', float('nan')):.2f} req/s, Vidur's mean batch {summary.get('mean_batch_size', float('nan')):.1f}, restarts Vidur "
+          f"{summary.get('total_restarts', 0)} / ours {metrics['request_num_restarts']['total']}, "
+          f"our off-grid lookups {metrics['out_of_grid_lookups']}")
     print(f"{'metric':<24}{'Vidur':>10}{'ours':>10}{'diff':>9}")
     worst = 0.0
     for name in COMPARED:
-        theirs, mine = summarize(vidur[name]), summarize(np.asarray(getattr(ours, name)))
+        theirs, mine = summarize(vidur[name]), summarize(ours[name])
         for stat in STATS:
             diff = mine[stat] / theirs[stat] - 1.0
             worst = max(worst, abs(diff))
             print(f"{name + ' ' + stat:<24}{theirs[stat]:>10.4f}{mine[stat]:>10.4f}{diff:>+9.1%}")
-    per_request = np.abs(ours.request_e2e_time / vidur["request_e2e_time"] - 1.0)
+    per_request = np.abs(ours["request_e2e_time"] / vidur["request_e2e_time"] - 1.0)
     print(f"per-request E2E |relative difference|: median {np.median(per_request):.1%}, "
           f"p90 {np.percentile(per_request, 90):.1%}")
     return worst
 
 
-def add_time_model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profiling-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/vidur/profiling"))
-    parser.add_argument("--time-model", choices=("profiled", "builtin"), default="profiled")
-    parser.add_argument("--keying", choices=("vidur", "vidur_pypi"), default="vidur_pypi")
-    parser.add_argument("--kv-granularity", type=int, default=64)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reference_dirs", nargs="+", type=Path, help="outputs of vidur_reference.py")
-    add_time_model_flags(parser)
+    parser.add_argument("--profiling-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/vidur/profiling"))
+    parser.add_argument("--time-model", choices=("profiled", "builtin"), default="profiled")
+    parser.add_argument("--simulate-flags", type=shlex.split, default=[],
+                        help="more simulate flags, one quoted string (default: none, i.e. simulate's defaults)")
     args = parser.parse_args()
     worst = max(compare(ref_dir, args) for ref_dir in args.reference_dirs)
     print(f"\nlargest |difference| over TTFT/E2E mean, p50, p99: {worst:.1%} (target: within 5%)")

@@ -102,8 +102,9 @@ class VidurRunSpec:
     """Everything that determines one Vidur reference run.
 
     The defaults are the comparison setting: Llama-2-7B on A100 (TP1, PP1), 4 replicas,
-    Sarathi with 512-token chunks, round-robin routing, random-forest execution times whose
-    prediction grid matches the main branch (KV granularity 64, up to 4096 tokens).
+    Sarathi with 512-token chunks (or vLLM, ``scheduler="vllm"``), round-robin routing,
+    random-forest execution times whose prediction grid matches the main branch (KV
+    granularity 64, up to 4096 tokens).
     """
 
     vidur_python: Path
@@ -114,6 +115,7 @@ class VidurRunSpec:
     out_dir: Path
     cache_dir: Optional[Path] = None
     num_replicas: int = 4
+    scheduler: str = "sarathi"
     chunk_size: int = 512
     batch_size_cap: int = 128
     max_tokens: int = 4096
@@ -281,9 +283,8 @@ def build_command(
         "--replica_config_tensor_parallel_size": 1,
         "--replica_config_num_pipeline_stages": 1,
         "--global_scheduler_config_type": "round_robin",
-        "--replica_scheduler_config_type": "sarathi",
-        "--sarathi_scheduler_config_chunk_size": spec.chunk_size,
-        "--sarathi_scheduler_config_batch_size_cap": spec.batch_size_cap,
+        "--replica_scheduler_config_type": spec.scheduler,
+        f"--{spec.scheduler}_scheduler_config_batch_size_cap": spec.batch_size_cap,
         "--request_generator_config_type": "trace_replay",
         g + "trace_file": vidur_trace,
         g + "date": TRACE_DATE,
@@ -301,6 +302,8 @@ def build_command(
         p + "prediction_max_batch_size": spec.batch_size_cap,
         "--metrics_config_output_dir": output_root,
     }
+    if spec.scheduler == "sarathi":
+        flags["--sarathi_scheduler_config_chunk_size"] = spec.chunk_size
     command = [str(spec.vidur_python), *(["-O"] if spec.strip_asserts else []), "-c", VIDUR_DRIVER]
     for flag, value in flags.items():
         command += [flag, str(value)]
@@ -501,6 +504,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> VidurRunSpec:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="Vidur predictor cache (default: <out>/../vidur_cache)")
     parser.add_argument("--num-replicas", type=int, default=4)
+    parser.add_argument("--scheduler", choices=("sarathi", "vllm"), default="sarathi",
+                        help="replica scheduler (Sarathi with 512-token chunks, or vLLM)")
     parser.add_argument("--kv-granularity", type=int, default=64,
                         help="kv_cache_prediction_granularity (main branch 64, fork default 256)")
     parser.add_argument("--timeout", type=float, default=4 * 3600.0, help="seconds")
@@ -510,7 +515,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> VidurRunSpec:
     return VidurRunSpec(
         vidur_python=args.vidur_python, profiling_dir=args.profiling_dir, trace=args.trace,
         num_requests=args.num_requests, time_scale=args.time_scale, out_dir=args.out,
-        cache_dir=args.cache_dir, num_replicas=args.num_replicas,
+        cache_dir=args.cache_dir, num_replicas=args.num_replicas, scheduler=args.scheduler,
         kv_cache_prediction_granularity=args.kv_granularity, timeout_s=args.timeout,
         strip_asserts=not args.keep_asserts,
     )

@@ -5,11 +5,12 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from vidur_env.cli import main
-from vidur_env.metrics import CSV_COLUMNS
+from vidur_env.metrics import VIDUR_CSV_COLUMNS
 
 SMALL = ["simulate", "--replicas", "2", "--num-requests", "40"]
 
@@ -30,7 +31,7 @@ def test_simulate_prints_vidur_named_metrics_and_writes_outputs(tmp_path, capsys
     assert json.loads(out_json.read_text()) == printed
     with open(out_csv) as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 40 and tuple(rows[0]) == CSV_COLUMNS
+    assert len(rows) == 40 and tuple(rows[0]) == tuple(VIDUR_CSV_COLUMNS)
 
 
 def test_same_seed_same_output(capsys):
@@ -106,3 +107,126 @@ def test_bad_replica_list_names_file_and_key(tmp_path, capsys, content, message)
     code, _, err = run_cli(["simulate", "--replica-config", str(spec)], capsys)
     assert code == 2
     assert "cluster.json" in err and message in err
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 9: nothing given is cut, refused or crashed on silently
+
+
+def run_any(argv, capsys):
+    """``run_cli``, also for argparse errors (SystemExit)."""
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+REPLAY_FIXTURE = str(Path(__file__).parent / "fixtures" / "vidur_replay.csv")
+
+
+def test_trace_replays_every_row_by_default(capsys):
+    code, out, _ = run_cli(["simulate", "--replicas", "2", "--trace", "sample"], capsys)
+    assert code == 0 and json.loads(out)["num_requests"] == 300
+
+
+def test_a_trace_shorter_than_the_default_request_count_works_in_simulate_and_evaluate(tmp_path, capsys):
+    code, out, _ = run_cli(["simulate", "--replicas", "1", "--trace", REPLAY_FIXTURE], capsys)
+    assert code == 0 and json.loads(out)["num_requests"] == 5
+    code, _, err = run_cli(["evaluate", "--replicas", "2", "--trace", REPLAY_FIXTURE, "--routers", "round_robin",
+                            "--episodes", "1", "--output-dir", str(tmp_path)], capsys)
+    assert code == 0, err
+
+
+def test_num_requests_takes_the_first_rows_and_more_than_the_trace_names_both_numbers(capsys):
+    code, out, _ = run_cli(["simulate", "--replicas", "1", "--trace", REPLAY_FIXTURE, "--num-requests", "2"], capsys)
+    assert code == 0 and json.loads(out)["num_requests"] == 2
+    for command in ("simulate", "evaluate"):
+        code, _, err = run_cli([command, "--trace", REPLAY_FIXTURE, "--num-requests", "20"], capsys)
+        assert code == 2
+        assert "--num-requests 20 asks for more requests" in err and "only 5 usable rows" in err
+        assert "--num-requests left out" in err and "None" not in err
+
+
+def test_cut_prompts_are_counted_on_stderr_and_in_the_json(capsys):
+    code, out, err = run_cli(["simulate", "--replicas", "1", "--trace", REPLAY_FIXTURE], capsys)
+    assert code == 0 and json.loads(out)["requests_cut_to_max_tokens"] == 1
+    assert err.count("\n") == 1 and err.startswith("note: 1 of 5 trace requests had more than --max-tokens 4096")
+
+
+@pytest.mark.parametrize("command", ["simulate", "evaluate"])
+@pytest.mark.parametrize("argv, names", [
+    (["--tp", "3"], "--tp"),
+    (["--model", "llama-2-70b", "--tp", "1"], "--tp"),
+    (["--max-tokens", "10000000"], "--max-tokens"),
+    (["--max-tokens", "10000000", "--allow-beyond-context"], "--max-tokens"),
+    (["--seed", "-1"], "--seed"),
+    (["--load", "nan"], "load"),
+    (["--device", "tpu"], "device"),
+    (["--trace-offset", "x", "--trace", "sample"], "--trace-offset"),
+])
+def test_user_errors_are_one_line_naming_the_flag_with_exit_2(command, argv, names, capsys):
+    if command == "evaluate":
+        argv = [a if a != "--model" else "--llm" for a in argv]
+    code, _, err = run_any([command, "--num-requests", "8"] + argv, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and names in err and "Traceback" not in err
+
+
+def test_max_tokens_above_the_context_length_needs_the_opt_in(capsys):
+    code, _, err = run_cli(SMALL + ["--max-tokens", "8192"], capsys)
+    assert code == 2 and "context length" in err and "--allow-beyond-context" in err
+    code, out, _ = run_cli(SMALL + ["--max-tokens", "8192", "--allow-beyond-context"], capsys)
+    assert code == 0
+    code, out, _ = run_cli(SMALL + ["--model", "llama-3-8b", "--max-tokens", "8192"], capsys)
+    assert code == 0
+
+
+def test_an_output_path_in_a_missing_directory_fails_before_the_run(tmp_path, capsys):
+    code, out, err = run_cli(SMALL + ["--output-csv", str(tmp_path / "no" / "r.csv")], capsys)
+    assert code == 2 and out == "" and err.startswith("error: --output-csv: directory")
+
+
+def test_zero_episode_requests_is_an_error_not_the_default(tmp_path, capsys):
+    code, _, err = run_cli(["evaluate", "--num-requests", "8", "--episode-requests", "0", "--routers", "round_robin",
+                            "--episodes", "1", "--output-dir", str(tmp_path)], capsys)
+    assert code == 2 and "num_requests" in err
+
+
+def test_a_failed_capacity_probe_is_reported_as_such(capsys):
+    code, _, err = run_cli(SMALL + ["--num-blocks", "5"], capsys)
+    assert code == 2
+    assert err.startswith("error: capacity measurement failed, so --load cannot be turned into an arrival rate")
+    assert "--qps" in err
+
+
+def test_advice_names_only_options_of_the_command_line(capsys):
+    code, _, err = run_cli(["simulate", "--trace", str(Path(__file__).parent / "fixtures" / "zero_tokens.csv")], capsys)
+    assert code == 2 and "--trace-zero-tokens drop" in err and "zero_tokens='drop'" not in err
+    code, out, _ = run_cli(["simulate", "--replicas", "1", "--trace-zero-tokens", "drop",
+                            "--trace", str(Path(__file__).parent / "fixtures" / "zero_tokens.csv")], capsys)
+    assert code == 0 and json.loads(out)["num_requests"] == 2
+
+
+def test_output_csv_has_vidurs_header_by_default_and_ours_on_request(tmp_path, capsys):
+    vidur_csv, full_csv = tmp_path / "v.csv", tmp_path / "f.csv"
+    run_cli(SMALL + ["--output-csv", str(vidur_csv)], capsys)
+    run_cli(SMALL + ["--output-csv", str(full_csv), "--csv-columns", "full"], capsys)
+    vidur_header = vidur_csv.read_text().splitlines()[0].split(",")
+    assert vidur_header[:3] == ["Request Id", "request_e2e_time", "request_e2e_time_normalized"]
+    assert "request_num_prefill_tokens" in vidur_header and "replica_id" not in vidur_header
+    assert full_csv.read_text().splitlines()[0].split(",")[:2] == ["request_id", "replica_id"]
+
+
+@pytest.mark.needs_shared_data
+def test_vidurs_profiles_work_with_default_flags_and_strict_grid_restores_the_error(shared_data, capsys):
+    argv = ["simulate", "--replicas", "2", "--trace", "sample", "--num-requests", "60",
+            "--profiling-dir", str(shared_data / "profiling")]
+    code, out, err = run_cli(argv, capsys)
+    lookups = json.loads(out)["out_of_grid_lookups"]
+    assert code == 0 and lookups > 0 and f"note: {lookups} execution-time lookups fell outside" in err
+    code, _, err = run_cli(argv + ["--extrapolate"], capsys)  # deprecated alias of the default
+    assert code == 0
+    code, _, err = run_cli(argv + ["--strict-grid"], capsys)
+    assert code == 2 and "outside the profiled range" in err and "--strict-grid left out" in err

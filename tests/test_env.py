@@ -293,3 +293,46 @@ def test_a_misspelt_argument_is_named_with_the_env_arguments_and_shortcuts():
     with pytest.raises(ConfigError, match=r"unknown argument\(s\) num_request; the env's own arguments: .*num_requests"
                                           r".*; scenario shortcuts: .*qps"):
         VidurRoutingEnv(num_request=5)
+
+
+# ----------------------------------------------------------------------------------------- issue 9: actions and traces
+
+
+@pytest.mark.parametrize("action", [1.7, 1.0, True, 2, -1, np.float32(1), np.array([1]), "1"])
+def test_actions_outside_the_action_space_raise_naming_action_and_range(action):
+    env = VidurRoutingEnv(**SMALL)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"action .* is not in the action space: expected an integer replica id in 0\.\.1"):
+        env.step(action)
+
+
+@pytest.mark.parametrize("action", [1, np.int64(1), np.int32(1), np.uint8(1), np.array(1)])
+def test_integer_actions_of_any_integer_type_route_to_that_replica(action):
+    env = VidurRoutingEnv(**SMALL)
+    env.reset(seed=0)
+    rid = env.current_request
+    env.step(action)
+    assert env.simulator.table.replica[rid] == 1
+
+
+def test_trace_episodes_take_the_whole_trace_by_default():
+    env = VidurRoutingEnv(num_replicas=2, trace="sample")
+    assert env.num_requests == 300
+
+
+def test_random_trace_offset_gives_each_episode_a_new_window_reproducibly_by_seed():
+    env = VidurRoutingEnv(num_replicas=2, trace="sample", num_requests=20, trace_offset="random")
+    windows = []
+    for seed in (1, 2, 3):
+        env.reset(seed=seed)
+        windows.append(env.requests.num_prefill_tokens.tolist())
+        assert env.requests.arrived_at[0] == 0.0 and len(env.requests) == 20
+    assert len({tuple(w) for w in windows}) == 3
+    again = VidurRoutingEnv(num_replicas=2, trace="sample", num_requests=20, trace_offset="random")
+    again.reset(seed=2)
+    assert again.requests.num_prefill_tokens.tolist() == windows[1]
+
+
+def test_more_episode_requests_than_trace_rows_names_both_numbers():
+    with pytest.raises(ValueError, match=r"num_requests=400 .* only 300 usable rows"):
+        VidurRoutingEnv(num_replicas=2, trace="sample", num_requests=400)

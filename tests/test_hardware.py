@@ -105,3 +105,9 @@ def test_model_spec_validation() -> None:
         ModelSpec("bad", 2, 100, 3, 3, 10)
     with pytest.raises(ValueError, match="num_layers must be a positive int"):
         ModelSpec("bad", 0, 64, 4, 4, 10)
+
+
+@pytest.mark.parametrize(("model", "context"), [("llama-2-7b", 4096), ("llama-2-70b", 4096),
+                                                 ("llama-3-8b", 8192), ("llama-3-70b", 8192)])
+def test_models_know_their_context_length(model: str, context: int) -> None:
+    assert get_model(model).max_context == context

@@ -312,7 +312,7 @@ def test_profiled_filters_tp_and_adds_all_reduce(tmp_path: Path) -> None:
 
 
 def test_profiled_out_of_grid_names_op_key_and_range(tmp_path: Path) -> None:
-    model = profiled_time_model(write_profiles(tmp_path), TINY, GPU, 1)
+    model = profiled_time_model(write_profiles(tmp_path), TINY, GPU, 1, extrapolate=False)
     decode = r"attn_decode kv_cache_size at batch_size=1 .*320 is outside the profiled range 64\.\.256"
     with pytest.raises(OutOfGridError, match=decode):
         model.iteration_time(1, 300, (), ())
@@ -350,6 +350,50 @@ def test_profiled_missing_file_and_rows_are_clear(tmp_path: Path) -> None:
     no_rows = r"no rows with .*num_tensor_parallel_workers=4 .*present: .*num_tensor_parallel_workers in \[1, 2\]"
     with pytest.raises(ProfileDataError, match=no_rows):
         profiled_time_model(tmp_path, TINY, GPU, 4)
+
+
+def test_profiled_extrapolates_by_default_and_counts_each_off_grid_lookup(tmp_path: Path) -> None:
+    model = profiled_time_model(write_profiles(tmp_path), TINY, GPU, 1)
+    assert model.out_of_grid_lookups == 0
+    model.iteration_time(2, 2 * 100, (), ())  # inside the grid
+    assert model.out_of_grid_lookups == 0
+    model.iteration_time(1, 300, (), ())  # decode KV 320 > 256
+    model.iteration_time(0, 0, (20,), (0,))  # prefill chunk 20 < 64
+    assert model.out_of_grid_lookups == 2
+    model.iteration_time(1, 300, (), ())  # memoised: no new lookup
+    model.decode_attention_ms(8, 512)  # off both axes: still one lookup
+    assert model.out_of_grid_lookups == 3
+    assert builtin_time_model("llama-2-7b", "a100", 1).out_of_grid_lookups == 0
+
+
+@pytest.mark.parametrize("bad", ["-0.5", "0", "nan", "NaN", "inf"])
+@pytest.mark.parametrize("column, profile", [
+    ("time_stats.mlp_up_proj.median", "mlp"),
+    ("time_stats.add.median", "mlp"),
+    ("time_stats.attn_decode.median", "attention"),
+])
+def test_profiled_rejects_non_positive_or_nan_times_naming_file_line_and_column(
+        tmp_path: Path, bad: str, column: str, profile: str) -> None:
+    write_profiles(tmp_path)
+    path = tmp_path / "compute" / "gpu" / "test" / "tiny" / f"{profile}.csv"
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[1][column] = bad
+    write_csv(path, rows)
+    expected = rf"{profile}\.csv, line 3, column '{column}': a time must be a finite number > 0 ms, got '{bad}'"
+    with pytest.raises(ProfileDataError, match=expected):
+        profiled_time_model(tmp_path, TINY, GPU, 1)
+
+
+def test_profiled_rejects_bad_all_reduce_times(tmp_path: Path) -> None:
+    write_profiles(tmp_path)
+    path = tmp_path / "network" / "net" / "all_reduce.csv"
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[0]["time_stats.all_reduce.median"] = "-1"
+    write_csv(path, rows)
+    with pytest.raises(ProfileDataError, match=r"all_reduce\.csv, line 2, column 'time_stats\.all_reduce\.median'"):
+        profiled_time_model(tmp_path, TINY, GPU, 2)
 
 
 # ----------------------------------------------------------------------------------------- profiled (real data)

@@ -2,14 +2,16 @@
 name the file, the line and the field for every kind of malformed trace."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from vidur_env.traces import TraceFormatError, detect_format, read_trace
+from vidur_env.traces import TraceFormatError, detect_format, read_trace, trace_path
 
 FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def fixture(name: str) -> Path:
@@ -183,3 +185,35 @@ def test_real_arxiv_lengths_trace(shared_data):
     assert trace.format == "vidur_lengths" and trace.arrived_at is None
     assert trace.num_prefill_tokens.mean() == pytest.approx(2588, abs=1)
     assert trace.num_decode_tokens.mean() == pytest.approx(291, abs=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The sample trace shipped with the package (issue 9, point 13)
+
+
+def test_sample_trace_is_a_vidur_replay_trace_shipped_as_package_data():
+    trace = read_trace("sample")
+    assert trace.format == "vidur" and len(trace) == 300
+    assert trace.arrived_at[0] == 0.0 and (np.diff(trace.arrived_at) >= 0).all()
+    assert (trace.num_prefill_tokens >= 1).all() and (trace.num_decode_tokens >= 1).all()
+    assert Path(trace_path("sample")).parent.name == "data"
+
+
+def test_sample_trace_is_what_the_generating_script_writes(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_sample_trace", REPO / "benchmarks" / "make_sample_trace.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "sample.csv"
+    script.write_trace(out, *script.sample_trace(300, 2026))
+    assert out.read_bytes() == Path(trace_path("sample")).read_bytes()
+
+
+def test_an_existing_file_wins_over_a_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sample").write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,5,5\n")
+    assert len(read_trace("sample")) == 1
+
+
+def test_zero_token_advice_names_the_python_setting():
+    with pytest.raises(TraceFormatError, match="trace_zero_tokens='drop'"):
+        read_trace(fixture("zero_tokens.csv"))

@@ -381,3 +381,55 @@ def test_default_fit_matches_trace_sampling_after_the_cut(shared_data):
         real, fit = getattr(sampled, field), getattr(fitted, field)
         assert fit.mean() == pytest.approx(real.mean(), rel=0.02)
         assert np.median(fit) == pytest.approx(np.median(real), rel=0.02)
+
+
+# ----------------------------------------------------------------------------------------------
+# Trace windows (trace_offset) and the count of requests cut to max_tokens (issue 9, points 1, 3)
+
+
+def test_trace_offset_takes_rows_from_there_with_times_shifted_to_the_trace_start():
+    requests = replay(trace_offset=2, num_requests=3)
+    np.testing.assert_array_equal(requests.arrived_at, [0.0, 0.0, 1.75])  # rows 3-5 at 1.25, 1.25, 3.0
+    np.testing.assert_array_equal(requests.num_prefill_tokens, [1020, 7, 2048])
+
+
+def test_trace_offset_none_requests_means_every_row_from_the_offset():
+    assert len(replay(trace_offset=3)) == 2
+
+
+def test_trace_offset_past_the_rows_names_both_numbers():
+    with pytest.raises(WorkloadConfigError, match=r"num_requests=3 .*from row 3 on: only 2 usable rows"):
+        replay(trace_offset=3, num_requests=3)
+
+
+def test_random_trace_offset_is_drawn_from_the_generator():
+    config = WorkloadConfig(arrival="trace", lengths="trace", trace=REPLAY, num_requests=2, trace_offset="random")
+    starts = {int(generate_requests(config, rng(seed)).num_prefill_tokens[0]) for seed in range(40)}
+    assert starts == {375, 3896, 1020, 7}  # first rows of the four possible 2-row windows
+    first, again = generate_requests(config, rng(5)), generate_requests(config, rng(5))
+    np.testing.assert_array_equal(first.num_prefill_tokens, again.num_prefill_tokens)
+    assert first.arrived_at[0] == 0.0
+
+
+@pytest.mark.parametrize("offset", [-1, 1.5, "first"])
+def test_bad_trace_offset_names_the_field(offset):
+    with pytest.raises(WorkloadConfigError, match="trace_offset"):
+        WorkloadConfig(trace_offset=offset).validate()
+
+
+def test_replay_counts_the_prompts_it_cuts():
+    assert replay().num_cut == 1  # the 4000 + 200 row of vidur_replay.csv
+    assert replay(max_tokens=100_000).num_cut == 0
+
+
+def test_sampled_lengths_count_the_requests_they_cut():
+    config = WorkloadConfig(arrival="static", lengths="trace", trace=REPLAY, num_requests=None, max_tokens=1000)
+    requests = generate_requests(config, rng())
+    assert requests.num_cut == 3  # 4000 + 200, 1020 + 129, 2048 + 512 exceed 1000
+    assert (requests.num_prefill_tokens + requests.num_decode_tokens <= 1000).all()
+
+
+def test_the_sample_trace_is_found_by_name():
+    requests = generate_requests(WorkloadConfig(trace="sample", arrival="trace", lengths="trace", num_requests=None),
+                                 rng())
+    assert len(requests) == 300

@@ -1,38 +1,75 @@
 """Command line: ``python -m vidur_env simulate ...`` (and the subcommands other modules add).
 
 Every user error (bad flag value, unreadable or malformed file, unknown model) ends with a
-one-line message on stderr and exit status 2, never a traceback.
+one-line message on stderr and exit status 2, never a traceback; advice in those messages
+names this command's flags. What a run changes in the user's input or guesses (requests cut
+to ``--max-tokens``, times extrapolated off a profiling grid) is counted in the JSON output and
+noted in one line on stderr.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
 
 from vidur_env.cluster import SimulationError
-from vidur_env.config import SCHEDULER_NAMES, ClusterConfig, ConfigError, ReplicaConfig, load_replica_configs
+from vidur_env.config import (
+    SCHEDULER_NAMES, UNSET, ClusterConfig, ConfigError, ReplicaConfig, load_replica_configs, python_spelling,
+    spell_settings_with,
+)
 from vidur_env.evaluation import evaluate, load_model
 from vidur_env.hardware import UnknownSpecError
-from vidur_env.metrics import write_json
+from vidur_env.metrics import CSV_LAYOUTS, write_json
 from vidur_env.routers import ROUTERS
 from vidur_env.simulation import Scenario, run_simulation
 from vidur_env.time_model import TimeModelError
-from vidur_env.traces import TraceFormatError
-from vidur_env.workload import WorkloadConfig, WorkloadConfigError
+from vidur_env.traces import SAMPLE_TRACES, ZERO_TOKEN_POLICIES, TraceFormatError
+from vidur_env.workload import WorkloadConfig, WorkloadConfigError, generate_requests, uses_trace
 
 USER_ERRORS = (ConfigError, UnknownSpecError, TimeModelError, TraceFormatError, WorkloadConfigError, SimulationError, OSError)
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line (``prog: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of seeds: an integer >= 0 (NumPy's generators refuse negative seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def trace_offset(text: str) -> int | str:
+    """argparse type of --trace-offset: a row number >= 0 or ``random``."""
+    return text if text == "random" else non_negative_int(text)
+
+
 def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags describing the cluster, the workload and the load level (shared by subcommands)."""
+    """Flags describing the cluster, the workload and the load level (shared by subcommands).
+
+    A flag's ``dest`` is the config field it sets, so error advice can name the flag
+    (:func:`flag_spelling`)."""
     cluster = parser.add_argument_group("cluster")
-    cluster.add_argument("--replicas", type=int, default=4, help="number of identical replicas (default 4)")
+    cluster.add_argument("--replicas", dest="num_replicas", type=int, default=4, metavar="N",
+                         help="number of identical replicas (default 4)")
     cluster.add_argument("--model", default=ReplicaConfig.model, help="model name or alias (default Llama-2-7B)")
     cluster.add_argument("--device", default=ReplicaConfig.device, help="a100 or h100 (default a100)")
-    cluster.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (default 1)")
+    cluster.add_argument("--tp", dest="tensor_parallel", type=int, default=1, metavar="N", help="tensor-parallel degree (default 1)")
     cluster.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="sarathi", help="replica batching scheduler")
     cluster.add_argument("--chunk-size", type=int, default=512, help="Sarathi token budget per iteration")
     cluster.add_argument("--batch-size-cap", type=int, default=128, help="most requests a replica holds at once")
@@ -42,11 +79,18 @@ def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
                               "scheduler, ...); overrides --replicas and the per-replica flags")
     cluster.add_argument("--profiling-dir", default=None,
                          help="use Vidur-format profiling CSVs from this directory instead of the built-in time model")
-    cluster.add_argument("--extrapolate", action="store_true", help="let the profiled time model extrapolate off its grid")
+    grid = cluster.add_mutually_exclusive_group()
+    grid.add_argument("--strict-grid", dest="extrapolate", action="store_false", default=True,
+                      help="with --profiling-dir: a lookup outside the profiled grid is an error (default: it takes "
+                           "the grid's lower-end value below it, continues the last segment linearly above it, and "
+                           "is counted in the output's out_of_grid_lookups)")
+    grid.add_argument("--extrapolate", dest="extrapolate", action="store_true", default=True,
+                      help="deprecated, does nothing: extrapolation is the default now; accepted so old commands run")
     cluster.add_argument("--keying", choices=("vidur", "vidur_pypi"), default="vidur",
                          help="time-lookup keys of Vidur main (default) or of the 0.0.26 PyPI build")
     work = parser.add_argument_group("workload")
-    work.add_argument("--num-requests", type=int, default=WorkloadConfig.num_requests, help="requests to simulate")
+    work.add_argument("--num-requests", type=int, default=None,
+                      help=f"requests to simulate (default {WorkloadConfig.num_requests}; with --trace: every row)")
     work.add_argument("--arrival", choices=("poisson", "gamma", "static", "trace"), default=None,
                       help="arrival process (default poisson, or trace with --trace)")
     work.add_argument("--load", type=float, default=0.85,
@@ -55,25 +99,42 @@ def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
     work.add_argument("--cv", type=float, default=None, help="coefficient of variation of Gamma inter-arrivals")
     work.add_argument("--lengths", choices=("default", "fixed", "uniform", "zipf", "trace"), default=None,
                       help="request length distribution (default: embedded conversation-trace fit, or trace with --trace)")
-    work.add_argument("--trace", default=None, help="trace file: Vidur CSV, Vidur lengths CSV, Azure CSV or Mooncake JSONL")
+    work.add_argument("--trace", default=None,
+                      help="trace file (Vidur CSV, Vidur lengths CSV, Azure CSV or Mooncake JSONL), or the name of a "
+                           f"trace shipped with the package: {', '.join(SAMPLE_TRACES)}")
     work.add_argument("--trace-format", choices=("auto", "vidur", "vidur_lengths", "azure", "mooncake"), default="auto")
+    work.add_argument("--trace-zero-tokens", choices=ZERO_TOKEN_POLICIES, default=WorkloadConfig.trace_zero_tokens,
+                      help="trace rows with 0 prompt or output tokens: error (default), drop them, or clip to 1 token")
+    work.add_argument("--trace-offset", type=trace_offset, default=0, metavar="ROW|random",
+                      help="replay from this trace row on (times shifted to start where the trace starts); "
+                           "'random' draws the row with --seed (default 0)")
     work.add_argument("--time-scale", type=float, default=1.0, help="multiply trace inter-arrival times by this")
-    work.add_argument("--max-tokens", type=int, default=4096, help="longest request (prompt + output), as in Vidur")
+    work.add_argument("--prefill-scale", type=float, default=1.0, help="multiply trace prompt lengths by this")
+    work.add_argument("--decode-scale", type=float, default=1.0, help="multiply trace output lengths by this")
+    work.add_argument("--max-tokens", type=int, default=WorkloadConfig.max_tokens,
+                      help="longest request (prompt + output); longer ones are cut as in Vidur, and counted "
+                           f"(default {WorkloadConfig.max_tokens}; at most the model's context length)")
+    work.add_argument("--allow-beyond-context", action="store_true",
+                      help="accept a --max-tokens above the model's context length")
 
 
 def scenario_from_args(args: argparse.Namespace) -> Scenario:
     """Map parsed flags onto the typed scenario (validation happens in the dataclasses)."""
     replica = ReplicaConfig(
-        model=args.model, device=args.device, tensor_parallel=args.tp, scheduler=args.scheduler,
+        model=args.model, device=args.device, tensor_parallel=args.tensor_parallel, scheduler=args.scheduler,
         chunk_size=args.chunk_size, batch_size_cap=args.batch_size_cap, num_blocks=args.num_blocks,
     )
     cluster = ClusterConfig(
-        num_replicas=args.replicas, replica=replica,
+        num_replicas=args.num_replicas, replica=replica,
         replicas=load_replica_configs(args.replica_config) if args.replica_config else None,
         time_model="profiled" if args.profiling_dir else "builtin", profiling_dir=args.profiling_dir,
         keying=args.keying, extrapolate=args.extrapolate,
     )
-    workload = WorkloadConfig(num_requests=args.num_requests, max_tokens=args.max_tokens, time_scale=args.time_scale)
+    workload = WorkloadConfig(
+        max_tokens=args.max_tokens, allow_beyond_context=args.allow_beyond_context, time_scale=args.time_scale,
+        prefill_scale=args.prefill_scale, decode_scale=args.decode_scale, trace_zero_tokens=args.trace_zero_tokens,
+        trace_offset=args.trace_offset,
+    )
     if args.trace:
         workload = replace(workload, trace=args.trace, trace_format=args.trace_format, arrival="trace", lengths="trace")
     if args.arrival:
@@ -82,33 +143,82 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         workload = replace(workload, lengths=args.lengths)
     if args.cv is not None:
         workload = replace(workload, cv=args.cv)
+    if args.num_requests is not None:
+        workload = replace(workload, num_requests=args.num_requests)
+    elif uses_trace(workload):
+        workload = replace(workload, num_requests=None)
     load = args.load
     if args.qps is not None:
         workload, load = replace(workload, qps=args.qps), None
     return Scenario(cluster=cluster, workload=workload, load=load)
 
 
+def note_cut_requests(num_cut: int, num_requests: int, workload: WorkloadConfig, where: str, after: str) -> None:
+    """One stderr line when requests from the user's trace were shortened to fit --max-tokens
+    (the embedded default distribution is cut too, by design; its count is only in the JSON)."""
+    if num_cut and workload.lengths == "trace":
+        part = "prompts were" if workload.arrival == "trace" else "prompts and outputs were"
+        print(f"note: {num_cut} of {num_requests} trace requests{where} had more than --max-tokens "
+              f"{workload.max_tokens} prompt + output tokens; their {part} shortened to fit, as Vidur does{after}",
+              file=sys.stderr)
+
+
+def note_out_of_grid(lookups: int) -> None:
+    """One stderr line when profiled execution times were extrapolated off the profiling grid."""
+    if lookups:
+        print(f"note: {lookups} execution-time lookups fell outside the profiled grid and were extrapolated "
+              "(out_of_grid_lookups in the JSON; --strict-grid makes them errors)", file=sys.stderr)
+
+
+def check_output_paths(args: argparse.Namespace, flags: Sequence[str]) -> None:
+    """Output files must be writable where they are asked for; checked before a run, so a
+    typo in a directory name does not cost the run's results."""
+    for flag in flags:
+        path = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if path is not None and not Path(path).resolve().parent.is_dir():
+            raise ConfigError(f"{flag}: directory {Path(path).parent} does not exist (for {path})")
+
+
+def write_output(flag: str, path: str, write: Callable[[str], None]) -> None:
+    """``write(path)``, an OSError naming the flag and the file."""
+    try:
+        write(path)
+    except OSError as error:
+        raise ConfigError(f"{flag}: cannot write {path} ({error.strerror})") from None
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
-    result = run_simulation(scenario_from_args(args), router=args.router, seed=args.seed)
+    check_output_paths(args, ("--output-json", "--output-csv"))
+    scenario = scenario_from_args(args)
+    result = run_simulation(scenario, router=args.router, seed=args.seed)
+    metrics = result.metrics
+    note_cut_requests(metrics["requests_cut_to_max_tokens"], metrics["num_requests"], scenario.workload,
+                      "", " (requests_cut_to_max_tokens in the JSON)")
+    note_out_of_grid(result.metrics["out_of_grid_lookups"])
     if args.output_json:
-        write_json(result.metrics, args.output_json)
+        write_output("--output-json", args.output_json, lambda path: write_json(metrics, path))
     if args.output_csv:
-        result.requests.write_csv(args.output_csv)
+        write_output("--output-csv", args.output_csv, lambda path: result.requests.write_csv(path, args.csv_columns))
     json.dump(result.metrics, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vidur_env", description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="python -m vidur_env", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     simulate = commands.add_parser("simulate", help="simulate a cluster with a heuristic router; print metrics as JSON")
     add_scenario_arguments(simulate)
     simulate.add_argument("--router", choices=sorted(ROUTERS), default="round_robin", help="routing policy")
-    simulate.add_argument("--seed", type=int, default=0, help="seed of the workload draw and random routers")
+    simulate.add_argument("--seed", type=non_negative_int, default=0, help="seed of the workload draw and random routers")
     simulate.add_argument("--output-json", default=None, help="also write the aggregate metrics here")
-    simulate.add_argument("--output-csv", default=None, help="write per-request metrics (Vidur column names) here")
-    simulate.set_defaults(handler=cmd_simulate)
+    simulate.add_argument("--output-csv", default=None,
+                          help="write per-request metrics here (header as Vidur's request_metrics.csv by default)")
+    simulate.add_argument("--csv-columns", choices=tuple(CSV_LAYOUTS), default="vidur",
+                          help="--output-csv layout: vidur (Vidur's request_metrics.csv column names and order, the "
+                               "columns this simulator computes) or full (adds replica ids and raw timestamps, "
+                               "snake_case attribute names)")
+    simulate.set_defaults(handler=cmd_simulate, spelling=flag_spelling(simulate))
     add_evaluate_parser(commands)
     return parser
 
@@ -134,7 +244,8 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
                                       "(default: sb3_contrib:MaskablePPO if it accepts the zip, else stable_baselines3:PPO)")
     evaluate_parser.add_argument("--model-name", default=None, help="row name of the model (default: file stem)")
     evaluate_parser.add_argument("--episodes", type=int, default=3, help="episodes per policy (default 3)")
-    evaluate_parser.add_argument("--seed", type=int, default=0, help="episode k uses seed S+k for every policy")
+    evaluate_parser.add_argument("--seed", type=non_negative_int, default=0,
+                                 help="episode k uses seed S+k for every policy")
     evaluate_parser.add_argument("--episode-requests", type=int, default=None,
                                  help="routing decisions per episode (default: --num-requests)")
     evaluate_parser.add_argument("--reward", choices=("latency", "ttft", "slo"), default="latency",
@@ -147,16 +258,22 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     evaluate_parser.add_argument("--stochastic", action="store_true", help="sample the model's actions")
     evaluate_parser.add_argument("--output-dir", default=".",
                                  help="where evaluation.json and latency_cdf.png are written (default: .)")
-    evaluate_parser.set_defaults(handler=cmd_evaluate)
+    evaluate_parser.set_defaults(handler=cmd_evaluate, spelling=flag_spelling(evaluate_parser))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     routers = [name for name in args.routers.split(",") if name.strip()]
     model = load_model(args.model_path, args.algorithm) if args.model_path else None
     model_name = args.model_name or (Path(args.model_path).stem if args.model_path else "ppo")
+    scenario = scenario_from_args(args)
+    episode_requests = scenario.workload.num_requests if args.episode_requests is None else args.episode_requests
+    first_episode = replace(scenario.workload, num_requests=episode_requests)
+    if first_episode.lengths == "trace":
+        requests = generate_requests(first_episode, np.random.default_rng(args.seed))
+        note_cut_requests(requests.num_cut, len(requests), first_episode, " of the first episode", "")
     env_kwargs = {
-        "scenario": scenario_from_args(args),
-        "num_requests": args.episode_requests or args.num_requests,
+        "scenario": scenario,
+        "num_requests": episode_requests,
         "reward": args.reward, "slo_ttft_s": args.slo_ttft, "slo_e2e_s": args.slo_e2e,
         "obs_refresh_ms": args.obs_refresh_ms, "oracle": args.oracle,
     }
@@ -171,10 +288,48 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def flag_spelling(parser: argparse.ArgumentParser) -> Callable[[str, Any], str]:
+    """How ``parser``'s user sets a config field: the flag whose ``dest`` is the field.
+
+    ``max_tokens`` -> ``--max-tokens``; ``num_requests=None`` (the flag's default) ->
+    ``--num-requests left out``; ``extrapolate=True`` -> ``--strict-grid left out``; a field
+    without a flag keeps its Python spelling.
+    """
+    actions: dict[str, argparse.Action] = {}
+    for action in parser._actions:
+        long_flags = [flag for flag in action.option_strings if flag.startswith("--")]
+        if long_flags and action.dest not in actions:
+            actions[action.dest] = action
+
+    def spell(name: str, value: Any = UNSET) -> str:
+        action = actions.get(name)
+        if action is None:
+            return python_spelling(name, value)
+        flag = max(action.option_strings, key=len)
+        if value is UNSET:
+            return flag
+        if value == action.default:
+            return f"{flag} left out"
+        if action.nargs == 0:
+            return flag
+        return f"{flag} {value}"
+
+    return spell
+
+
+def note_warning(message: Warning | str, *_: Any, **__: Any) -> None:
+    """Show a warning (e.g. trace rows dropped by --trace-zero-tokens) as one ``note:`` line."""
+    print(f"note: {message}", file=sys.stderr)
+
+
 def run_command(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a subcommand, turning user errors into a message and exit status 2."""
+    """Run a subcommand, turning user errors into a message and exit status 2 and warnings
+    into one-line notes."""
+    spelling = getattr(args, "spelling", python_spelling)
     try:
-        return handler(args)
+        with spell_settings_with(spelling), warnings.catch_warnings():
+            warnings.showwarning = note_warning
+            return handler(args)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

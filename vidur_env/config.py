@@ -1,9 +1,19 @@
-"""Typed configuration of a simulated cluster: one source of truth for the CLI and the env."""
+"""Typed configuration of a simulated cluster: one source of truth for the CLI and the env.
+
+Also how error messages name a setting: :func:`setting` spells a config field the way the user
+sets it on the interface in use (``trace_zero_tokens='drop'`` in Python, ``--trace-zero-tokens
+drop`` on the command line), so that advice never points at an option the user does not have.
+"""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+from vidur_env.hardware import UnknownSpecError, get_device, get_model
 
 SCHEDULER_NAMES = ("sarathi", "vllm", "orca")
 KEYINGS = ("vidur", "vidur_pypi")
@@ -12,6 +22,43 @@ TIME_MODEL_SOURCES = ("builtin", "profiled")
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Naming settings in advice
+
+UNSET = object()
+"""``value`` of :func:`setting` when only the setting's name is wanted."""
+
+Spelling = Callable[[str, Any], str]
+"""(config field name, value or UNSET) -> how a user writes that setting."""
+
+
+def python_spelling(name: str, value: Any = UNSET) -> str:
+    """The keyword-argument spelling: ``num_requests`` or ``num_requests=None``."""
+    return name if value is UNSET else f"{name}={value!r}"
+
+
+_SPELLING: ContextVar[Spelling] = ContextVar("setting_spelling", default=python_spelling)
+
+
+def setting(name: str, value: Any = UNSET) -> str:
+    """How the user sets config field ``name`` (to ``value``) on the interface in use.
+
+    Error messages build their advice with this, so a command-line user reads ``--max-tokens``
+    where a Python user reads ``max_tokens``; see :func:`spell_settings_with`.
+    """
+    return _SPELLING.get()(name, value)
+
+
+@contextmanager
+def spell_settings_with(spelling: Spelling) -> Iterator[None]:
+    """Name settings with ``spelling`` in the errors raised inside the block (a CLI passes its flags)."""
+    token = _SPELLING.set(spelling)
+    try:
+        yield
+    finally:
+        _SPELLING.reset(token)
 
 
 @dataclass(frozen=True)
@@ -59,6 +106,21 @@ class ReplicaConfig:
             raise ConfigError(f"{where}.memory_margin_fraction: must be in [0, 1), got {self.memory_margin_fraction!r}")
         if not 0.0 <= self.watermark_fraction < 1.0:
             raise ConfigError(f"{where}.watermark_fraction: must be in [0, 1), got {self.watermark_fraction!r}")
+        self._check_hardware(where)
+
+    def _check_hardware(self, where: str) -> None:
+        """Model and device must be known, and the model must split evenly over
+        ``tensor_parallel`` workers (Vidur asserts the same divisibilities)."""
+        for name, lookup in (("model", get_model), ("device", get_device)):
+            try:
+                lookup(getattr(self, name))
+            except UnknownSpecError as error:
+                raise ConfigError(f"{where}.{name}: {error}") from None
+        try:
+            get_model(self.model).check_parallelism(self.tensor_parallel)
+        except ValueError as error:
+            raise ConfigError(f"{where}.tensor_parallel: {error}; choose a {setting('tensor_parallel')} "
+                              "that divides the model's attention heads") from None
 
 
 @dataclass(frozen=True)
@@ -78,8 +140,10 @@ class ClusterConfig:
     """Directory in Vidur's profiling layout, for ``time_model='profiled'``."""
     keying: str = "vidur"
     """How iteration times are keyed: ``vidur`` (main branch) or ``vidur_pypi`` (0.0.26 build)."""
-    extrapolate: bool = False
-    """Let the profiled model extrapolate outside its grid instead of raising."""
+    extrapolate: bool = True
+    """Profiled model only: a lookup outside the profiled grid takes the value at the grid's
+    lower end (clamp) or continues its last segment linearly above it, and is counted in the
+    metrics (``out_of_grid_lookups``); False makes such a lookup an error."""
 
     @property
     def replica_configs(self) -> tuple[ReplicaConfig, ...]:

@@ -40,7 +40,9 @@ class VidurRoutingEnv(gym.Env):
 
     ## Action Space
 
-    ``Discrete(N)``: the replica that serves the arriving request.
+    ``Discrete(N)``: the replica that serves the arriving request. An integer (Python ``int``,
+    NumPy integer or 0-d integer array) in ``0 .. N-1``; anything else (``1.7``, ``True``, ``N``)
+    raises ``ValueError`` naming the action and the valid range.
 
     ## Observation Space
 
@@ -86,7 +88,8 @@ class VidurRoutingEnv(gym.Env):
 
     An empty cluster at the first arrival of a fresh workload draw from the env's generator
     (``reset(seed=...)`` makes it reproducible); a trace replay (``arrival`` and ``lengths``
-    both ``"trace"``) is the same every episode.
+    both ``"trace"``) is the same every episode, unless ``trace_offset="random"`` starts each
+    episode at a new row of the trace (see Arguments).
 
     ## Episode End
 
@@ -117,9 +120,16 @@ class VidurRoutingEnv(gym.Env):
       ``profiling_dir``, ``keying``, ``extrapolate``), ReplicaConfig (``model``, ``device``,
       ``tensor_parallel`` or ``tp``, ``scheduler``, ``chunk_size``, ...) or WorkloadConfig
       (``arrival``, ``qps``, ``lengths``, ``trace``, ``max_tokens``, ...) overrides it in
-      ``cluster`` / ``workload``. ``trace`` alone implies a trace replay.
-    - ``num_requests``: decisions per episode (default 512; None: every row of the workload's
-      trace, or the workload's ``num_requests`` when it reads no trace).
+      ``cluster`` / ``workload``. ``trace`` alone implies a trace replay; ``trace="sample"`` is
+      the small trace shipped with the package.
+    - ``num_requests``: decisions per episode. Default None: every row of the workload's trace
+      when it reads one (from ``trace_offset`` on), else the workload's ``num_requests`` (512 by
+      default). More than the trace has raises naming both numbers.
+    - ``trace_offset`` (a WorkloadConfig shortcut): the trace row an episode starts at, times
+      shifted so that it arrives at the trace's first time stamp. ``"random"`` draws the row
+      for every episode from the env's generator (uniform over the rows that leave
+      ``num_requests`` requests), so that training on a long trace with, say,
+      ``num_requests=512, trace_offset="random"`` sees all of it, reproducibly by seed.
     - ``reward``, ``reward_scale``, ``slo_ttft_s``, ``slo_e2e_s``: see Rewards.
     - ``obs_refresh_ms``: observation staleness (0: fresh). ``oracle``: add the output length.
     - ``max_queue``: queue length at which :meth:`action_masks` masks a replica.
@@ -143,7 +153,7 @@ class VidurRoutingEnv(gym.Env):
         workload: WorkloadConfig | dict | None = None,
         load: float | str | None = "auto",
         scenario: Scenario | None = None,
-        num_requests: int | None = 512,
+        num_requests: int | None = None,
         reward: str = "latency",
         reward_scale: float | None = None,
         slo_ttft_s: float | None = None,
@@ -167,7 +177,8 @@ class VidurRoutingEnv(gym.Env):
         self.workload = resolve_workload(self.scenario, self.time_models)
         if num_requests is not None or "trace" in (self.workload.arrival, self.workload.lengths):
             self.workload = replace(self.workload, num_requests=num_requests)
-        self.fixed_trace = self.workload.arrival == "trace" and self.workload.lengths == "trace"
+        replay = self.workload.arrival == "trace" and self.workload.lengths == "trace"
+        self.fixed_trace = replay and self.workload.trace_offset != "random"
         reference = generate_requests(self.workload, np.random.default_rng(REFERENCE_SEED))
         self.num_requests = len(reference)
         self.reward_scale = reward_scale if reward_scale is not None else self._auto_scale(reference)
@@ -226,7 +237,7 @@ class VidurRoutingEnv(gym.Env):
         sim = self.simulator
         if sim is None or self.current_request < 0:
             raise RuntimeError("call reset() before step(), and again after the episode ends")
-        replica = int(action)
+        replica = self._replica_of(action)
         sim.dispatch(replica)
         self._reward.add(self.current_request, replica)
         self._decisions += 1
@@ -235,6 +246,19 @@ class VidurRoutingEnv(gym.Env):
             obs = self._next_observation(t)
             return obs, self._reward.step(t), False, False, {"request_id": self.current_request}
         return self._end_episode()
+
+    def _replica_of(self, action: Any) -> int:
+        """The replica id ``action`` names; a value outside ``Discrete(N)`` raises ValueError."""
+        if type(action) is not int and not isinstance(action, np.integer):
+            array = np.asarray(action)
+            if array.ndim != 0 or array.dtype.kind not in "iu":
+                raise ValueError(f"VidurRoutingEnv.step: action {action!r} is not in the action space: expected "
+                                 f"an integer replica id in 0..{self.num_replicas - 1}")
+            action = array.item()
+        if not 0 <= action < self.num_replicas:
+            raise ValueError(f"VidurRoutingEnv.step: action {action!r} is not in the action space: expected an "
+                             f"integer replica id in 0..{self.num_replicas - 1}")
+        return int(action)
 
     def _next_observation(self, t: float) -> np.ndarray:
         """Advance to the arrival at ``t`` (via the refresh tick when stale) and observe."""

@@ -40,6 +40,8 @@ class ModelSpec:
     :param ffn_size: MLP hidden dimension (Vidur's ``mlp_hidden_dim``).
     :param gated_mlp: three MLP matrices (SwiGLU) instead of two.
     :param post_attn_norm: a norm before the MLP; its profiled time is counted only if True.
+    :param max_context: longest sequence (prompt + output tokens) the model was trained for;
+        a ``max_tokens`` above it simulates requests the real model cannot serve.
     """
 
     name: str
@@ -50,9 +52,10 @@ class ModelSpec:
     ffn_size: int
     gated_mlp: bool = True
     post_attn_norm: bool = True
+    max_context: int = 4096
 
     def __post_init__(self) -> None:
-        for field_name in ("num_layers", "hidden_size", "num_q_heads", "num_kv_heads", "ffn_size"):
+        for field_name in ("num_layers", "hidden_size", "num_q_heads", "num_kv_heads", "ffn_size", "max_context"):
             value = getattr(self, field_name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ModelSpec {self.name!r}: {field_name} must be a positive int, got {value!r}")
@@ -148,14 +151,14 @@ class MemoryPlan:
 
 
 _MODEL_LIST = (
-    (ModelSpec("meta-llama/Llama-2-7b-hf", 32, 4096, 32, 32, 11008), ("llama-2-7b", "llama2-7b")),
+    (ModelSpec("meta-llama/Llama-2-7b-hf", 32, 4096, 32, 32, 11008, max_context=4096), ("llama-2-7b", "llama2-7b")),
     (
-        ModelSpec("meta-llama/Meta-Llama-3-8B", 32, 4096, 32, 8, 14336),
+        ModelSpec("meta-llama/Meta-Llama-3-8B", 32, 4096, 32, 8, 14336, max_context=8192),
         ("llama-3-8b", "llama3-8b", "meta-llama/Llama-3-8B"),
     ),
-    (ModelSpec("meta-llama/Llama-2-70b-hf", 80, 8192, 64, 8, 28672), ("llama-2-70b", "llama2-70b")),
+    (ModelSpec("meta-llama/Llama-2-70b-hf", 80, 8192, 64, 8, 28672, max_context=4096), ("llama-2-70b", "llama2-70b")),
     (
-        ModelSpec("meta-llama/Meta-Llama-3-70B", 80, 8192, 64, 8, 28672),
+        ModelSpec("meta-llama/Meta-Llama-3-70B", 80, 8192, 64, 8, 28672, max_context=8192),
         ("llama-3-70b", "llama3-70b", "meta-llama/Llama-3-70B"),
     ),
 )

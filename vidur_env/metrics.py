@@ -26,10 +26,38 @@ TIME_METRICS = (
     "decode_time_execution_plus_preemption_normalized",
 )
 
-CSV_COLUMNS = (
+FULL_CSV_COLUMNS = (
     "request_id", "replica_id", "arrived_at", "num_prefill_tokens", "num_decode_tokens",
     "scheduled_at", "prefill_completed_at", "completed_at", *TIME_METRICS, "request_num_restarts",
 )
+"""``--csv-columns full``: every per-request column this simulator has, under its attribute names."""
+
+VIDUR_CSV_COLUMNS = {
+    "Request Id": "request_id",
+    "request_e2e_time": "request_e2e_time",
+    "request_e2e_time_normalized": "request_e2e_time_normalized",
+    "request_scheduling_delay": "request_scheduling_delay",
+    "prefill_e2e_time": "prefill_e2e_time",
+    "prefill_time_execution_plus_preemption": "prefill_time_execution_plus_preemption",
+    "prefill_time_execution_plus_preemption_normalized": "prefill_time_execution_plus_preemption_normalized",
+    "decode_time_execution_plus_preemption_normalized": "decode_time_execution_plus_preemption_normalized",
+    "request_inter_arrival_delay": "request_inter_arrival_delay",
+    "request_num_tokens": "request_num_tokens",
+    "request_num_prefill_tokens": "num_prefill_tokens",
+    "request_num_decode_tokens": "num_decode_tokens",
+    "request_pd_ratio": "request_pd_ratio",
+    "request_num_restarts": "request_num_restarts",
+}
+"""``--csv-columns vidur`` (default): Vidur's request_metrics.csv header -> our attribute, in
+Vidur's column order (``MetricsStore`` joins its request series on ``Request Id``). Only the
+columns this simulator computes are written: Vidur's execution, model-execution and preemption
+times (``request_execution_time`` ...) need per-batch accounting it does not keep."""
+
+CSV_LAYOUTS = {
+    "vidur": VIDUR_CSV_COLUMNS,
+    "full": {name: name for name in FULL_CSV_COLUMNS},
+}
+"""Column layouts of :meth:`RequestMetrics.write_csv`: header -> attribute."""
 
 
 def summarize(values: np.ndarray) -> dict[str, float]:
@@ -54,6 +82,8 @@ class RequestMetrics:
     completed_at: np.ndarray
     request_num_restarts: np.ndarray
     current_decode_tokens: np.ndarray = field(repr=False)
+    current_prefill_tokens: np.ndarray = field(repr=False)
+    """Prompt tokens at completion (a restart turns processed output into prompt)."""
 
     @classmethod
     def from_simulator(cls, sim: ClusterSimulator) -> "RequestMetrics":
@@ -71,6 +101,7 @@ class RequestMetrics:
             completed_at=col(table.completed_at),
             request_num_restarts=col(table.restarts, int),
             current_decode_tokens=col(table.decode, int),
+            current_prefill_tokens=col(table.prefill, int),
         )
 
     @property
@@ -95,14 +126,42 @@ class RequestMetrics:
         """Time per output token after the first (TPOT-like), preemption stalls included."""
         return (self.completed_at - self.prefill_completed_at) / self.current_decode_tokens
 
-    def write_csv(self, path: str | Path) -> None:
-        """One row per completed request, with Vidur's metric names as columns."""
-        columns = [np.asarray(getattr(self, name)) for name in CSV_COLUMNS]
+    @property
+    def prefill_time_execution_plus_preemption(self) -> np.ndarray:
+        """From the first schedule to the first token."""
+        return self.prefill_completed_at - self.scheduled_at
+
+    @property
+    def prefill_time_execution_plus_preemption_normalized(self) -> np.ndarray:
+        """The same per prompt token at completion (Vidur's divisor)."""
+        return self.prefill_time_execution_plus_preemption / self.current_prefill_tokens
+
+    @property
+    def request_inter_arrival_delay(self) -> np.ndarray:
+        """Gap to the previous request's arrival; NaN (an empty cell, as in Vidur) for the first."""
+        return np.concatenate(([np.nan], np.diff(self.arrived_at)))
+
+    @property
+    def request_num_tokens(self) -> np.ndarray:
+        """Prompt plus output tokens as the request arrived."""
+        return self.num_prefill_tokens + self.num_decode_tokens
+
+    @property
+    def request_pd_ratio(self) -> np.ndarray:
+        """Prompt tokens / output tokens as the request arrived."""
+        return self.num_prefill_tokens / self.num_decode_tokens
+
+    def write_csv(self, path: str | Path, layout: str = "vidur") -> None:
+        """One row per completed request, in a layout of :data:`CSV_LAYOUTS`: ``vidur`` writes
+        Vidur's request_metrics.csv header (so scripts reading Vidur's files read ours), ``full``
+        adds replica ids and raw timestamps under our attribute names."""
+        columns = CSV_LAYOUTS[layout]
+        values = [np.asarray(getattr(self, name)) for name in columns.values()]
         with open(path, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(CSV_COLUMNS)
-            for row in zip(*columns):
-                writer.writerow([repr(float(v)) if isinstance(v, np.floating) else int(v) for v in row])
+            writer.writerow(columns)
+            for row in zip(*values):
+                writer.writerow([_csv_cell(v) for v in row])
 
 
 def replica_report(summary: ReplicaSummary, makespan: float) -> dict[str, float]:
@@ -140,6 +199,13 @@ def aggregate_metrics(sim: ClusterSimulator, requests: RequestMetrics | None = N
     out["throughput_tokens_per_s"] = tokens / makespan if makespan > 0 else float("nan")
     out["replicas"] = [replica_report(s, makespan) for s in replica_summaries(sim)]
     return out
+
+
+def _csv_cell(value: np.generic) -> str | int:
+    """An integer as is, a float at full precision, NaN as an empty cell (as pandas writes it)."""
+    if isinstance(value, np.floating):
+        return "" if np.isnan(value) else repr(float(value))
+    return int(value)
 
 
 def write_json(metrics: dict[str, Any], path: str | Path) -> None:

@@ -6,15 +6,21 @@ from typing import Any
 
 import numpy as np
 
-from vidur_env.cluster import ClusterSimulator, build_time_models
-from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig
+from vidur_env.cluster import ClusterSimulator, SimulationError, build_time_models
+from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig, setting
+from vidur_env.hardware import get_model, plan_memory
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
 from vidur_env.routers import Router, make_router
 from vidur_env.time_model import ExecutionTimeModel
-from vidur_env.workload import Requests, WorkloadConfig, generate_requests
+from vidur_env.workload import Requests, WorkloadConfig, generate_requests, trace_rows
 
 CAPACITY_PROBE_REQUESTS = 256
-"""Requests in the saturation run that measures a replica's capacity."""
+"""Requests in the saturation run that measures a replica's capacity (fewer when the lengths
+come from a shorter trace)."""
+
+
+class CapacityProbeError(SimulationError):
+    """Measuring the cluster's capacity (to turn ``load`` into an arrival rate) failed."""
 
 
 @dataclass(frozen=True)
@@ -31,10 +37,43 @@ class Scenario:
     load: float | None = 0.85
 
     def validate(self) -> None:
+        """Raise :class:`ConfigError` for the first unusable setting, naming it; this includes
+        the checks that need both the cluster and the workload (context length, memory)."""
         self.cluster.validate()
         self.workload.validate()
-        if self.load is not None and not 0.0 < self.load:
-            raise ConfigError(f"scenario.load: must be a positive fraction of capacity, got {self.load!r}")
+        if self.load is not None and not (isinstance(self.load, (int, float)) and 0.0 < self.load < float("inf")):
+            raise ConfigError(f"scenario.load: must be a positive finite fraction of capacity, got {self.load!r}")
+        for where, spec in self._distinct_replicas():
+            self._check_context(where, spec)
+            self._check_memory(where, spec)
+
+    def _distinct_replicas(self) -> list[tuple[str, ReplicaConfig]]:
+        """(field path, spec) of each distinct replica configuration, first occurrence first."""
+        specs = self.cluster.replica_configs
+        if self.cluster.replicas is None:
+            return [("cluster.replica", specs[0])]
+        return [(f"cluster.replicas[{i}]", spec) for i, spec in enumerate(specs) if spec not in specs[:i]]
+
+    def _check_context(self, where: str, spec: ReplicaConfig) -> None:
+        """``max_tokens`` may not exceed the model's context length unless the user opts in."""
+        model = get_model(spec.model)
+        max_tokens = self.workload.max_tokens
+        if max_tokens > model.max_context and not self.workload.allow_beyond_context:
+            raise ConfigError(
+                f"WorkloadConfig.max_tokens: {setting('max_tokens', max_tokens)} exceeds the context length of "
+                f"{model.name} ({model.max_context} tokens, {where}.model); lower it, or simulate requests "
+                f"the real model cannot serve with {setting('allow_beyond_context', True)}"
+            )
+
+    def _check_memory(self, where: str, spec: ReplicaConfig) -> None:
+        """The model's weights plus one ``max_tokens`` request must fit in the replica's memory."""
+        try:
+            plan_memory(spec.model, spec.device, spec.tensor_parallel, max_tokens=self.workload.max_tokens,
+                        batch_size_cap=spec.batch_size_cap, memory_margin_fraction=spec.memory_margin_fraction)
+        except ValueError as error:
+            raise ConfigError(
+                f"{where}: {error}; raise {setting('tensor_parallel')} or lower {setting('max_tokens')}"
+            ) from None
 
 
 def replica_capacity(spec: ReplicaConfig, time_model: ExecutionTimeModel, workload: WorkloadConfig) -> float:
@@ -42,12 +81,24 @@ def replica_capacity(spec: ReplicaConfig, time_model: ExecutionTimeModel, worklo
 
     Measured by simulating a saturated replica (every request queued at t=0) on a fixed
     draw of the workload's lengths, so it includes batching, chunking and memory limits.
+    A failure is reported as the measurement's, not as a problem of the user's requests.
     """
-    probe = replace(workload, arrival="static", num_requests=CAPACITY_PROBE_REQUESTS)
+    size = CAPACITY_PROBE_REQUESTS
+    if workload.lengths == "trace":
+        size = min(size, trace_rows(workload))
+    probe = replace(workload, arrival="static", num_requests=size)
     requests = generate_requests(probe, np.random.default_rng(12345))
     sim = ClusterSimulator(ClusterConfig(num_replicas=1, replica=spec), requests,
                            max_tokens=workload.max_tokens, time_models=[time_model])
-    sim.run(lambda _sim, _rid: 0)
+    try:
+        sim.run(lambda _sim, _rid: 0)
+    except SimulationError as error:
+        raise CapacityProbeError(
+            f"capacity measurement failed, so {setting('load')} cannot be turned into an arrival rate: "
+            f"one {spec.model} replica ({spec.device}, TP{spec.tensor_parallel}, {spec.scheduler}) given "
+            f"{size} requests drawn from the workload at once could not serve them ({error}); "
+            f"give the arrival rate directly with {setting('qps')}"
+        ) from None
     return len(requests) / max(sim.table.completed_at)
 
 
@@ -83,7 +134,14 @@ class SimulationResult:
 
 def run_simulation(scenario: Scenario, router: str | Router = "round_robin", seed: int = 0,
                    requests: Requests | None = None) -> SimulationResult:
-    """Generate the workload (or use ``requests``), route it, drain, and compute the metrics."""
+    """Generate the workload (or use ``requests``), route it, drain, and compute the metrics.
+
+    Besides Vidur's metrics, the result reports what the run changed or guessed:
+    ``requests_cut_to_max_tokens`` (requests shortened to fit ``max_tokens``) and
+    ``out_of_grid_lookups`` (profiled times extrapolated beyond the profiling grid).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"{setting('seed')}: must be an integer >= 0, got {seed!r}")
     scenario.validate()
     time_models = build_time_models(scenario.cluster)
     workload = resolve_workload(scenario, time_models)
@@ -97,4 +155,7 @@ def run_simulation(scenario: Scenario, router: str | Router = "round_robin", see
     per_request = RequestMetrics.from_simulator(sim)
     metrics = aggregate_metrics(sim, per_request)
     metrics["arrival_rate"] = workload.qps if workload.arrival in ("poisson", "gamma") else None
+    metrics["requests_cut_to_max_tokens"] = getattr(requests, "num_cut", 0)
+    distinct_models = {id(model): model for model in time_models}.values()
+    metrics["out_of_grid_lookups"] = sum(model.out_of_grid_lookups for model in distinct_models)
     return SimulationResult(sim, per_request, metrics)

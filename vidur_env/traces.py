@@ -19,18 +19,29 @@ format                    columns / keys                                        
 
 Times are kept as the file gives them (Vidur's replay does not shift a trace to start at 0),
 except Azure datetimes, which become seconds after the first row.
+
+The package ships one small trace in the ``vidur`` format, selected by the name ``"sample"``
+(:data:`SAMPLE_TRACES`, :func:`trace_path`): 300 requests drawn by
+``benchmarks/make_sample_trace.py`` from the embedded conversation-trace fit, not real traffic.
+The full public traces are Azure's LLM inference traces (github.com/Azure/AzurePublicDataset),
+Mooncake's (github.com/kvcache-ai/Mooncake) and Vidur's processed ones
+(github.com/microsoft/vidur, ``data/processed_traces``).
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, replace
+from importlib import resources
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
+
+from vidur_env.config import setting
 
 PathLike = Union[str, Path]
 
@@ -40,6 +51,9 @@ FORMATS = ("vidur", "vidur_lengths", "azure", "mooncake")
 ZERO_TOKEN_POLICIES = ("error", "drop", "clip")
 """What to do with rows whose prompt or output has 0 tokens: raise, drop them, or raise them to 1
 (Vidur's replay clips to 1 silently; here the choice is explicit and the count is reported)."""
+
+SAMPLE_TRACES = {"sample": "sample_trace.csv"}
+"""Traces shipped in ``vidur_env/data``, by the name that selects them (``--trace sample``)."""
 
 _CSV_COLUMNS = {
     "vidur": ("arrived_at", "num_prefill_tokens", "num_decode_tokens"),
@@ -91,6 +105,15 @@ class Trace:
 # Public entry points
 
 
+def trace_path(name: PathLike) -> str:
+    """The file ``name`` refers to: an existing file of that name, else the shipped trace of
+    that name (:data:`SAMPLE_TRACES`), else ``name`` unchanged (so a missing file is reported
+    under the name the user gave)."""
+    if os.path.exists(name) or str(name) not in SAMPLE_TRACES:
+        return str(name)
+    return str(resources.files("vidur_env").joinpath("data", SAMPLE_TRACES[str(name)]))
+
+
 def detect_format(path: PathLike) -> str:
     """The format of ``path`` judged by its first non-blank line (JSON object or CSV header).
 
@@ -123,15 +146,16 @@ def detect_format(path: PathLike) -> str:
 def read_trace(path: PathLike, fmt: str = "auto", zero_tokens: str = "error") -> Trace:
     """Read a trace file of format ``fmt`` (see module docstring) into a :class:`Trace`.
 
-    :param path: the trace file.
+    :param path: the trace file, or the name of a shipped trace (:func:`trace_path`).
     :param fmt: one of :data:`FORMATS` or ``"auto"``.
     :param zero_tokens: one of :data:`ZERO_TOKEN_POLICIES`; how rows with 0 prompt or output
-        tokens are handled. Negative counts, non-integers and decreasing times always raise.
+        tokens are handled (``WorkloadConfig.trace_zero_tokens``, ``--trace-zero-tokens``). Negative counts, non-integers and decreasing times always raise.
     """
     if fmt not in FORMATS + ("auto",):
         raise ValueError(f"trace format must be one of {FORMATS + ('auto',)}, got {fmt!r}")
     if zero_tokens not in ZERO_TOKEN_POLICIES:
         raise ValueError(f"zero_tokens must be one of {ZERO_TOKEN_POLICIES}, got {zero_tokens!r}")
+    path = trace_path(path)
     if fmt == "auto":
         fmt = detect_format(path)
     return _build_trace(path, fmt, _read_columns(path, fmt), zero_tokens)
@@ -374,8 +398,9 @@ def _raise_first_zero(trace: Trace, i: int) -> None:
     field = prompt_field if trace.num_prefill_tokens[i] == 0 else output_field
     raise TraceFormatError(
         trace.path, int(trace.line_numbers[i]), field,
-        "token count is 0 (requests need >= 1 prompt and output token; pass "
-        "zero_tokens='drop' or 'clip' to accept such rows)",
+        f"token count is 0 (requests need >= 1 prompt and output token; to accept such rows, "
+        f"drop them with {setting('trace_zero_tokens', 'drop')} or raise them to 1 token with "
+        f"{setting('trace_zero_tokens', 'clip')})",
     )
 
 

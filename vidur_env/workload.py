@@ -15,6 +15,10 @@ Lengths (``lengths``): ``default`` (a fit of the Azure 2023 conversation trace e
 ``data/default_workload.json``), ``fixed``, ``uniform``, ``zipf``, ``trace`` (rows of a trace
 file, shuffled). ``arrival="trace"`` together with ``lengths="trace"`` is Vidur's trace
 *replay*: rows in file order, only prompts cut to fit ``max_tokens``.
+
+Nothing is cut silently: :attr:`Requests.num_cut` counts the requests shortened to fit
+``max_tokens``, and the CLI reports it. ``trace="sample"`` selects the small trace shipped with
+the package (see :func:`vidur_env.traces.trace_path`).
 """
 from __future__ import annotations
 
@@ -23,13 +27,14 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Optional
 
 import numpy as np
 
-from vidur_env.traces import FORMATS, ZERO_TOKEN_POLICIES, Trace, read_trace
+from vidur_env.config import setting
+from vidur_env.traces import FORMATS, SAMPLE_TRACES, ZERO_TOKEN_POLICIES, Trace, read_trace, trace_path
 
 ARRIVALS = ("poisson", "gamma", "static", "trace")
 """Arrival processes :attr:`WorkloadConfig.arrival` accepts."""
@@ -51,6 +56,9 @@ class Requests:
     """int64 prompt tokens, >= 1."""
     num_decode_tokens: np.ndarray
     """int64 output tokens, >= 1 (the prefill iteration emits the first one)."""
+    num_cut: int = 0
+    """Requests that were longer than ``max_tokens`` and were shortened to fit, as Vidur does
+    (the prompt only in a trace replay, prompt and output in proportion otherwise)."""
 
     def __len__(self) -> int:
         return len(self.arrived_at)
@@ -96,7 +104,13 @@ class WorkloadConfig:
     """Map Zipf ranks to lengths through a seeded permutation, so that popular lengths are not
     the shortest ones."""
     trace: Optional[str] = None
-    """Trace file for arrival=trace and/or lengths=trace (ignored otherwise)."""
+    """Trace file for arrival=trace and/or lengths=trace (ignored otherwise); ``"sample"`` is the
+    small trace shipped with the package (a file of that name in the working directory wins)."""
+    trace_offset: int | str = 0
+    """First trace row used when rows are taken in file order (arrival=trace): rows
+    ``offset .. offset + num_requests - 1``, times shifted so that the first of them arrives at
+    the trace's first time stamp. ``"random"`` draws the offset uniformly from the generator on
+    every call (a new window of the trace per RL episode, reproducible by seed)."""
     trace_format: str = "auto"
     """Trace format: auto | vidur | vidur_lengths | azure | mooncake (see vidur_env.traces)."""
     trace_zero_tokens: str = "error"
@@ -113,7 +127,11 @@ class WorkloadConfig:
     decode_scale_factor). Used only by lengths=trace."""
     max_tokens: int = 4096
     """Largest prompt + output of a request (Vidur's max_tokens): longer sampled or trace
-    requests are cut, fixed/uniform/zipf settings beyond it are rejected."""
+    requests are cut (and counted in :attr:`Requests.num_cut`), fixed/uniform/zipf settings
+    beyond it are rejected."""
+    allow_beyond_context: bool = False
+    """Accept a ``max_tokens`` above the served models' context length (checked by
+    :meth:`vidur_env.simulation.Scenario.validate`, which knows the models)."""
 
     def validate(self) -> None:
         """Raise :class:`WorkloadConfigError` naming the first field with an unusable value."""
@@ -126,21 +144,28 @@ class WorkloadConfig:
 def generate_requests(config: WorkloadConfig, rng: np.random.Generator) -> Requests:
     """The requests ``config`` describes; random draws come only from ``rng``."""
     config.validate()
-    trace = _load_trace(config) if _uses_trace(config) else None
+    trace = _load_trace(config) if uses_trace(config) else None
     n = _num_requests(config, trace)
+    if trace is not None and config.arrival == "trace":
+        trace = trace_window(trace, _offset(config, trace, n, rng), n)
     if config.arrival == "trace" and config.lengths == "trace":
         return replay_trace(
             trace, n, config.time_scale, config.prefill_scale, config.decode_scale,
             config.max_tokens,
         )
     arrived_at = _arrivals(config, n, rng, trace)
-    prefill, decode = _lengths(config, n, rng, trace)
-    return Requests(arrived_at, prefill, decode)
+    prefill, decode = _uncut_lengths(config, n, rng, trace)
+    num_cut = int(np.count_nonzero(prefill + decode > config.max_tokens))
+    prefill, decode = cut_proportionally(prefill, decode, config.max_tokens)
+    return Requests(arrived_at, prefill, decode, num_cut)
 
 
 def describe(config: WorkloadConfig) -> str:
     """One line saying what ``config`` generates, for reports and logs."""
     count = "every trace row" if config.num_requests is None else f"{config.num_requests} requests"
+    if config.arrival == "trace" and config.trace_offset != 0:
+        start = "a random row" if config.trace_offset == "random" else f"row {config.trace_offset}"
+        count = f"{count} from {start}"
     if config.arrival == "trace" and config.lengths == "trace":
         body = (
             f"trace replay of {config.trace} ({config.trace_format}), "
@@ -293,10 +318,32 @@ def trace_sampled_lengths(
     As Vidur: lengths are scaled and truncated, cut with :func:`cut_proportionally`, and the
     rows shuffled without replacement; ``n`` may not exceed the trace length.
     """
-    rows = rng.permutation(len(trace))[:n]
-    prefill = scale_tokens(trace.num_prefill_tokens[rows], prefill_scale)
-    decode = scale_tokens(trace.num_decode_tokens[rows], decode_scale)
+    prefill, decode = shuffled_trace_rows(trace, n, prefill_scale, decode_scale, rng)
     return cut_proportionally(prefill, decode, max_tokens)
+
+
+def shuffled_trace_rows(
+    trace: Trace, n: int, prefill_scale: float, decode_scale: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` rows of ``trace`` drawn without replacement, scaled and truncated, not yet cut."""
+    rows = rng.permutation(len(trace))[:n]
+    return (
+        scale_tokens(trace.num_prefill_tokens[rows], prefill_scale),
+        scale_tokens(trace.num_decode_tokens[rows], decode_scale),
+    )
+
+
+def trace_window(trace: Trace, start: int, n: int) -> Trace:
+    """Rows ``start .. start + n - 1`` of ``trace``, their times shifted so that the first one
+    arrives at the trace's first time stamp (``start=0`` returns the rows unchanged)."""
+    if start == 0:
+        return trace
+    rows = slice(start, start + n)
+    arrived_at = trace.arrived_at[rows] - trace.arrived_at[start] + trace.arrived_at[0]
+    return replace(
+        trace, arrived_at=arrived_at, num_prefill_tokens=trace.num_prefill_tokens[rows],
+        num_decode_tokens=trace.num_decode_tokens[rows], line_numbers=trace.line_numbers[rows],
+    )
 
 
 def replay_trace(
@@ -316,15 +363,16 @@ def replay_trace(
     """
     prefill = np.maximum(scale_tokens(trace.num_prefill_tokens[:n], prefill_scale), 1)
     decode = np.maximum(scale_tokens(trace.num_decode_tokens[:n], decode_scale), 1)
-    prefill = prefill - np.maximum(prefill + decode - max_tokens, 0)
+    excess = np.maximum(prefill + decode - max_tokens, 0)
+    prefill = prefill - excess
     if (prefill < 1).any():
         i = int(np.flatnonzero(prefill < 1)[0])
         raise WorkloadConfigError(
             f"{trace.path}:{int(trace.line_numbers[i])}: output of {int(decode[i])} tokens "
             f"(after decode_scale={decode_scale:g}) leaves no room for a prompt within "
-            f"max_tokens={max_tokens}; raise max_tokens or lower decode_scale"
+            f"max_tokens={max_tokens}; raise {setting('max_tokens')} or lower {setting('decode_scale')}"
         )
-    return Requests(trace.arrived_at[:n] * time_scale, prefill, decode)
+    return Requests(trace.arrived_at[:n] * time_scale, prefill, decode, int(np.count_nonzero(excess)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,14 +454,15 @@ def _arrivals(
     return trace_arrivals(trace, n, config.time_scale)
 
 
-def _lengths(
+def _uncut_lengths(
     config: WorkloadConfig, n: int, rng: np.random.Generator, trace: Optional[Trace]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Prompt and output lengths of the configured distribution."""
+    """Prompt and output lengths of the configured distribution, before the ``max_tokens`` cut
+    (fixed/uniform/zipf settings are validated to fit, so the cut leaves them unchanged)."""
     upper = _synthetic_upper(config)
     ratio = config.prefill_to_decode_ratio
     if config.lengths == "default":
-        return default_lengths(n, config.max_tokens, rng)
+        return default_length_model().sample(n, rng)
     if config.lengths == "fixed":
         return fixed_lengths(n, config.prefill_tokens, config.decode_tokens)
     if config.lengths == "uniform":
@@ -422,9 +471,7 @@ def _lengths(
         return zipf_lengths(
             n, config.min_tokens, upper, config.zipf_theta, ratio, rng, config.zipf_scramble
         )
-    return trace_sampled_lengths(
-        trace, n, config.prefill_scale, config.decode_scale, config.max_tokens, rng
-    )
+    return shuffled_trace_rows(trace, n, config.prefill_scale, config.decode_scale, rng)
 
 
 def _synthetic_upper(config: WorkloadConfig) -> int:
@@ -432,29 +479,50 @@ def _synthetic_upper(config: WorkloadConfig) -> int:
     return config.max_tokens if config.max_tokens_uniform is None else config.max_tokens_uniform
 
 
-def _uses_trace(config: WorkloadConfig) -> bool:
+def uses_trace(config: WorkloadConfig) -> bool:
+    """Whether ``config`` reads its trace file (for times, lengths or both)."""
     return config.arrival == "trace" or config.lengths == "trace"
 
 
+def trace_rows(config: WorkloadConfig) -> int:
+    """Usable rows of the configured trace (after the zero-token policy)."""
+    return len(_load_trace(config))
+
+
 def _num_requests(config: WorkloadConfig, trace: Optional[Trace]) -> int:
-    """``num_requests``, or the trace length when it is None; more than the trace has raises."""
+    """``num_requests``, or every trace row from the offset on when it is None; asking for
+    more rows than the trace has from there raises naming both numbers."""
     if trace is None:
         return config.num_requests
+    start = config.trace_offset if config.arrival == "trace" and config.trace_offset != "random" else 0
+    available = len(trace) - start
     if config.num_requests is None:
-        return len(trace)
-    if config.num_requests > len(trace):
+        if available < 1:
+            _fail("trace_offset", f"{start} is past the last of the {len(trace)} usable rows of {config.trace}")
+        return available
+    if config.num_requests > available:
+        origin = f" from row {start} on" if start else ""
         raise WorkloadConfigError(
-            f"num_requests={config.num_requests} but trace {config.trace} has only {len(trace)} "
-            "usable rows; lower num_requests or set it to None to use the whole trace"
+            f"{setting('num_requests', config.num_requests)} asks for more requests than trace {config.trace} "
+            f"has{origin}: only {available} usable rows; ask for at most {available}, or for the whole trace "
+            f"with {setting('num_requests', None)}"
         )
     return config.num_requests
 
 
+def _offset(config: WorkloadConfig, trace: Trace, n: int, rng: np.random.Generator) -> int:
+    """The first trace row of this draw: the configured one, or a uniform draw with "random"."""
+    if config.trace_offset == "random":
+        return int(rng.integers(0, len(trace) - n + 1))
+    return config.trace_offset
+
+
 def _load_trace(config: WorkloadConfig) -> Trace:
     """The configured trace, read once per file version (RL resets call this every episode)."""
-    stat = os.stat(config.trace)
+    path = trace_path(config.trace)
+    stat = os.stat(path)
     trace = _read_trace_cached(
-        os.path.abspath(config.trace), stat.st_mtime_ns, stat.st_size,
+        os.path.abspath(path), stat.st_mtime_ns, stat.st_size,
         config.trace_format, config.trace_zero_tokens,
     )
     if config.arrival == "trace" and trace.arrived_at is None:
@@ -477,7 +545,7 @@ def _read_trace_cached(path: str, mtime_ns: int, size: int, fmt: str, zero_token
         action = "dropped" if zero_tokens == "drop" else "raised to 1 token"
         warnings.warn(
             f"{path}: {trace.num_zero_rows} rows with 0 prompt or output tokens were {action} "
-            f"(trace_zero_tokens={zero_tokens!r})",
+            f"({setting('trace_zero_tokens', zero_tokens)})",
             stacklevel=2,
         )
     return trace
@@ -519,7 +587,10 @@ def _check_numbers(config: WorkloadConfig) -> None:
             _fail(field, f"must be an integer >= {minimum}; got {getattr(config, field)!r}")
     if not (_is_real(config.zipf_theta) and 0 <= config.zipf_theta < 1):
         _fail("zipf_theta", f"must be in [0, 1); got {config.zipf_theta!r}")
-    for field in ("poisson_clip", "zipf_scramble"):
+    offset = config.trace_offset
+    if offset != "random" and not _is_int(offset, minimum=0):
+        _fail("trace_offset", f"must be an integer >= 0 or 'random'; got {offset!r}")
+    for field in ("poisson_clip", "zipf_scramble", "allow_beyond_context"):
         if not isinstance(getattr(config, field), bool):
             _fail(field, f"must be true or false; got {getattr(config, field)!r}")
 
@@ -531,14 +602,18 @@ def _check_trace_fields(config: WorkloadConfig) -> None:
     when no trace process uses them, so that variants derived with ``dataclasses.replace``
     (e.g. a saturation probe with ``arrival="static"``) stay valid.
     """
-    if _uses_trace(config):
+    if uses_trace(config):
         if not config.trace:
             _fail(
                 "trace",
                 f"a trace file is needed for arrival={config.arrival!r}, lengths={config.lengths!r}",
             )
-        if not os.path.isfile(config.trace):
-            _fail("trace", f"file not found: {config.trace}")
+        path = trace_path(config.trace)
+        if os.path.isdir(path):
+            _fail("trace", f"{config.trace} is a directory, not a trace file")
+        if not os.path.isfile(path):
+            shipped = ", ".join(SAMPLE_TRACES)
+            _fail("trace", f"file not found: {config.trace} (shipped traces, by name: {shipped})")
     elif config.num_requests is None:
         _fail("num_requests", "None means 'every trace row', but no trace is used")
 

@@ -142,6 +142,11 @@ class ExecutionTimeModel(ABC):
     def describe(self) -> str:
         """One line naming the source, model, device, TP and keying, for metrics and reports."""
 
+    @property
+    def out_of_grid_lookups(self) -> int:
+        """Lookups answered outside measured data by extrapolation; 0 for sources without a grid."""
+        return 0
+
     def _describe_setup(self) -> str:
         stages = f", PP{self.pipeline_stages} (one stage)" if self.pipeline_stages > 1 else ""
         return f"{self.model.name} on {self.device.name}, TP{self.tp}{stages}, keying={self.keying}"

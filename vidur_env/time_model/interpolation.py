@@ -7,14 +7,24 @@ first along each bracketing row, then across rows.
 Outside the data: with ``extrapolate=False`` a lookup raises :class:`OutOfGridError` naming the
 op, the key and the range; with ``extrapolate=True`` it takes the value at the lower end
 (clamp: times do not shrink below the smallest profiled size) and continues the last segment
-linearly beyond the upper end.
+linearly beyond the upper end. Each such lookup adds one to the object's ``off_grid`` counter,
+so a caller can report how much of a run rests on extrapolated times.
 """
 from __future__ import annotations
 
 from bisect import bisect_left
 from typing import Mapping, Sequence
 
+from ..config import setting
 from .errors import OutOfGridError, TimeModelError
+
+
+def _out_of_grid(label: str, value: float, low: float, high: float, where: str = "") -> OutOfGridError:
+    return OutOfGridError(
+        f"{label}: {value:g} is outside the profiled range {low:g}..{high:g}{where}; with "
+        f"{setting('extrapolate', True)} such a lookup is clamped to the grid's lower end or continues its "
+        "last segment above it, and is counted"
+    )
 
 __all__ = ["Curve1D", "RowGrid2D"]
 
@@ -37,6 +47,8 @@ class Curve1D:
             raise TimeModelError(f"{label}: x values must be strictly increasing")
         self.label = label
         self.extrapolate = extrapolate
+        self.off_grid = 0
+        """Lookups answered outside the data (only with ``extrapolate=True``)."""
 
     @property
     def low(self) -> float:
@@ -52,10 +64,8 @@ class Curve1D:
         xs, ys = self.xs, self.ys
         if x < xs[0] or x > xs[-1]:
             if not self.extrapolate:
-                raise OutOfGridError(
-                    f"{self.label}: {x:g} is outside the profiled range {xs[0]:g}..{xs[-1]:g}; "
-                    "pass extrapolate=True to clamp/extrapolate"
-                )
+                raise _out_of_grid(self.label, x, xs[0], xs[-1])
+            self.off_grid += 1
             if x < xs[0] or len(xs) == 1:
                 return ys[0] if x < xs[0] else ys[-1]
             slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
@@ -82,21 +92,25 @@ class RowGrid2D:
         self.curves = [rows[r] for r in sorted(rows)]
         self.label = label
         self.extrapolate = extrapolate
+        self.off_grid = 0
+        """Lookups outside the data on either axis, each counted once."""
 
     def __call__(self, row: float, col: float) -> float:
         values = self.row_values
         if row < values[0] or row > values[-1]:
             if not self.extrapolate:
-                raise OutOfGridError(
-                    f"{self.label}: {row:g} is outside the profiled range {values[0]:g}..{values[-1]:g} "
-                    f"(lookup at {row:g}, {col:g}); pass extrapolate=True to clamp/extrapolate"
-                )
+                raise _out_of_grid(self.label, row, values[0], values[-1], f" (lookup at {row:g}, {col:g})")
+            self.off_grid += 1
             if row < values[0] or len(values) == 1:
                 return self.curves[0 if row < values[0] else -1](col)
             last, before = self.curves[-1](col), self.curves[-2](col)
             return last + (last - before) * (row - values[-1]) / (values[-1] - values[-2])
         index = bisect_left(values, row)
-        if values[index] == row:
+        exact = values[index] == row
+        bracket = self.curves[index:index + 1] if exact else self.curves[index - 1:index + 1]
+        if self.extrapolate and any(col < curve.low or col > curve.high for curve in bracket):
+            self.off_grid += 1
+        if exact:
             return self.curves[index](col)
         low, high = self.curves[index - 1](col), self.curves[index](col)
         return low + (high - low) * (row - values[index - 1]) / (values[index] - values[index - 1])

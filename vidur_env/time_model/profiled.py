@@ -8,11 +8,13 @@ with ``num_workers == devices_per_node == tp``). Instead of Vidur's random fores
 interpolate linearly in tokens (linear ops, all-reduce) and bilinearly over (batch, KV) for
 decode and (chunk, KV) for prefill attention.
 
-A lookup outside the profiled grid raises :class:`OutOfGridError` unless ``extrapolate=True``,
-which clamps below the grid and extends the last segment linearly above it. The shared
-attention.csv (Vidur's schema) starts at prefill chunk 64 and ends at KV 4032, so Sarathi-style
-small chunks or 4096-token requests need ``extrapolate=True`` with it (Vidur's random forests
-extrapolate silently).
+Outside the profiled grid (``extrapolate=True``, the default) a lookup takes the value at the
+grid's lower end (clamp) and continues the last segment linearly above its upper end; every such
+lookup is counted (:attr:`ProfiledTimeModel.out_of_grid_lookups`) so that reports can say how
+much rests on extrapolation. Vidur's own data needs this: its attention.csv starts at prefill
+chunk 64 and ends at KV 4032, so Sarathi's small chunks and 4096-token requests fall outside it
+(Vidur's random forests predict there silently). ``extrapolate=False`` raises
+:class:`OutOfGridError` instead.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ class ProfiledTimeModel(ExecutionTimeModel):
     :param device: the accelerator; its name is the compute folder (``a100``).
     :param tp: tensor-parallel degree.
     :param network_device: network folder for all_reduce.csv; defaults to ``device.network``.
-    :param extrapolate: clamp/extend outside the grid instead of raising.
+    :param extrapolate: clamp/extend outside the grid (counted) instead of raising.
     :param block_size: attention.csv rows are filtered on this KV block size, as in Vidur.
     :param kwargs: keying, pipeline_stages, kv_granularity, overheads, as :class:`ExecutionTimeModel`.
     """
@@ -56,7 +58,7 @@ class ProfiledTimeModel(ExecutionTimeModel):
         tp: int,
         *,
         network_device: str | None = None,
-        extrapolate: bool = False,
+        extrapolate: bool = True,
         block_size: int = 16,
         **kwargs: Any,
     ) -> None:
@@ -83,6 +85,12 @@ class ProfiledTimeModel(ExecutionTimeModel):
             prefill, op="attn_prefill", row_axis="prefill_chunk_size", path=attention, extrapolate=extrapolate
         )
 
+    @property
+    def out_of_grid_lookups(self) -> int:
+        """Distinct lookups (times are memoised) answered outside the profiled grid."""
+        curves = (self._linear, self._all_reduce, self._decode, self._prefill)
+        return sum(curve.off_grid for curve in curves if curve is not None)
+
     def linear_ms(self, tokens: int) -> float:
         return self._linear(tokens)
 
@@ -96,7 +104,7 @@ class ProfiledTimeModel(ExecutionTimeModel):
         return self._prefill(chunk, kv)
 
     def describe(self) -> str:
-        mode = ", extrapolating" if self.extrapolate else ""
+        mode = ", extrapolating off-grid lookups" if self.extrapolate else ", strict grid"
         return f"profiled time model ({self.profiling_dir}{mode}): {self._describe_setup()}"
 
 
@@ -108,7 +116,7 @@ def profiled_time_model(
     network_device: str | None = None,
     keying: str = "vidur",
     *,
-    extrapolate: bool = False,
+    extrapolate: bool = True,
     pipeline_stages: int = 1,
     kv_granularity: int | None = None,
     block_size: int = 16,

@@ -95,6 +95,25 @@ def _column(table: Mapping[str, list[str]], path: Path, name: str, *, missing_as
     return values
 
 
+def _timing_column(table: Mapping[str, list[str]], path: Path, name: str, *, missing_as_zero: bool = False) -> np.ndarray:
+    """A column of measured times (ms): empty cells mean "not measured" (NaN, or 0 with
+    ``missing_as_zero``), but a written value must be a finite number > 0; a negative, zero, NaN
+    or infinite time raises naming the file, line and column (it would silently skew latencies)."""
+    if name not in table:
+        return _column(table, path, name, missing_as_zero=missing_as_zero)
+    values = _column(table, path, name)
+    written = np.array([raw.strip() != "" for raw in table[name]], dtype=bool)
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(written & ~(np.isfinite(values) & (values > 0)))
+    if bad.size:
+        index = int(bad[0])
+        raise ProfileDataError(
+            f"{path}, line {index + 2}, column {name!r}: a time must be a finite number > 0 ms, "
+            f"got {table[name][index]!r}"
+        )
+    return np.nan_to_num(values, nan=0.0) if missing_as_zero else values
+
+
 def _select(table: Mapping[str, list[str]], path: Path, filters: Mapping[str, float]) -> np.ndarray:
     """Boolean mask of rows matching every ``column == value`` filter; error listing what is there if none do."""
     mask = np.ones(len(next(iter(table.values()), [])), dtype=bool)
@@ -161,11 +180,11 @@ def linear_ops_profile(path: Path | str, model: ModelSpec, tp: int) -> Curve:
     mask = _select(table, path, _model_filters(model, tp, mlp=True))
     total = np.zeros(int(mask.sum()))
     for op in LINEAR_OPS_REQUIRED:
-        total += _column(table, path, f"time_stats.{op}.median")[mask]
+        total += _timing_column(table, path, f"time_stats.{op}.median")[mask]
     for op in LINEAR_OPS_OPTIONAL:
         if op == "post_attention_layernorm" and not model.post_attn_norm:
             continue
-        total += _column(table, path, f"time_stats.{op}.median", missing_as_zero=True)[mask]
+        total += _timing_column(table, path, f"time_stats.{op}.median", missing_as_zero=True)[mask]
     tokens = _column(table, path, "num_tokens")[mask]
     return _mean_curve(tokens, total, path, "linear ops")
 
@@ -181,7 +200,7 @@ def all_reduce_profile(path: Path | str, tp: int) -> Curve:
     if not mask.any():
         raise ProfileDataError(f"{path}: no rows with collective=all_reduce, num_workers={tp}, devices_per_node={tp}")
     sizes = _column(table, path, "size")[mask]
-    return _mean_curve(sizes, _column(table, path, "time_stats.all_reduce.median")[mask], path, "all_reduce")
+    return _mean_curve(sizes, _timing_column(table, path, "time_stats.all_reduce.median")[mask], path, "all_reduce")
 
 
 def attention_profile(
@@ -206,8 +225,8 @@ def attention_profile(
         raise ProfileDataError(
             f"{path}: needs both decode (prefill_chunk_size=0) and prefill rows for {model.name}, tp={tp}"
         )
-    decode_ms = _column(table, path, "time_stats.attn_decode.median")
-    prefill_ms = _column(table, path, "time_stats.attn_prefill.median")
+    decode_ms = _timing_column(table, path, "time_stats.attn_decode.median")
+    prefill_ms = _timing_column(table, path, "time_stats.attn_prefill.median")
     batch = _column(table, path, "batch_size")
     return (
         _rows(batch[decode], kv[decode], decode_ms[decode], path, "attn_decode"),
