@@ -1,0 +1,116 @@
+"""The KV-cache module: Vidur's block arithmetic, admission rules and grouped growth."""
+from __future__ import annotations
+
+from math import inf
+
+import numpy as np
+import pytest
+
+from vidur_env.kv_cache import BLOCK_SIZE, GroupGrowth, KVCache, ReservingKVCache, blocks_for_tokens
+
+
+@pytest.mark.parametrize("tokens, blocks", [(0, 0), (1, 1), (16, 1), (17, 2), (4096, 256), (4097, 257)])
+def test_blocks_for_tokens_rounds_up_to_whole_blocks(tokens, blocks):
+    assert BLOCK_SIZE == 16
+    assert blocks_for_tokens(tokens) == blocks
+
+
+def test_admission_keeps_the_watermark_free():
+    kv = KVCache([0] * 4, num_blocks=200, watermark_fraction=0.01)  # watermark: 2 blocks
+    assert kv.watermark_blocks == 2
+    assert kv.can_admit(198 * 16)
+    assert not kv.can_admit(198 * 16 + 1)
+    kv.allocate(0, 100 * 16)
+    assert kv.can_admit(98 * 16) and not kv.can_admit(98 * 16 + 1)
+    # blocks promised elsewhere (a grouped iteration's growth) count against the request
+    assert kv.can_admit(90 * 16, reserved=8) and not kv.can_admit(90 * 16, reserved=9)
+    assert kv.free_after(90 * 16, reserved=9) == 1
+
+
+def test_allocate_grow_free_account_for_blocks_and_requests():
+    blocks = [0] * 3
+    kv = KVCache(blocks, num_blocks=50, watermark_fraction=0.0)
+    kv.allocate(1, 20)
+    assert blocks == [0, 2, 0] and kv.allocated_blocks == 2 and kv.num_allocated_requests == 1
+    kv.grow(1, processed=32)  # still fits its two blocks
+    assert blocks[1] == 2
+    kv.grow(1, processed=33)  # the 33rd token opens a third block
+    assert blocks[1] == 3 and kv.allocated_blocks == 3
+    kv.allocate(2, 1)
+    assert kv.utilization == pytest.approx(4 / 50)
+    kv.free(1)
+    assert blocks == [0, 0, 1] and kv.allocated_blocks == 1 and kv.num_allocated_requests == 1
+
+
+def test_a_running_request_needs_one_free_block_and_a_group_keeps_one_per_decode():
+    kv = KVCache([0] * 2, num_blocks=10, watermark_fraction=0.0)
+    kv.allocate(0, 9 * 16)
+    assert kv.can_grow()
+    assert kv.can_grow_group(0) and not kv.can_grow_group(1)  # 1 free block: growing one would leave none
+    kv.grow_group(1)
+    assert kv.allocated_blocks == 10 and not kv.can_grow()
+
+
+@pytest.mark.parametrize("num_blocks, watermark", [(100, 0.01), (1000, 0.05), (37, 0.0)])
+def test_max_admissible_prompt_is_the_empty_cache_admission_bound(num_blocks, watermark):
+    kv = KVCache([0], num_blocks, watermark)
+    bound = kv.max_admissible_prompt()
+    assert kv.can_admit(bound) and not kv.can_admit(bound + 1)
+
+
+def test_reserving_cache_reserves_max_tokens_and_never_grows():
+    blocks = [0] * 3
+    kv = ReservingKVCache(blocks, num_blocks=600, watermark_fraction=0.01, max_tokens=4096)
+    assert kv.reserve_blocks == 256 and not kv.grows
+    kv.allocate(0, 10)  # a 10-token prompt still reserves max_tokens of KV
+    assert blocks[0] == 256 and kv.allocated_blocks == 256
+    kv.grow(0, processed=4000)
+    assert blocks[0] == 256
+    assert kv.can_admit(1)  # 344 free >= 256, watermark not applied (Orca)
+    kv.allocate(1, 1)
+    assert not kv.can_admit(1)
+    assert kv.can_grow_group(0)
+    assert kv.max_admissible_prompt() == inf
+    assert ReservingKVCache([0], 100, 0.01, 4096).max_admissible_prompt() == -1
+
+
+def test_group_growth_matches_growing_each_request_every_tick():
+    """The phase counts equal the blocks that Vidur's per-request growth takes at each tick,
+    and leaving the group writes each request's exact block count back."""
+    rng = np.random.default_rng(0)
+    n, start, ticks = 40, 5, 100
+    processed = rng.integers(2, 3000, size=n).tolist()
+    # as after an iteration: the blocks cover the tokens processed before it
+    exact = [blocks_for_tokens(p - 1) for p in processed]
+    grouped = list(exact)
+    growth = GroupGrowth(grouped, grows=True)
+    reference = KVCache(exact, num_blocks=10**6, watermark_fraction=0.0)
+    for rid, p in enumerate(processed):
+        growth.join(rid, offset=p - start, tick=start)
+    leave_at = rng.integers(start + 1, start + ticks, size=n)
+    for tick in range(start, start + ticks):
+        before = reference.allocated_blocks
+        for rid in range(n):
+            if tick < leave_at[rid]:  # still a member when the iteration at ``tick`` is formed
+                reference.grow(rid, processed[rid] + tick - start)
+        assert growth.at(tick) == reference.allocated_blocks - before
+        for rid in np.flatnonzero(leave_at == tick + 1):
+            growth.leave(int(rid), tick + 1)
+    assert reference.allocated_blocks > n  # the case spans several block boundaries
+    assert grouped == exact
+    assert sum(growth.phase) == 0
+
+
+def test_group_growth_rejects_a_member_whose_blocks_do_not_cover_it():
+    growth = GroupGrowth([1], grows=True)
+    with pytest.raises(RuntimeError, match="request 0"):
+        growth.join(0, offset=20, tick=0)  # 20 processed tokens in one 16-token block
+
+
+def test_group_growth_of_a_reserving_cache_is_always_zero():
+    blocks = [256]
+    growth = ReservingKVCache(blocks, 1000, 0.0, 4096).group_growth()
+    growth.join(0, offset=100, tick=0)
+    assert [growth.at(t) for t in range(3 * BLOCK_SIZE)] == [0] * (3 * BLOCK_SIZE)
+    growth.leave(0, 3 * BLOCK_SIZE)
+    assert blocks == [256]
