@@ -167,7 +167,7 @@ def test_invariants_on_random_workloads(scheduler, seed):
         assert replica.allocated_blocks == 0
         assert replica.num_allocated_requests == 0
         assert replica.stats.peak_blocks <= replica.num_blocks
-        assert not replica.waiting and not replica.running
+        assert not replica.scheduler.waiting and not replica.scheduler.running
     if scheduler == "orca":
         assert sum(table.restarts) == 0
 

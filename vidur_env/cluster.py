@@ -14,8 +14,9 @@ import numpy as np
 
 from vidur_env.config import ClusterConfig, ReplicaConfig
 from vidur_env.hardware import plan_memory
-from vidur_env.replica import SCHEDULERS, Replica, SchedulerLimits
+from vidur_env.replica import Replica, make_replica
 from vidur_env.request_table import RequestTable
+from vidur_env.schedulers import SchedulerLimits
 from vidur_env.time_model import ExecutionTimeModel, builtin_time_model, profiled_time_model
 
 
@@ -95,7 +96,7 @@ class ClusterSimulator:
         self._check_requests_fit(max_tokens)
         models = time_models if time_models is not None else build_time_models(cluster)
         self.replicas: list[Replica] = [
-            SCHEDULERS[spec.scheduler](i, self.table, model, scheduler_limits(spec, max_tokens))
+            make_replica(i, self.table, model, spec.scheduler, scheduler_limits(spec, max_tokens))
             for i, (spec, model) in enumerate(zip(cluster.replica_configs, models))
         ]
         self.num_replicas = len(self.replicas)

@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-SCHEDULER_NAMES = ("sarathi", "vllm", "orca")
+from vidur_env.schedulers import SCHEDULER_NAMES
 KEYINGS = ("vidur", "vidur_pypi")
 TIME_MODEL_SOURCES = ("builtin", "profiled")
 
