@@ -32,9 +32,9 @@ def test_allocate_grow_free_account_for_blocks_and_requests():
     kv = KVCache(blocks, num_blocks=50, watermark_fraction=0.0)
     kv.allocate(1, 20)
     assert blocks == [0, 2, 0] and kv.allocated_blocks == 2 and kv.num_allocated_requests == 1
-    kv.grow(1, processed=32)  # still fits its two blocks
+    assert kv.grow(1, processed=32)  # still fits its two blocks
     assert blocks[1] == 2
-    kv.grow(1, processed=33)  # the 33rd token opens a third block
+    assert kv.grow(1, processed=33)  # the 33rd token opens a third block
     assert blocks[1] == 3 and kv.allocated_blocks == 3
     kv.allocate(2, 1)
     assert kv.utilization == pytest.approx(4 / 50)
@@ -43,12 +43,18 @@ def test_allocate_grow_free_account_for_blocks_and_requests():
 
 
 def test_a_running_request_needs_one_free_block_and_a_group_keeps_one_per_decode():
-    kv = KVCache([0] * 2, num_blocks=10, watermark_fraction=0.0)
+    blocks = [0] * 2
+    kv = KVCache(blocks, num_blocks=10, watermark_fraction=0.0)
     kv.allocate(0, 9 * 16)
-    assert kv.can_grow()
-    assert kv.can_grow_group(0) and not kv.can_grow_group(1)  # 1 free block: growing one would leave none
-    kv.grow_group(1)
-    assert kv.allocated_blocks == 10 and not kv.can_grow()
+    assert not kv.grow_group(1)  # 1 free block: growing one would leave none for the others' checks
+    assert kv.allocated_blocks == 9
+    assert kv.grow_group(0)
+    kv.allocate(1, 1)
+    assert kv.allocated_blocks == 10
+    # no block free: Vidur refuses even a decode that needs none, and nothing is allocated
+    assert not kv.grow(0, processed=9 * 16)
+    assert not kv.grow(0, processed=9 * 16 + 1)
+    assert blocks[0] == 9 and kv.allocated_blocks == 10
 
 
 @pytest.mark.parametrize("num_blocks, watermark", [(100, 0.01), (1000, 0.05), (37, 0.0)])
@@ -64,12 +70,12 @@ def test_reserving_cache_reserves_max_tokens_and_never_grows():
     assert kv.reserve_blocks == 256 and not kv.grows
     kv.allocate(0, 10)  # a 10-token prompt still reserves max_tokens of KV
     assert blocks[0] == 256 and kv.allocated_blocks == 256
-    kv.grow(0, processed=4000)
+    assert kv.grow(0, processed=4000)
     assert blocks[0] == 256
     assert kv.can_admit(1)  # 344 free >= 256, watermark not applied (Orca)
     kv.allocate(1, 1)
     assert not kv.can_admit(1)
-    assert kv.can_grow_group(0)
+    assert kv.grow_group(0) and kv.allocated_blocks == 512
     assert kv.max_admissible_prompt() == inf
     assert ReservingKVCache([0], 100, 0.01, 4096).max_admissible_prompt() == -1
 

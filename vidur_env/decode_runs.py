@@ -51,8 +51,13 @@ class DecodeRuns:
 
     def __init__(self, scheduler: ReplicaScheduler, time_model: ExecutionTimeModel) -> None:
         self.scheduler = scheduler
-        self.time_model = time_model
         self.suspended: Suspended | None = None
+        decoding, kv = scheduler.decoding, scheduler.kv
+        self._loop_constants = (
+            scheduler, decoding, kv, scheduler.table, scheduler.stats, decoding.growth.phase, decoding.growth.mask,
+            time_model.iteration_time, time_model.decode_run_time, scheduler.limits.chunk_size, kv.growth_ceiling,
+        )
+        """What the loop reads on every call, unpacked in one step (the objects never change)."""
 
     # ----------------------------------------------------------- public view
     def batch(self) -> list[int]:
@@ -66,35 +71,23 @@ class DecodeRuns:
         return len(self.scheduler.running)
 
     # ------------------------------------------------------------------ loop
-    def resume(self, now: float, horizon: float) -> float:
-        """The iteration in flight at suspension has ended at ``now``: carry on to ``horizon``."""
-        resumed = self.suspended
-        self.suspended = None
-        return self.run(now, horizon, resumed.run, resumed)
-
-    def run(self, now: float, horizon: float, run: SteadyRun, resumed: Suspended | None = None) -> float:
-        """Run iterations of the steady batch ``run`` from ``now`` in a tight loop.
+    def run(self, now: float, horizon: float, run: SteadyRun | None = None) -> float:
+        """Run iterations of the steady batch ``run`` from ``now`` in a tight loop; with
+        ``run`` None, resume the suspended run, whose iteration in flight has ended at ``now``.
 
         The run goes through segments with the same decode set and partial prefill. A
         segment ends after the iteration in which a request completes or the prefill finishes;
         with nothing queued the run carries on with the new decode set, else the scheduler
         forms the next batch. The run also stops before an iteration that could need a
         preemption or admit a request, and suspends (``suspended`` set) with the first
-        iteration that would end after ``horizon`` in flight. With ``resumed``, the iteration
-        in flight when the loop last suspended has just ended at ``now`` and the loop picks up
-        after it. Returns the time reached.
+        iteration that would end after ``horizon`` in flight. Returns the time reached.
         """
-        scheduler = self.scheduler
-        decoding = scheduler.decoding
-        kv_cache = scheduler.kv
-        table = scheduler.table
-        stats = scheduler.stats
-        phase = decoding.growth.phase
-        mask = decoding.growth.mask
-        iteration_time = self.time_model.iteration_time
-        decode_run_time = self.time_model.decode_run_time
-        chunk_size = scheduler.limits.chunk_size
-        limit = kv_cache.growth_ceiling  # allocated blocks a grouped iteration may reach
+        (scheduler, decoding, kv_cache, table, stats, phase, mask, iteration_time, decode_run_time, chunk_size,
+         limit) = self._loop_constants  # limit: allocated blocks a grouped iteration may reach
+        resumed = None
+        if run is None:
+            resumed, self.suspended = self.suspended, None
+            run = resumed.run
         partial, gated, admit = run
         if admit:
             scheduler.admit_head(now)

@@ -5,7 +5,7 @@ block at each block boundary, and that is the whole per-iteration update for mos
 So the set keeps one iteration counter (``tick``) and, per request, the offset such that its
 processed-token count is ``offset + tick``. What an iteration needs from the set is then O(1):
 how many tokens of KV the decodes hold (``kv_sum``), how many of them take a new block now
-(``growth_at``, counted by the KV cache's :class:`~vidur_env.kv_cache.GroupGrowth`), and which
+(``growth``, the KV cache's :class:`~vidur_env.kv_cache.GroupGrowth`), and which
 of them finish (a bucket per tick). A request's exact state is written back to the
 :class:`RequestTable` only when it leaves the set.
 """
@@ -43,10 +43,6 @@ class DecodeSet:
 
     def processed(self, rid: int) -> int:
         return self._offset[rid] + self.tick
-
-    def growth_at(self, tick: int) -> int:
-        """Members that take a new block when the iteration at ``tick`` is formed."""
-        return self.growth.at(tick)
 
     def next_completion(self) -> float:
         """Tick at which the next member completes (inf when none)."""

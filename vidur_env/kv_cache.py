@@ -79,12 +79,8 @@ class KVCache:
     def can_admit(self, prompt_tokens: int, reserved: int = 0) -> bool:
         """Vidur's ``_can_allocate_request`` for a new request: its prompt's blocks fit and
         the watermark stays free (with ``reserved`` blocks already promised elsewhere)."""
-        return self.free_after(prompt_tokens, reserved) >= self.watermark_blocks
-
-    def can_grow(self) -> bool:
-        """Vidur's ``_can_allocate_request`` for a running request: one block is free (asked
-        before every decode, whether or not that decode needs a new block)."""
-        return self.num_blocks - self.allocated_blocks >= 1
+        free = self.num_blocks - self.allocated_blocks - reserved  # free_after, inlined: the hot path asks this
+        return free - blocks_for_tokens(prompt_tokens) >= self.watermark_blocks
 
     def max_admissible_prompt(self) -> float:
         """Longest prompt (tokens) this cache admits when empty; a longer one never runs."""
@@ -100,22 +96,26 @@ class KVCache:
         self.allocated_blocks += num_blocks
         self.num_allocated_requests += 1
 
-    def grow(self, rid: int, processed: int) -> None:
-        """Vidur's ``_allocate_request`` for a running request that has processed
-        ``processed`` tokens: one more block when they overflow its blocks."""
+    def grow(self, rid: int, processed: int) -> bool:
+        """Vidur's ``_can_allocate_request`` then ``_allocate_request`` for a running request
+        that has processed ``processed`` tokens: unless no block is free (asked before every
+        decode, whether or not it needs a block; then nothing is allocated and the answer is
+        False), one more block when the tokens overflow the request's blocks."""
+        if self.allocated_blocks >= self.num_blocks:
+            return False
         if processed > self.blocks[rid] * BLOCK_SIZE:
             self.blocks[rid] += 1
             self.allocated_blocks += 1
+        return True
 
-    def can_grow_group(self, growth: int) -> bool:
-        """Whether a grouped decode iteration where ``growth`` decodes take a new block passes
-        every one of Vidur's per-decode checks (``free - growth >= 1``)."""
-        return self.allocated_blocks + growth <= self.growth_ceiling
-
-    def grow_group(self, growth: int) -> None:
-        """Allocate the ``growth`` blocks of a grouped decode iteration (settled per request
-        by :meth:`GroupGrowth.leave`)."""
+    def grow_group(self, growth: int) -> bool:
+        """Allocate the blocks of a grouped decode iteration where ``growth`` decodes take a
+        new one (settled per request by :meth:`GroupGrowth.leave`), if every one of Vidur's
+        per-decode checks passes (``free - growth >= 1``); else allocate nothing, return False."""
+        if self.allocated_blocks + growth > self.growth_ceiling:
+            return False
         self.allocated_blocks += growth
+        return True
 
     def free(self, rid: int) -> None:
         """Release every block of ``rid`` and drop it from the allocation map."""
@@ -153,8 +153,9 @@ class ReservingKVCache(KVCache):
     def allocate(self, rid: int, prompt_tokens: int) -> None:
         self._take(rid, self.reserve_blocks)
 
-    def grow(self, rid: int, processed: int) -> None:
-        """Never needed: the reservation covers the whole request."""
+    def grow(self, rid: int, processed: int) -> bool:
+        """Nothing to allocate: the reservation covers the whole request."""
+        return True
 
 
 class GroupGrowth:

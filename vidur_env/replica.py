@@ -115,7 +115,7 @@ class Replica:
                 now = self.batch_end
                 self.batch_end = inf
                 if runs.suspended is not None:
-                    now = runs.resume(now, horizon)
+                    now = runs.run(now, horizon)
                     if runs.suspended is not None:
                         self.batch_end = runs.suspended.end
                         continue
@@ -145,7 +145,7 @@ class Replica:
     # ---------------------------------------------------------------- iterations
     def _start_batch(self, now: float) -> None:
         scheduler = self.scheduler
-        decodes, prefills, chunks = scheduler.next_batch()
+        decodes, prefills, chunks = scheduler._get_next_batch()  # the scheduler's one required method
         if not decodes and not prefills:
             return
         processed = self.table.processed

@@ -104,11 +104,9 @@ class ReplicaScheduler(ABC):
     @abstractmethod
     def _get_next_batch(self) -> Batch:
         """Vidur's ``_get_next_batch``: take the next batch out of ``waiting`` and ``running``,
-        allocating its KV, honouring the grouped-decode protocol (module docstring)."""
-
-    def next_batch(self) -> Batch:
-        """Vidur's ``on_schedule``: the next batch (empty lists when there is nothing to run)."""
-        return self._get_next_batch()
+        allocating its KV, honouring the grouped-decode protocol (module docstring). The
+        replica calls it whenever it is idle with work to do (Vidur's ``on_schedule``); empty
+        lists mean nothing can run."""
 
     def steady_run(self) -> SteadyRun | None:
         """Whether the coming batches are the whole decode set (plus, for Sarathi, one partial
@@ -165,13 +163,13 @@ class ReplicaScheduler(ABC):
         block is free (at least one must be, even if ``rid`` needs none), else preempt ``rid``.
         Returns whether ``rid`` joins the batch."""
         kv = self.kv
-        while not kv.can_grow():
+        processed = self.table.processed[rid]
+        while not kv.grow(rid, processed):
             if pool:
                 self._preempt(pool.pop())
             else:
                 self._preempt(rid)
                 return False
-        kv.grow(rid, self.table.processed[rid])
         return True
 
     # ------------------------------------------------- grouped-decode protocol
@@ -183,14 +181,10 @@ class ReplicaScheduler(ABC):
         Vidur checks for one free block before each decode; with ``g`` of them growing now,
         ``free - g >= 1`` guarantees every check passes.
         """
-        if not self.group_decodes:
-            return False
         decoding = self.decoding
-        growth = decoding.growth_at(decoding.tick)
-        if not self.kv.can_grow_group(growth) or len(decodes) != decoding.size:
+        if not self.group_decodes or len(decodes) != decoding.size:
             return False
-        self.kv.grow_group(growth)
-        return True
+        return self.kv.grow_group(decoding.growth.at(decoding.tick))
 
     def _write_back_decodes(self) -> None:
         """Make ``table`` exact for every decoding request before an exact-path iteration."""

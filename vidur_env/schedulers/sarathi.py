@@ -113,7 +113,7 @@ class SarathiScheduler(ReplicaScheduler):
         admitted, exactly as its own formation would have left it.)"""
         table, waiting, kv = self.table, self.waiting, self.kv
         head = table.prefill[waiting[0]]
-        growth = self.decoding.growth_at(self.decoding.tick)
+        growth = self.decoding.growth.at(self.decoding.tick)
         if kv.free_after(head, growth) < max(kv.watermark_blocks, 1):
             return None
         gated = (
