@@ -118,14 +118,12 @@ class DeviceSpec:
     :param name: short name, also the folder name of Vidur's compute profiles (``a100``).
     :param memory_gb: HBM capacity in GiB, as Vidur's ``total_memory_gb``.
     :param network: name of the node's network profile folder (``a100_dgx``), used for all-reduce.
-    :param fp16_tflops: peak dense fp16 throughput, Vidur's value (used for MFU).
     :param hbm_tb_s: HBM bandwidth in TB/s; scales bandwidth-bound decode attention across devices.
     """
 
     name: str
     memory_gb: float
     network: str
-    fp16_tflops: float
     hbm_tb_s: float
 
 
@@ -164,8 +162,8 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec, _ in _MODEL_LIST}
 """Models by canonical (Hugging Face) name."""
 
 DEVICES: dict[str, DeviceSpec] = {
-    "a100": DeviceSpec("a100", memory_gb=80, network="a100_dgx", fp16_tflops=312, hbm_tb_s=2.0),
-    "h100": DeviceSpec("h100", memory_gb=80, network="h100_dgx", fp16_tflops=1000, hbm_tb_s=3.35),
+    "a100": DeviceSpec("a100", memory_gb=80, network="a100_dgx", hbm_tb_s=2.0),
+    "h100": DeviceSpec("h100", memory_gb=80, network="h100_dgx", hbm_tb_s=3.35),
 }
 """Devices by short name (Vidur's A100-80GB and H100 SKUs)."""
 
