@@ -79,7 +79,8 @@ class ClusterSimulator:
     Public state for routers and observations (read-only): ``now``, ``next_request``,
     ``replicas`` (each exposes ``num_waiting``, ``waiting_prompt_tokens``,
     ``num_allocated_requests``, ``num_in_batch``, ``allocated_blocks``, ``num_blocks``,
-    ``kv_utilization``, ``is_busy``, ``batch_end``) and ``table`` (per-request columns).
+    ``kv_utilization``, ``is_busy``, ``batch_end``, and ``kv``, its
+    :class:`~vidur_env.kv_cache.KVCache`) and ``table`` (per-request columns).
     """
 
     def __init__(

@@ -46,7 +46,8 @@ class DecodeRuns:
     """The decode-run loop of one replica, and the batch it left in flight, if any.
 
     While ``suspended`` is set, the scheduler's ``running`` list is the batch in flight (the
-    decode set and the partial prefill), and the loop resumes from it.
+    decode set and the partial prefill, so its length is the batch size), and the loop
+    resumes from it.
     """
 
     def __init__(self, scheduler: ReplicaScheduler, time_model: ExecutionTimeModel) -> None:
@@ -65,10 +66,6 @@ class DecodeRuns:
         partial = self.suspended.run[0]
         running = self.scheduler.running
         return [rid for rid in running if rid != partial] + ([] if partial is None else [partial])
-
-    def batch_size(self) -> int:
-        """Requests in the suspended batch."""
-        return len(self.scheduler.running)
 
     # ------------------------------------------------------------------ loop
     def run(self, now: float, horizon: float, run: SteadyRun | None = None) -> float:

@@ -74,13 +74,13 @@ class KVCache:
     def free_after(self, prompt_tokens: int, reserved: int = 0) -> int:
         """Free blocks once a new request of ``prompt_tokens`` and ``reserved`` more blocks
         are allocated (negative when they do not fit)."""
-        return self.num_blocks - self.allocated_blocks - reserved - blocks_for_tokens(prompt_tokens)
+        return self.num_blocks - self.allocated_blocks - reserved + (prompt_tokens // -BLOCK_SIZE)  # inlined, hot
 
     def can_admit(self, prompt_tokens: int, reserved: int = 0) -> bool:
         """Vidur's ``_can_allocate_request`` for a new request: its prompt's blocks fit and
         the watermark stays free (with ``reserved`` blocks already promised elsewhere)."""
-        free = self.num_blocks - self.allocated_blocks - reserved  # free_after, inlined: the hot path asks this
-        return free - blocks_for_tokens(prompt_tokens) >= self.watermark_blocks
+        # free_after and blocks_for_tokens inlined: asked before every formation and steady run
+        return self.num_blocks - self.allocated_blocks - reserved + (prompt_tokens // -BLOCK_SIZE) >= self.watermark_blocks
 
     def max_admissible_prompt(self) -> float:
         """Longest prompt (tokens) this cache admits when empty; a longer one never runs."""

@@ -64,7 +64,7 @@ class Replica:
     @property
     def num_in_batch(self) -> int:
         if self.runs.suspended is not None:
-            return self.runs.batch_size()
+            return len(self.scheduler.running)  # the suspended batch (see DecodeRuns), inlined: read every step
         return len(self.batch_decodes) + len(self.batch_prefills)
 
     @property
