@@ -10,6 +10,7 @@ from vidur_env.cluster import ClusterSimulator, SimulationError
 from vidur_env.config import ClusterConfig, ReplicaConfig
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
 from vidur_env.routers import make_router
+from vidur_env.schedulers import SCHEDULER_NAMES
 from vidur_env.time_model import builtin_time_model
 
 
@@ -152,7 +153,7 @@ def test_restart_keeps_first_schedule_and_first_token_times():
         assert table.scheduled_at[rid] <= table.prefill_completed_at[rid] < table.completed_at[rid]
 
 
-@pytest.mark.parametrize("scheduler", ["sarathi", "vllm", "orca"])
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_invariants_on_random_workloads(scheduler, seed):
     reqs = random_requests(300, seed, qps=30.0)
@@ -200,7 +201,7 @@ def run_recorded(reqs, scheduler, router, time_model, fast):
 
 @pytest.mark.parametrize("time_model", ["affine", "builtin"])
 @pytest.mark.parametrize("router", ["round_robin", "jsq"])
-@pytest.mark.parametrize("scheduler", ["sarathi", "vllm", "orca"])
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 def test_fast_paths_change_no_result(scheduler, router, time_model):
     """Grouped decodes and the decode-run loop (suspended at arrivals and resumed) reproduce
     Vidur's per-request path exactly: every timestamp, and the public state a router sees at
@@ -267,7 +268,7 @@ def test_aggregate_metrics_report_vidur_names_and_replica_figures():
     assert all(0.0 < r["busy_fraction"] <= 1.0 for r in report["replicas"])
 
 
-@pytest.mark.parametrize("scheduler", ["sarathi", "vllm", "orca"])
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 def test_fast_paths_match_at_the_batch_cap(scheduler):
     reqs = random_requests(300, 4, qps=40.0, max_prompt=600, max_output=200)
     blocks = 2000 if scheduler == "orca" else 400  # Orca reserves 256 blocks per request
@@ -278,7 +279,7 @@ def test_fast_paths_match_at_the_batch_cap(scheduler):
         assert getattr(fast.table, column) == getattr(slow.table, column), column
 
 
-@pytest.mark.parametrize("scheduler", ["sarathi", "vllm", "orca"])
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 def test_fast_paths_match_when_arrivals_coincide_with_iteration_ends(scheduler):
     """Every iteration takes exactly 1/64 s, and requests arrive on that grid: an iteration
     ending at an arrival's instant finishes first, and the next one is formed with the new

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil
 
+from vidur_env.kv_cache import BLOCK_SIZE
+
 __all__ = [
     "DEVICES",
     "MODELS",
@@ -198,7 +200,7 @@ def plan_memory(
     tp: int,
     *,
     max_tokens: int = 4096,
-    block_size: int = 16,
+    block_size: int = BLOCK_SIZE,
     batch_size_cap: int = 128,
     memory_margin_fraction: float = 0.1,
     pipeline_stages: int = 1,
