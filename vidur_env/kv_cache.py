@@ -2,10 +2,10 @@
 
 Vidur's replica schedulers keep an allocation map (request -> blocks held) and a count of
 allocated blocks; a request's KV grows in blocks of ``BLOCK_SIZE`` tokens. This module owns
-that arithmetic: the block size, blocks for a number of tokens (the one ceil-division),
-capacity and watermark, the admission checks, allocate / grow / free, and what a replica can
-admit at all. Schedulers, the decode set, the decode-run loop and the env's action masks ask
-a :class:`KVCache`; none of them divides by the block size.
+that arithmetic: the block size, the blocks a request takes at admission (the one
+ceil-division), capacity and watermark, the admission checks, allocate / grow / free, and
+what a replica can admit at all. Schedulers, the decode set, the decode-run loop and the
+env's action masks ask a :class:`KVCache`; none of them divides by the block size.
 
 Two policies, as in Vidur:
 
@@ -19,16 +19,19 @@ Requests decoding in lockstep take their new blocks on a fixed rhythm (one every
 ``BLOCK_SIZE`` iterations, at a phase set by their offset): :class:`GroupGrowth` counts them
 per phase, so a grouped decode iteration learns its growth in O(1).
 
-Room for shared blocks (prefix caching): callers only ever name a request and a token count,
-never a block, and the per-request column holds the blocks a request *references*. Shared,
-reference-counted blocks (chained prompt-block hashes, LRU eviction of unreferenced cached
-blocks) change what :meth:`KVCache.allocate` takes from the pool, what :meth:`KVCache.free`
-returns to it and what :meth:`KVCache.free_after` counts as free, inside this class; decode
-growth is always a private block past the shared prompt, so :class:`GroupGrowth` holds.
+Room for shared blocks (prefix caching): callers name requests, never blocks, and the
+per-request column holds the blocks a request *references*. Shared, reference-counted blocks
+(hashes chained over the prompt's blocks, LRU eviction of unreferenced cached blocks) change
+:meth:`KVCache.admission_blocks` (the prompt's blocks less those already cached), what
+:meth:`KVCache.allocate` takes from the pool, what :meth:`KVCache.free` returns to it and what
+counts as free, all inside this module; decode growth is always a private block past the
+prompt, so :class:`GroupGrowth` holds as it is.
 """
 from __future__ import annotations
 
 from math import inf
+
+from vidur_env.request_table import RequestTable
 
 BLOCK_SIZE = 16
 """Tokens per KV block (Vidur's ``block_size``)."""
@@ -36,18 +39,13 @@ _PHASE_MASK = BLOCK_SIZE - 1
 assert BLOCK_SIZE & _PHASE_MASK == 0, "the grouped-growth phase is a bit mask: BLOCK_SIZE must be a power of two"
 
 
-def blocks_for_tokens(tokens: int) -> int:
-    """Blocks holding ``tokens`` tokens (Vidur's ``ceil(tokens / block_size)``)."""
-    return -(-tokens // BLOCK_SIZE)
-
-
 class KVCache:
     """Vidur's block manager of one replica for schedulers whose decodes grow their KV.
 
-    :param blocks: the per-request column of blocks held (``RequestTable.blocks``; 0 means
-        the request is not in the allocation map). Requests in a :class:`GroupGrowth` lag
-        there: their growth is counted in ``allocated_blocks`` at once and written to the
-        column when they leave the group.
+    :param table: the requests; the cache reads their current prompt and processed counts
+        and keeps the blocks each holds in ``table.blocks`` (0: not in the allocation map).
+        Requests in a :class:`GroupGrowth` lag there: their growth is counted in
+        ``allocated_blocks`` at once and written to the column when they leave the group.
     :param num_blocks: capacity in blocks.
     :param watermark_fraction: share of the blocks a new request's admission must leave free.
     """
@@ -55,8 +53,10 @@ class KVCache:
     grows = True
     """Whether running requests take a block at each block boundary (else they reserve up front)."""
 
-    def __init__(self, blocks: list[int], num_blocks: int, watermark_fraction: float) -> None:
-        self.blocks = blocks
+    def __init__(self, table: RequestTable, num_blocks: int, watermark_fraction: float) -> None:
+        self.blocks = table.blocks
+        self.prompt = table.prefill
+        self.processed = table.processed
         self.num_blocks = num_blocks
         self.watermark_blocks = int(watermark_fraction * num_blocks)
         self.allocated_blocks = 0
@@ -71,39 +71,42 @@ class KVCache:
         return self.allocated_blocks / self.num_blocks
 
     # -------------------------------------------------------------- admission
-    def free_after(self, prompt_tokens: int, reserved: int = 0) -> int:
-        """Free blocks once a new request of ``prompt_tokens`` and ``reserved`` more blocks
-        are allocated (negative when they do not fit)."""
-        return self.num_blocks - self.allocated_blocks - reserved + (prompt_tokens // -BLOCK_SIZE)  # inlined, hot
+    def admission_blocks(self, rid: int) -> int:
+        """Blocks request ``rid`` (holding none) takes when admitted: those holding its prompt,
+        Vidur's ``ceil(num_prefill_tokens / block_size)``."""
+        return -(-self.prompt[rid] // BLOCK_SIZE)
 
-    def can_admit(self, prompt_tokens: int, reserved: int = 0) -> bool:
-        """Vidur's ``_can_allocate_request`` for a new request: its prompt's blocks fit and
-        the watermark stays free (with ``reserved`` blocks already promised elsewhere)."""
-        # free_after and blocks_for_tokens inlined: asked before every formation and steady run
-        return self.num_blocks - self.allocated_blocks - reserved + (prompt_tokens // -BLOCK_SIZE) >= self.watermark_blocks
+    def free_after(self, rid: int, reserved: int = 0) -> int:
+        """Free blocks once request ``rid`` is admitted and ``reserved`` more blocks are
+        allocated (negative when they do not fit)."""
+        return self.num_blocks - self.allocated_blocks - reserved - self.admission_blocks(rid)
+
+    def can_admit(self, rid: int, reserved: int = 0) -> bool:
+        """Vidur's ``_can_allocate_request`` for a new request: its blocks fit and the
+        watermark stays free (with ``reserved`` blocks already promised elsewhere)."""
+        # free_after's sum written out: this runs before every formation and steady run
+        return self.num_blocks - self.allocated_blocks - reserved - self.admission_blocks(rid) >= self.watermark_blocks
 
     def max_admissible_prompt(self) -> float:
         """Longest prompt (tokens) this cache admits when empty; a longer one never runs."""
         return (self.num_blocks - self.watermark_blocks) * BLOCK_SIZE
 
     # ------------------------------------------------------------- allocation
-    def allocate(self, rid: int, prompt_tokens: int) -> None:
-        """Admit ``rid``: allocate the blocks of its prompt."""
-        self._take(rid, blocks_for_tokens(prompt_tokens))
-
-    def _take(self, rid: int, num_blocks: int) -> None:
+    def allocate(self, rid: int) -> None:
+        """Vidur's ``_allocate_request`` for a new request: its admission blocks."""
+        num_blocks = self.admission_blocks(rid)
         self.blocks[rid] = num_blocks
         self.allocated_blocks += num_blocks
         self.num_allocated_requests += 1
 
-    def grow(self, rid: int, processed: int) -> bool:
+    def grow(self, rid: int) -> bool:
         """Vidur's ``_can_allocate_request`` then ``_allocate_request`` for a running request
-        that has processed ``processed`` tokens: unless no block is free (asked before every
+        (its processed count exact in the table): unless no block is free (asked before every
         decode, whether or not it needs a block; then nothing is allocated and the answer is
-        False), one more block when the tokens overflow the request's blocks."""
+        False), one more block when its processed tokens overflow its blocks."""
         if self.allocated_blocks >= self.num_blocks:
             return False
-        if processed > self.blocks[rid] * BLOCK_SIZE:
+        if self.processed[rid] > self.blocks[rid] * BLOCK_SIZE:
             self.blocks[rid] += 1
             self.allocated_blocks += 1
         return True
@@ -135,25 +138,23 @@ class ReservingKVCache(KVCache):
 
     grows = False
 
-    def __init__(self, blocks: list[int], num_blocks: int, watermark_fraction: float, max_tokens: int) -> None:
-        super().__init__(blocks, num_blocks, watermark_fraction)
+    def __init__(self, table: RequestTable, num_blocks: int, watermark_fraction: float, max_tokens: int) -> None:
+        super().__init__(table, num_blocks, watermark_fraction)
         self.reserve_blocks = max_tokens // BLOCK_SIZE
         """Vidur's ``_max_blocks_per_sequence`` (a floor, as Vidur computes it)."""
         self.growth_ceiling = inf
 
-    def free_after(self, prompt_tokens: int, reserved: int = 0) -> int:
-        return self.num_blocks - self.allocated_blocks - reserved - self.reserve_blocks
+    def admission_blocks(self, rid: int) -> int:
+        return self.reserve_blocks
 
-    def can_admit(self, prompt_tokens: int, reserved: int = 0) -> bool:
-        return self.free_after(prompt_tokens, reserved) >= 0
+    def can_admit(self, rid: int, reserved: int = 0) -> bool:
+        """Orca's admission: the reservation fits (no watermark)."""
+        return self.num_blocks - self.allocated_blocks - reserved >= self.reserve_blocks
 
     def max_admissible_prompt(self) -> float:
         return inf if self.reserve_blocks <= self.num_blocks else -1
 
-    def allocate(self, rid: int, prompt_tokens: int) -> None:
-        self._take(rid, self.reserve_blocks)
-
-    def grow(self, rid: int, processed: int) -> bool:
+    def grow(self, rid: int) -> bool:
         """Nothing to allocate: the reservation covers the whole request."""
         return True
 

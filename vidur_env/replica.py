@@ -77,7 +77,7 @@ class Replica:
 
     @property
     def kv_utilization(self) -> float:
-        return self.kv.allocated_blocks / self.num_blocks
+        return self.kv.utilization
 
     @property
     def group_decodes(self) -> bool:

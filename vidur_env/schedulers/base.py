@@ -98,7 +98,7 @@ class ReplicaScheduler(ABC):
 
     def _make_kv_cache(self) -> KVCache:
         """The cache policy: blocks of the prompt at admission, one more per block boundary."""
-        return KVCache(self.table.blocks, self.limits.num_blocks, self.limits.watermark_fraction)
+        return KVCache(self.table, self.limits.num_blocks, self.limits.watermark_fraction)
 
     # ------------------------------------------------------------- formation
     @abstractmethod
@@ -139,7 +139,7 @@ class ReplicaScheduler(ABC):
     def _admit_waiting(self) -> int:
         """Take the head of the queue and allocate its KV (Vidur's ``_allocate_request``)."""
         rid = self._pop_waiting()
-        self.kv.allocate(rid, self.table.prefill[rid])
+        self.kv.allocate(rid)
         return rid
 
     def admit_head(self, now: float) -> None:
@@ -163,8 +163,7 @@ class ReplicaScheduler(ABC):
         block is free (at least one must be, even if ``rid`` needs none), else preempt ``rid``.
         Returns whether ``rid`` joins the batch."""
         kv = self.kv
-        processed = self.table.processed[rid]
-        while not kv.grow(rid, processed):
+        while not kv.grow(rid):
             if pool:
                 self._preempt(pool.pop())
             else:

@@ -16,7 +16,7 @@ class OrcaScheduler(ReplicaScheduler):
         self.max_micro_batch_size = limits.max_batch_size
 
     def _make_kv_cache(self) -> KVCache:
-        return ReservingKVCache(self.table.blocks, self.limits.num_blocks, self.limits.watermark_fraction,
+        return ReservingKVCache(self.table, self.limits.num_blocks, self.limits.watermark_fraction,
                                 self.limits.max_tokens)
 
     def _get_next_batch(self) -> Batch:
@@ -32,7 +32,7 @@ class OrcaScheduler(ReplicaScheduler):
         chunks: list[int] = []
         waiting = self.waiting
         while waiting and len(decodes) + len(prefills) < cap:
-            if not kv.can_admit(table.prefill[waiting[0]]):
+            if not kv.can_admit(waiting[0]):
                 break
             rid = self._admit_waiting()
             prefills.append(rid)
@@ -44,6 +44,6 @@ class OrcaScheduler(ReplicaScheduler):
         if not running or len(running) > self.max_micro_batch_size or self.decoding.size != len(running):
             return None
         if self.waiting and len(running) < self.max_micro_batch_size:
-            if self.kv.can_admit(self.table.prefill[self.waiting[0]]):
+            if self.kv.can_admit(self.waiting[0]):
                 return None
         return None, False, False

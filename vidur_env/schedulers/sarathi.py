@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import deque
 
-from vidur_env.kv_cache import blocks_for_tokens
 from vidur_env.schedulers.base import Batch, ReplicaScheduler, SteadyRun
 
 
@@ -39,7 +38,7 @@ class SarathiScheduler(ReplicaScheduler):
             if len(decodes) + len(prefills) == cap:
                 break
             rid = waiting[0]
-            if not kv.can_admit(table.prefill[rid]):
+            if not kv.can_admit(rid):
                 break
             q = min(table.prefill[rid] - processed[rid], budget)
             if q <= 0:
@@ -96,7 +95,7 @@ class SarathiScheduler(ReplicaScheduler):
             not waiting
             or self.kv.num_allocated_requests == self.limits.batch_size_cap
             or len(running) == self.max_micro_batch_size
-            or not self.kv.can_admit(self.table.prefill[waiting[0]])
+            or not self.kv.can_admit(waiting[0])
         ):
             return (partial, False, False) if running else None
         if partial is not None:
@@ -111,8 +110,8 @@ class SarathiScheduler(ReplicaScheduler):
         beside this iteration's decode growth. (If a second request would join that iteration,
         the loop stops before running it, and the next formation finds the head already
         admitted, exactly as its own formation would have left it.)"""
-        table, waiting, kv = self.table, self.waiting, self.kv
-        head = table.prefill[waiting[0]]
+        waiting, kv = self.waiting, self.kv
+        head = waiting[0]
         growth = self.decoding.growth.at(self.decoding.tick)
         if kv.free_after(head, growth) < max(kv.watermark_blocks, 1):
             return None
@@ -120,6 +119,6 @@ class SarathiScheduler(ReplicaScheduler):
             len(waiting) > 1
             and kv.num_allocated_requests + 1 < self.limits.batch_size_cap
             and len(self.running) + 1 < self.max_micro_batch_size
-            and kv.can_admit(table.prefill[waiting[1]], growth + blocks_for_tokens(head))
+            and kv.can_admit(waiting[1], growth + kv.admission_blocks(head))
         )
-        return waiting[0], gated, True
+        return head, gated, True

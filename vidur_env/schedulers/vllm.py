@@ -27,7 +27,7 @@ class VLLMScheduler(ReplicaScheduler):
         while waiting:
             rid = waiting[0]
             q = table.prefill[rid]
-            if not kv.can_admit(q) or not self._prompt_batch_fits(chunks, q):
+            if not kv.can_admit(rid) or not self._prompt_batch_fits(chunks, q):
                 break
             if kv.num_allocated_requests == self.limits.batch_size_cap:
                 break
@@ -66,10 +66,10 @@ class VLLMScheduler(ReplicaScheduler):
             return None
         if not self.waiting:
             return None, False, False
-        q = self.table.prefill[self.waiting[0]]
+        rid = self.waiting[0]
         if (
-            not self.kv.can_admit(q)
-            or not self._prompt_batch_fits([], q)
+            not self.kv.can_admit(rid)
+            or not self._prompt_batch_fits([], self.table.prefill[rid])
             or self.kv.num_allocated_requests == self.limits.batch_size_cap
         ):
             return None, False, False
