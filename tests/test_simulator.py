@@ -226,6 +226,37 @@ def test_fast_paths_change_no_result(scheduler, router, time_model):
         assert a.stats.block_time == pytest.approx(b.stats.block_time, rel=1e-12)
 
 
+class BatchRecorder(StateRecorder):
+    """Records the ids of every replica's batch in flight at each decision."""
+
+    FIELDS = ("batch",)
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+def test_batch_in_flight_is_the_same_on_every_path(scheduler):
+    """The batch a router would see at each decision, in Vidur's order, whether the decode-run
+    loop left it suspended, the grouped path formed it, or the per-request path did."""
+    reqs = random_requests(300, 5, qps=25.0)
+    seen = []
+    suspended = 0
+    for fast in (True, False):
+        cluster = ClusterConfig(num_replicas=2, replica=ReplicaConfig(scheduler=scheduler, num_blocks=900))
+        sim = ClusterSimulator(cluster, reqs, time_models=[AffineTime()] * 2)
+        for r in sim.replicas:
+            r.fast_forward = r.group_decodes = fast
+        recorder = BatchRecorder("round_robin", 2)
+
+        def route(sim, rid, recorder=recorder):
+            nonlocal suspended
+            suspended += sum(r.runs.suspended is not None for r in sim.replicas)
+            return recorder(sim, rid)
+
+        sim.run(route)
+        seen.append(recorder.states)
+    assert suspended > 0, "the case must show suspended batches"
+    assert seen[0] == seen[1]
+
+
 def test_same_seed_same_results_bit_for_bit():
     reqs = random_requests(200, 7)
     a = simulate(reqs, replicas=3, router="random", seed=11)
