@@ -4,7 +4,8 @@ The replica runs the iterations its scheduler (:mod:`vidur_env.schedulers`) form
 the other with no gap, as Vidur's replica stage does with one pipeline stage. The cluster
 advances it to each arrival with :meth:`Replica.advance_to`; where the scheduler offers a
 steady run, the decode-run loop (:mod:`vidur_env.decode_runs`) runs those iterations instead
-of the general path, and may leave one in flight at the horizon.
+of the general path (one ``_get_next_batch`` per iteration), and may leave one in flight at
+the horizon.
 """
 from __future__ import annotations
 
