@@ -10,7 +10,7 @@ from vidur_env.cluster import ClusterSimulator, SimulationError
 from vidur_env.config import ClusterConfig, ReplicaConfig
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
 from vidur_env.routers import make_router
-from vidur_env.schedulers import SCHEDULER_NAMES
+from vidur_env.schedulers import SCHEDULER_NAMES, ReplicaScheduler
 from vidur_env.time_model import builtin_time_model
 
 
@@ -255,6 +255,26 @@ def test_batch_in_flight_is_the_same_on_every_path(scheduler):
         seen.append(recorder.states)
     assert suspended > 0, "the case must show suspended batches"
     assert seen[0] == seen[1]
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+def test_without_the_steady_run_hook_a_scheduler_gives_the_same_results(scheduler):
+    """The base class's default hook (no steady runs) is correct for every scheduler: only the
+    grouped decodes run fast, and every timestamp matches the per-request path."""
+    reqs = random_requests(300, 6, qps=25.0)
+    results = []
+    for fast in (True, False):
+        cluster = ClusterConfig(num_replicas=2, replica=ReplicaConfig(scheduler=scheduler, num_blocks=900))
+        sim = ClusterSimulator(cluster, reqs, time_models=[AffineTime()] * 2)
+        for r in sim.replicas:
+            r.fast_forward = r.group_decodes = fast
+            if fast:  # every fast path on, but the scheduler never offers a steady run
+                r.scheduler.steady_run = ReplicaScheduler.steady_run.__get__(r.scheduler)
+        recorder = StateRecorder("round_robin", 2)
+        sim.run(recorder)
+        results.append((sim.table.scheduled_at, sim.table.prefill_completed_at, sim.table.completed_at,
+                        recorder.states))
+    assert results[0] == results[1]
 
 
 def test_same_seed_same_results_bit_for_bit():
