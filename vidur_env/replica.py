@@ -120,8 +120,9 @@ class Replica:
                     if runs.suspended is not None:
                         self.batch_end = runs.suspended.end
                         continue
-                else:
-                    self._finish_batch(now)
+                else:  # the batch in flight has ended: the scheduler advances its requests
+                    scheduler.on_batch_end(self.batch_decodes, self.batch_prefills, self.batch_chunks, now)
+                    self.batch_decodes, self.batch_prefills, self.batch_chunks = [], [], []
             else:
                 if self.pending_at >= horizon:
                     return
@@ -177,12 +178,6 @@ class Replica:
         allocated = self.kv.allocated_blocks
         self.stats.record(1, len(decodes) + len(prefills), len(decodes) + prefill_tokens, prefill_tokens,
                           duration, allocated * duration, allocated)
-
-    def _finish_batch(self, now: float) -> None:
-        self.scheduler.on_batch_end(self.batch_decodes, self.batch_prefills, self.batch_chunks, now)
-        self.batch_decodes = []
-        self.batch_prefills = []
-        self.batch_chunks = []
 
 
 def make_replica(replica_id: int, table: RequestTable, time_model: ExecutionTimeModel, scheduler: str,

@@ -183,7 +183,8 @@ class ReplicaScheduler(ABC):
         decoding = self.decoding
         if not self.group_decodes or len(decodes) != decoding.size:
             return False
-        return self.kv.grow_group(decoding.growth.at(decoding.tick))
+        growth = decoding.growth
+        return self.kv.grow_group(growth.phase[decoding.tick & growth.mask])  # growth.at, inlined
 
     def _write_back_decodes(self) -> None:
         """Make ``table`` exact for every decoding request before an exact-path iteration."""
