@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from vidur_env.schedulers import SCHEDULER_NAMES
+
 KEYINGS = ("vidur", "vidur_pypi")
 TIME_MODEL_SOURCES = ("builtin", "profiled")
 
