@@ -23,6 +23,7 @@ import numpy as np
 
 from vidur_env.cluster import ClusterSimulator, build_time_models
 from vidur_env.routers import make_router
+from vidur_env.schedulers import SCHEDULER_NAMES
 from vidur_env.simulation import Scenario, resolve_workload
 from vidur_env.workload import generate_requests
 
@@ -45,7 +46,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--load", type=float, default=0.85)
     parser.add_argument("--repeats", type=int, default=5, help="runs per path; the best is reported")
-    parser.add_argument("--scheduler", choices=("sarathi", "vllm", "orca"), default="sarathi")
+    parser.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="sarathi")
     parser.add_argument("--profile", action="store_true", help="print the top functions by own time")
     args = parser.parse_args()
 

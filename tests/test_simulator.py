@@ -10,6 +10,7 @@ from vidur_env.cluster import ClusterSimulator, SimulationError
 from vidur_env.config import ClusterConfig, ReplicaConfig
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
 from vidur_env.routers import make_router
+from vidur_env.schedulers import SCHEDULER_NAMES, ReplicaScheduler
 from vidur_env.time_model import builtin_time_model
 
 
@@ -152,7 +153,7 @@ def test_restart_keeps_first_schedule_and_first_token_times():
         assert table.scheduled_at[rid] <= table.prefill_completed_at[rid] < table.completed_at[rid]
 
 
-@pytest.mark.parametrize("scheduler", ["sarathi", "vllm", "orca"])
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_invariants_on_random_workloads(scheduler, seed):
     reqs = random_requests(300, seed, qps=30.0)
@@ -167,7 +168,7 @@ def test_invariants_on_random_workloads(scheduler, seed):
         assert replica.allocated_blocks == 0
         assert replica.num_allocated_requests == 0
         assert replica.stats.peak_blocks <= replica.num_blocks
-        assert not replica.waiting and not replica.running
+        assert not replica.scheduler.waiting and not replica.scheduler.running
     if scheduler == "orca":
         assert sum(table.restarts) == 0
 
@@ -200,7 +201,7 @@ def run_recorded(reqs, scheduler, router, time_model, fast):
 
 @pytest.mark.parametrize("time_model", ["affine", "builtin"])
 @pytest.mark.parametrize("router", ["round_robin", "jsq"])
-@pytest.mark.parametrize("scheduler", ["sarathi", "vllm", "orca"])
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 def test_fast_paths_change_no_result(scheduler, router, time_model):
     """Grouped decodes and the decode-run loop (suspended at arrivals and resumed) reproduce
     Vidur's per-request path exactly: every timestamp, and the public state a router sees at
@@ -223,6 +224,57 @@ def test_fast_paths_change_no_result(scheduler, router, time_model):
         assert a.stats.peak_blocks == b.stats.peak_blocks
         assert a.stats.busy_time == pytest.approx(b.stats.busy_time, rel=1e-12)
         assert a.stats.block_time == pytest.approx(b.stats.block_time, rel=1e-12)
+
+
+class BatchRecorder(StateRecorder):
+    """Records the ids of every replica's batch in flight at each decision."""
+
+    FIELDS = ("batch",)
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+def test_batch_in_flight_is_the_same_on_every_path(scheduler):
+    """The batch a router would see at each decision, in Vidur's order, whether the decode-run
+    loop left it suspended, the grouped path formed it, or the per-request path did."""
+    reqs = random_requests(300, 5, qps=25.0)
+    seen = []
+    suspended = 0
+    for fast in (True, False):
+        cluster = ClusterConfig(num_replicas=2, replica=ReplicaConfig(scheduler=scheduler, num_blocks=900))
+        sim = ClusterSimulator(cluster, reqs, time_models=[AffineTime()] * 2)
+        for r in sim.replicas:
+            r.fast_forward = r.group_decodes = fast
+        recorder = BatchRecorder("round_robin", 2)
+
+        def route(sim, rid, recorder=recorder):
+            nonlocal suspended
+            suspended += sum(r.runs.suspended is not None for r in sim.replicas)
+            return recorder(sim, rid)
+
+        sim.run(route)
+        seen.append(recorder.states)
+    assert suspended > 0, "the case must show suspended batches"
+    assert seen[0] == seen[1]
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+def test_without_the_steady_run_hook_a_scheduler_gives_the_same_results(scheduler):
+    """The base class's default hook (no steady runs) is correct for every scheduler: only the
+    grouped decodes run fast, and every timestamp matches the per-request path."""
+    reqs = random_requests(300, 6, qps=25.0)
+    results = []
+    for fast in (True, False):
+        cluster = ClusterConfig(num_replicas=2, replica=ReplicaConfig(scheduler=scheduler, num_blocks=900))
+        sim = ClusterSimulator(cluster, reqs, time_models=[AffineTime()] * 2)
+        for r in sim.replicas:
+            r.fast_forward = r.group_decodes = fast
+            if fast:  # every fast path on, but the scheduler never offers a steady run
+                r.scheduler.steady_run = ReplicaScheduler.steady_run.__get__(r.scheduler)
+        recorder = StateRecorder("round_robin", 2)
+        sim.run(recorder)
+        results.append((sim.table.scheduled_at, sim.table.prefill_completed_at, sim.table.completed_at,
+                        recorder.states))
+    assert results[0] == results[1]
 
 
 def test_same_seed_same_results_bit_for_bit():
@@ -267,7 +319,7 @@ def test_aggregate_metrics_report_vidur_names_and_replica_figures():
     assert all(0.0 < r["busy_fraction"] <= 1.0 for r in report["replicas"])
 
 
-@pytest.mark.parametrize("scheduler", ["sarathi", "vllm", "orca"])
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 def test_fast_paths_match_at_the_batch_cap(scheduler):
     reqs = random_requests(300, 4, qps=40.0, max_prompt=600, max_output=200)
     blocks = 2000 if scheduler == "orca" else 400  # Orca reserves 256 blocks per request
@@ -278,7 +330,7 @@ def test_fast_paths_match_at_the_batch_cap(scheduler):
         assert getattr(fast.table, column) == getattr(slow.table, column), column
 
 
-@pytest.mark.parametrize("scheduler", ["sarathi", "vllm", "orca"])
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 def test_fast_paths_match_when_arrivals_coincide_with_iteration_ends(scheduler):
     """Every iteration takes exactly 1/64 s, and requests arrive on that grid: an iteration
     ending at an arrival's instant finishes first, and the next one is formed with the new

@@ -222,7 +222,7 @@ def test_builtin_speed_path_is_memoised() -> None:
 # ----------------------------------------------------------------------------------------- profiled (fixtures)
 
 TINY = ModelSpec("test/tiny", num_layers=2, hidden_size=64, num_q_heads=4, num_kv_heads=4, ffn_size=128)
-GPU = DeviceSpec("gpu", memory_gb=80, network="net", fp16_tflops=100, hbm_tb_s=1.0)
+GPU = DeviceSpec("gpu", memory_gb=80, network="net", hbm_tb_s=1.0)
 OPS = ("emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm",
        "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
 LINEAR_OPS = 9  # every op but the embedding

@@ -14,8 +14,9 @@ import numpy as np
 
 from vidur_env.config import ClusterConfig, ReplicaConfig
 from vidur_env.hardware import plan_memory
-from vidur_env.replica import SCHEDULERS, Replica, SchedulerLimits
+from vidur_env.replica import Replica, make_replica
 from vidur_env.request_table import RequestTable
+from vidur_env.schedulers import SchedulerLimits
 from vidur_env.time_model import ExecutionTimeModel, builtin_time_model, profiled_time_model
 
 
@@ -78,7 +79,8 @@ class ClusterSimulator:
     Public state for routers and observations (read-only): ``now``, ``next_request``,
     ``replicas`` (each exposes ``num_waiting``, ``waiting_prompt_tokens``,
     ``num_allocated_requests``, ``num_in_batch``, ``allocated_blocks``, ``num_blocks``,
-    ``kv_utilization``, ``is_busy``, ``batch_end``) and ``table`` (per-request columns).
+    ``kv_utilization``, ``is_busy``, ``batch_end``, and ``kv``, its
+    :class:`~vidur_env.kv_cache.KVCache`) and ``table`` (per-request columns).
     """
 
     def __init__(
@@ -95,7 +97,7 @@ class ClusterSimulator:
         self._check_requests_fit(max_tokens)
         models = time_models if time_models is not None else build_time_models(cluster)
         self.replicas: list[Replica] = [
-            SCHEDULERS[spec.scheduler](i, self.table, model, scheduler_limits(spec, max_tokens))
+            make_replica(i, self.table, model, spec.scheduler, scheduler_limits(spec, max_tokens))
             for i, (spec, model) in enumerate(zip(cluster.replica_configs, models))
         ]
         self.num_replicas = len(self.replicas)

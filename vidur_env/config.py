@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from vidur_env.hardware import UnknownSpecError, get_device, get_model
+from vidur_env.schedulers import SCHEDULER_NAMES
 
-SCHEDULER_NAMES = ("sarathi", "vllm", "orca")
 KEYINGS = ("vidur", "vidur_pypi")
 TIME_MODEL_SOURCES = ("builtin", "profiled")
 

@@ -1,38 +1,36 @@
 """The decode-phase requests of one replica, advanced together without touching each one.
 
 With continuous batching every decoding request gains one token per iteration and a new KV
-block every 16 tokens, and that is the whole per-iteration update for most of a batch. So the
-set keeps one iteration counter (``tick``) and, per request, the offset such that its
+block at each block boundary, and that is the whole per-iteration update for most of a batch.
+So the set keeps one iteration counter (``tick``) and, per request, the offset such that its
 processed-token count is ``offset + tick``. What an iteration needs from the set is then O(1):
 how many tokens of KV the decodes hold (``kv_sum``), how many of them take a new block now
-(``growth_at``), and which of them finish (a bucket per tick). A request's exact state is
-written back to the :class:`RequestTable` only when it leaves the set.
+(``growth``, the KV cache's :class:`~vidur_env.kv_cache.GroupGrowth`), and which
+of them finish (a bucket per tick). A request's exact state is written back to the
+:class:`RequestTable` only when it leaves the set.
 """
 from __future__ import annotations
 
 import heapq
 from math import inf
 
+from vidur_env.kv_cache import KVCache
 from vidur_env.request_table import RequestTable
-
-BLOCK_SIZE = 16
 
 
 class DecodeSet:
     """Requests that decode in every iteration of their replica, tracked by offsets."""
 
-    def __init__(self, table: RequestTable, grows_kv: bool) -> None:
+    def __init__(self, table: RequestTable, kv: KVCache) -> None:
         self.table = table
-        self.grows_kv = grows_kv
         self.tick = 0
         """Iterations the set has run, all members together."""
         self.size = 0
         self.offset_sum = 0
         self._offset: dict[int, int] = {}
-        self._first_growth: dict[int, int] = {}
-        self.phase = [0] * BLOCK_SIZE
-        """Members taking a new block at ticks congruent to the index (mod 16); all zero when
-        the replica does not grow KV per block (read directly by the replica's tight loop)."""
+        self.growth = kv.group_growth()
+        """Which members take a new block at which tick (``growth.phase`` is read directly by
+        the decode-run loop)."""
         self._done_at: dict[int, list[int]] = {}
         self._done_ticks: list[int] = []
 
@@ -45,10 +43,6 @@ class DecodeSet:
 
     def processed(self, rid: int) -> int:
         return self._offset[rid] + self.tick
-
-    def growth_at(self, tick: int) -> int:
-        """Members that take a new block when the iteration at ``tick`` is formed."""
-        return self.phase[tick % BLOCK_SIZE] if self.grows_kv else 0
 
     def next_completion(self) -> float:
         """Tick at which the next member completes (inf when none)."""
@@ -64,13 +58,7 @@ class DecodeSet:
         self._offset[rid] = offset
         self.offset_sum += offset
         self.size += 1
-        if self.grows_kv:
-            # first tick at which processed > 16 * blocks when the iteration is formed
-            first = table.blocks[rid] * BLOCK_SIZE + 1 - offset
-            if not 0 <= first - self.tick < BLOCK_SIZE:
-                raise RuntimeError(f"KV reservation invariant broken for request {rid}")
-            self._first_growth[rid] = first
-            self.phase[first % BLOCK_SIZE] += 1
+        self.growth.join(rid, offset, self.tick)
         done = table.total[rid] - offset
         bucket = self._done_at.get(done)
         if bucket is None:
@@ -86,11 +74,7 @@ class DecodeSet:
         self.offset_sum -= offset
         self.size -= 1
         table.processed[rid] = offset + self.tick
-        if self.grows_kv:
-            first = self._first_growth.pop(rid)
-            self.phase[first % BLOCK_SIZE] -= 1
-            if self.tick > first:
-                table.blocks[rid] += (self.tick - 1 - first) // BLOCK_SIZE + 1
+        self.growth.leave(rid, self.tick)
         done = table.total[rid] - offset
         bucket = self._done_at[done]
         bucket.remove(rid)

@@ -14,7 +14,6 @@ from vidur_env.cluster import ClusterSimulator, build_time_models
 from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig, reject_unknown_keys, replica_config_from_dict
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
 from vidur_env.observation import ObservationBuilder, ReplicaCosts, features, queued_work_seconds
-from vidur_env.replica import BLOCK_SIZE
 from vidur_env.reward import REWARDS, LatencyReward, SLOReward, TTFTReward, isolated_latencies
 from vidur_env.simulation import Scenario, resolve_workload
 from vidur_env.workload import Requests, WorkloadConfig, generate_requests
@@ -225,7 +224,7 @@ class VidurRoutingEnv(gym.Env):
         self.simulator = sim
         self._prefill = sim.table.orig_prefill
         self._decode = sim.table.orig_decode
-        self._admit_blocks = [admissible_blocks(r) for r in sim.replicas]
+        self._admit_tokens = [r.kv.max_admissible_prompt() for r in sim.replicas]
         self._reward = self._make_reward(sim)
         self._obs = ObservationBuilder(self.costs, [r.num_blocks for r in sim.replicas], self.workload.max_tokens,
                                        oracle=self.oracle, refresh_s=self.refresh_s)
@@ -293,9 +292,9 @@ class VidurRoutingEnv(gym.Env):
         rid = self.current_request
         if sim is None or rid < 0:
             return np.ones(self.num_replicas, dtype=bool)
-        need = -(-self._prefill[rid] // BLOCK_SIZE)
+        prompt = self._prefill[rid]
         cap = inf if self.max_queue is None else self.max_queue
-        mask = np.array([need <= admit and r.num_waiting < cap for r, admit in zip(sim.replicas, self._admit_blocks)],
+        mask = np.array([prompt <= admit and r.num_waiting < cap for r, admit in zip(sim.replicas, self._admit_tokens)],
                         dtype=bool)
         return mask if mask.any() else np.ones(self.num_replicas, dtype=bool)
 
@@ -309,13 +308,6 @@ class VidurRoutingEnv(gym.Env):
 
 # ---------------------------------------------------------------------------------------------
 # Helpers: configuration and rendering
-
-
-def admissible_blocks(replica: Any) -> float:
-    """Largest prompt (in KV blocks) an empty replica admits; -1 if it admits nothing."""
-    if replica.grows_kv:
-        return replica.num_blocks - replica.watermark_blocks
-    return inf if replica.reserve_blocks <= replica.num_blocks else -1
 
 
 def build_scenario(cluster: Any, workload: Any, load: Any, scenario: Scenario | None,

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil
 
+from vidur_env.kv_cache import BLOCK_SIZE
+
 __all__ = [
     "DEVICES",
     "MODELS",
@@ -121,14 +123,12 @@ class DeviceSpec:
     :param name: short name, also the folder name of Vidur's compute profiles (``a100``).
     :param memory_gb: HBM capacity in GiB, as Vidur's ``total_memory_gb``.
     :param network: name of the node's network profile folder (``a100_dgx``), used for all-reduce.
-    :param fp16_tflops: peak dense fp16 throughput, Vidur's value (used for MFU).
     :param hbm_tb_s: HBM bandwidth in TB/s; scales bandwidth-bound decode attention across devices.
     """
 
     name: str
     memory_gb: float
     network: str
-    fp16_tflops: float
     hbm_tb_s: float
 
 
@@ -167,8 +167,8 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec, _ in _MODEL_LIST}
 """Models by canonical (Hugging Face) name."""
 
 DEVICES: dict[str, DeviceSpec] = {
-    "a100": DeviceSpec("a100", memory_gb=80, network="a100_dgx", fp16_tflops=312, hbm_tb_s=2.0),
-    "h100": DeviceSpec("h100", memory_gb=80, network="h100_dgx", fp16_tflops=1000, hbm_tb_s=3.35),
+    "a100": DeviceSpec("a100", memory_gb=80, network="a100_dgx", hbm_tb_s=2.0),
+    "h100": DeviceSpec("h100", memory_gb=80, network="h100_dgx", hbm_tb_s=3.35),
 }
 """Devices by short name (Vidur's A100-80GB and H100 SKUs)."""
 
@@ -203,7 +203,7 @@ def plan_memory(
     tp: int,
     *,
     max_tokens: int = 4096,
-    block_size: int = 16,
+    block_size: int = BLOCK_SIZE,
     batch_size_cap: int = 128,
     memory_margin_fraction: float = 0.1,
     pipeline_stages: int = 1,

@@ -55,30 +55,27 @@ cost defines a replica's relative speed."""
 
 @dataclass(frozen=True)
 class Feature:
-    """One observation column: its name, what it measures, and its squash constant (None = as is)."""
+    """One observation column: its name and its squash constant (None = as is); the module
+    docstring says what each measures."""
 
     name: str
-    meaning: str
     scale: float | None
 
 
 REPLICA_FEATURES: tuple[Feature, ...] = (
-    Feature("waiting", "requests queued at the replica, holding no KV", 8.0),
-    Feature("waiting_tokens", "prompt tokens of the queued requests", 8192.0),
-    Feature("running", "requests holding KV (num_allocated_requests)", 32.0),
-    Feature("kv_utilization", "allocated KV blocks / KV blocks", None),
-    Feature("batch_size", "requests in the iteration in flight", 32.0),
-    Feature("queued_work", "estimated seconds of queued work (queued_work_seconds)", 2.0),
-    Feature("batch_remaining", "seconds until the iteration in flight ends (0 when idle)", 0.05),
-    Feature("relative_speed", "fastest replica's reference cost / this replica's", None),
-    Feature("relative_kv", "this replica's KV blocks / the largest replica's", None),
+    Feature("waiting", 8.0),
+    Feature("waiting_tokens", 8192.0),
+    Feature("running", 32.0),
+    Feature("kv_utilization", None),
+    Feature("batch_size", 32.0),
+    Feature("queued_work", 2.0),
+    Feature("batch_remaining", 0.05),
+    Feature("relative_speed", None),
+    Feature("relative_kv", None),
 )
-REQUEST_FEATURES: tuple[Feature, ...] = (
-    Feature("prompt", "incoming request's prompt tokens / max_tokens", None),
-)
-ORACLE_FEATURES: tuple[Feature, ...] = (
-    Feature("output", "incoming request's output tokens / max_tokens (oracle=True only)", None),
-)
+REQUEST_FEATURES: tuple[Feature, ...] = (Feature("prompt", None),)
+ORACLE_FEATURES: tuple[Feature, ...] = (Feature("output", None),)
+"""The oracle column (``oracle=True`` only)."""
 COLUMN = {f.name: i for i, f in enumerate(REPLICA_FEATURES + REQUEST_FEATURES + ORACLE_FEATURES)}
 """Column index of every feature by name."""
 NUM_REPLICA_FEATURES = len(REPLICA_FEATURES)
@@ -89,13 +86,8 @@ def features(oracle: bool) -> tuple[Feature, ...]:
     return REPLICA_FEATURES + REQUEST_FEATURES + (ORACLE_FEATURES if oracle else ())
 
 
-def squash(x: float, c: float) -> float:
-    """Map ``x >= 0`` into [0, 1): ``x / (x + c)``."""
-    return x / (x + c)
-
-
 def unsquash(y: np.ndarray, c: float) -> np.ndarray:
-    """Inverse of :func:`squash` (float64, for recovering raw figures from observations)."""
+    """Inverse of the squash ``x / (x + c)`` (float64, for recovering raw figures from observations)."""
     y = np.asarray(y, dtype=np.float64)
     return c * y / np.maximum(1.0 - y, 1e-12)
 
@@ -160,10 +152,6 @@ class ObservationBuilder:
         self.per_token = [(c.prefill_token_s, EXPECTED_OUTPUT_TOKENS * c.decode_token_s) for c in self.costs]
         self.tail = (0.0,) * (self.num_features - NUM_REPLICA_FEATURES)
         self.flat: list[float] = []
-        self.next_tick = 0.0
-
-    def reset(self) -> None:
-        self.flat = []
         self.next_tick = 0.0
 
     def needs_refresh(self, now: float) -> bool:

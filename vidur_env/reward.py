@@ -135,7 +135,7 @@ class SLOReward:
 
     A request meets the SLO when its TTFT is at most ``ttft_s`` and its E2E latency at most
     ``e2e_s`` (a None bound is not checked). The return is minus the number of misses. Which
-    requests finished is found by :class:`PendingArea`, scanning a replica only when its
+    requests finished is found by :class:`FinishedScan`, scanning a replica only when its
     in-system count (``num_waiting + num_allocated_requests``) fell below the requests it
     tracks there.
     """

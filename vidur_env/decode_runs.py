@@ -1,0 +1,197 @@
+"""The decode-run loop: a replica's steady iterations in closed form, suspended at horizons.
+
+Most iterations of a busy replica are *steady*: the whole decode set, plus at most one
+partial prefill (which Sarathi's first iteration of the run may admit from the queue), with
+nothing else admitted, until a request completes, the prefill finishes, memory runs short or
+the next arrival (the horizon) comes. A scheduler says when that holds through its optional
+:meth:`~vidur_env.schedulers.base.ReplicaScheduler.steady_run` hook; :class:`DecodeRuns` then
+runs those iterations in a tight loop that performs exactly the arithmetic the general path
+would (same float additions in the same order), reading the decode set's offsets and its KV
+growth rhythm instead of touching each request.
+
+At a horizon the loop suspends with its iteration in flight (:class:`Suspended`) and later
+resumes where it stopped, so the public state of the replica is exact at every arrival
+without re-forming the batch; :meth:`DecodeRuns.batch` is that batch as the general path
+would show it.
+
+``tests/test_simulator.py::test_fast_paths_change_no_result`` holds this module to Vidur's
+per-request path: every timestamp, every stat, and the state a router sees at each decision.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vidur_env.schedulers.base import ReplicaScheduler, SteadyRun
+from vidur_env.time_model import ExecutionTimeModel
+
+
+@dataclass
+class Suspended:
+    """A decode-run loop stopped at a horizon with its next iteration in flight."""
+
+    run: SteadyRun
+    end: float
+    """When the iteration in flight ends."""
+    chunk: int
+    """Prompt tokens of ``run``'s partial prefill in the iteration in flight (0 if none)."""
+    decode_time: float
+    same_until: int
+    """The loop's cached decode-only iteration time and the tick until which it holds."""
+    queue_changed: bool = False
+    """A request was queued since: the run's premise is gone, so resuming only finishes the
+    iteration in flight and hands the next formation back to the scheduler."""
+
+
+class DecodeRuns:
+    """The decode-run loop of one replica, and the batch it left in flight, if any.
+
+    While ``suspended`` is set, the scheduler's ``running`` list is the batch in flight (the
+    decode set and the partial prefill, so its length is the batch size), and the loop
+    resumes from it.
+    """
+
+    def __init__(self, scheduler: ReplicaScheduler, time_model: ExecutionTimeModel) -> None:
+        self.scheduler = scheduler
+        self.suspended: Suspended | None = None
+        decoding, kv = scheduler.decoding, scheduler.kv
+        self._loop_constants = (
+            scheduler, decoding, kv, scheduler.table, scheduler.stats, decoding.growth.phase, decoding.growth.mask,
+            time_model.iteration_time, time_model.decode_run_time, scheduler.limits.chunk_size, kv.growth_ceiling,
+        )
+        """What the loop reads on every call, unpacked in one step (the objects never change)."""
+
+    # ----------------------------------------------------------- public view
+    def batch(self) -> list[int]:
+        """Ids of the suspended batch in Vidur's batch order (decodes, then the prefill)."""
+        partial = self.suspended.run[0]
+        running = self.scheduler.running
+        return [rid for rid in running if rid != partial] + ([] if partial is None else [partial])
+
+    # ------------------------------------------------------------------ loop
+    def run(self, now: float, horizon: float, run: SteadyRun | None = None) -> float:
+        """Run iterations of the steady batch ``run`` from ``now`` in a tight loop; with
+        ``run`` None, resume the suspended run, whose iteration in flight has ended at ``now``.
+
+        The run goes through segments with the same decode set and partial prefill. A
+        segment ends after the iteration in which a request completes or the prefill finishes;
+        with nothing queued the run carries on with the new decode set, else the scheduler
+        forms the next batch. The run also stops before an iteration that could need a
+        preemption or admit a request, and suspends (``suspended`` set) with the first
+        iteration that would end after ``horizon`` in flight. Returns the time reached.
+        """
+        (scheduler, decoding, kv_cache, table, stats, phase, mask, iteration_time, decode_run_time, chunk_size,
+         limit) = self._loop_constants  # limit: allocated blocks a grouped iteration may reach
+        resumed = None
+        if run is None:
+            resumed, self.suspended = self.suspended, None
+            run = resumed.run
+        partial, gated, admit = run
+        if admit:
+            scheduler.admit_head(now)
+            run = partial, gated, False
+        t = now
+        if resumed is None:
+            scheduler.decode_run_order()
+            same_until = decoding.tick  # decode-only iterations before this tick reuse ``d``
+            recorded = recorded_tokens = 0
+        else:
+            d, same_until = resumed.decode_time, resumed.same_until
+            recorded, recorded_tokens = 1, resumed.chunk
+        while True:  # one segment
+            n = decoding.size
+            tick = decoding.tick
+            last = decoding.next_completion()
+            offset_sum = decoding.offset_sum
+            budget = chunk_size - n
+            if partial is not None:
+                prompt = table.prefill[partial]
+                done = table.processed[partial]
+            allocated = kv_cache.allocated_blocks
+            block_time = busy = 0.0
+            prompt_tokens = 0  # of the partial prefill in this segment
+            going = True
+            if recorded:
+                # the iteration in flight at suspension (already in the stats) has ended at ``now``
+                tick += 1
+                going = not resumed.queue_changed
+                if recorded_tokens:
+                    done += recorded_tokens
+                    prompt_tokens = recorded_tokens
+                    going = going and done != prompt
+            in_flight = False
+            while going and tick < last and t < horizon:
+                grow = phase[tick & mask]  # all zero without KV growth (Orca)
+                if allocated + grow > limit:
+                    break
+                kv_tokens = offset_sum + n * tick
+                if partial is None:
+                    q = 0
+                    if tick >= same_until:
+                        d, span = decode_run_time(n, kv_tokens)
+                        same_until = tick + span
+                else:
+                    q = prompt - done if prompt - done < budget else budget
+                    if gated and q < budget:
+                        break  # budget left over: the head of the queue could be admitted
+                    # a one-token chunk is timed as a decode, as in the general path
+                    d = (iteration_time(n + 1, kv_tokens + done, (), ()) if q == 1
+                         else iteration_time(n, kv_tokens, (q,), (done,)))
+                allocated += grow
+                block_time += allocated * d
+                busy += d
+                end = t + d
+                if end > horizon:
+                    in_flight = True
+                    break
+                t = end
+                tick += 1
+                if q:
+                    done += q
+                    prompt_tokens += q
+                    if done == prompt:
+                        break
+            k = tick - decoding.tick
+            prefilled = partial is not None and done == prompt
+            completed = k and tick == last
+            kv_cache.allocated_blocks = allocated
+            if completed or (k and partial is not None):
+                self._apply(k, t, partial, prompt_tokens)
+            else:
+                decoding.tick = tick  # nothing completes: the set advances by its counter alone
+            # one stats update for the segment: the iterations run (less the one recorded at
+            # suspension) and the one now in flight, recorded when it starts as in the general path
+            iterations = k - recorded + in_flight
+            if iterations:
+                tokens = prompt_tokens - recorded_tokens + (q if in_flight else 0)
+                stats.record(iterations, (n + (partial is not None)) * iterations, n * iterations + tokens,
+                             tokens, busy, block_time, allocated)
+            if in_flight:
+                scheduler.batch_lazy = True
+                self.suspended = Suspended(run, t + d, q, d if partial is None else 0.0, same_until)
+                return t
+            if not (completed or prefilled) or scheduler.waiting:
+                return t
+            # a request completed or finished its prefill, and nothing is queued: go on with
+            # the new decode set (its first iteration recomputes the decode time)
+            if prefilled:
+                partial = None
+            if partial is None and not decoding.size:
+                return t
+            run = partial, False, False
+            gated = False
+            recorded = recorded_tokens = 0
+            same_until = decoding.tick
+
+    def _apply(self, k: int, end: float, partial: int | None, prompt_tokens: int) -> None:
+        """Advance the decode set ``k`` iterations and the partial prefill by ``prompt_tokens``,
+        ending at ``end``, as the general path would (completions, batch order)."""
+        scheduler = self.scheduler
+        running = scheduler.running
+        for rid in scheduler.advance_decodes(k, end):
+            running.remove(rid)
+        if partial is not None:
+            if running[-1] == partial:  # the usual place of the partial prefill
+                running.pop()
+            else:
+                running.remove(partial)
+            scheduler.advance_prefill(partial, prompt_tokens, end)
