@@ -44,6 +44,7 @@ def replica(i, waiting, running, tokens, blocks, model):
         replica_id=i, num_waiting=waiting, num_allocated_requests=running, waiting_prompt_tokens=tokens,
         allocated_blocks=blocks, num_blocks=100, kv_utilization=blocks / 100, num_in_batch=0, batch_end=inf,
         is_busy=False, time_model=model,
+        kv=SimpleNamespace(num_allocated_requests=running, allocated_blocks=blocks, num_blocks=100),
     )
 
 

@@ -167,14 +167,16 @@ class ObservationBuilder:
     def snapshot(self, replicas: Sequence["Replica"], now: float) -> None:
         """Take the replica columns from the simulator state at time ``now``.
 
-        The squash constants are those of ``REPLICA_FEATURES``, inlined for speed.
+        The squash constants are those of ``REPLICA_FEATURES``, inlined for speed; the KV
+        figures are read from each replica's KV cache itself (one attribute each, every step).
         """
         flat: list[float] = []
         tail = self.tail
         for replica, (prefill_s, request_s), (speed, kv) in zip(replicas, self.per_token, self.static):
+            cache = replica.kv
             waiting = replica.num_waiting
             tokens = replica.waiting_prompt_tokens
-            running = replica.num_allocated_requests
+            running = cache.num_allocated_requests
             in_batch = replica.num_in_batch
             end = replica.batch_end
             remaining = end - now if end != inf else 0.0
@@ -183,7 +185,7 @@ class ObservationBuilder:
                 waiting / (waiting + 8.0),
                 tokens / (tokens + 8192.0),
                 running / (running + 32.0),
-                replica.allocated_blocks / replica.num_blocks,
+                cache.allocated_blocks / cache.num_blocks,
                 in_batch / (in_batch + 32.0),
                 work / (work + 2.0),
                 remaining / (remaining + 0.05) if remaining > 0.0 else 0.0,
