@@ -126,7 +126,7 @@ def test_random_policy_is_uniform_and_reproducible_by_seed():
 
 def test_registry_names_every_router_and_rejects_unknown_names():
     assert set(ROUTERS) == {"round_robin", "random", "lor", "jsq", "power_of_two", "least_kv", "least_work_left",
-                            "vllm_dp"}
+                            "vllm_dp", "speed_aware_lwl", "staleness_aware_lwl"}
     with pytest.raises(ValueError, match="least_kv"):
         make_router("shortest")
     with pytest.raises(ValueError, match="unknown router"):
@@ -140,11 +140,11 @@ def test_policy_on_fresh_observations_matches_the_router_on_the_simulator(name):
     router.reset(3, np.random.default_rng(0))
     policy = RouterPolicy(name)
     obs, _ = env.reset(seed=0)
-    truncated = False
-    while not truncated:
+    terminated = False
+    while not terminated:
         action = router.choose(env.simulator, env.current_request)
         assert int(policy.predict(obs)[0]) == action
-        obs, _, _, truncated, _ = env.step(action)
+        obs, _, terminated, _, _ = env.step(action)
 
 
 @pytest.mark.parametrize("name", sorted(ROUTERS))
