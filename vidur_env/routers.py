@@ -227,12 +227,13 @@ class SpeedAwareLeastWorkLeft(Router):
 
 
 class StalenessAwareLeastWorkLeft(SpeedAwareLeastWorkLeft):
-    """:class:`SpeedAwareLeastWorkLeft` that remembers what it sent since the replica state was
+    """:class:`SpeedAwareLeastWorkLeft` that also counts the work sent since the replica state was
     last refreshed: with stale observations (the env's ``obs_refresh_ms``) the snapshot's queued
     work misses every request routed after it, so routers that trust it herd onto the replica
-    that looked idle. Score on observations: ``queued_work + dispatched_work + request_cost``.
-    On the simulator the state is always fresh (nothing was sent since it was read), so it
-    decides as :class:`SpeedAwareLeastWorkLeft`."""
+    that looked idle. Score on observations: ``queued_work + dispatched_work + request_cost``,
+    where ``dispatched_work`` is the ``request_cost`` of each request this router sent to the
+    replica since the snapshot (tracked by the env). On the simulator the state is always fresh
+    (nothing was sent since it was read), so it decides as :class:`SpeedAwareLeastWorkLeft`."""
 
     name = "staleness_aware_lwl"
 
