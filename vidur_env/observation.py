@@ -262,18 +262,21 @@ class ObservationBuilder:
         n, f = self.num_replicas, self.num_features
         if requests_left > 0.0:
             output = output_tokens if self.oracle else EXPECTED_OUTPUT_TOKENS
-            costs = [request_seconds(prompt_tokens, output, c) for c in self.costs]
-            totals = [w + s + c for w, s, c in zip(self.work, self.sent, costs)]
-            least = min(totals)
+            # request_seconds, inlined for speed
+            costs = [prompt_tokens * c.prefill_token_s + output * c.decode_token_s for c in self.costs]
+            gaps = [w + s + c for w, s, c in zip(self.work, self.sent, costs)]
+            least = min(gaps)
+            gaps = [g - least for g in gaps]
             age = 0.0 if now is None else now - self.taken_at
         else:
-            costs, totals, least, age = [0.0] * n, [0.0] * n, 0.0, 0.0
+            costs, gaps, age = [0.0] * n, [0.0] * n, 0.0
         self.request_costs = costs
         base = NUM_REPLICA_FEATURES
+        cost_c, sent_c, gap_c = SCALE["request_cost"], SCALE["dispatched_work"], SCALE["work_gap"]
         flat[base::f] = [prompt_tokens / self.max_tokens] * n
-        flat[base + 1::f] = [squash(c, SCALE["request_cost"]) for c in costs]
-        flat[base + 2::f] = [squash(s, SCALE["dispatched_work"]) for s in self.sent]
-        flat[base + 3::f] = [squash(t - least, SCALE["work_gap"]) for t in totals]
+        flat[base + 1::f] = [c / (c + cost_c) for c in costs]
+        flat[base + 2::f] = [s / (s + sent_c) for s in self.sent]
+        flat[base + 3::f] = [g / (g + gap_c) for g in gaps]
         flat[base + 4::f] = [squash(age, SCALE["snapshot_age"])] * n
         flat[base + 5::f] = [requests_left] * n
         if self.oracle:
