@@ -97,8 +97,8 @@ def adapter_time(env: VidurRoutingEnv, steps: int, seed: int = 0) -> tuple[float
     env.reset(seed=seed)
     instrument()
     for a in actions:
-        _, _, _, truncated, _ = env.step(a)
-        if truncated:
+        _, _, terminated, truncated, _ = env.step(a)
+        if terminated or truncated:
             env.reset()
             instrument()
     return time.perf_counter() - start, inside

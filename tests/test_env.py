@@ -28,11 +28,11 @@ def run_episode(env, policy=None, seed=0):
     while True:
         action = policy(env, obs, k) if policy else k % env.num_replicas
         obs, reward, terminated, truncated, info = env.step(action)
-        assert not terminated
+        assert not truncated
         observations.append(obs)
         rewards.append(reward)
         k += 1
-        if truncated:
+        if terminated:
             return observations, rewards, info
 
 
@@ -45,7 +45,7 @@ def test_make_works_in_a_fresh_interpreter_without_kwargs():
     code = ("import gymnasium; env = gymnasium.make('vidur_env:VidurRouting-v0'); obs, _ = env.reset(seed=0); "
             "print(obs.shape, env.action_space)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "(4, 10) Discrete(4)"
+    assert out.strip() == "(4, 15) Discrete(4)"
 
 
 @pytest.mark.parametrize("kwargs", [{"render_mode": "ansi"}, {"render_mode": "rgb_array", "oracle": True},
@@ -180,7 +180,7 @@ def test_observation_features_decode_to_the_replica_state():
 def test_no_output_length_feature_unless_oracle():
     plain = VidurRoutingEnv(**SMALL)
     oracle = VidurRoutingEnv(**SMALL, oracle=True)
-    assert plain.observation_space.shape == (2, 10) and oracle.observation_space.shape == (2, 11)
+    assert plain.observation_space.shape == (2, 15) and oracle.observation_space.shape == (2, 16)
     obs, _ = oracle.reset(seed=0)
     assert obs[0, COLUMN["output"]] == pytest.approx(oracle.requests.num_decode_tokens[0] / oracle.workload.max_tokens)
 
@@ -232,13 +232,13 @@ def test_vec_envs_step():
     for cls, kwargs in ((DummyVecEnv, {}), (SubprocVecEnv, {"start_method": "fork"})):
         venv = make_vec_env("vidur_env:VidurRouting-v0", n_envs=2, env_kwargs=dict(num_replicas=2, num_requests=8),
                             vec_env_cls=cls, vec_env_kwargs=kwargs, seed=0)
-        assert venv.reset().shape == (2, 2, 10)
+        assert venv.reset().shape == (2, 2, 15)
         ends = []
         for _ in range(10):
             obs, rewards, dones, infos = venv.step(np.array([0, 1]))
             ends += [info for info, done in zip(infos, dones) if done]
         venv.close()
-        assert obs.shape == (2, 2, 10) and rewards.shape == (2,)
+        assert obs.shape == (2, 2, 15) and rewards.shape == (2,)
         assert len(ends) == 2 and all(info["metrics"]["num_requests"] == 8 for info in ends)
 
 
@@ -246,6 +246,43 @@ def test_episode_end_info_carries_the_simulator_metrics():
     _, _, info = run_episode(VidurRoutingEnv(**SMALL))
     assert info["metrics"]["num_requests"] == 48
     assert "request_e2e_time" in info["metrics"] and len(info["request_metrics"].request_id) == 48
+
+
+def test_the_drain_ends_the_episode_as_terminated_and_the_last_observation_says_so():
+    env = VidurRoutingEnv(**SMALL)
+    env.reset(seed=0)
+    for k in range(48):
+        obs, _, terminated, truncated, _ = env.step(k % 2)
+        assert terminated == (k == 47) and not truncated
+    np.testing.assert_array_equal(obs[:, COLUMN["prompt"]:], 0.0)
+
+
+class RecordRewards(gym.Wrapper):
+    """Keeps every reward the env gave, to compare with what SB3 stored."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.rewards = []
+
+    def step(self, action):
+        result = self.env.step(action)
+        self.rewards.append(result[1])
+        return result
+
+
+def test_sb3_stores_the_drain_reward_without_bootstrapping_a_value_on_top():
+    """The drain reward already holds every remaining cost; a truncated end would make SB3 add
+    gamma * V(final observation) to it (its TimeLimit.truncated bootstrap)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    recorder = RecordRewards(VidurRoutingEnv(num_replicas=2, num_requests=8))
+    venv = DummyVecEnv([lambda: recorder])
+    model = PPO("MlpPolicy", venv, n_steps=20, batch_size=20, n_epochs=1, seed=0, device="cpu")
+    model.learn(total_timesteps=20)
+    stored = model.rollout_buffer.rewards[:, 0]
+    np.testing.assert_allclose(stored, np.asarray(recorder.rewards[-20:], dtype=np.float32), rtol=1e-6)
+    assert model.rollout_buffer.episode_starts[[8, 16], 0].tolist() == [1.0, 1.0]
 
 
 def test_heterogeneous_cluster_has_a_relative_speed_feature():

@@ -48,16 +48,18 @@ def replica(i, waiting, running, tokens, blocks, model):
     )
 
 
-def hand_built(state=STATE):
+def hand_built(state=STATE, prompt=100, output=10):
+    """A simulator stand-in whose request 0 has ``prompt`` and ``output`` tokens."""
     replicas = [replica(i, *values) for i, values in enumerate(state.values())]
-    return SimpleNamespace(replicas=replicas, num_replicas=len(replicas))
+    table = SimpleNamespace(orig_prefill=[prompt], orig_decode=[output])
+    return SimpleNamespace(replicas=replicas, num_replicas=len(replicas), table=table)
 
 
-def observe(sim):
+def observe(sim, oracle=False):
     builder = ObservationBuilder([ReplicaCosts.from_time_model(r.time_model) for r in sim.replicas],
-                                 [r.num_blocks for r in sim.replicas], max_tokens=4096)
+                                 [r.num_blocks for r in sim.replicas], max_tokens=4096, oracle=oracle)
     builder.snapshot(sim.replicas, 0.0)
-    return builder.build(100, 10)
+    return builder.build(sim.table.orig_prefill[0], sim.table.orig_decode[0])
 
 
 def chosen(name, sim, seed=0):
@@ -94,6 +96,61 @@ def test_least_work_left_weighs_a_slow_replica_more():
     assert chosen("jsq", same_load) == 0
 
 
+LWL_VARIANTS = ("speed_aware_lwl", "staleness_aware_lwl")
+
+
+@pytest.mark.parametrize("name", LWL_VARIANTS)
+def test_speed_aware_lwl_counts_the_requests_own_cost_on_each_replica(name):
+    # idle slow replica vs fast one running one request (0.21 s queued): least_work_left takes the
+    # idle one; a 1000-token prompt costs .3 + .63 s there but .1 + .21 s on the fast one
+    state = {"slow": (0, 0, 0, 0, SLOW), "fast": (0, 1, 0, 0, FAST)}
+    sim = hand_built(state, prompt=1000)
+    assert chosen("least_work_left", sim) == 0
+    assert chosen(name, sim) == 1
+    assert int(RouterPolicy(name, seed=0).predict(observe(sim))[0]) == 1
+
+
+@pytest.mark.parametrize("name", LWL_VARIANTS)
+def test_speed_aware_lwl_reads_the_true_output_only_as_an_oracle(name):
+    # prompt 100, output 10: expected-output costs slow .03 + .63 vs fast .21 + .01 + .21 -> fast;
+    # true-output costs slow .03 + .03 vs fast .21 + .01 + .01 -> slow
+    sim = hand_built({"slow": (0, 0, 0, 0, SLOW), "fast": (0, 1, 0, 0, FAST)}, prompt=100, output=10)
+    assert chosen(name, sim) == 1
+    oracle = ROUTERS[name](oracle=True)
+    oracle.reset(2, np.random.default_rng(0))
+    assert oracle.choose(sim, 0) == 0
+    assert int(RouterPolicy(name, seed=0).predict(observe(sim, oracle=True))[0]) == 0
+
+
+@pytest.mark.parametrize("name", LWL_VARIANTS)
+def test_speed_aware_lwl_breaks_ties_at_random_reproducibly_by_seed(name):
+    idle = hand_built({k: (0, 0, 0, 0, FAST) for k in "abcd"})
+    picks = [chosen(name, idle, seed) for seed in range(40)]
+    assert set(picks) == {0, 1, 2, 3}
+    assert picks == [chosen(name, idle, seed) for seed in range(40)]
+    obs = observe(idle)
+    assert {int(RouterPolicy(name, seed=s).predict(obs)[0]) for s in range(40)} == {0, 1, 2, 3}
+    assert chosen(name, hand_built({"busy": (0, 1, 0, 0, FAST), "idle": (0, 0, 0, 0, FAST)}), 0) == 1
+
+
+def test_staleness_aware_lwl_spreads_requests_between_snapshots_where_speed_aware_herds():
+    """Four requests arrive before the next refresh of a snapshot showing replica a idle and b
+    running one request (0.21 s); each request adds 0.22 s where it goes."""
+    sim = hand_built({"a": (0, 0, 0, 0, FAST), "b": (0, 1, 0, 0, FAST)})
+    builder = ObservationBuilder([ReplicaCosts.from_time_model(FAST)] * 2, [100, 100], max_tokens=4096,
+                                 refresh_s=1.0)
+    picks = {}
+    for name in LWL_VARIANTS:
+        policy, picks[name] = RouterPolicy(name, seed=1), []
+        builder.snapshot(sim.replicas, 0.0)
+        for k in range(4):
+            obs = builder.build(100, 10, now=0.1 * k)
+            action = int(policy.predict(obs[None], episode_start=np.array([k == 0]))[0][0])
+            builder.dispatched(action)
+            picks[name].append(action)
+    assert picks == {"speed_aware_lwl": [0, 0, 0, 0], "staleness_aware_lwl": [0, 1, 0, 1]}
+
+
 def test_power_of_two_takes_the_less_loaded_of_two_sampled_replicas():
     sim = hand_built()
     loads = [w + r for w, r, *_ in STATE.values()]
@@ -127,11 +184,27 @@ def test_random_policy_is_uniform_and_reproducible_by_seed():
 
 def test_registry_names_every_router_and_rejects_unknown_names():
     assert set(ROUTERS) == {"round_robin", "random", "lor", "jsq", "power_of_two", "least_kv", "least_work_left",
-                            "vllm_dp"}
+                            "vllm_dp", "speed_aware_lwl", "staleness_aware_lwl"}
     with pytest.raises(ValueError, match="least_kv"):
         make_router("shortest")
     with pytest.raises(ValueError, match="unknown router"):
         RouterPolicy("shortest")
+
+
+@pytest.mark.parametrize("name", LWL_VARIANTS)
+def test_lwl_variants_on_fresh_observations_match_the_router_on_the_simulator(name):
+    """Same decisions, random tie-breaks included (the policy seeds its router as below)."""
+    env = VidurRoutingEnv(cluster={"replicas": [{"device": "a100"}, {"device": "a100"}, {"device": "h100"},
+                                                {"device": "a100", "tensor_parallel": 2}]}, num_requests=200, load=1.1)
+    router = make_router(name)
+    router.reset(4, np.random.default_rng(np.random.default_rng(7).integers(2**63)))
+    policy = RouterPolicy(name, seed=7)
+    obs, _ = env.reset(seed=0)
+    terminated = False
+    while not terminated:
+        action = router.choose(env.simulator, env.current_request)
+        assert int(policy.predict(obs)[0]) == action
+        obs, _, terminated, _, _ = env.step(action)
 
 
 @pytest.mark.parametrize("name", ["lor", "jsq", "vllm_dp", "least_kv", "least_work_left"])
@@ -141,11 +214,11 @@ def test_policy_on_fresh_observations_matches_the_router_on_the_simulator(name):
     router.reset(3, np.random.default_rng(0))
     policy = RouterPolicy(name)
     obs, _ = env.reset(seed=0)
-    truncated = False
-    while not truncated:
+    terminated = False
+    while not terminated:
         action = router.choose(env.simulator, env.current_request)
         assert int(policy.predict(obs)[0]) == action
-        obs, _, _, truncated, _ = env.step(action)
+        obs, _, terminated, _, _ = env.step(action)
 
 
 @pytest.mark.parametrize("name", sorted(ROUTERS))

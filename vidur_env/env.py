@@ -62,12 +62,17 @@ class VidurRoutingEnv(gym.Env):
     | 7   | relative_speed   | fastest replica's cost of a reference request / this replica's (1 on homogeneous clusters) | none | 0 | 1 |
     | 8   | relative_kv      | this replica's KV blocks / the largest replica's              | none          | 0   | 1   |
     | 9   | prompt           | incoming request's prompt tokens / max_tokens                 | none          | 0   | 1   |
-    | 10  | output (oracle)  | incoming request's output tokens / max_tokens, only with `oracle=True` | none | 0   | 1   |
+    | 10  | request_cost     | incoming request's estimated seconds on this replica: prompt x prefill s/token + 210 (oracle: its output) x decode s/token (`request_seconds`) | squash(0.2 s) | 0 | 1 |
+    | 11  | dispatched_work  | request_cost of the requests routed to this replica since columns 0-8 were taken (0 with fresh observations) | squash(2 s) | 0 | 1 |
+    | 12  | work_gap         | queued_work + dispatched_work + request_cost, minus its least value over the replicas (relative: does not saturate at high load) | squash(0.5 s) | 0 | 1 |
+    | 13  | snapshot_age     | seconds since columns 0-8 were taken (0 with fresh observations) | squash(0.5 s) | 0 | 1 |
+    | 14  | requests_left    | decisions left in the episode, this one included / `num_requests` (1 at the first, 1/`num_requests` at the last) | none | 0 | 1 |
+    | 15  | output (oracle)  | incoming request's output tokens / max_tokens, only with `oracle=True` | none | 0   | 1   |
 
     No feature reveals a request's output length unless ``oracle=True``. With
     ``obs_refresh_ms=k`` columns 0-8 are the replica state at the last multiple of k ms (as a
-    router polling its replicas sees it); columns 9-10 are always current. The observation
-    after the last decision has zeros in columns 9-10.
+    router polling its replicas sees it); columns 9-15 are always current. The observation
+    after the last decision has zeros in columns 9-15.
 
     ## Rewards
 
@@ -92,10 +97,13 @@ class VidurRoutingEnv(gym.Env):
 
     ## Episode End
 
-    After ``num_requests`` decisions the episode is *truncated*: the simulator drains, the
-    final reward charges the remaining latency, and ``info`` carries ``"metrics"`` (Vidur-named
+    After ``num_requests`` decisions the episode *terminates*: the simulator drains, the final
+    reward charges the remaining latency, and ``info`` carries ``"metrics"`` (Vidur-named
     aggregate metrics, :func:`vidur_env.metrics.aggregate_metrics`) and ``"request_metrics"``
-    (:class:`vidur_env.metrics.RequestMetrics`). It never terminates.
+    (:class:`vidur_env.metrics.RequestMetrics`). The drain is part of the episode and its
+    reward already holds every remaining cost, so nothing follows it: ``terminated`` (not
+    ``truncated``) tells SB3 not to bootstrap a value on top of it, and the ``requests_left``
+    column lets a value function see the end coming.
 
     ## Action masks
 
@@ -238,6 +246,7 @@ class VidurRoutingEnv(gym.Env):
             raise RuntimeError("call reset() before step(), and again after the episode ends")
         replica = self._replica_of(action)
         sim.dispatch(replica)
+        self._obs.dispatched(replica)
         self._reward.add(self.current_request, replica)
         self._decisions += 1
         if self._decisions < self.num_requests:
@@ -273,7 +282,7 @@ class VidurRoutingEnv(gym.Env):
             rid = sim.advance_to_next_arrival()
             builder.snapshot(sim.replicas, t)
         self.current_request = rid
-        return builder.build(self._prefill[rid], self._decode[rid])
+        return builder.build(self._prefill[rid], self._decode[rid], t, 1.0 - self._decisions / self.num_requests)
 
     def _end_episode(self) -> tuple[np.ndarray, float, bool, bool, dict]:
         sim = self.simulator
@@ -281,10 +290,10 @@ class VidurRoutingEnv(gym.Env):
         reward = self._reward.finish()
         self.current_request = -1
         self._obs.snapshot(sim.replicas, sim.now)
-        obs = self._obs.build(0, 0)
+        obs = self._obs.build(0, 0, sim.now, 0.0)
         per_request = RequestMetrics.from_simulator(sim)
         info = {"metrics": aggregate_metrics(sim, per_request), "request_metrics": per_request}
-        return obs, reward, False, True, info
+        return obs, reward, True, False, info
 
     def action_masks(self) -> np.ndarray:
         """Replicas that can take the current request (see the class docstring)."""

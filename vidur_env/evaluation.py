@@ -200,9 +200,10 @@ def run_episodes(env: VidurRoutingEnv, act, episodes: int, seed: int, on_reset=N
         obs, _ = env.reset(seed=seed + k)
         if on_reset is not None:
             on_reset(seed + k)
-        total, truncated, info, decisions = 0.0, False, {}, 0
-        while not truncated:
-            obs, reward, _, truncated, info = env.step(act(obs))
+        total, done, info, decisions = 0.0, False, {}, 0
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(act(obs))
+            done = terminated or truncated
             total += reward
             decisions += 1
         per_request = info["request_metrics"]

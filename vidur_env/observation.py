@@ -22,8 +22,25 @@ col   name                 raw quantity                                       tr
 7     relative_speed       fastest replica's unit cost / this replica's       as is
 8     relative_kv          this replica's KV blocks / the largest KV          as is
 9     prompt               incoming request's prompt tokens / max_tokens      as is
-10    output (oracle)      incoming request's output tokens / max_tokens      as is
+10    request_cost         incoming request's estimated seconds here (below)  squash(0.2 s)
+11    dispatched_work      request_cost of the requests routed here since     squash(2 s)
+                           the replica columns were taken (0 when fresh)
+12    work_gap             queued_work + dispatched_work + request_cost,      squash(0.5 s)
+                           minus its least value over the replicas
+13    snapshot_age         seconds since the replica columns were taken       squash(0.5 s)
+14    requests_left        decisions left in the episode (this one            as is
+                           included) / the episode's decisions
+15    output (oracle)      incoming request's output tokens / max_tokens      as is
 ====  ===================  =================================================  ============
+
+Columns 0-8 come from the replica state (a snapshot, when observations are stale); the
+columns from 9 on are rewritten at every decision. ``request_cost`` is what the request would
+add to ``queued_work``: its prompt times the replica's prefill seconds per token plus
+``EXPECTED_OUTPUT_TOKENS`` (with ``oracle=True`` its true output) times the decode seconds per
+token (:func:`request_seconds`). ``work_gap`` compares replicas rather than measuring load, so
+it does not saturate when every queue is long: at 20 s of queued work a 0.5 s difference moves
+``queued_work`` by 0.002 but ``work_gap`` by 0.5. It is 0 on the replica the staleness-aware
+least-work-left router picks.
 """
 from __future__ import annotations
 
@@ -73,17 +90,32 @@ REPLICA_FEATURES: tuple[Feature, ...] = (
     Feature("relative_speed", None),
     Feature("relative_kv", None),
 )
-REQUEST_FEATURES: tuple[Feature, ...] = (Feature("prompt", None),)
+REQUEST_FEATURES: tuple[Feature, ...] = (
+    Feature("prompt", None),
+    Feature("request_cost", 0.2),
+    Feature("dispatched_work", 2.0),
+    Feature("work_gap", 0.5),
+    Feature("snapshot_age", 0.5),
+    Feature("requests_left", None),
+)
+"""The columns rewritten at every decision (the incoming request, and what changed since the snapshot)."""
 ORACLE_FEATURES: tuple[Feature, ...] = (Feature("output", None),)
 """The oracle column (``oracle=True`` only)."""
 COLUMN = {f.name: i for i, f in enumerate(REPLICA_FEATURES + REQUEST_FEATURES + ORACLE_FEATURES)}
 """Column index of every feature by name."""
+SCALE = {f.name: f.scale for f in REPLICA_FEATURES + REQUEST_FEATURES + ORACLE_FEATURES}
+"""Squash constant of every feature by name (None: as is)."""
 NUM_REPLICA_FEATURES = len(REPLICA_FEATURES)
 
 
 def features(oracle: bool) -> tuple[Feature, ...]:
     """The columns of the observation, in order."""
     return REPLICA_FEATURES + REQUEST_FEATURES + (ORACLE_FEATURES if oracle else ())
+
+
+def squash(x: float, c: float) -> float:
+    """``x / (x + c)`` for ``x >= 0``: bounded in [0, 1), 0.5 at ``c``, invertible by :func:`unsquash`."""
+    return x / (x + c)
 
 
 def unsquash(y: np.ndarray, c: float) -> np.ndarray:
@@ -128,6 +160,13 @@ def queued_work_seconds(replica: "Replica", costs: ReplicaCosts) -> float:
     return replica.waiting_prompt_tokens * costs.prefill_token_s + requests * EXPECTED_OUTPUT_TOKENS * costs.decode_token_s
 
 
+def request_seconds(prompt_tokens: int, output_tokens: int, costs: ReplicaCosts) -> float:
+    """Estimated seconds a request adds to a replica's queued work, in the units of
+    :func:`queued_work_seconds`; pass ``EXPECTED_OUTPUT_TOKENS`` as the output unless the true
+    length may be known (an oracle)."""
+    return prompt_tokens * costs.prefill_token_s + output_tokens * costs.decode_token_s
+
+
 class ObservationBuilder:
     """Builds the (N, F) float32 observation from the simulator, fast.
 
@@ -153,6 +192,13 @@ class ObservationBuilder:
         self.tail = (0.0,) * (self.num_features - NUM_REPLICA_FEATURES)
         self.flat: list[float] = []
         self.next_tick = 0.0
+        self.work = [0.0] * self.num_replicas
+        """Queued-work seconds of each replica at the snapshot."""
+        self.sent = [0.0] * self.num_replicas
+        """Estimated seconds routed to each replica since the snapshot (``dispatched_work``)."""
+        self.request_costs = [0.0] * self.num_replicas
+        """The current request's ``request_cost`` on each replica (what :meth:`dispatched` adds)."""
+        self.taken_at = 0.0
 
     def needs_refresh(self, now: float) -> bool:
         """Whether the cached rows are older than the last tick at or before ``now``."""
@@ -171,6 +217,7 @@ class ObservationBuilder:
         figures are read from each replica's KV cache itself (one attribute each, every step).
         """
         flat: list[float] = []
+        work_s: list[float] = []
         tail = self.tail
         for replica, (prefill_s, request_s), (speed, kv) in zip(replicas, self.per_token, self.static):
             cache = replica.kv
@@ -181,6 +228,7 @@ class ObservationBuilder:
             end = replica.batch_end
             remaining = end - now if end != inf else 0.0
             work = tokens * prefill_s + (waiting + running) * request_s
+            work_s.append(work)
             flat += (
                 waiting / (waiting + 8.0),
                 tokens / (tokens + 8192.0),
@@ -194,16 +242,47 @@ class ObservationBuilder:
             )
             flat += tail
         self.flat = flat
+        self.work = work_s
+        self.sent = [0.0] * self.num_replicas
+        self.taken_at = now
         if self.refresh_s > 0.0:
             self.next_tick = self.last_tick(now) + self.refresh_s
 
-    def build(self, prompt_tokens: int, output_tokens: int) -> np.ndarray:
-        """The observation from the cached replica columns and the incoming request."""
+    def dispatched(self, replica: int) -> None:
+        """The current request went to ``replica``: count its cost there until the next snapshot."""
+        self.sent[replica] += self.request_costs[replica]
+
+    def build(self, prompt_tokens: int, output_tokens: int, now: float | None = None,
+              requests_left: float = 1.0) -> np.ndarray:
+        """The observation from the cached replica columns and the incoming request.
+
+        :param now: the decision time (for ``snapshot_age``; None: the snapshot's time).
+        :param requests_left: the ``requests_left`` column; 0 means no request is waiting (the
+            episode is over), and every request column is then 0.
+        """
         flat = self.flat
         n, f = self.num_replicas, self.num_features
-        flat[NUM_REPLICA_FEATURES::f] = [prompt_tokens / self.max_tokens] * n
+        if requests_left > 0.0:
+            output = output_tokens if self.oracle else EXPECTED_OUTPUT_TOKENS
+            # request_seconds, inlined for speed
+            costs = [prompt_tokens * c.prefill_token_s + output * c.decode_token_s for c in self.costs]
+            gaps = [w + s + c for w, s, c in zip(self.work, self.sent, costs)]
+            least = min(gaps)
+            gaps = [g - least for g in gaps]
+            age = 0.0 if now is None else now - self.taken_at
+        else:
+            costs, gaps, age = [0.0] * n, [0.0] * n, 0.0
+        self.request_costs = costs
+        base = NUM_REPLICA_FEATURES
+        cost_c, sent_c, gap_c = SCALE["request_cost"], SCALE["dispatched_work"], SCALE["work_gap"]
+        flat[base::f] = [prompt_tokens / self.max_tokens] * n
+        flat[base + 1::f] = [c / (c + cost_c) for c in costs]
+        flat[base + 2::f] = [s / (s + sent_c) for s in self.sent]
+        flat[base + 3::f] = [g / (g + gap_c) for g in gaps]
+        flat[base + 4::f] = [squash(age, SCALE["snapshot_age"])] * n
+        flat[base + 5::f] = [requests_left] * n
         if self.oracle:
-            flat[NUM_REPLICA_FEATURES + 1::f] = [output_tokens / self.max_tokens] * n
+            flat[COLUMN["output"]::f] = [output_tokens / self.max_tokens] * n
         return np.array(flat, dtype=np.float32).reshape(n, f)
 
 
@@ -222,6 +301,9 @@ class ObservationView:
     queued_work: np.ndarray
     batch_remaining: np.ndarray
     relative_speed: np.ndarray
+    request_cost: np.ndarray
+    dispatched_work: np.ndarray
+    snapshot_age: np.ndarray
 
 
 def decode_observation(obs: np.ndarray) -> ObservationView:
@@ -229,17 +311,22 @@ def decode_observation(obs: np.ndarray) -> ObservationView:
     obs = np.asarray(obs)
     if obs.ndim == 2:
         obs = obs[None]
-    if obs.ndim != 3 or obs.shape[2] < NUM_REPLICA_FEATURES + 1:
-        raise ValueError(f"expected observations of shape (n_envs, N, F>={NUM_REPLICA_FEATURES + 1}), got {obs.shape}")
+    width = len(features(False))
+    if obs.ndim != 3 or obs.shape[2] < width:
+        raise ValueError(f"expected observations of shape (n_envs, N, F>={width}), got {obs.shape}")
     col = lambda name: obs[:, :, COLUMN[name]]  # noqa: E731
-    count = lambda name: np.rint(unsquash(col(name), REPLICA_FEATURES[COLUMN[name]].scale))  # noqa: E731
+    seconds = lambda name: unsquash(col(name), SCALE[name])  # noqa: E731
+    count = lambda name: np.rint(seconds(name))  # noqa: E731
     return ObservationView(
         waiting=count("waiting"),
         waiting_tokens=count("waiting_tokens"),
         running=count("running"),
         kv_utilization=col("kv_utilization").astype(np.float64),
         batch_size=count("batch_size"),
-        queued_work=unsquash(col("queued_work"), 2.0),
-        batch_remaining=unsquash(col("batch_remaining"), 0.05),
+        queued_work=seconds("queued_work"),
+        batch_remaining=seconds("batch_remaining"),
         relative_speed=col("relative_speed").astype(np.float64),
+        request_cost=seconds("request_cost"),
+        dispatched_work=seconds("dispatched_work"),
+        snapshot_age=seconds("snapshot_age"),
     )

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vidur_env.observation import ObservationView, ReplicaCosts, decode_observation, queued_work_seconds
+from vidur_env.observation import (
+    EXPECTED_OUTPUT_TOKENS, ObservationView, ReplicaCosts, decode_observation, queued_work_seconds, request_seconds,
+)
 
 if TYPE_CHECKING:
     from vidur_env.cluster import ClusterSimulator
@@ -29,6 +31,14 @@ class Router:
         """Start a new episode on a cluster of ``num_replicas`` replicas."""
         self.num_replicas = num_replicas
         self.rng = rng
+        self.costs_by_model: dict[int, ReplicaCosts] = {}
+
+    def replica_costs(self, replica: "Replica") -> ReplicaCosts:
+        """The per-token costs of ``replica``'s time model (computed once per model)."""
+        costs = self.costs_by_model.get(id(replica.time_model))
+        if costs is None:
+            costs = self.costs_by_model[id(replica.time_model)] = ReplicaCosts.from_time_model(replica.time_model)
+        return costs
 
     def choose(self, sim: "ClusterSimulator", rid: int) -> int:
         """The replica for request ``rid``, from the simulator's public state."""
@@ -49,6 +59,20 @@ def argmin_first(scores: list[float] | list[int]) -> int:
         if scores[i] < scores[best]:
             best = i
     return best
+
+
+TIE_TOLERANCE = 1e-5
+"""Scores within this fraction of the least one tie: about the float32 resolution of the
+decoded observation, so that a router ties alike on the simulator and on observations."""
+
+
+def argmin_random(scores: "list[float] | np.ndarray", rng: np.random.Generator) -> int:
+    """Index of the smallest score, ties (within :data:`TIE_TOLERANCE`) broken uniformly with
+    ``rng``; the generator is drawn only when there is a tie, so runs are reproducible by seed."""
+    scores = np.asarray(scores, dtype=np.float64)
+    least = scores.min()
+    tied = np.flatnonzero(scores <= least + TIE_TOLERANCE * abs(least))
+    return int(tied[0]) if tied.size == 1 else int(rng.choice(tied))
 
 
 class RoundRobin(Router):
@@ -164,18 +188,57 @@ class LeastWorkLeft(ScoreRouter):
 
     name = "least_work_left"
 
-    def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
-        super().reset(num_replicas, rng)
-        self.costs: dict[int, ReplicaCosts] = {}
-
     def score(self, replica: "Replica") -> float:
-        costs = self.costs.get(id(replica.time_model))
-        if costs is None:
-            costs = self.costs[id(replica.time_model)] = ReplicaCosts.from_time_model(replica.time_model)
-        return queued_work_seconds(replica, costs)
+        return queued_work_seconds(replica, self.replica_costs(replica))
 
     def observed_scores(self, view: ObservationView, row: int) -> np.ndarray:
         return view.queued_work[row]
+
+
+class SpeedAwareLeastWorkLeft(Router):
+    """Least work left, counting the incoming request too: the replica where queued work plus
+    the request's own estimated service time is least, both in that replica's seconds (from
+    its time model), so a long prompt goes where it is cheap and a slow replica's queue weighs
+    more. Score: :func:`~vidur_env.observation.queued_work_seconds` +
+    :func:`~vidur_env.observation.request_seconds` of the request (its prompt, and
+    ``EXPECTED_OUTPUT_TOKENS`` as output unless ``oracle=True``, which uses its true output;
+    on observations, the env's ``request_cost`` column, which follows the env's ``oracle``).
+    Ties are broken at random with the router's generator (:func:`argmin_random`)."""
+
+    name = "speed_aware_lwl"
+
+    def __init__(self, oracle: bool = False) -> None:
+        self.oracle = oracle
+
+    def choose(self, sim: "ClusterSimulator", rid: int) -> int:
+        prompt = sim.table.orig_prefill[rid]
+        output = sim.table.orig_decode[rid] if self.oracle else EXPECTED_OUTPUT_TOKENS
+        scores = []
+        for replica in sim.replicas:
+            costs = self.replica_costs(replica)
+            scores.append(queued_work_seconds(replica, costs) + request_seconds(prompt, output, costs))
+        return argmin_random(scores, self.rng)
+
+    def observed_scores(self, view: ObservationView, row: int) -> np.ndarray:
+        return view.queued_work[row] + view.request_cost[row]
+
+    def choose_observed(self, view: ObservationView, row: int) -> int:
+        return argmin_random(self.observed_scores(view, row), self.rng)
+
+
+class StalenessAwareLeastWorkLeft(SpeedAwareLeastWorkLeft):
+    """:class:`SpeedAwareLeastWorkLeft` that also counts the work sent since the replica state was
+    last refreshed: with stale observations (the env's ``obs_refresh_ms``) the snapshot's queued
+    work misses every request routed after it, so routers that trust it herd onto the replica
+    that looked idle. Score on observations: ``queued_work + dispatched_work + request_cost``,
+    where ``dispatched_work`` is the ``request_cost`` of each request this router sent to the
+    replica since the snapshot (tracked by the env). On the simulator the state is always fresh
+    (nothing was sent since it was read), so it decides as :class:`SpeedAwareLeastWorkLeft`."""
+
+    name = "staleness_aware_lwl"
+
+    def observed_scores(self, view: ObservationView, row: int) -> np.ndarray:
+        return view.queued_work[row] + view.dispatched_work[row] + view.request_cost[row]
 
 
 class PowerOfTwo(Router):
@@ -201,7 +264,7 @@ class PowerOfTwo(Router):
 ROUTERS: dict[str, type[Router]] = {
     cls.name: cls
     for cls in (RoundRobin, RandomRouter, LeastOutstandingRequests, JoinShortestQueue, PowerOfTwo,
-                LeastKV, LeastWorkLeft, VLLMDataParallel)
+                LeastKV, LeastWorkLeft, VLLMDataParallel, SpeedAwareLeastWorkLeft, StalenessAwareLeastWorkLeft)
 }
 
 
@@ -220,7 +283,8 @@ class RouterPolicy:
     ``predict(obs)`` takes a batch of observations (n_envs, N, F) and returns actions of shape
     (n_envs,) (a single (N, F) observation gives a 0-d array, as SB3 models do). Score routers
     decide from the de-normalised features (:func:`vidur_env.observation.decode_observation`);
-    ``round_robin`` keeps a counter and ``random`` / ``power_of_two`` a generator, one router
+    ``round_robin`` keeps a counter and ``random`` / ``power_of_two`` / the tie-breaking
+    least-work-left variants a generator, one router
     per env index, restarted where ``episode_start`` is True. The generators derive from
     ``seed`` (None: fresh entropy), so a seeded policy is reproducible.
 

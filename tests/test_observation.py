@@ -1,0 +1,109 @@
+"""The per-decision observation columns: the request's cost, work sent since the snapshot, the
+gap to the best replica, the snapshot's age and the episode's progress, each against its definition."""
+from __future__ import annotations
+
+from math import inf
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from vidur_env.env import VidurRoutingEnv
+from vidur_env.observation import (
+    COLUMN, EXPECTED_OUTPUT_TOKENS, SCALE, ObservationBuilder, ReplicaCosts, decode_observation, queued_work_seconds,
+    request_seconds, unsquash,
+)
+
+HETERO = {"replicas": [{"device": "a100"}, {"device": "h100"}, {"device": "a100", "tensor_parallel": 2}]}
+
+
+def play(env, seed=0, steps=None):
+    """(observation, decision time, action) of every decision of a random-policy episode."""
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    decisions, terminated = [], False
+    while not terminated and (steps is None or len(decisions) < steps):
+        action = int(rng.integers(env.num_replicas))
+        decisions.append((obs, env.simulator.now, action, env.current_request))
+        obs, _, terminated, _, _ = env.step(action)
+    return decisions
+
+
+def column(obs, name):
+    return unsquash(obs[:, COLUMN[name]], SCALE[name])
+
+
+@pytest.mark.parametrize("oracle", [False, True])
+def test_request_cost_is_the_requests_estimated_seconds_on_each_replica(oracle):
+    env = VidurRoutingEnv(cluster=HETERO, num_requests=40, oracle=oracle)
+    costs = [ReplicaCosts.from_time_model(m) for m in env.time_models]
+    for obs, _, _, rid in play(env):
+        prompt = env.requests.num_prefill_tokens[rid]
+        output = env.requests.num_decode_tokens[rid] if oracle else EXPECTED_OUTPUT_TOKENS
+        expected = [request_seconds(prompt, output, c) for c in costs]
+        np.testing.assert_allclose(column(obs, "request_cost"), expected, rtol=1e-5)
+        assert len(set(expected)) == 3  # three speeds: the column tells replicas apart
+
+
+def test_fresh_observations_have_no_dispatched_work_and_no_age():
+    for obs, *_ in play(VidurRoutingEnv(cluster=HETERO, num_requests=40)):
+        assert not obs[:, COLUMN["dispatched_work"]].any() and not obs[:, COLUMN["snapshot_age"]].any()
+
+
+def test_stale_observations_count_the_work_sent_since_the_snapshot_and_its_age():
+    refresh = 0.5
+    env = VidurRoutingEnv(cluster=HETERO, num_requests=120, load=1.2, obs_refresh_ms=1000 * refresh)
+    decisions = play(env)
+    accumulated = 0
+    for (obs, t, _, _), (prev, t_prev, action, _) in zip(decisions[1:], decisions):
+        np.testing.assert_allclose(column(obs, "snapshot_age"), t - np.floor(t / refresh) * refresh, rtol=1e-5, atol=1e-7)
+        sent = column(obs, "dispatched_work")
+        if np.floor(t / refresh) != np.floor(t_prev / refresh):
+            np.testing.assert_array_equal(sent, 0.0)  # a new snapshot holds everything sent before it
+            continue
+        expected = column(prev, "dispatched_work")
+        expected[action] += column(prev, "request_cost")[action]
+        np.testing.assert_allclose(sent, expected, rtol=1e-4, atol=1e-7)
+        accumulated += 1
+    assert accumulated > 50
+
+
+def test_work_gap_is_the_distance_to_the_least_total_work():
+    env = VidurRoutingEnv(cluster=HETERO, num_requests=120, load=1.2, obs_refresh_ms=200.0)
+    for obs, *_ in play(env):
+        view = decode_observation(obs)
+        total = view.queued_work[0] + view.dispatched_work[0] + view.request_cost[0]
+        gap = column(obs, "work_gap")
+        np.testing.assert_allclose(gap, total - total.min(), rtol=1e-4, atol=1e-5)
+        assert gap.min() == 0.0
+
+
+def test_requests_left_counts_down_to_the_last_decision():
+    env = VidurRoutingEnv(num_replicas=2, num_requests=16)
+    decisions = play(env)
+    left = [obs[:, COLUMN["requests_left"]] for obs, *_ in decisions]
+    np.testing.assert_allclose(left, np.repeat((16 - np.arange(16))[:, None] / 16, 2, axis=1), rtol=1e-6)
+
+
+def hand_replica(tokens: int, running: int, model) -> SimpleNamespace:
+    return SimpleNamespace(num_waiting=0, waiting_prompt_tokens=tokens, num_allocated_requests=running, num_in_batch=0,
+                           batch_end=inf, allocated_blocks=0, num_blocks=100, time_model=model)
+
+
+class LinearTime:
+    def iteration_time(self, num_decodes, decode_kv_sum, chunks, kvs):
+        return sum(chunks) * 1e-4 + num_decodes * 1e-3
+
+
+def test_work_gap_does_not_saturate_when_every_queue_is_long():
+    """At 20 s of queued work a 0.5 s difference barely moves queued_work; the gap shows it whole."""
+    costs = ReplicaCosts.from_time_model(LinearTime())
+    replicas = [hand_replica(200_000, 0, LinearTime()), hand_replica(205_000, 0, LinearTime())]
+    assert [queued_work_seconds(r, costs) for r in replicas] == pytest.approx([20.0, 20.5])
+    builder = ObservationBuilder([costs, costs], [100, 100], max_tokens=4096)
+    builder.snapshot(replicas, 0.0)
+    obs = builder.build(100, 10)
+    work = obs[:, COLUMN["queued_work"]]
+    gap = obs[:, COLUMN["work_gap"]]
+    assert work[1] - work[0] < 0.003
+    assert gap[0] == 0.0 and gap[1] == pytest.approx(0.5, abs=1e-6)
