@@ -86,8 +86,9 @@ def test_requests_left_counts_down_to_the_last_decision():
 
 
 def hand_replica(tokens: int, running: int, model) -> SimpleNamespace:
+    kv = SimpleNamespace(num_allocated_requests=running, allocated_blocks=0, num_blocks=100)
     return SimpleNamespace(num_waiting=0, waiting_prompt_tokens=tokens, num_allocated_requests=running, num_in_batch=0,
-                           batch_end=inf, allocated_blocks=0, num_blocks=100, time_model=model)
+                           batch_end=inf, allocated_blocks=0, num_blocks=100, time_model=model, kv=kv)
 
 
 class LinearTime:
