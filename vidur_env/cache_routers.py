@@ -1,0 +1,333 @@
+"""Cache-aware routers: the prefix-cache + load rules production LLM routers use.
+
+Every router here weighs a request's prefix-cache overlap with each replica against the
+replica's load. What a router knows of the caches is its *cache view*, in one of the two
+modes production routers have:
+
+- ``approximate``: the router's own index of the prompt blocks it routed where
+  (:class:`PrefixIndex`), as SGLang's router keeps a radix tree per worker and llm-d's
+  approximate prefix scorer keeps an LRU index. It needs nothing from the replicas and
+  may believe a block is cached after the replica evicted it.
+- ``precise``: the replicas' actual caches, read through ``replica.kv.match_blocks(keys)``
+  and ``replica.kv.cached_blocks`` (the prefix-caching contract), as Dynamo's KV router
+  learns them from KV events and llm-d's precise scorer from vLLM's KV events.
+
+A request's prefix identity is its ``block_hashes`` (:data:`vidur_env.request_table.BlockHashes`);
+routers match its *prompt* blocks (``prefill // 16`` keys). A request without block keys
+matches nowhere, and the routers fall back to their load rule. Load is what a router can
+poll: ``num_waiting + num_allocated_requests`` (requests queued or holding KV).
+
+The rules are re-stated from the projects' documentation and source (facts, not code):
+
+- ``sglang_cache_aware``: SGLang model gateway (sgl-router) ``cache_aware`` policy.
+- ``dynamo_kv``: NVIDIA Dynamo KV router cost.
+- ``llmd_scorer``: llm-d inference scheduler's weighted scorers.
+- ``consistent_hash``: session affinity by hashing the first prompt block (rendezvous hashing).
+- ``vllm_prefix``: vLLM production stack's prefix-aware routing with a load penalty.
+- ``aibrix_prefix``: AIBrix prefix-cache router with its least-request fallback.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from vidur_env.observation import ObservationView
+from vidur_env.router_base import Router, argmin_first
+
+if TYPE_CHECKING:
+    from vidur_env.cluster import ClusterSimulator
+    from vidur_env.replica import Replica
+
+BLOCK_TOKENS = 16
+"""Tokens per block key (the simulator's KV block size)."""
+
+CACHE_VIEWS = ("approximate", "precise")
+"""The two modes a router (or the env's observation) sees cache state in."""
+
+
+def prompt_keys(sim: "ClusterSimulator", rid: int) -> tuple[int, ...]:
+    """The keys of request ``rid``'s full prompt blocks (empty when it has no prefix identity)."""
+    keys = sim.table.block_hashes[rid]
+    if keys is None:
+        return ()
+    return keys[: sim.table.orig_prefill[rid] // BLOCK_TOKENS]
+
+
+class PrefixIndex:
+    """Per replica, an LRU set of the block keys routed there, at most ``capacity`` each.
+
+    A request's keys are touched from the last to the first, so a prefix's leading block is
+    always at least as recent as any block after it and eviction (oldest first) removes
+    tails before heads, as vLLM frees a request's blocks in reverse order. Hence, by the
+    chained property of keys, a replica holding key i holds keys 0..i too, and
+    :meth:`match` finds the longest cached prefix by binary search.
+    """
+
+    def __init__(self, capacities: Sequence[int]) -> None:
+        self.capacities = list(capacities)
+        self.blocks: list[OrderedDict[int, None]] = [OrderedDict() for _ in self.capacities]
+
+    def match(self, replica: int, keys: tuple[int, ...]) -> int:
+        """Leading blocks of ``keys`` indexed at ``replica``."""
+        held = self.blocks[replica]
+        lo, hi = 0, len(keys)
+        while lo < hi:  # invariant: keys[:lo] held; keys[hi:] not all held
+            mid = (lo + hi + 1) // 2
+            if keys[mid - 1] in held:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def record(self, replica: int, keys: tuple[int, ...]) -> None:
+        """``keys`` were sent to ``replica``: touch them (tail first), evicting the oldest."""
+        held = self.blocks[replica]
+        for key in reversed(keys):
+            held[key] = None
+            held.move_to_end(key)
+        while len(held) > self.capacities[replica]:
+            held.popitem(last=False)
+
+    def size(self, replica: int) -> int:
+        """Blocks indexed at ``replica`` (SGLang's tree size)."""
+        return len(self.blocks[replica])
+
+
+class CacheView:
+    """What is known of the replicas' caches, in one of :data:`CACHE_VIEWS`.
+
+    ``match`` and ``cached`` answer from the router's own index (approximate) or from the
+    replicas' KV caches (precise); ``record`` tells the index where a request went (a no-op
+    in precise mode, where the replica's cache registers blocks itself).
+    """
+
+    def __init__(self, mode: str, replicas: Sequence["Replica"]) -> None:
+        if mode not in CACHE_VIEWS:
+            raise ValueError(f"cache view must be one of {', '.join(CACHE_VIEWS)}; got {mode!r}")
+        self.mode = mode
+        self.replicas = replicas
+        self.index = PrefixIndex([r.num_blocks for r in replicas]) if mode == "approximate" else None
+        self.readable = all(hasattr(r.kv, "match_blocks") for r in replicas)
+        """Whether the KV caches offer the read API; a cache without it holds no prefixes."""
+
+    def match(self, replica: int, keys: tuple[int, ...]) -> int:
+        """Leading blocks of ``keys`` believed cached at ``replica``."""
+        if not keys:
+            return 0
+        if self.index is not None:
+            return self.index.match(replica, keys)
+        return self.replicas[replica].kv.match_blocks(keys) if self.readable else 0
+
+    def matches(self, keys: tuple[int, ...]) -> list[int]:
+        """:meth:`match` at every replica."""
+        return [self.match(i, keys) for i in range(len(self.replicas))]
+
+    def cached(self, replica: int) -> int:
+        """Blocks believed to hold cached content at ``replica``."""
+        if self.index is not None:
+            return self.index.size(replica)
+        return self.replicas[replica].kv.cached_blocks if self.readable else 0
+
+    def record(self, replica: int, keys: tuple[int, ...]) -> None:
+        if self.index is not None and keys:
+            self.index.record(replica, keys)
+
+
+def load(replica: "Replica") -> int:
+    """Requests queued or holding KV at ``replica`` (what every router here counts as load)."""
+    return replica.num_waiting + replica.num_allocated_requests
+
+
+class CacheAwareRouter(Router):
+    """Base class: builds the cache view at the first decision of an episode, asks
+    :meth:`decide`, and records the routed prompt blocks in the view."""
+
+    mode = "approximate"
+    """Cache view: ``approximate`` or ``precise`` (see the module docstring)."""
+
+    def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
+        super().reset(num_replicas, rng)
+        self.view: CacheView | None = None
+        self.sim = None
+
+    def choose(self, sim: "ClusterSimulator", rid: int) -> int:
+        if self.view is None or self.sim is not sim:
+            self.view, self.sim = CacheView(self.mode, sim.replicas), sim
+        keys = prompt_keys(sim, rid)
+        choice = self.decide(sim, rid, keys, self.view.matches(keys))
+        self.view.record(choice, keys)
+        return choice
+
+    def decide(self, sim: "ClusterSimulator", rid: int, keys: tuple[int, ...], matches: list[int]) -> int:
+        """The replica for request ``rid`` with prompt block ``keys``, ``matches[i]`` of them cached at replica i."""
+        raise NotImplementedError
+
+    def choose_observed(self, view: ObservationView, row: int) -> int:
+        raise ValueError(
+            f"router {self.name!r} decides from the request's block keys and the simulator's replicas; "
+            "it cannot run from observations (use it through the simulator: simulate --router, run_simulation)"
+        )
+
+
+class SGLangCacheAware(CacheAwareRouter):
+    """SGLang router's ``cache_aware`` policy.
+
+    If the load is imbalanced (max - min > ``balance_abs_threshold`` and max >
+    ``balance_rel_threshold`` * min), route to the least-loaded replica. Otherwise take the
+    replica with the longest prefix match if its match ratio (matched / prompt blocks) is at
+    least ``cache_threshold``, else the replica with the smallest tree (fewest cached
+    blocks: the most room). Ties go to the lowest index. Default mode: approximate (SGLang's
+    router keeps its own radix tree per worker).
+    """
+
+    name = "sglang_cache_aware"
+    cache_threshold = 0.3
+    balance_abs_threshold = 64
+    balance_rel_threshold = 1.5
+
+    def decide(self, sim: "ClusterSimulator", rid: int, keys: tuple[int, ...], matches: list[int]) -> int:
+        loads = [load(r) for r in sim.replicas]
+        high, low = max(loads), min(loads)
+        if high - low > self.balance_abs_threshold and high > self.balance_rel_threshold * low:
+            return argmin_first(loads)
+        best = max(range(len(matches)), key=lambda i: (matches[i], -i))
+        if keys and matches[best] / len(keys) >= self.cache_threshold:
+            return best
+        return argmin_first([self.view.cached(i) for i in range(len(matches))])
+
+
+class DynamoKV(CacheAwareRouter):
+    """NVIDIA Dynamo's KV router: lowest ``overlap_score_weight * prefill_blocks + decode_blocks``.
+
+    ``prefill_blocks``: blocks still to prefill at the replica if the request went there (its
+    queued prompt tokens / 16 plus the request's prompt blocks after the overlap);
+    ``decode_blocks``: blocks the replica's active requests hold plus the request's prompt
+    blocks. With ``temperature`` > 0 the replica is drawn with probability proportional to
+    ``exp(-cost / (temperature * max cost))``. Default mode: precise (KV events).
+    """
+
+    name = "dynamo_kv"
+    mode = "precise"
+    overlap_score_weight = 1.0
+    temperature = 0.0
+
+    def decide(self, sim: "ClusterSimulator", rid: int, keys: tuple[int, ...], matches: list[int]) -> int:
+        blocks = sim.table.orig_prefill[rid] // BLOCK_TOKENS
+        costs = [
+            self.overlap_score_weight * (r.waiting_prompt_tokens / BLOCK_TOKENS + blocks - m)
+            + r.allocated_blocks + blocks
+            for r, m in zip(sim.replicas, matches)
+        ]
+        if self.temperature <= 0:
+            return argmin_first(costs)
+        scaled = -np.asarray(costs) / (self.temperature * max(max(costs), 1e-9))
+        weights = np.exp(scaled - scaled.max())
+        return int(self.rng.choice(len(costs), p=weights / weights.sum()))
+
+
+class LLMDScorer(CacheAwareRouter):
+    """llm-d inference scheduler: the highest weighted sum of scorers, each in [0, 1].
+
+    Queue scorer (weight 2): ``(max load - load) / (max load - min load)`` (1 when equal);
+    prefix scorer (weight 3): matched / prompt blocks; KV-utilisation scorer (weight 2):
+    ``1 - kv_utilization``. Ties go to the lowest index. Default mode: precise.
+    """
+
+    name = "llmd_scorer"
+    mode = "precise"
+    queue_weight = 2.0
+    prefix_weight = 3.0
+    kv_weight = 2.0
+
+    def decide(self, sim: "ClusterSimulator", rid: int, keys: tuple[int, ...], matches: list[int]) -> int:
+        loads = [load(r) for r in sim.replicas]
+        high, low = max(loads), min(loads)
+        spread = high - low
+        scores = [
+            self.queue_weight * ((high - q) / spread if spread else 1.0)
+            + self.prefix_weight * (m / len(keys) if keys else 0.0)
+            + self.kv_weight * (1.0 - r.kv_utilization)
+            for r, q, m in zip(sim.replicas, loads, matches)
+        ]
+        return argmin_first([-s for s in scores])
+
+
+class ConsistentHash(CacheAwareRouter):
+    """Session affinity: the first ``hash_blocks`` prompt block keys pick the replica by
+    rendezvous (highest-random-weight) hashing, so the same prefix always lands on the same
+    replica and a replica's removal moves only its own prefixes (consistent hashing, as in
+    Ray Serve's and Envoy's hash routing). Requests without block keys go round robin. Needs
+    no cache view and ignores load entirely: the pure-affinity baseline."""
+
+    name = "consistent_hash"
+    hash_blocks = 1
+
+    def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
+        super().reset(num_replicas, rng)
+        self.counter = 0
+
+    def choose(self, sim: "ClusterSimulator", rid: int) -> int:
+        keys = prompt_keys(sim, rid)[: self.hash_blocks]
+        if not keys:
+            self.counter += 1
+            return (self.counter - 1) % sim.num_replicas
+        return max(range(sim.num_replicas), key=lambda i: rendezvous_weight(keys, i))
+
+
+def rendezvous_weight(keys: tuple[int, ...], replica: int) -> int:
+    """A stable pseudo-random weight of (prefix, replica): the first 8 bytes of a BLAKE2 digest
+    (Python's ``hash`` is salted per process, which would break determinism)."""
+    digest = hashlib.blake2b(repr((keys, replica)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class VLLMPrefix(CacheAwareRouter):
+    """vLLM production stack's prefix-aware routing with a load penalty: the highest
+    ``matched / prompt blocks - load_penalty * load / max load``. Default mode: approximate
+    (the router's own hash trie)."""
+
+    name = "vllm_prefix"
+    load_penalty = 0.5
+
+    def decide(self, sim: "ClusterSimulator", rid: int, keys: tuple[int, ...], matches: list[int]) -> int:
+        loads = [load(r) for r in sim.replicas]
+        top = max(max(loads), 1)
+        scores = [(m / len(keys) if keys else 0.0) - self.load_penalty * q / top for q, m in zip(loads, matches)]
+        return argmin_first([-s for s in scores])
+
+
+class AIBrixPrefix(CacheAwareRouter):
+    """AIBrix prefix-cache router: least-request when the running counts differ by more than
+    ``imbalance_threshold`` (8); otherwise the longest prefix match, ties (and no match) to the
+    least-loaded replica. Default mode: approximate (AIBrix keeps its own prefix index)."""
+
+    name = "aibrix_prefix"
+    imbalance_threshold = 8
+
+    def decide(self, sim: "ClusterSimulator", rid: int, keys: tuple[int, ...], matches: list[int]) -> int:
+        loads = [load(r) for r in sim.replicas]
+        if max(loads) - min(loads) > self.imbalance_threshold or not any(matches):
+            return argmin_first(loads)
+        return argmin_first([(-m, q) for m, q in zip(matches, loads)])
+
+
+def in_mode(cls: type[CacheAwareRouter], mode: str) -> type[CacheAwareRouter]:
+    """``cls`` with the other cache view, registered as ``<name>_<mode>``."""
+    return type(f"{cls.__name__}_{mode}", (cls,), {"name": f"{cls.name}_{mode}", "mode": mode})
+
+
+CACHE_ROUTER_CLASSES = (SGLangCacheAware, DynamoKV, LLMDScorer, VLLMPrefix, AIBrixPrefix)
+"""Routers with a cache view; each is registered in its default mode and, suffixed, the other."""
+
+CACHE_ROUTERS: dict[str, type[Router]] = {
+    router.name: router
+    for router in (
+        *CACHE_ROUTER_CLASSES,
+        *(in_mode(cls, "precise" if cls.mode == "approximate" else "approximate") for cls in CACHE_ROUTER_CLASSES),
+        ConsistentHash,
+    )
+}
+"""The cache-aware routers by registry name (merged into ``vidur_env.routers.ROUTERS``)."""
