@@ -23,7 +23,13 @@ col   name                 raw quantity                                       tr
 8     relative_kv          this replica's KV blocks / the largest KV          as is
 9     prompt               incoming request's prompt tokens / max_tokens      as is
 10    output (oracle)      incoming request's output tokens / max_tokens      as is
++0    prefix_match         incoming request's cached prompt tokens here /     as is
+                           its prompt tokens, in the cache view (optional)
++1    cache_occupancy      cached blocks / KV blocks, in the cache view       as is
 ====  ===================  =================================================  ============
+
+The two cache columns (``CACHE_FEATURES``) come last and only with a cache view
+(:class:`vidur_env.cache_routers.CacheView`, the env's ``cache_view``).
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
+    from vidur_env.cache_routers import CacheView
     from vidur_env.replica import Replica
     from vidur_env.time_model import ExecutionTimeModel
 
@@ -76,14 +83,16 @@ REPLICA_FEATURES: tuple[Feature, ...] = (
 REQUEST_FEATURES: tuple[Feature, ...] = (Feature("prompt", None),)
 ORACLE_FEATURES: tuple[Feature, ...] = (Feature("output", None),)
 """The oracle column (``oracle=True`` only)."""
+CACHE_FEATURES: tuple[Feature, ...] = (Feature("prefix_match", None), Feature("cache_occupancy", None))
+"""The cache columns (with a cache view only), last."""
 COLUMN = {f.name: i for i, f in enumerate(REPLICA_FEATURES + REQUEST_FEATURES + ORACLE_FEATURES)}
 """Column index of every feature by name."""
 NUM_REPLICA_FEATURES = len(REPLICA_FEATURES)
 
 
-def features(oracle: bool) -> tuple[Feature, ...]:
+def features(oracle: bool, cache: bool = False) -> tuple[Feature, ...]:
     """The columns of the observation, in order."""
-    return REPLICA_FEATURES + REQUEST_FEATURES + (ORACLE_FEATURES if oracle else ())
+    return REPLICA_FEATURES + REQUEST_FEATURES + (ORACLE_FEATURES if oracle else ()) + (CACHE_FEATURES if cache else ())
 
 
 def unsquash(y: np.ndarray, c: float) -> np.ndarray:
@@ -139,11 +148,13 @@ class ObservationBuilder:
     """
 
     def __init__(self, costs: Sequence[ReplicaCosts], kv_blocks: Sequence[int], max_tokens: int,
-                 *, oracle: bool = False, refresh_s: float = 0.0) -> None:
+                 *, oracle: bool = False, refresh_s: float = 0.0, cache: "CacheView | None" = None) -> None:
         self.costs = list(costs)
         self.num_replicas = len(self.costs)
         self.oracle = oracle
-        self.num_features = len(features(oracle))
+        self.cache = cache
+        self.num_features = len(features(oracle, cache is not None))
+        self.kv_blocks = list(kv_blocks)
         self.max_tokens = max_tokens
         self.refresh_s = refresh_s
         fastest = min(c.reference_cost for c in self.costs)
@@ -195,14 +206,25 @@ class ObservationBuilder:
         if self.refresh_s > 0.0:
             self.next_tick = self.last_tick(now) + self.refresh_s
 
-    def build(self, prompt_tokens: int, output_tokens: int) -> np.ndarray:
-        """The observation from the cached replica columns and the incoming request."""
+    def build(self, prompt_tokens: int, output_tokens: int, prompt_keys: tuple[int, ...] = ()) -> np.ndarray:
+        """The observation from the cached replica columns and the incoming request (whose
+        prompt block keys the cache columns match)."""
         flat = self.flat
         n, f = self.num_replicas, self.num_features
         flat[NUM_REPLICA_FEATURES::f] = [prompt_tokens / self.max_tokens] * n
         if self.oracle:
             flat[NUM_REPLICA_FEATURES + 1::f] = [output_tokens / self.max_tokens] * n
+        if self.cache is not None:
+            cache = self.cache
+            prompt = max(prompt_tokens, 1)
+            flat[f - 2::f] = [min(16 * m, prompt) / prompt for m in cache.matches(prompt_keys)]
+            flat[f - 1::f] = [min(cache.cached(i) / b, 1.0) for i, b in enumerate(self.kv_blocks)]
         return np.array(flat, dtype=np.float32).reshape(n, f)
+
+    def record(self, replica: int, prompt_keys: tuple[int, ...]) -> None:
+        """The request with ``prompt_keys`` went to ``replica`` (feeds an approximate cache view)."""
+        if self.cache is not None:
+            self.cache.record(replica, prompt_keys)
 
 
 @dataclass(frozen=True)
