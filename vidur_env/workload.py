@@ -150,6 +150,7 @@ class WorkloadConfig:
         _check_numbers(self)
         _check_trace_fields(self)
         _check_synthetic_lengths(self)
+        _check_sessions(self)
 
 
 def generate_requests(config: WorkloadConfig, rng: np.random.Generator) -> Requests:
