@@ -15,7 +15,7 @@ from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig, reject_u
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
 from vidur_env.observation import ObservationBuilder, ReplicaCosts, features, queued_work_seconds
 from vidur_env.reward import REWARDS, LatencyReward, SLOReward, TTFTReward, isolated_latencies
-from vidur_env.cache_routers import CACHE_VIEWS, CacheView, prompt_keys
+from vidur_env.cache_view import CACHE_VIEWS, CacheView, prompt_keys
 from vidur_env.simulation import Scenario, named_scenario, resolve_workload
 from vidur_env.workload import Requests, WorkloadConfig, generate_requests
 
@@ -202,8 +202,8 @@ class VidurRoutingEnv(gym.Env):
         self.num_replicas = len(self.cluster.replica_configs)
         self.costs = [ReplicaCosts.from_time_model(m) for m in self.time_models]
         self.refresh_s = obs_refresh_ms / 1000.0
-        self.observation_space = spaces.Box(0.0, 1.0, (self.num_replicas, len(features(self.oracle, cache_view is not None))),
-                                            np.float32)
+        num_features = len(features(self.oracle, cache_view is not None))
+        self.observation_space = spaces.Box(0.0, 1.0, (self.num_replicas, num_features), np.float32)
         self.action_space = spaces.Discrete(self.num_replicas)
         self.simulator: ClusterSimulator | None = None
         """The episode's simulator (public state for routers that need more than the observation)."""

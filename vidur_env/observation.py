@@ -29,7 +29,7 @@ col   name                 raw quantity                                       tr
 ====  ===================  =================================================  ============
 
 The two cache columns (``CACHE_FEATURES``) come last and only with a cache view
-(:class:`vidur_env.cache_routers.CacheView`, the env's ``cache_view``).
+(:class:`vidur_env.cache_view.CacheView`, the env's ``cache_view``).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from vidur_env.cache_routers import CacheView
+    from vidur_env.cache_view import CacheView
     from vidur_env.replica import Replica
     from vidur_env.time_model import ExecutionTimeModel
 

@@ -28,8 +28,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-BLOCK_TOKENS = 16
-"""Tokens per block key (the simulator's KV block size)."""
+from vidur_env.kv_cache import BLOCK_SIZE as BLOCK_TOKENS
 
 KEY_STRIDE = 1 << 32
 """Keys of stream s are ``s * KEY_STRIDE + block index``: streams never share a key."""

@@ -56,6 +56,7 @@ from typing import Optional, Union
 import numpy as np
 
 from vidur_env.config import setting
+from vidur_env.kv_cache import BLOCK_SIZE as CACHE_BLOCK_TOKENS
 
 PathLike = Union[str, Path]
 
@@ -82,8 +83,6 @@ HASH_COLUMN = "block_hashes"
 """The optional CSV column of 16-token block keys."""
 MOONCAKE_HASH_KEY = "hash_ids"
 """The optional Mooncake key of 512-token block ids."""
-CACHE_BLOCK_TOKENS = 16
-"""Tokens per block key (vLLM's default block size, the simulator's ``BLOCK_SIZE``)."""
 MOONCAKE_BLOCK_TOKENS = 512
 """Tokens per Mooncake ``hash_ids`` entry."""
 
@@ -284,7 +283,8 @@ def _csv_block_ids(path: PathLike, line: int, cell: str) -> Optional[tuple[int, 
         ids = tuple(int(word) for word in words)
     except ValueError:
         bad = next(w for w in words if not w.lstrip("+").isdigit())
-        raise TraceFormatError(path, line, HASH_COLUMN, f"expected space-separated integers >= 0, got {bad!r}") from None
+        problem = f"expected space-separated integers >= 0, got {bad!r}"
+        raise TraceFormatError(path, line, HASH_COLUMN, problem) from None
     if min(ids) < 0:
         raise TraceFormatError(path, line, HASH_COLUMN, f"keys must be >= 0, got {min(ids)}")
     return ids
@@ -358,7 +358,8 @@ def _json_block_ids(path: PathLike, line: int, record: dict) -> Optional[tuple[i
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
-        raise TraceFormatError(path, line, MOONCAKE_HASH_KEY, f"expected a list of integers >= 0, got {_shorten(repr(value))}")
+        problem = f"expected a list of integers >= 0, got {_shorten(repr(value))}"
+        raise TraceFormatError(path, line, MOONCAKE_HASH_KEY, problem)
     return tuple(value) or None
 
 

@@ -1,0 +1,111 @@
+"""What a router or the env knows of the replicas' prefix caches: approximate or precise.
+
+- ``approximate``: an own index of the prompt blocks routed to each replica
+  (:class:`PrefixIndex`), as SGLang's router keeps a radix tree per worker and llm-d's
+  approximate prefix scorer an LRU index; it may believe a block cached after the replica
+  evicted it.
+- ``precise``: the replicas' actual caches, read through ``replica.kv.match_blocks(keys)`` and
+  ``replica.kv.cached_blocks`` (the prefix-caching read API), as Dynamo's KV router learns
+  them from KV events.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Sequence
+
+from vidur_env.kv_cache import BLOCK_SIZE as BLOCK_TOKENS
+
+if TYPE_CHECKING:
+    from vidur_env.cluster import ClusterSimulator
+    from vidur_env.replica import Replica
+
+CACHE_VIEWS = ("approximate", "precise")
+"""The two modes a router (or the env's observation) sees cache state in."""
+
+
+def prompt_keys(sim: "ClusterSimulator", rid: int) -> tuple[int, ...]:
+    """The keys of request ``rid``'s full prompt blocks (empty when it has no prefix identity)."""
+    keys = sim.table.block_hashes[rid]
+    if keys is None:
+        return ()
+    return keys[: sim.table.orig_prefill[rid] // BLOCK_TOKENS]
+
+
+class PrefixIndex:
+    """Per replica, an LRU set of the block keys routed there, at most ``capacity`` each.
+
+    A request's keys are touched from the last to the first, so a prefix's leading block is
+    always at least as recent as any block after it and eviction (oldest first) removes
+    tails before heads, as vLLM frees a request's blocks in reverse order. Hence, by the
+    chained property of keys, a replica holding key i holds keys 0..i too, and
+    :meth:`match` finds the longest cached prefix by binary search.
+    """
+
+    def __init__(self, capacities: Sequence[int]) -> None:
+        self.capacities = list(capacities)
+        self.blocks: list[OrderedDict[int, None]] = [OrderedDict() for _ in self.capacities]
+
+    def match(self, replica: int, keys: tuple[int, ...]) -> int:
+        """Leading blocks of ``keys`` indexed at ``replica``."""
+        held = self.blocks[replica]
+        lo, hi = 0, len(keys)
+        while lo < hi:  # invariant: keys[:lo] held; keys[hi:] not all held
+            mid = (lo + hi + 1) // 2
+            if keys[mid - 1] in held:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def record(self, replica: int, keys: tuple[int, ...]) -> None:
+        """``keys`` were sent to ``replica``: touch them (tail first), evicting the oldest."""
+        held = self.blocks[replica]
+        for key in reversed(keys):
+            held[key] = None
+            held.move_to_end(key)
+        while len(held) > self.capacities[replica]:
+            held.popitem(last=False)
+
+    def size(self, replica: int) -> int:
+        """Blocks indexed at ``replica`` (SGLang's tree size)."""
+        return len(self.blocks[replica])
+
+
+class CacheView:
+    """What is known of the replicas' caches, in one of :data:`CACHE_VIEWS`.
+
+    ``match`` and ``cached`` answer from the router's own index (approximate) or from the
+    replicas' KV caches (precise); ``record`` tells the index where a request went (a no-op
+    in precise mode, where the replica's cache registers blocks itself).
+    """
+
+    def __init__(self, mode: str, replicas: Sequence["Replica"]) -> None:
+        if mode not in CACHE_VIEWS:
+            raise ValueError(f"cache view must be one of {', '.join(CACHE_VIEWS)}; got {mode!r}")
+        self.mode = mode
+        self.replicas = replicas
+        self.index = PrefixIndex([r.num_blocks for r in replicas]) if mode == "approximate" else None
+        self.readable = all(hasattr(r.kv, "match_blocks") for r in replicas)
+        """Whether the KV caches offer the read API; a cache without it holds no prefixes."""
+
+    def match(self, replica: int, keys: tuple[int, ...]) -> int:
+        """Leading blocks of ``keys`` believed cached at ``replica``."""
+        if not keys:
+            return 0
+        if self.index is not None:
+            return self.index.match(replica, keys)
+        return self.replicas[replica].kv.match_blocks(keys) if self.readable else 0
+
+    def matches(self, keys: tuple[int, ...]) -> list[int]:
+        """:meth:`match` at every replica."""
+        return [self.match(i, keys) for i in range(len(self.replicas))]
+
+    def cached(self, replica: int) -> int:
+        """Blocks believed to hold cached content at ``replica``."""
+        if self.index is not None:
+            return self.index.size(replica)
+        return self.replicas[replica].kv.cached_blocks if self.readable else 0
+
+    def record(self, replica: int, keys: tuple[int, ...]) -> None:
+        if self.index is not None and keys:
+            self.index.record(replica, keys)
