@@ -257,7 +257,8 @@ class VidurRoutingEnv(gym.Env):
         if sim is None or self.current_request < 0:
             raise RuntimeError("call reset() before step(), and again after the episode ends")
         replica = self._replica_of(action)
-        self._obs.record(replica, prompt_keys(sim, self.current_request))
+        if self.cache_view is not None:
+            self._obs.record(replica, prompt_keys(sim, self.current_request))
         sim.dispatch(replica)
         self._reward.add(self.current_request, replica)
         self._decisions += 1
@@ -294,7 +295,8 @@ class VidurRoutingEnv(gym.Env):
             rid = sim.advance_to_next_arrival()
             builder.snapshot(sim.replicas, t)
         self.current_request = rid
-        return builder.build(self._prefill[rid], self._decode[rid], prompt_keys(sim, rid))
+        keys = prompt_keys(sim, rid) if self.cache_view is not None else ()
+        return builder.build(self._prefill[rid], self._decode[rid], keys)
 
     def _end_episode(self) -> tuple[np.ndarray, float, bool, bool, dict]:
         sim = self.simulator
