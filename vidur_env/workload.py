@@ -203,7 +203,11 @@ def session_config(config: WorkloadConfig) -> SessionConfig:
 def describe(config: WorkloadConfig) -> str:
     """One line saying what ``config`` generates, for reports and logs."""
     if config.sessions is not None:
-        return f"{config.num_requests} requests; {session_config(config).describe()}, {_describe_arrivals(config)} requests"
+        sessions = session_config(config)
+        starts = ("all at t=0" if config.arrival == "static" else
+                  f"sessions start as a Poisson process of {config.qps / sessions.mean_turns:g}/s "
+                  f"(about {config.qps:g} req/s)")
+        return f"{config.num_requests} requests; {sessions.describe()}; {starts}"
     count = "every trace row" if config.num_requests is None else f"{config.num_requests} requests"
     if config.arrival == "trace" and config.trace_offset != 0:
         start = "a random row" if config.trace_offset == "random" else f"row {config.trace_offset}"
