@@ -34,8 +34,15 @@ from vidur_env.simulation import Scenario, named_scenario, run_simulation
 from vidur_env.workload import WorkloadConfig
 
 MOONCAKE = "traces/mooncake_synthetic_trace.jsonl"
+"""The Mooncake trace, relative to the shared data directory."""
 CACHING = "prefix_caching" in {f.name for f in fields(ReplicaConfig)}
 """Whether this simulator has prefix caching (the other half of issue 11)."""
+
+
+def shared_data() -> Path:
+    """``$VIDUR_SHARED_DATA``, else ../shared/data beside the project (as the tests find it)."""
+    override = os.environ.get("VIDUR_SHARED_DATA")
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 class TimedRouter:
@@ -113,8 +120,8 @@ def main() -> None:
     if args.prefix_requests:
         prefix = replace(prefix, workload=replace(prefix.workload, num_requests=args.prefix_requests))
     print_table("prefix scenario", [row(n, prefix, args.seed) for n in names])
-    path = Path(os.environ.get("VIDUR_SHARED_DATA", "")) / MOONCAKE
-    if not os.environ.get("VIDUR_SHARED_DATA") or not path.is_file():
+    path = shared_data() / MOONCAKE
+    if not path.is_file():
         print(f"\n## Mooncake trace: skipped ({path} not found; set VIDUR_SHARED_DATA)")
         return
     mooncake = mooncake_scenario(path, args.mooncake_requests, args.mooncake_replicas, args.mooncake_time_scale)

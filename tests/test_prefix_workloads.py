@@ -19,6 +19,19 @@ def replay(path, **kwargs) -> WorkloadConfig:
     return WorkloadConfig(arrival="trace", lengths="trace", trace=str(path), num_requests=None, **kwargs)
 
 
+@pytest.mark.needs_shared_data
+def test_the_real_mooncake_trace_keys_every_full_prompt_block_and_shares_prefixes(shared_data):
+    path = shared_data.parent / "traces" / "mooncake_synthetic_trace.jsonl"
+    if not path.is_file():
+        pytest.skip(f"Mooncake trace not found at {path}")
+    workload = WorkloadConfig(arrival="trace", lengths="trace", trace=str(path), num_requests=500, max_tokens=131072)
+    requests = generate_requests(workload, np.random.default_rng(0))
+    keys = requests.block_hashes
+    assert all(len(k) == p // 16 for k, p in zip(keys, requests.num_prefill_tokens))  # outputs are not in hash_ids
+    firsts = [k[0] for k in keys if k]
+    assert len(set(firsts)) < len(firsts)  # some requests share their first 512 tokens
+
+
 def test_mooncake_hash_ids_become_32_sixteen_token_keys_each(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"timestamp": 0, "input_length": 1000, "output_length": 5, "hash_ids": [7, 9]}\n'
@@ -26,9 +39,9 @@ def test_mooncake_hash_ids_become_32_sixteen_token_keys_each(tmp_path):
                     '{"timestamp": 20, "input_length": 600, "output_length": 5}\n')
     requests = generate_requests(replay(path), np.random.default_rng(0))
     first, second, third = requests.block_hashes
-    assert len(first) == (1000 + 5) // 16 == 62 and first[:32] == tuple(7 * 32 + j for j in range(32))
+    assert len(first) == 1000 // 16 == 62 and first[:32] == tuple(7 * 32 + j for j in range(32))
     assert first[32:] == tuple(9 * 32 + j for j in range(30))
-    assert second[:32] == first[:32] and second[32] != first[32] and len(second) == 37
+    assert second[:32] == first[:32] and second[32] != first[32] and len(second) == 600 // 16
     assert third is None
 
 
@@ -36,7 +49,7 @@ def test_a_prompt_cut_to_max_tokens_keeps_only_its_remaining_blocks(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"timestamp": 0, "input_length": 5000, "output_length": 96, "hash_ids": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}\n')
     requests = generate_requests(replay(path, max_tokens=4096), np.random.default_rng(0))
-    assert requests.num_cut == 1 and len(requests.block_hashes[0]) == 4096 // 16
+    assert requests.num_cut == 1 and len(requests.block_hashes[0]) == (4096 - 96) // 16  # the cut prompt's blocks
 
 
 @pytest.mark.parametrize("value, problem", [('"abc"', "list of integers"), ("[1, -2]", "list of integers"),

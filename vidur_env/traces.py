@@ -22,7 +22,8 @@ Prefix identity (for prefix caching and cache-aware routers), optional in every 
 
 - Mooncake ``hash_ids``: a list of integers >= 0, one per 512-token block of the prompt
   (Mooncake's block size); equal ids at equal positions mean equal prompt prefixes. Each id
-  stands for 32 sixteen-token blocks, keyed ``id * 32 + j`` (:func:`expand_block_ids`).
+  stands for 32 sixteen-token blocks, keyed ``id * 32 + j`` (:func:`expand_block_ids`), up to
+  the prompt's full 16-token blocks (``prompt // 16`` keys; the output is not covered).
 - CSV formats: an optional ``block_hashes`` column holding space-separated integers >= 0, one
   per full 16-token block of the request's tokens (prompt, then output), key ``i`` naming the
   content of its first ``16 * (i + 1)`` tokens (so two rows share a cached prefix exactly as far
@@ -123,6 +124,10 @@ class Trace:
     is None when no row has any), each id covering ``block_id_tokens`` tokens."""
     block_id_tokens: int = CACHE_BLOCK_TOKENS
     """Tokens one entry of ``block_ids`` covers (512 for Mooncake, 16 for CSV)."""
+    ids_cover_output: bool = True
+    """Whether ``block_ids`` may name output tokens too (CSV) or only the prompt (Mooncake,
+    whose last id names a partly filled 512-token block: its remaining keys would otherwise
+    claim equal outputs)."""
 
     def rows(self, keep: "slice | np.ndarray") -> "Trace":
         """The rows selected by ``keep`` (a slice or a boolean mask), every column alike."""
@@ -138,14 +143,16 @@ class Trace:
             block_ids=ids,
         )
 
-    def block_hashes(self, num_tokens: np.ndarray) -> Optional[list[Optional[tuple[int, ...]]]]:
-        """16-token block keys of the first ``len(num_tokens)`` rows, each cut to the row's
-        ``num_tokens // 16`` full blocks (its prompt + output after any scaling or cut)."""
+    def block_hashes(self, prefill: np.ndarray, decode: np.ndarray) -> Optional[list[Optional[tuple[int, ...]]]]:
+        """16-token block keys of the first ``len(prefill)`` rows, each cut to the row's full
+        blocks (of its prompt + output, or of its prompt alone when the ids cover only the
+        prompt), after any scaling or cut."""
         if self.block_ids is None:
             return None
+        known = prefill + decode if self.ids_cover_output else prefill
         return [
             None if ids is None else expand_block_ids(ids, self.block_id_tokens, int(tokens) // CACHE_BLOCK_TOKENS)
-            for ids, tokens in zip(self.block_ids, num_tokens)
+            for ids, tokens in zip(self.block_ids, known)
         ]
 
     def __len__(self) -> int:
@@ -443,6 +450,7 @@ def _build_trace(path: PathLike, fmt: str, columns: _Columns, zero_tokens: str) 
         lines,
         block_ids=block_ids,
         block_id_tokens=id_tokens,
+        ids_cover_output=fmt != "mooncake",
     )
     if block_ids is not None and fmt != "mooncake":
         _check_key_counts(trace)

@@ -402,7 +402,8 @@ def replay_trace(
     output are scaled, truncated to integers and raised to at least 1; then only the prompt is
     shortened so that prompt + output <= ``max_tokens``. A row whose output alone leaves no
     room for a prompt raises (Vidur would create a request with a prompt <= 0). Prefix block
-    keys the trace carries are kept up to the request's final ``(prompt + output) // 16`` blocks.
+    keys the trace carries are kept up to the request's final full blocks
+    (:meth:`vidur_env.traces.Trace.block_hashes`).
     """
     prefill = np.maximum(scale_tokens(trace.num_prefill_tokens[:n], prefill_scale), 1)
     decode = np.maximum(scale_tokens(trace.num_decode_tokens[:n], decode_scale), 1)
@@ -415,7 +416,7 @@ def replay_trace(
             f"(after decode_scale={decode_scale:g}) leaves no room for a prompt within "
             f"max_tokens={max_tokens}; raise {setting('max_tokens')} or lower {setting('decode_scale')}"
         )
-    hashes = trace.block_hashes(prefill + decode)
+    hashes = trace.block_hashes(prefill, decode)
     return Requests(trace.arrived_at[:n] * time_scale, prefill, decode, int(np.count_nonzero(excess)), hashes)
 
 
