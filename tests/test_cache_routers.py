@@ -11,7 +11,7 @@ from vidur_env.cache_routers import CACHE_ROUTERS, rendezvous_weight
 from vidur_env.cache_view import CacheView, PrefixIndex
 from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig
 from vidur_env.env import VidurRoutingEnv
-from vidur_env.routers import make_router
+from vidur_env.routers import RouterPolicy, make_router
 from vidur_env.sessions import SessionConfig
 from vidur_env.simulation import Scenario, run_simulation
 from vidur_env.workload import WorkloadConfig
@@ -177,9 +177,32 @@ def test_every_cache_router_serves_a_session_workload_reproducibly(name):
     assert one.simulator.table.replica == two.simulator.table.replica
 
 
-def test_cache_routers_cannot_run_from_observations():
-    with pytest.raises(ValueError, match="cannot run from observations"):
-        make_router("dynamo_kv").choose_observed(None, 0)
+@pytest.mark.parametrize("name", ["sglang_cache_aware", "llmd_scorer_approximate", "vllm_prefix", "aibrix_prefix"])
+def test_policy_on_the_envs_cache_columns_matches_the_router_on_the_simulator(name):
+    env = VidurRoutingEnv(scenario="prefix", num_replicas=3, num_requests=120, cache_view="approximate")
+    router = make_router(name)
+    router.reset(3, np.random.default_rng(0))
+    policy = RouterPolicy(name)
+    obs, _ = env.reset(seed=0)
+    truncated, hits = False, 0
+    while not truncated:
+        action = router.choose(env.simulator, env.current_request)
+        assert int(policy.predict(obs)[0]) == action
+        hits += obs[:, -2].max() > 0
+        obs, _, _, truncated, _ = env.step(action)
+    assert hits > 30  # the prefix columns were live, not all zero
+
+
+def test_routers_that_need_more_than_observations_say_what_they_need():
+    env = VidurRoutingEnv(scenario="prefix", num_replicas=2, num_requests=5, cache_view="precise")
+    obs, _ = env.reset(seed=0)
+    with pytest.raises(ValueError, match="dynamo_kv' needs block counts"):
+        RouterPolicy("dynamo_kv").predict(obs)
+    with pytest.raises(ValueError, match="consistent_hash' needs the request's first block key"):
+        RouterPolicy("consistent_hash").predict(obs)
+    plain, _ = VidurRoutingEnv(num_replicas=2, num_requests=5).reset(seed=0)
+    with pytest.raises(ValueError, match="cache_view='approximate' or 'precise'"):
+        RouterPolicy("sglang_cache_aware").predict(plain)
 
 
 def test_env_cache_columns_show_the_prefix_match_in_the_approximate_view():

@@ -30,7 +30,8 @@ The rules are re-stated from the projects' documentation and source (facts, not 
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -48,9 +49,39 @@ def load(replica: "Replica") -> int:
     return replica.num_waiting + replica.num_allocated_requests
 
 
+@dataclass(frozen=True)
+class Signals:
+    """What a cache-aware rule weighs, per replica, read from the simulator or from the env's
+    observation (with a cache view) alike, so both paths apply the same rule.
+
+    ``match``: the request's prompt tokens cached there / its prompt tokens (the observation's
+    ``prefix_match``); ``occupancy``: cached blocks / KV blocks (``cache_occupancy``, SGLang's
+    tree size relative to the replica's cache); ``load``: requests queued or holding KV;
+    ``kv_utilization``: allocated / KV blocks.
+    """
+
+    match: Sequence[float]
+    occupancy: Sequence[float]
+    load: Sequence[float]
+    kv_utilization: Sequence[float]
+
+
+def observation_error(name: str, needs: str) -> ValueError:
+    """The error of a router that cannot decide from the env's observation."""
+    return ValueError(f"router {name!r} needs {needs}, which the observation does not carry; run it on the "
+                      "simulator (simulate --router, run_simulation)")
+
+
+def match_fraction(matched_blocks: int, prefill: int) -> float:
+    """Prompt tokens served from ``matched_blocks`` cached blocks / prompt tokens."""
+    return min(BLOCK_TOKENS * matched_blocks, prefill) / max(prefill, 1)
+
+
 class CacheAwareRouter(Router):
     """Base class: builds the cache view at the first decision of an episode, asks
-    :meth:`decide`, and records the routed prompt blocks in the view."""
+    :meth:`decide`, and records the routed prompt blocks in the view. From observations
+    (:meth:`choose_observed`, needing the env's ``cache_view``) the same :meth:`rule` runs on
+    the env's cache columns, in the env's view whatever the router's ``mode``."""
 
     mode = "approximate"
     """Cache view: ``approximate`` or ``precise`` (see the module docstring)."""
@@ -64,19 +95,35 @@ class CacheAwareRouter(Router):
         if self.view is None or self.sim is not sim:
             self.view, self.sim = CacheView(self.mode, sim.replicas), sim
         keys = prompt_keys(sim, rid)
-        choice = self.decide(sim, rid, keys, self.view.matches(keys))
+        choice = self.decide(sim, rid, self.view.matches(keys))
         self.view.record(choice, keys)
         return choice
 
-    def decide(self, sim: "ClusterSimulator", rid: int, keys: tuple[int, ...], matches: list[int]) -> int:
-        """The replica for request ``rid`` with prompt block ``keys``, ``matches[i]`` of them cached at replica i."""
+    def decide(self, sim: "ClusterSimulator", rid: int, matches: list[int]) -> int:
+        """The replica for request ``rid``, ``matches[i]`` of whose prompt blocks are cached at replica i."""
+        prefill = sim.table.orig_prefill[rid]
+        replicas = sim.replicas
+        return self.rule(Signals(
+            match=[match_fraction(m, prefill) for m in matches],
+            occupancy=[min(self.view.cached(i) / r.num_blocks, 1.0) for i, r in enumerate(replicas)],
+            load=[load(r) for r in replicas],
+            kv_utilization=[r.kv_utilization for r in replicas],
+        ))
+
+    def rule(self, signals: Signals) -> int:
+        """The replica the router's rule picks."""
         raise NotImplementedError
 
     def choose_observed(self, view: ObservationView, row: int) -> int:
-        raise ValueError(
-            f"router {self.name!r} decides from the request's block keys and the simulator's replicas; "
-            "it cannot run from observations (use it through the simulator: simulate --router, run_simulation)"
-        )
+        if view.prefix_match is None:
+            raise observation_error(self.name, "the cache columns of the observation (make the env with "
+                                               "cache_view='approximate' or 'precise')")
+        return self.rule(Signals(
+            match=view.prefix_match[row].tolist(),
+            occupancy=view.cache_occupancy[row].tolist(),
+            load=(view.waiting[row] + view.running[row]).tolist(),
+            kv_utilization=view.kv_utilization[row].tolist(),
+        ))
 
 
 class SGLangCacheAware(CacheAwareRouter):
@@ -84,10 +131,10 @@ class SGLangCacheAware(CacheAwareRouter):
 
     If the load is imbalanced (max - min > ``balance_abs_threshold`` and max >
     ``balance_rel_threshold`` * min), route to the least-loaded replica. Otherwise take the
-    replica with the longest prefix match if its match ratio (matched / prompt blocks) is at
-    least ``cache_threshold``, else the replica with the smallest tree (fewest cached
-    blocks: the most room). Ties go to the lowest index. Default mode: approximate (SGLang's
-    router keeps its own radix tree per worker).
+    replica with the longest prefix match if its match ratio (cached / prompt tokens) is at
+    least ``cache_threshold``, else the replica with the smallest tree (the lowest cache
+    occupancy: the most room). Ties go to the lowest index. Default mode: approximate
+    (SGLang's router keeps its own radix tree per worker).
     """
 
     name = "sglang_cache_aware"
@@ -95,15 +142,15 @@ class SGLangCacheAware(CacheAwareRouter):
     balance_abs_threshold = 64
     balance_rel_threshold = 1.5
 
-    def decide(self, sim: "ClusterSimulator", rid: int, keys: tuple[int, ...], matches: list[int]) -> int:
-        loads = [load(r) for r in sim.replicas]
+    def rule(self, signals: Signals) -> int:
+        loads = signals.load
         high, low = max(loads), min(loads)
         if high - low > self.balance_abs_threshold and high > self.balance_rel_threshold * low:
             return argmin_first(loads)
-        best = max(range(len(matches)), key=lambda i: (matches[i], -i))
-        if keys and matches[best] / len(keys) >= self.cache_threshold:
+        best = argmin_first([-m for m in signals.match])
+        if signals.match[best] >= self.cache_threshold:
             return best
-        return argmin_first([self.view.cached(i) for i in range(len(matches))])
+        return argmin_first(signals.occupancy)
 
 
 class DynamoKV(CacheAwareRouter):
@@ -121,7 +168,7 @@ class DynamoKV(CacheAwareRouter):
     overlap_score_weight = 1.0
     temperature = 0.0
 
-    def decide(self, sim: "ClusterSimulator", rid: int, keys: tuple[int, ...], matches: list[int]) -> int:
+    def decide(self, sim: "ClusterSimulator", rid: int, matches: list[int]) -> int:
         blocks = sim.table.orig_prefill[rid] // BLOCK_TOKENS
         costs = [
             self.overlap_score_weight * (r.waiting_prompt_tokens / BLOCK_TOKENS + blocks - m)
@@ -134,12 +181,15 @@ class DynamoKV(CacheAwareRouter):
         weights = np.exp(scaled - scaled.max())
         return int(self.rng.choice(len(costs), p=weights / weights.sum()))
 
+    def choose_observed(self, view: ObservationView, row: int) -> int:
+        raise observation_error(self.name, "block counts (queued prompt tokens, allocated and prompt blocks)")
+
 
 class LLMDScorer(CacheAwareRouter):
     """llm-d inference scheduler: the highest weighted sum of scorers, each in [0, 1].
 
     Queue scorer (weight 2): ``(max load - load) / (max load - min load)`` (1 when equal);
-    prefix scorer (weight 3): matched / prompt blocks; KV-utilisation scorer (weight 2):
+    prefix scorer (weight 3): cached / prompt tokens; KV-utilisation scorer (weight 2):
     ``1 - kv_utilization``. Ties go to the lowest index. Default mode: precise.
     """
 
@@ -149,17 +199,16 @@ class LLMDScorer(CacheAwareRouter):
     prefix_weight = 3.0
     kv_weight = 2.0
 
-    def decide(self, sim: "ClusterSimulator", rid: int, keys: tuple[int, ...], matches: list[int]) -> int:
-        loads = [load(r) for r in sim.replicas]
+    def rule(self, signals: Signals) -> int:
+        loads = signals.load
         high, low = max(loads), min(loads)
         spread = high - low
         scores = [
-            self.queue_weight * ((high - q) / spread if spread else 1.0)
-            + self.prefix_weight * (m / len(keys) if keys else 0.0)
-            + self.kv_weight * (1.0 - r.kv_utilization)
-            for r, q, m in zip(sim.replicas, loads, matches)
+            self.queue_weight * ((high - q) / spread if spread else 1.0) + self.prefix_weight * m
+            + self.kv_weight * (1.0 - kv)
+            for q, m, kv in zip(loads, signals.match, signals.kv_utilization)
         ]
-        return argmin_first([-s for s in scores])
+        return argmin_first([-score for score in scores])
 
 
 class ConsistentHash(CacheAwareRouter):
@@ -183,6 +232,9 @@ class ConsistentHash(CacheAwareRouter):
             return (self.counter - 1) % sim.num_replicas
         return max(range(sim.num_replicas), key=lambda i: rendezvous_weight(keys, i))
 
+    def choose_observed(self, view: ObservationView, row: int) -> int:
+        raise observation_error(self.name, "the request's first block key")
+
 
 def rendezvous_weight(keys: tuple[int, ...], replica: int) -> int:
     """A stable pseudo-random weight of (prefix, replica): the first 8 bytes of a BLAKE2 digest
@@ -199,11 +251,10 @@ class VLLMPrefix(CacheAwareRouter):
     name = "vllm_prefix"
     load_penalty = 0.5
 
-    def decide(self, sim: "ClusterSimulator", rid: int, keys: tuple[int, ...], matches: list[int]) -> int:
-        loads = [load(r) for r in sim.replicas]
-        top = max(max(loads), 1)
-        scores = [(m / len(keys) if keys else 0.0) - self.load_penalty * q / top for q, m in zip(loads, matches)]
-        return argmin_first([-s for s in scores])
+    def rule(self, signals: Signals) -> int:
+        top = max(max(signals.load), 1)
+        scores = [m - self.load_penalty * q / top for q, m in zip(signals.load, signals.match)]
+        return argmin_first([-score for score in scores])
 
 
 class AIBrixPrefix(CacheAwareRouter):
@@ -214,11 +265,11 @@ class AIBrixPrefix(CacheAwareRouter):
     name = "aibrix_prefix"
     imbalance_threshold = 8
 
-    def decide(self, sim: "ClusterSimulator", rid: int, keys: tuple[int, ...], matches: list[int]) -> int:
-        loads = [load(r) for r in sim.replicas]
-        if max(loads) - min(loads) > self.imbalance_threshold or not any(matches):
+    def rule(self, signals: Signals) -> int:
+        loads = signals.load
+        if max(loads) - min(loads) > self.imbalance_threshold or not any(signals.match):
             return argmin_first(loads)
-        return argmin_first([(-m, q) for m, q in zip(matches, loads)])
+        return argmin_first([(-m, q) for m, q in zip(signals.match, loads)])
 
 
 def in_mode(cls: type[CacheAwareRouter], mode: str) -> type[CacheAwareRouter]:

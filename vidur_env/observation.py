@@ -242,6 +242,9 @@ class ObservationView:
     queued_work: np.ndarray
     batch_remaining: np.ndarray
     relative_speed: np.ndarray
+    prefix_match: np.ndarray | None = None
+    """The cache columns, None when the observation has none (no ``cache_view``)."""
+    cache_occupancy: np.ndarray | None = None
 
 
 def decode_observation(obs: np.ndarray) -> ObservationView:
@@ -262,4 +265,14 @@ def decode_observation(obs: np.ndarray) -> ObservationView:
         queued_work=unsquash(col("queued_work"), 2.0),
         batch_remaining=unsquash(col("batch_remaining"), 0.05),
         relative_speed=col("relative_speed").astype(np.float64),
+        **cache_columns(obs),
     )
+
+
+def cache_columns(obs: np.ndarray) -> dict[str, np.ndarray]:
+    """The cache columns of (n_envs, N, F) observations, by name; none when F leaves no room
+    for them (they are the last two, after the request and optional oracle columns)."""
+    if obs.shape[2] < NUM_REPLICA_FEATURES + len(REQUEST_FEATURES) + len(CACHE_FEATURES):
+        return {}
+    return {f.name: obs[:, :, obs.shape[2] - len(CACHE_FEATURES) + i].astype(np.float64)
+            for i, f in enumerate(CACHE_FEATURES)}
