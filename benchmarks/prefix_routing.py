@@ -12,7 +12,8 @@ Two workloads, each run once per router with the same requests (same seed):
 Per router: TTFT and E2E mean and p99 (s), prefix-cache hit rate (prompt tokens served from
 cache / prompt tokens, the simulator's ``prefix_cache_hit_rate``; "n/a" when the simulator has
 no prefix cache), throughput (completed requests / makespan) and routing speed (decisions per
-second of router time alone, and of the whole simulation).
+second of router time alone, and of the whole simulation with that router; the capacity probe
+and the workload draw are done once per workload, outside the timings).
 
 Without prefix caching in the simulator, nothing is ever served from cache: cache-aware routers
 then only concentrate load (approximate views) or see empty caches (precise views), so their
@@ -28,10 +29,13 @@ import time
 from dataclasses import fields, replace
 from pathlib import Path
 
+import numpy as np
+
+from vidur_env.cluster import build_time_models
 from vidur_env.config import ClusterConfig, ReplicaConfig
 from vidur_env.routers import ROUTERS, make_router
-from vidur_env.simulation import Scenario, named_scenario, run_simulation
-from vidur_env.workload import WorkloadConfig
+from vidur_env.simulation import Scenario, named_scenario, resolve_workload, run_simulation
+from vidur_env.workload import Requests, WorkloadConfig, generate_requests
 
 MOONCAKE = "traces/mooncake_synthetic_trace.jsonl"
 """The Mooncake trace, relative to the shared data directory."""
@@ -73,11 +77,19 @@ def mooncake_scenario(path: Path, requests: int, replicas: int, time_scale: floa
     return Scenario(cluster=ClusterConfig(num_replicas=replicas, replica=replica), workload=workload, load=None)
 
 
-def row(name: str, scenario: Scenario, seed: int) -> dict:
-    """One router's figures on ``scenario``."""
+def fixed(scenario: Scenario, seed: int) -> tuple[Scenario, Requests]:
+    """The scenario at its resolved arrival rate (capacity measured once) and its requests
+    (drawn once), so every router serves the same requests and the timings are routing and
+    simulation only."""
+    workload = resolve_workload(scenario, build_time_models(scenario.cluster))
+    return replace(scenario, workload=workload, load=None), generate_requests(workload, np.random.default_rng(seed))
+
+
+def row(name: str, scenario: Scenario, requests: Requests, seed: int) -> dict:
+    """One router's figures on ``scenario`` serving ``requests``."""
     router = TimedRouter(name)
     start = time.perf_counter()
-    result = run_simulation(scenario, router, seed=seed)
+    result = run_simulation(scenario, router, seed=seed, requests=requests)
     wall = time.perf_counter() - start
     m = result.metrics
     hit = m.get("prefix_cache_hit_rate")
@@ -119,14 +131,16 @@ def main() -> None:
     prefix = named_scenario("prefix")
     if args.prefix_requests:
         prefix = replace(prefix, workload=replace(prefix.workload, num_requests=args.prefix_requests))
-    print_table("prefix scenario", [row(n, prefix, args.seed) for n in names])
+    prefix, requests = fixed(prefix, args.seed)
+    print_table("prefix scenario", [row(n, prefix, requests, args.seed) for n in names])
     path = shared_data() / MOONCAKE
     if not path.is_file():
         print(f"\n## Mooncake trace: skipped ({path} not found; set VIDUR_SHARED_DATA)")
         return
     mooncake = mooncake_scenario(path, args.mooncake_requests, args.mooncake_replicas, args.mooncake_time_scale)
+    mooncake, requests = fixed(mooncake, args.seed)
     print_table(f"Mooncake trace ({args.mooncake_requests} rows, {args.mooncake_replicas} replicas, "
-                f"times x{args.mooncake_time_scale:g})", [row(n, mooncake, args.seed) for n in names])
+                f"times x{args.mooncake_time_scale:g})", [row(n, mooncake, requests, args.seed) for n in names])
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ def test_prefix_index_matches_the_longest_prefix_and_evicts_tails_first():
     index = PrefixIndex([12])
     index.record(0, KEYS)
     assert index.match(0, KEYS) == 10 and index.match(0, (0, 1, 99)) == 2 and index.match(0, (55,)) == 0
-    index.record(0, (0, 1, 20, 21, 22, 23))  # 14 keys > 12: the oldest go, i.e. the first request's tail
+    index.record(0, KEYS[:4])  # touched again: now more recent than the keys of the new request's tail
+    index.record(0, (0, 1, 20, 21, 22, 23))  # 14 keys > 12: the oldest 2 go, i.e. the first request's tail
     assert index.size(0) == 12
     assert index.match(0, KEYS) == 8 and index.match(0, (0, 1, 20, 21, 22, 23)) == 6
 

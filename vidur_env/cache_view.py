@@ -10,7 +10,7 @@
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 from typing import TYPE_CHECKING, Sequence
 
 from vidur_env.kv_cache import BLOCK_SIZE as BLOCK_TOKENS
@@ -34,16 +34,22 @@ def prompt_keys(sim: "ClusterSimulator", rid: int) -> tuple[int, ...]:
 class PrefixIndex:
     """Per replica, an LRU set of the block keys routed there, at most ``capacity`` each.
 
-    A request's keys are touched from the last to the first, so a prefix's leading block is
-    always at least as recent as any block after it and eviction (oldest first) removes
-    tails before heads, as vLLM frees a request's blocks in reverse order. Hence, by the
-    chained property of keys, a replica holding key i holds keys 0..i too, and
-    :meth:`match` finds the longest cached prefix by binary search.
+    A request's keys are stamped from the last to the first, so a prefix's leading block is
+    always more recent than any block after it and eviction (oldest first) removes tails
+    before heads, as vLLM frees a request's blocks in reverse order. Hence, by the chained
+    property of keys, a replica holding key i holds keys 0..i too, and :meth:`match` finds
+    the longest indexed prefix by binary search.
+
+    Recency is a stamp per key plus a queue of (key, stamp) in stamp order; an entry whose
+    key was stamped again later is stale and skipped when it reaches the front, so recording
+    and evicting cost O(1) per key, amortised.
     """
 
     def __init__(self, capacities: Sequence[int]) -> None:
         self.capacities = list(capacities)
-        self.blocks: list[OrderedDict[int, None]] = [OrderedDict() for _ in self.capacities]
+        self.blocks: list[dict[int, int]] = [{} for _ in self.capacities]
+        self.queues: list[deque[tuple[int, int]]] = [deque() for _ in self.capacities]
+        self.clock = 0
 
     def match(self, replica: int, keys: tuple[int, ...]) -> int:
         """Leading blocks of ``keys`` indexed at ``replica``."""
@@ -58,13 +64,18 @@ class PrefixIndex:
         return lo
 
     def record(self, replica: int, keys: tuple[int, ...]) -> None:
-        """``keys`` were sent to ``replica``: touch them (tail first), evicting the oldest."""
-        held = self.blocks[replica]
-        for key in reversed(keys):
-            held[key] = None
-            held.move_to_end(key)
-        while len(held) > self.capacities[replica]:
-            held.popitem(last=False)
+        """``keys`` were sent to ``replica``: stamp them (the first most recent), evicting the
+        least recently stamped keys beyond the capacity."""
+        held, queue = self.blocks[replica], self.queues[replica]
+        stamped = list(zip(reversed(keys), range(self.clock, self.clock + len(keys))))
+        self.clock += len(keys)
+        held.update(stamped)
+        queue.extend(stamped)
+        capacity = self.capacities[replica]
+        while len(held) > capacity:
+            key, stamp = queue.popleft()
+            if held.get(key) == stamp:
+                del held[key]
 
     def size(self, replica: int) -> int:
         """Blocks indexed at ``replica`` (SGLang's tree size)."""

@@ -103,9 +103,8 @@ def stream_keys(system: int, session: int, system_tokens: int, num_blocks: int) 
     """Keys of the first ``num_blocks`` blocks of a session's token stream: the system prompt's
     (stream ``system``) for blocks inside it, the session's (stream ``session``) after."""
     shared = min(system_tokens // BLOCK_TOKENS, num_blocks)
-    return tuple(system * KEY_STRIDE + i for i in range(shared)) + tuple(
-        session * KEY_STRIDE + i for i in range(shared, num_blocks)
-    )
+    first, own = system * KEY_STRIDE, session * KEY_STRIDE
+    return tuple(range(first, first + shared)) + tuple(range(own + shared, own + num_blocks))
 
 
 @dataclass
