@@ -225,6 +225,35 @@ def test_env_cache_columns_show_the_prefix_match_in_the_approximate_view():
         obs, _, _, truncated, _ = env.step(action)
 
 
+class ReadableKV:
+    """A replica's KV cache plus the contract's read API over a given set of cached keys."""
+
+    def __init__(self, kv, keys):
+        self._kv, self._keys = kv, FakeKV(keys)
+
+    def __getattr__(self, name):
+        return getattr(self._kv, name)
+
+    def match_blocks(self, hashes):
+        return self._keys.match_blocks(hashes)
+
+    @property
+    def cached_blocks(self):
+        return self._keys.cached_blocks
+
+
+def test_env_cache_columns_read_the_replicas_caches_in_the_precise_view():
+    env = VidurRoutingEnv(scenario="prefix", num_replicas=2, num_requests=5, cache_view="precise")
+    env.reset(seed=0)
+    table, rid = env.simulator.table, env.current_request
+    keys = table.block_hashes[rid][: table.orig_prefill[rid] // 16]
+    first, second = env.simulator.replicas
+    first.kv, second.kv = ReadableKV(first.kv, keys[:10]), ReadableKV(second.kv, keys[:3] + (999,))
+    obs = env.unwrapped._obs.build(table.orig_prefill[rid], 0, keys)
+    assert obs[0, -2] == pytest.approx(160 / table.orig_prefill[rid]) and obs[1, -2] == pytest.approx(48 / table.orig_prefill[rid])
+    assert obs[0, -1] == pytest.approx(10 / first.num_blocks) and obs[1, -1] == pytest.approx(4 / second.num_blocks)
+
+
 def test_env_cache_view_is_validated_and_optional():
     assert VidurRoutingEnv(num_replicas=2, num_requests=5).observation_space.shape == (2, 10)
     assert VidurRoutingEnv(num_replicas=2, num_requests=5, cache_view="precise", oracle=True).observation_space.shape == (2, 13)

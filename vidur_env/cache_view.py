@@ -86,8 +86,9 @@ class CacheView:
     """What is known of the replicas' caches, in one of :data:`CACHE_VIEWS`.
 
     ``match`` and ``cached`` answer from the router's own index (approximate) or from the
-    replicas' KV caches (precise); ``record`` tells the index where a request went (a no-op
-    in precise mode, where the replica's cache registers blocks itself).
+    replicas' KV caches (precise; a cache without the read API holds no prefixes, as a cache
+    with prefix caching off); ``record`` tells the index where a request went (a no-op in
+    precise mode, where the replica's cache registers blocks itself).
     """
 
     def __init__(self, mode: str, replicas: Sequence["Replica"]) -> None:
@@ -96,8 +97,6 @@ class CacheView:
         self.mode = mode
         self.replicas = replicas
         self.index = PrefixIndex([r.num_blocks for r in replicas]) if mode == "approximate" else None
-        self.readable = all(hasattr(r.kv, "match_blocks") for r in replicas)
-        """Whether the KV caches offer the read API; a cache without it holds no prefixes."""
 
     def match(self, replica: int, keys: tuple[int, ...]) -> int:
         """Leading blocks of ``keys`` believed cached at ``replica``."""
@@ -105,7 +104,8 @@ class CacheView:
             return 0
         if self.index is not None:
             return self.index.match(replica, keys)
-        return self.replicas[replica].kv.match_blocks(keys) if self.readable else 0
+        match_blocks = getattr(self.replicas[replica].kv, "match_blocks", None)
+        return match_blocks(keys) if match_blocks is not None else 0
 
     def matches(self, keys: tuple[int, ...]) -> list[int]:
         """:meth:`match` at every replica."""
@@ -115,7 +115,7 @@ class CacheView:
         """Blocks believed to hold cached content at ``replica``."""
         if self.index is not None:
             return self.index.size(replica)
-        return self.replicas[replica].kv.cached_blocks if self.readable else 0
+        return getattr(self.replicas[replica].kv, "cached_blocks", 0)
 
     def record(self, replica: int, keys: tuple[int, ...]) -> None:
         if self.index is not None and keys:
