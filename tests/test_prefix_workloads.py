@@ -70,6 +70,16 @@ def test_csv_block_hashes_column_is_read_per_row_and_blank_means_none(tmp_path):
     assert requests.block_hashes == [(5, 6, 7), None, (5, 6)]
 
 
+def test_shuffled_trace_rows_keep_their_keys(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("arrived_at,num_prefill_tokens,num_decode_tokens,block_hashes\n"
+                    "0,40,10,5 6 7\n0.5,33,1,8 9\n1,20,1,\n")
+    requests = generate_requests(WorkloadConfig(lengths="trace", trace=str(path), num_requests=3),
+                                 np.random.default_rng(0))
+    by_length = dict(zip(requests.num_prefill_tokens.tolist(), requests.block_hashes))
+    assert by_length == {40: (5, 6, 7), 33: (8, 9), 20: None}
+
+
 @pytest.mark.parametrize("cell, problem", [("1 x 3", "expected space-separated integers"), ("1 -3", "keys must be >= 0"),
                                            ("1 2 3 4", "4 keys but the row's 50 tokens fill only 3")])
 def test_malformed_csv_block_hashes_name_file_line_and_column(tmp_path, cell, problem):

@@ -130,10 +130,11 @@ class Trace:
     claim equal outputs)."""
 
     def rows(self, keep: "slice | np.ndarray") -> "Trace":
-        """The rows selected by ``keep`` (a slice or a boolean mask), every column alike."""
+        """The rows selected by ``keep`` (a slice, a boolean mask or row indices), every column alike."""
         ids = self.block_ids
         if ids is not None:
-            ids = tuple(ids[keep]) if isinstance(keep, slice) else tuple(i for i, k in zip(ids, keep) if k)
+            picked = np.arange(len(ids))[keep]
+            ids = tuple(ids[i] for i in picked)
         return replace(
             self,
             arrived_at=None if self.arrived_at is None else self.arrived_at[keep],

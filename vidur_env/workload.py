@@ -63,8 +63,8 @@ class Requests:
     block_hashes: Optional[list[Optional[tuple[int, ...]]]] = None
     """Per request, the keys of its full 16-token blocks (prompt then output; key i names its
     first 16 * (i + 1) tokens; see :data:`vidur_env.request_table.BlockHashes`), or None per
-    request / for the whole workload when there is no prefix identity. Filled by trace replays
-    of traces that carry it and by the session generator (``WorkloadConfig.sessions``)."""
+    request / for the whole workload when there is no prefix identity. Filled from traces that
+    carry it (replayed or shuffled rows) and by the session generator (``WorkloadConfig.sessions``)."""
 
     def __len__(self) -> int:
         return len(self.arrived_at)
@@ -168,10 +168,11 @@ def generate_requests(config: WorkloadConfig, rng: np.random.Generator) -> Reque
             config.max_tokens,
         )
     arrived_at = _arrivals(config, n, rng, trace)
-    prefill, decode = _uncut_lengths(config, n, rng, trace)
+    prefill, decode, rows = _uncut_lengths(config, n, rng, trace)
     num_cut = int(np.count_nonzero(prefill + decode > config.max_tokens))
     prefill, decode = cut_proportionally(prefill, decode, config.max_tokens)
-    return Requests(arrived_at, prefill, decode, num_cut)
+    hashes = None if rows is None else trace.rows(rows).block_hashes(prefill, decode)
+    return Requests(arrived_at, prefill, decode, num_cut, hashes)
 
 
 def _session_requests(config: WorkloadConfig, rng: np.random.Generator) -> Requests:
@@ -370,12 +371,14 @@ def trace_sampled_lengths(
 
 def shuffled_trace_rows(
     trace: Trace, n: int, prefill_scale: float, decode_scale: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` rows of ``trace`` drawn without replacement, scaled and truncated, not yet cut."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` rows of ``trace`` drawn without replacement, scaled and truncated, not yet cut;
+    with the drawn row indices (for the rows' prefix block keys)."""
     rows = rng.permutation(len(trace))[:n]
     return (
         scale_tokens(trace.num_prefill_tokens[rows], prefill_scale),
         scale_tokens(trace.num_decode_tokens[rows], decode_scale),
+        rows,
     )
 
 
@@ -501,21 +504,21 @@ def _arrivals(
 
 def _uncut_lengths(
     config: WorkloadConfig, n: int, rng: np.random.Generator, trace: Optional[Trace]
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """Prompt and output lengths of the configured distribution, before the ``max_tokens`` cut
-    (fixed/uniform/zipf settings are validated to fit, so the cut leaves them unchanged)."""
+    (fixed/uniform/zipf settings are validated to fit, so the cut leaves them unchanged), and
+    the trace rows they come from (None for synthetic lengths)."""
     upper = _synthetic_upper(config)
     ratio = config.prefill_to_decode_ratio
     if config.lengths == "default":
-        return default_length_model().sample(n, rng)
+        return (*default_length_model().sample(n, rng), None)
     if config.lengths == "fixed":
-        return fixed_lengths(n, config.prefill_tokens, config.decode_tokens)
+        return (*fixed_lengths(n, config.prefill_tokens, config.decode_tokens), None)
     if config.lengths == "uniform":
-        return uniform_lengths(n, config.min_tokens, upper, ratio, rng)
+        return (*uniform_lengths(n, config.min_tokens, upper, ratio, rng), None)
     if config.lengths == "zipf":
-        return zipf_lengths(
-            n, config.min_tokens, upper, config.zipf_theta, ratio, rng, config.zipf_scramble
-        )
+        lengths = zipf_lengths(n, config.min_tokens, upper, config.zipf_theta, ratio, rng, config.zipf_scramble)
+        return (*lengths, None)
     return shuffled_trace_rows(trace, n, config.prefill_scale, config.decode_scale, rng)
 
 
