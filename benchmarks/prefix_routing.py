@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +34,11 @@ import numpy as np
 from vidur_env.cluster import build_time_models
 from vidur_env.config import ClusterConfig, ReplicaConfig
 from vidur_env.routers import ROUTERS, make_router
-from vidur_env.simulation import Scenario, named_scenario, resolve_workload, run_simulation
+from vidur_env.simulation import PREFIX_CACHING, Scenario, named_scenario, resolve_workload, run_simulation
 from vidur_env.workload import Requests, WorkloadConfig, generate_requests
 
 MOONCAKE = "traces/mooncake_synthetic_trace.jsonl"
 """The Mooncake trace, relative to the shared data directory."""
-CACHING = "prefix_caching" in {f.name for f in fields(ReplicaConfig)}
-"""Whether this simulator has prefix caching (the other half of issue 11)."""
 
 
 def shared_data() -> Path:
@@ -70,8 +68,7 @@ class TimedRouter:
 
 def mooncake_scenario(path: Path, requests: int, replicas: int, time_scale: float) -> Scenario:
     """The Mooncake trace replayed on Llama-3.1-8B replicas (128k context)."""
-    caching = {"prefix_caching": True} if CACHING else {}
-    replica = ReplicaConfig(model="llama-3.1-8b", **caching)
+    replica = ReplicaConfig(model="llama-3.1-8b", **PREFIX_CACHING)
     workload = WorkloadConfig(arrival="trace", lengths="trace", trace=str(path), num_requests=requests,
                               max_tokens=131072, time_scale=time_scale)
     return Scenario(cluster=ClusterConfig(num_replicas=replicas, replica=replica), workload=workload, load=None)
@@ -127,7 +124,7 @@ def main() -> None:
     parser.add_argument("--mooncake-time-scale", type=float, default=2.0)
     args = parser.parse_args()
     names = [n for n in args.routers.split(",") if n]
-    print(f"prefix caching in the simulator: {'yes' if CACHING else 'no (hit rates n/a; see the docstring)'}")
+    print(f"prefix caching in the simulator: {'yes' if PREFIX_CACHING else 'no (hit rates n/a; see the docstring)'}")
     prefix = named_scenario("prefix")
     if args.prefix_requests:
         prefix = replace(prefix, workload=replace(prefix.workload, num_requests=args.prefix_requests))

@@ -9,7 +9,8 @@ import pytest
 from vidur_env.hardware import get_model, plan_memory
 from vidur_env.sessions import KEY_STRIDE, SessionConfig
 from vidur_env.simulation import Scenario, run_simulation
-from vidur_env.config import ClusterConfig, ReplicaConfig
+from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig
+from vidur_env.env import VidurRoutingEnv
 from vidur_env.time_model import builtin_time_model
 from vidur_env.traces import TraceFormatError, read_trace
 from vidur_env.workload import WorkloadConfig, WorkloadConfigError, generate_requests
@@ -158,6 +159,11 @@ def test_long_context_preset_has_llama3_shapes_and_runs_100k_token_prompts():
     result = run_simulation(Scenario(ClusterConfig(num_replicas=1, replica=ReplicaConfig(model="llama-3.1-8b")),
                                      workload, load=None))
     assert result.metrics["requests_cut_to_max_tokens"] == 0 and result.metrics["num_requests"] == 3
+
+
+def test_an_unknown_scenario_name_lists_the_registered_ones():
+    with pytest.raises(ConfigError, match="scenario: unknown name 'prefixes'; choose from default, prefix"):
+        VidurRoutingEnv(scenario="prefixes")
 
 
 def test_the_prefix_scenario_runs_through_gymnasium_make():

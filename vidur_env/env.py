@@ -72,7 +72,9 @@ class VidurRoutingEnv(gym.Env):
     replica, like SGLang's router tree) or ``"precise"`` (the replicas' real prefix caches,
     ``replica.kv.match_blocks`` / ``cached_blocks``, like Dynamo's KV events; 0 where a replica
     caches nothing); both are always current, whatever ``obs_refresh_ms``. Default None: no
-    cache columns (the observation is as before).
+    cache columns (the observation is as before). With them, ``RouterPolicy`` runs the
+    cache-aware routers ``sglang_cache_aware``, ``llmd_scorer``, ``vllm_prefix`` and
+    ``aibrix_prefix`` from observations (in the env's view).
 
     No feature reveals a request's output length unless ``oracle=True``. With
     ``obs_refresh_ms=k`` columns 0-8 are the replica state at the last multiple of k ms (as a

@@ -81,14 +81,18 @@ PREFIX_MODEL = "llama-3.1-8b"
 """The ``prefix`` scenario's model: Llama-3-8B shapes with a 128k context."""
 PREFIX_MAX_TOKENS = 16384
 """The ``prefix`` scenario's longest request (sessions end before exceeding it)."""
+PREFIX_CACHING: dict[str, bool] = (
+    {"prefix_caching": True} if "prefix_caching" in {f.name for f in fields(ReplicaConfig)} else {}
+)
+"""ReplicaConfig arguments that switch prefix caching on, where the simulator has it (empty
+before the cache half of issue 11 is merged)."""
 
 
 def prefix_scenario() -> Scenario:
     """Shared prefixes: 4 x Llama-3.1-8B (A100, TP1, Sarathi) serving the session generator's
     defaults (:class:`vidur_env.sessions.SessionConfig`) at 85% of measured capacity, 1024
     requests, with prefix caching on in every replica where the simulator has it."""
-    caching = {"prefix_caching": True} if "prefix_caching" in {f.name for f in fields(ReplicaConfig)} else {}
-    replica = ReplicaConfig(model=PREFIX_MODEL, **caching)
+    replica = ReplicaConfig(model=PREFIX_MODEL, **PREFIX_CACHING)
     workload = WorkloadConfig(num_requests=1024, sessions=SessionConfig(), max_tokens=PREFIX_MAX_TOKENS)
     return Scenario(cluster=ClusterConfig(num_replicas=4, replica=replica), workload=workload, load=0.85)
 
