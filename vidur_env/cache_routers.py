@@ -1,31 +1,34 @@
 """Cache-aware routers: the prefix-cache + load rules production LLM routers use.
 
 Every router here weighs a request's prefix-cache overlap with each replica against the
-replica's load. What a router knows of the caches is its *cache view*, in one of the two
-modes production routers have:
-
-- ``approximate``: the router's own index of the prompt blocks it routed where
-  (:class:`PrefixIndex`), as SGLang's router keeps a radix tree per worker and llm-d's
-  approximate prefix scorer keeps an LRU index. It needs nothing from the replicas and
-  may believe a block is cached after the replica evicted it.
-- ``precise``: the replicas' actual caches, read through ``replica.kv.match_blocks(keys)``
-  and ``replica.kv.cached_blocks`` (the prefix-caching contract), as Dynamo's KV router
-  learns them from KV events and llm-d's precise scorer from vLLM's KV events.
-
-The views are :class:`vidur_env.cache_view.CacheView`. A request's prefix identity is its
-``block_hashes`` (:data:`vidur_env.request_table.BlockHashes`); routers match its *prompt*
-blocks (``prefill // 16`` keys). A request without block keys
-matches nowhere, and the routers fall back to their load rule. Load is what a router can
-poll: ``num_waiting + num_allocated_requests`` (requests queued or holding KV).
+replica's load. What it knows of the caches is its *cache view*
+(:class:`vidur_env.cache_view.CacheView`), in one of the two modes production routers have:
+``approximate`` (its own index of the prompt blocks it routed where, like SGLang's router
+tree) or ``precise`` (the replicas' real caches, like Dynamo's KV events). Each router is
+registered in its production default mode and, suffixed ``_precise`` / ``_approximate``, in
+the other. A request's prefix identity is its ``block_hashes``
+(:data:`vidur_env.request_table.BlockHashes`); routers match its *prompt* blocks
+(``prefill // 16`` keys). A request without block keys matches nowhere, and the routers fall
+back to their load rule. Load is what a router can poll: ``num_waiting +
+num_allocated_requests`` (requests queued or holding KV).
 
 The rules are re-stated from the projects' documentation and source (facts, not code):
 
-- ``sglang_cache_aware``: SGLang model gateway (sgl-router) ``cache_aware`` policy.
-- ``dynamo_kv``: NVIDIA Dynamo KV router cost.
-- ``llmd_scorer``: llm-d inference scheduler's weighted scorers.
-- ``consistent_hash``: session affinity by hashing the first prompt block (rendezvous hashing).
-- ``vllm_prefix``: vLLM production stack's prefix-aware routing with a load penalty.
-- ``aibrix_prefix``: AIBrix prefix-cache router with its least-request fallback.
+- ``sglang_cache_aware``: SGLang's router (sgl-project/sglang, ``sgl-router``): the
+  ``cache_aware`` policy's doc comment and its ``--cache-threshold``,
+  ``--balance-abs-threshold``, ``--balance-rel-threshold`` options.
+- ``dynamo_kv``: NVIDIA Dynamo (ai-dynamo/dynamo), ``docs/architecture/kv_cache_routing.md``
+  and the router design notes: cost = ``kv-overlap-score-weight`` * potential new prefill
+  blocks + potential active blocks, ``--router-temperature`` softmax.
+- ``llmd_scorer``: llm-d's inference scheduler (llm-d/llm-d-inference-scheduler): the
+  filter-score-pick cycle and the default profile's scorer weights (queue 2, prefix cache 3;
+  KV-cache utilisation 2 in llm-d's inference-scheduling guide).
+- ``consistent_hash``: consistent (rendezvous) hashing for session affinity, as SGLang's
+  ``consistent_hashing`` / ``prefix_hash`` policies and Ray Serve / Envoy hash routing.
+- ``vllm_prefix``: vLLM production stack's prefix-aware router, here with the load penalty
+  ``matched / prompt - beta * relative load`` issue 11 names.
+- ``aibrix_prefix``: AIBrix's prefix-cache routing with its least-request fallback when
+  running counts differ by more than 8.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Routing policies (Vidur's "global schedulers") and the registry that names them.
+"""Routing policies (Vidur's "global schedulers") and the registry that names them (which also
+holds the cache-aware routers of :mod:`vidur_env.cache_routers`).
 
 A router is called once per arriving request with the simulator advanced to the arrival
 time, and returns a replica id. Routers read replica state only through the public
