@@ -184,7 +184,10 @@ def test_random_policy_is_uniform_and_reproducible_by_seed():
 
 def test_registry_names_every_router_and_rejects_unknown_names():
     assert set(ROUTERS) == {"round_robin", "random", "lor", "jsq", "power_of_two", "least_kv", "least_work_left",
-                            "vllm_dp", "speed_aware_lwl", "staleness_aware_lwl"}
+                            "vllm_dp", "speed_aware_lwl", "staleness_aware_lwl", "sglang_cache_aware",
+                            "sglang_cache_aware_precise", "dynamo_kv", "dynamo_kv_approximate", "llmd_scorer",
+                            "llmd_scorer_approximate", "vllm_prefix", "vllm_prefix_precise", "aibrix_prefix",
+                            "aibrix_prefix_precise", "consistent_hash"}
     with pytest.raises(ValueError, match="least_kv"):
         make_router("shortest")
     with pytest.raises(ValueError, match="unknown router"):

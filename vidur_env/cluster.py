@@ -26,6 +26,7 @@ class RequestArrays(Protocol):
     arrived_at: np.ndarray
     num_prefill_tokens: np.ndarray
     num_decode_tokens: np.ndarray
+    # optional: ``block_hashes`` (one tuple of prefix block keys or None per request)
 
 
 Router = Callable[["ClusterSimulator", int], int]
@@ -93,7 +94,8 @@ class ClusterSimulator:
     ) -> None:
         cluster.validate()
         self.cluster = cluster
-        self.table = RequestTable(requests.arrived_at, requests.num_prefill_tokens, requests.num_decode_tokens)
+        self.table = RequestTable(requests.arrived_at, requests.num_prefill_tokens, requests.num_decode_tokens,
+                                  getattr(requests, "block_hashes", None))
         self._check_requests_fit(max_tokens)
         models = time_models if time_models is not None else build_time_models(cluster)
         self.replicas: list[Replica] = [

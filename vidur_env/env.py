@@ -15,7 +15,8 @@ from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig, reject_u
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
 from vidur_env.observation import ObservationBuilder, ReplicaCosts, features, queued_work_seconds
 from vidur_env.reward import REWARDS, LatencyReward, SLOReward, TTFTReward, isolated_latencies
-from vidur_env.simulation import Scenario, resolve_workload
+from vidur_env.cache_view import CACHE_VIEWS, CacheView, prompt_keys
+from vidur_env.simulation import Scenario, named_scenario, resolve_workload
 from vidur_env.workload import Requests, WorkloadConfig, generate_requests
 
 DEFAULT_LOAD = 0.85
@@ -68,6 +69,17 @@ class VidurRoutingEnv(gym.Env):
     | 13  | snapshot_age     | seconds since columns 0-8 were taken (0 with fresh observations) | squash(0.5 s) | 0 | 1 |
     | 14  | requests_left    | decisions left in the episode, this one included / `num_requests` (1 at the first, 1/`num_requests` at the last) | none | 0 | 1 |
     | 15  | output (oracle)  | incoming request's output tokens / max_tokens, only with `oracle=True` | none | 0   | 1   |
+    | +0  | prefix_match     | with `cache_view` set: cached prompt blocks of the incoming request at this replica x 16 / its prompt tokens, in the chosen view | none | 0 | 1 |
+    | +1  | cache_occupancy  | with `cache_view` set: blocks holding cached content / KV blocks, in the chosen view (capped at 1) | none | 0 | 1 |
+
+    The two cache columns come last (after ``output`` when ``oracle=True``), only with
+    ``cache_view="approximate"`` (the env's own LRU index of the prompt blocks it routed to each
+    replica, like SGLang's router tree) or ``"precise"`` (the replicas' real prefix caches,
+    ``replica.kv.match_blocks`` / ``cached_blocks``, like Dynamo's KV events; 0 where a replica
+    caches nothing); both are always current, whatever ``obs_refresh_ms``. Default None: no
+    cache columns (the observation is as before). With them, ``RouterPolicy`` runs the
+    cache-aware routers ``sglang_cache_aware``, ``llmd_scorer``, ``vllm_prefix`` and
+    ``aibrix_prefix`` from observations (in the env's view).
 
     No feature reveals a request's output length unless ``oracle=True``. With
     ``obs_refresh_ms=k`` columns 0-8 are the replica state at the last multiple of k ms (as a
@@ -120,7 +132,9 @@ class VidurRoutingEnv(gym.Env):
 
     - ``cluster``: :class:`ClusterConfig` or dict (``replica`` / ``replicas`` as dicts for a
       heterogeneous cluster). ``workload``: :class:`WorkloadConfig` or dict.
-      ``scenario``: a :class:`Scenario` instead of the three.
+      ``scenario``: a :class:`Scenario`, or a registered name
+      (:data:`vidur_env.simulation.SCENARIOS`: ``"default"``; ``"prefix"``, multi-turn sessions on
+      Zipf-popular shared system prompts served by 4 x Llama-3.1-8B), instead of the three.
     - ``load``: arrival rate as a fraction of measured capacity (Poisson/Gamma); ``"auto"``
       means 0.85 unless ``qps`` is given as a shortcut; None keeps the workload's ``qps``.
     - Flat shortcuts: any field of ClusterConfig (``num_replicas``, ``time_model``,
@@ -139,6 +153,7 @@ class VidurRoutingEnv(gym.Env):
       ``num_requests=512, trace_offset="random"`` sees all of it, reproducibly by seed.
     - ``reward``, ``reward_scale``, ``slo_ttft_s``, ``slo_e2e_s``: see Rewards.
     - ``obs_refresh_ms``: observation staleness (0: fresh). ``oracle``: add the output length.
+    - ``cache_view``: None, ``"approximate"`` or ``"precise"``: adds the cache columns above.
     - ``max_queue``: queue length at which :meth:`action_masks` masks a replica.
     - ``render_mode``: None, ``"ansi"`` (a text table of the replicas) or ``"rgb_array"`` (bars
       of queued requests, running requests and KV use per replica; SB3's ``make_vec_env``
@@ -159,7 +174,7 @@ class VidurRoutingEnv(gym.Env):
         cluster: ClusterConfig | dict | None = None,
         workload: WorkloadConfig | dict | None = None,
         load: float | str | None = "auto",
-        scenario: Scenario | None = None,
+        scenario: Scenario | str | None = None,
         num_requests: int | None = None,
         reward: str = "latency",
         reward_scale: float | None = None,
@@ -169,8 +184,13 @@ class VidurRoutingEnv(gym.Env):
         oracle: bool = False,
         max_queue: int | None = None,
         render_mode: str | None = None,
+        cache_view: str | None = None,
         **shortcuts: Any,
     ) -> None:
+        if cache_view is not None and cache_view not in CACHE_VIEWS:
+            raise ConfigError(f"VidurRoutingEnv.cache_view: must be None, {' or '.join(map(repr, CACHE_VIEWS))}, "
+                              f"got {cache_view!r}")
+        self.cache_view = cache_view
         self.scenario = build_scenario(cluster, workload, load, scenario, shortcuts)
         self.scenario.validate()
         self.reward_kind = check_reward(reward, slo_ttft_s, slo_e2e_s)
@@ -192,7 +212,8 @@ class VidurRoutingEnv(gym.Env):
         self.num_replicas = len(self.cluster.replica_configs)
         self.costs = [ReplicaCosts.from_time_model(m) for m in self.time_models]
         self.refresh_s = obs_refresh_ms / 1000.0
-        self.observation_space = spaces.Box(0.0, 1.0, (self.num_replicas, len(features(self.oracle))), np.float32)
+        num_features = len(features(self.oracle, cache_view is not None))
+        self.observation_space = spaces.Box(0.0, 1.0, (self.num_replicas, num_features), np.float32)
         self.action_space = spaces.Discrete(self.num_replicas)
         self.simulator: ClusterSimulator | None = None
         """The episode's simulator (public state for routers that need more than the observation)."""
@@ -235,7 +256,8 @@ class VidurRoutingEnv(gym.Env):
         self._admit_tokens = [r.kv.max_admissible_prompt() for r in sim.replicas]
         self._reward = self._make_reward(sim)
         self._obs = ObservationBuilder(self.costs, [r.num_blocks for r in sim.replicas], self.workload.max_tokens,
-                                       oracle=self.oracle, refresh_s=self.refresh_s)
+                                       oracle=self.oracle, refresh_s=self.refresh_s,
+                                       cache=None if self.cache_view is None else CacheView(self.cache_view, sim.replicas))
         self._decisions = 0
         obs = self._next_observation(sim.table.arrived_at[0])
         return obs, {"request_id": self.current_request}
@@ -245,6 +267,8 @@ class VidurRoutingEnv(gym.Env):
         if sim is None or self.current_request < 0:
             raise RuntimeError("call reset() before step(), and again after the episode ends")
         replica = self._replica_of(action)
+        if self.cache_view is not None:
+            self._obs.record(replica, prompt_keys(sim, self.current_request))
         sim.dispatch(replica)
         self._obs.dispatched(replica)
         self._reward.add(self.current_request, replica)
@@ -282,7 +306,8 @@ class VidurRoutingEnv(gym.Env):
             rid = sim.advance_to_next_arrival()
             builder.snapshot(sim.replicas, t)
         self.current_request = rid
-        return builder.build(self._prefill[rid], self._decode[rid], t, 1.0 - self._decisions / self.num_requests)
+        keys = prompt_keys(sim, rid) if self.cache_view is not None else ()
+        return builder.build(self._prefill[rid], self._decode[rid], t, 1.0 - self._decisions / self.num_requests, keys)
 
     def _end_episode(self) -> tuple[np.ndarray, float, bool, bool, dict]:
         sim = self.simulator
@@ -329,6 +354,8 @@ def build_scenario(cluster: Any, workload: Any, load: Any, scenario: Scenario | 
         own = [name for name in inspect.signature(VidurRoutingEnv).parameters if name != "shortcuts"]
         raise ConfigError(f"VidurRoutingEnv: unknown argument(s) {', '.join(unknown)}; the env's own arguments: "
                           f"{', '.join(own)}; scenario shortcuts: {', '.join(valid)}")
+    if isinstance(scenario, str):
+        scenario = named_scenario(scenario)
     if scenario is not None:
         if cluster is not None or workload is not None or load != "auto":
             raise ConfigError("VidurRoutingEnv: pass either scenario or cluster/workload/load, not both")

@@ -236,7 +236,8 @@ def describe_scenario(env: VidurRoutingEnv) -> str:
     models = sorted({f"{r.model} on {r.device} (TP{r.tensor_parallel}, {r.scheduler})" for r in cluster.replica_configs})
     load = f"load {env.scenario.load:g}" if env.scenario.load is not None else f"{workload.qps:g} req/s"
     return (f"{env.num_replicas} replicas: {', '.join(models)}; {workload.arrival} arrivals at {load}, "
-            f"{workload.lengths} lengths, {env.num_requests} requests per episode, reward {env.reward_kind}")
+            f"{'session' if workload.sessions is not None else workload.lengths} lengths, {env.num_requests} "
+            f"requests per episode, reward {env.reward_kind}")
 
 
 def evaluate(env_kwargs: dict, routers: Sequence[str], *, model=None, model_name: str = "ppo", episodes: int = 3,

@@ -44,6 +44,9 @@ class ModelSpec:
     :param post_attn_norm: a norm before the MLP; its profiled time is counted only if True.
     :param max_context: longest sequence (prompt + output tokens) the model was trained for;
         a ``max_tokens`` above it simulates requests the real model cannot serve.
+    :param profile_name: the model whose execution-time data (builtin coefficients, Vidur
+        profiles) this one uses; None = its own ``name``. A model with the layer shapes of a
+        profiled one (Llama-3.1-8B is Llama-3-8B with a longer RoPE context) runs at its times.
     """
 
     name: str
@@ -55,6 +58,12 @@ class ModelSpec:
     gated_mlp: bool = True
     post_attn_norm: bool = True
     max_context: int = 4096
+    profile_name: str | None = None
+
+    @property
+    def time_model_name(self) -> str:
+        """The name execution-time data is looked up under (``profile_name`` or ``name``)."""
+        return self.profile_name or self.name
 
     def __post_init__(self) -> None:
         for field_name in ("num_layers", "hidden_size", "num_q_heads", "num_kv_heads", "ffn_size", "max_context"):
@@ -155,6 +164,11 @@ _MODEL_LIST = (
     (
         ModelSpec("meta-llama/Meta-Llama-3-8B", 32, 4096, 32, 8, 14336, max_context=8192),
         ("llama-3-8b", "llama3-8b", "meta-llama/Llama-3-8B"),
+    ),
+    (
+        ModelSpec("meta-llama/Llama-3.1-8B", 32, 4096, 32, 8, 14336, max_context=131072,
+                  profile_name="meta-llama/Meta-Llama-3-8B"),
+        ("llama-3.1-8b", "llama3.1-8b", "meta-llama/Meta-Llama-3.1-8B"),
     ),
     (ModelSpec("meta-llama/Llama-2-70b-hf", 80, 8192, 64, 8, 28672, max_context=4096), ("llama-2-70b", "llama2-70b")),
     (

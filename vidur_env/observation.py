@@ -31,16 +31,9 @@ col   name                 raw quantity                                       tr
 14    requests_left        decisions left in the episode (this one            as is
                            included) / the episode's decisions
 15    output (oracle)      incoming request's output tokens / max_tokens      as is
-====  ===================  =================================================  ============
-
-Columns 0-8 come from the replica state (a snapshot, when observations are stale); the
-columns from 9 on are rewritten at every decision. ``request_cost`` is what the request would
-add to ``queued_work``: its prompt times the replica's prefill seconds per token plus
-``EXPECTED_OUTPUT_TOKENS`` (with ``oracle=True`` its true output) times the decode seconds per
-token (:func:`request_seconds`). ``work_gap`` compares replicas rather than measuring load, so
-it does not saturate when every queue is long: at 20 s of queued work a 0.5 s difference moves
-``queued_work`` by 0.002 but ``work_gap`` by 0.5. It is 0 on the replica the staleness-aware
-least-work-left router picks.
+====  ===================  =================================================  =====
+The two cache columns (``CACHE_FEATURES``) come last and only with a cache view
+(:class:`vidur_env.cache_view.CacheView`, the env's ``cache_view``).
 """
 from __future__ import annotations
 
@@ -51,6 +44,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
+    from vidur_env.cache_view import CacheView
     from vidur_env.replica import Replica
     from vidur_env.time_model import ExecutionTimeModel
 
@@ -101,6 +95,8 @@ REQUEST_FEATURES: tuple[Feature, ...] = (
 """The columns rewritten at every decision (the incoming request, and what changed since the snapshot)."""
 ORACLE_FEATURES: tuple[Feature, ...] = (Feature("output", None),)
 """The oracle column (``oracle=True`` only)."""
+CACHE_FEATURES: tuple[Feature, ...] = (Feature("prefix_match", None), Feature("cache_occupancy", None))
+"""The cache columns (with a cache view only), last."""
 COLUMN = {f.name: i for i, f in enumerate(REPLICA_FEATURES + REQUEST_FEATURES + ORACLE_FEATURES)}
 """Column index of every feature by name."""
 SCALE = {f.name: f.scale for f in REPLICA_FEATURES + REQUEST_FEATURES + ORACLE_FEATURES}
@@ -108,9 +104,9 @@ SCALE = {f.name: f.scale for f in REPLICA_FEATURES + REQUEST_FEATURES + ORACLE_F
 NUM_REPLICA_FEATURES = len(REPLICA_FEATURES)
 
 
-def features(oracle: bool) -> tuple[Feature, ...]:
+def features(oracle: bool, cache: bool = False) -> tuple[Feature, ...]:
     """The columns of the observation, in order."""
-    return REPLICA_FEATURES + REQUEST_FEATURES + (ORACLE_FEATURES if oracle else ())
+    return REPLICA_FEATURES + REQUEST_FEATURES + (ORACLE_FEATURES if oracle else ()) + (CACHE_FEATURES if cache else ())
 
 
 def squash(x: float, c: float) -> float:
@@ -178,11 +174,13 @@ class ObservationBuilder:
     """
 
     def __init__(self, costs: Sequence[ReplicaCosts], kv_blocks: Sequence[int], max_tokens: int,
-                 *, oracle: bool = False, refresh_s: float = 0.0) -> None:
+                 *, oracle: bool = False, refresh_s: float = 0.0, cache: "CacheView | None" = None) -> None:
         self.costs = list(costs)
         self.num_replicas = len(self.costs)
         self.oracle = oracle
-        self.num_features = len(features(oracle))
+        self.cache = cache
+        self.num_features = len(features(oracle, cache is not None))
+        self.kv_blocks = list(kv_blocks)
         self.max_tokens = max_tokens
         self.refresh_s = refresh_s
         fastest = min(c.reference_cost for c in self.costs)
@@ -253,12 +251,13 @@ class ObservationBuilder:
         self.sent[replica] += self.request_costs[replica]
 
     def build(self, prompt_tokens: int, output_tokens: int, now: float | None = None,
-              requests_left: float = 1.0) -> np.ndarray:
+              requests_left: float = 1.0, prompt_keys: tuple[int, ...] = ()) -> np.ndarray:
         """The observation from the cached replica columns and the incoming request.
 
         :param now: the decision time (for ``snapshot_age``; None: the snapshot's time).
         :param requests_left: the ``requests_left`` column; 0 means no request is waiting (the
             episode is over), and every request column is then 0.
+        :param prompt_keys: the incoming request's prompt block keys, which the cache columns match.
         """
         flat = self.flat
         n, f = self.num_replicas, self.num_features
@@ -283,7 +282,17 @@ class ObservationBuilder:
         flat[base + 5::f] = [requests_left] * n
         if self.oracle:
             flat[COLUMN["output"]::f] = [output_tokens / self.max_tokens] * n
+        if self.cache is not None:
+            cache = self.cache
+            prompt = max(prompt_tokens, 1)
+            flat[f - 2::f] = [min(16 * m, prompt) / prompt for m in cache.matches(prompt_keys)]
+            flat[f - 1::f] = [min(cache.cached(i) / b, 1.0) for i, b in enumerate(self.kv_blocks)]
         return np.array(flat, dtype=np.float32).reshape(n, f)
+
+    def record(self, replica: int, prompt_keys: tuple[int, ...]) -> None:
+        """The request with ``prompt_keys`` went to ``replica`` (feeds an approximate cache view)."""
+        if self.cache is not None:
+            self.cache.record(replica, prompt_keys)
 
 
 @dataclass(frozen=True)
@@ -304,6 +313,9 @@ class ObservationView:
     request_cost: np.ndarray
     dispatched_work: np.ndarray
     snapshot_age: np.ndarray
+    prefix_match: np.ndarray | None = None
+    """The cache columns, None when the observation has none (no ``cache_view``)."""
+    cache_occupancy: np.ndarray | None = None
 
 
 def decode_observation(obs: np.ndarray) -> ObservationView:
@@ -329,4 +341,14 @@ def decode_observation(obs: np.ndarray) -> ObservationView:
         request_cost=seconds("request_cost"),
         dispatched_work=seconds("dispatched_work"),
         snapshot_age=seconds("snapshot_age"),
+        **cache_columns(obs),
     )
+
+
+def cache_columns(obs: np.ndarray) -> dict[str, np.ndarray]:
+    """The cache columns of (n_envs, N, F) observations, by name; none when F leaves no room
+    for them (they are the last two, after the request and optional oracle columns)."""
+    if obs.shape[2] < NUM_REPLICA_FEATURES + len(REQUEST_FEATURES) + len(CACHE_FEATURES):
+        return {}
+    return {f.name: obs[:, :, obs.shape[2] - len(CACHE_FEATURES) + i].astype(np.float64)
+            for i, f in enumerate(CACHE_FEATURES)}

@@ -7,7 +7,14 @@ conversion instead of a walk over per-request objects.
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import numpy as np
+
+BlockHashes = Optional[tuple[int, ...]]
+"""A request's prefix identity: key i names the content of its first ``16 * (i + 1)`` tokens
+(prompt then output; equal keys at i mean equal first 16 * (i + 1) tokens), one key per full
+16-token block the workload knows; None = no prefix identity (never hits nor registers)."""
 
 UNSET = -1.0
 """Timestamp value of an event that has not happened yet."""
@@ -22,11 +29,17 @@ class RequestTable:
     """
 
     def __init__(
-        self, arrived_at: np.ndarray, num_prefill_tokens: np.ndarray, num_decode_tokens: np.ndarray
+        self,
+        arrived_at: np.ndarray,
+        num_prefill_tokens: np.ndarray,
+        num_decode_tokens: np.ndarray,
+        block_hashes: Optional[Sequence[BlockHashes]] = None,
     ) -> None:
         n = len(arrived_at)
         if not (len(num_prefill_tokens) == len(num_decode_tokens) == n):
             raise ValueError("arrived_at, num_prefill_tokens and num_decode_tokens differ in length")
+        if block_hashes is not None and len(block_hashes) != n:
+            raise ValueError(f"block_hashes has {len(block_hashes)} entries for {n} requests")
         self.arrived_at: list[float] = np.asarray(arrived_at, dtype=np.float64).tolist()
         self.orig_prefill: list[int] = np.asarray(num_prefill_tokens, dtype=np.int64).tolist()
         self.orig_decode: list[int] = np.asarray(num_decode_tokens, dtype=np.int64).tolist()
@@ -43,6 +56,8 @@ class RequestTable:
         self.completed_at: list[float] = [UNSET] * n
         self.restarts: list[int] = [0] * n
         self.replica: list[int] = [-1] * n
+        self.block_hashes: list[BlockHashes] = [None] * n if block_hashes is None else list(block_hashes)
+        """Per request: its prefix block keys (see :data:`BlockHashes`), or None."""
 
     def __len__(self) -> int:
         return len(self.arrived_at)

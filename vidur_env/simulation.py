@@ -1,8 +1,8 @@
 """A scenario (cluster + workload + load level) and running it with a router end to end."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable
 
 import numpy as np
 
@@ -11,6 +11,7 @@ from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig, setting
 from vidur_env.hardware import get_model, plan_memory
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
 from vidur_env.routers import Router, make_router
+from vidur_env.sessions import SessionConfig
 from vidur_env.time_model import ExecutionTimeModel
 from vidur_env.workload import Requests, WorkloadConfig, generate_requests, trace_rows
 
@@ -74,6 +75,37 @@ class Scenario:
             raise ConfigError(
                 f"{where}: {error}; raise {setting('tensor_parallel')} or lower {setting('max_tokens')}"
             ) from None
+
+
+PREFIX_MODEL = "llama-3.1-8b"
+"""The ``prefix`` scenario's model: Llama-3-8B shapes with a 128k context."""
+PREFIX_MAX_TOKENS = 16384
+"""The ``prefix`` scenario's longest request (sessions end before exceeding it)."""
+PREFIX_CACHING: dict[str, bool] = (
+    {"prefix_caching": True} if "prefix_caching" in {f.name for f in fields(ReplicaConfig)} else {}
+)
+"""ReplicaConfig arguments that switch prefix caching on, where the simulator has it (empty
+before the cache half of issue 11 is merged)."""
+
+
+def prefix_scenario() -> Scenario:
+    """Shared prefixes: 4 x Llama-3.1-8B (A100, TP1, Sarathi) serving the session generator's
+    defaults (:class:`vidur_env.sessions.SessionConfig`) at 85% of measured capacity, 1024
+    requests, with prefix caching on in every replica where the simulator has it."""
+    replica = ReplicaConfig(model=PREFIX_MODEL, **PREFIX_CACHING)
+    workload = WorkloadConfig(num_requests=1024, sessions=SessionConfig(), max_tokens=PREFIX_MAX_TOKENS)
+    return Scenario(cluster=ClusterConfig(num_replicas=4, replica=replica), workload=workload, load=0.85)
+
+
+SCENARIOS: dict[str, Callable[[], Scenario]] = {"default": Scenario, "prefix": prefix_scenario}
+"""Named scenarios (``scenario="prefix"`` in the env): each name makes a fresh :class:`Scenario`."""
+
+
+def named_scenario(name: str) -> Scenario:
+    """The registered scenario ``name``; the error lists the names."""
+    if name not in SCENARIOS:
+        raise ConfigError(f"scenario: unknown name {name!r}; choose from {', '.join(SCENARIOS)}")
+    return SCENARIOS[name]()
 
 
 def replica_capacity(spec: ReplicaConfig, time_model: ExecutionTimeModel, workload: WorkloadConfig) -> float:

@@ -14,8 +14,23 @@ format                    columns / keys                                        
 ``vidur_lengths``         ``num_prefill_tokens,num_decode_tokens`` (extra columns ok)  (no times)
 ``azure``                 ``TIMESTAMP,ContextTokens,GeneratedTokens``                  datetime text
 ``mooncake``              JSON lines with ``timestamp``, ``input_length``,             milliseconds
-                          ``output_length`` (``hash_ids`` and other keys ignored)
+                          ``output_length``, optional ``hash_ids`` (other keys
+                          ignored)
 ========================  ==========================================================  ==============
+
+Prefix identity (for prefix caching and cache-aware routers), optional in every format:
+
+- Mooncake ``hash_ids``: a list of integers >= 0, one per 512-token block of the prompt
+  (Mooncake's block size); equal ids at equal positions mean equal prompt prefixes. Each id
+  stands for 32 sixteen-token blocks, keyed ``id * 32 + j`` (:func:`expand_block_ids`), up to
+  the prompt's full 16-token blocks (``prompt // 16`` keys; the output is not covered).
+- CSV formats: an optional ``block_hashes`` column holding space-separated integers >= 0, one
+  per full 16-token block of the request's tokens (prompt, then output), key ``i`` naming the
+  content of its first ``16 * (i + 1)`` tokens (so two rows share a cached prefix exactly as far
+  as their leading keys agree); a blank cell means no prefix identity. At most
+  ``(prompt + output) // 16`` keys.
+
+A malformed list raises naming the file, the line and ``hash_ids`` / ``block_hashes``.
 
 Times are kept as the file gives them (Vidur's replay does not shift a trace to start at 0),
 except Azure datetimes, which become seconds after the first row.
@@ -42,6 +57,7 @@ from typing import Optional, Union
 import numpy as np
 
 from vidur_env.config import setting
+from vidur_env.kv_cache import BLOCK_SIZE as CACHE_BLOCK_TOKENS
 
 PathLike = Union[str, Path]
 
@@ -63,6 +79,13 @@ _CSV_COLUMNS = {
 """(time, prompt, output) column names of each CSV format; None = the format has no times."""
 
 _MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
+
+HASH_COLUMN = "block_hashes"
+"""The optional CSV column of 16-token block keys."""
+MOONCAKE_HASH_KEY = "hash_ids"
+"""The optional Mooncake key of 512-token block ids."""
+MOONCAKE_BLOCK_TOKENS = 512
+"""Tokens per Mooncake ``hash_ids`` entry."""
 
 _AZURE_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,9})?$")
 """``2023-11-16 18:15:46.6805900``: Azure writes 7 fractional digits, more than ``datetime``
@@ -96,6 +119,42 @@ class Trace:
     """1-based file line of each row, so later checks (e.g. a max_tokens cut) can name it."""
     num_zero_rows: int = 0
     """Rows with a 0 token count that the ``zero_tokens`` policy dropped or clipped."""
+    block_ids: Optional[tuple[Optional[tuple[int, ...]], ...]] = None
+    """Per row, the prefix block ids the file gives (None: the row has none; the whole field
+    is None when no row has any), each id covering ``block_id_tokens`` tokens."""
+    block_id_tokens: int = CACHE_BLOCK_TOKENS
+    """Tokens one entry of ``block_ids`` covers (512 for Mooncake, 16 for CSV)."""
+    ids_cover_output: bool = True
+    """Whether ``block_ids`` may name output tokens too (CSV) or only the prompt (Mooncake,
+    whose last id names a partly filled 512-token block: its remaining keys would otherwise
+    claim equal outputs)."""
+
+    def rows(self, keep: "slice | np.ndarray") -> "Trace":
+        """The rows selected by ``keep`` (a slice, a boolean mask or row indices), every column alike."""
+        ids = self.block_ids
+        if ids is not None:
+            picked = np.arange(len(ids))[keep]
+            ids = tuple(ids[i] for i in picked)
+        return replace(
+            self,
+            arrived_at=None if self.arrived_at is None else self.arrived_at[keep],
+            num_prefill_tokens=self.num_prefill_tokens[keep],
+            num_decode_tokens=self.num_decode_tokens[keep],
+            line_numbers=self.line_numbers[keep],
+            block_ids=ids,
+        )
+
+    def block_hashes(self, prefill: np.ndarray, decode: np.ndarray) -> Optional[list[Optional[tuple[int, ...]]]]:
+        """16-token block keys of the first ``len(prefill)`` rows, each cut to the row's full
+        blocks (of its prompt + output, or of its prompt alone when the ids cover only the
+        prompt), after any scaling or cut."""
+        if self.block_ids is None:
+            return None
+        known = prefill + decode if self.ids_cover_output else prefill
+        return [
+            None if ids is None else expand_block_ids(ids, self.block_id_tokens, int(tokens) // CACHE_BLOCK_TOKENS)
+            for ids, tokens in zip(self.block_ids, known)
+        ]
 
     def __len__(self) -> int:
         return len(self.num_prefill_tokens)
@@ -103,6 +162,17 @@ class Trace:
 
 # ----------------------------------------------------------------------------------------------
 # Public entry points
+
+
+def expand_block_ids(ids: tuple[int, ...], id_tokens: int, limit: int) -> tuple[int, ...]:
+    """The 16-token block keys of block ids that each cover ``id_tokens`` tokens, at most
+    ``limit`` of them: id ``h`` becomes ``h * m + j`` for ``j < m = id_tokens // 16``, so equal
+    ids give equal keys and different ids never share one."""
+    per_id = id_tokens // CACHE_BLOCK_TOKENS
+    if per_id == 1:
+        return tuple(ids[:limit])
+    count = min(limit, per_id * len(ids))
+    return tuple(ids[i // per_id] * per_id + i % per_id for i in range(count))
 
 
 def trace_path(name: PathLike) -> str:
@@ -165,7 +235,8 @@ def read_trace(path: PathLike, fmt: str = "auto", zero_tokens: str = "error") ->
 # Columns: each reader returns (line numbers, times or None, prompt, output) as arrays; token
 # columns are float64 here and become int64 once they are checked to be whole numbers.
 
-_Columns = tuple[np.ndarray, Optional[np.ndarray], np.ndarray, np.ndarray]
+_Columns = tuple[np.ndarray, Optional[np.ndarray], np.ndarray, np.ndarray, Optional[tuple]]
+"""(lines, times or None, prompt, output, per-row block ids or None)."""
 
 
 def _read_columns(path: PathLike, fmt: str) -> _Columns:
@@ -203,7 +274,28 @@ def _read_csv(path: PathLike, fmt: str) -> _Columns:
         times = _float_column(path, time_col, column(time_col), line_numbers)
     prompt = _float_column(path, prompt_col, column(prompt_col), line_numbers)
     output = _float_column(path, output_col, column(output_col), line_numbers)
-    return line_numbers, times, prompt, output
+    ids = None
+    if HASH_COLUMN in index:
+        k = index[HASH_COLUMN]
+        cells = [row[k] if k < len(row) else "" for row in records]
+        ids = tuple(_csv_block_ids(path, int(n), cell) for n, cell in zip(line_numbers, cells))
+    return line_numbers, times, prompt, output, ids
+
+
+def _csv_block_ids(path: PathLike, line: int, cell: str) -> Optional[tuple[int, ...]]:
+    """A ``block_hashes`` cell: space-separated integers >= 0, or blank for none."""
+    words = cell.split()
+    if not words:
+        return None
+    try:
+        ids = tuple(int(word) for word in words)
+    except ValueError:
+        bad = next(w for w in words if not w.lstrip("+").isdigit())
+        problem = f"expected space-separated integers >= 0, got {bad!r}"
+        raise TraceFormatError(path, line, HASH_COLUMN, problem) from None
+    if min(ids) < 0:
+        raise TraceFormatError(path, line, HASH_COLUMN, f"keys must be >= 0, got {min(ids)}")
+    return ids
 
 
 def _csv_header(path: PathLike, reader) -> tuple[list[str], int]:
@@ -252,7 +344,7 @@ def _float_column(path: PathLike, col: str, texts: list[str], lines: np.ndarray)
 
 def _read_jsonl(path: PathLike) -> _Columns:
     """Columns of a Mooncake JSONL trace (one JSON object per line, timestamps in ms)."""
-    lines, values = [], []
+    lines, values, ids = [], [], []
     with open(path, encoding="utf-8-sig") as f:
         for line, text in enumerate(f, start=1):
             if not text.strip():
@@ -260,10 +352,23 @@ def _read_jsonl(path: PathLike) -> _Columns:
             record = _json_object(path, line, text)
             lines.append(line)
             values.append([_json_number(path, line, key, record) for key in _MOONCAKE_KEYS])
+            ids.append(_json_block_ids(path, line, record))
     if not values:
         raise TraceFormatError(path, 1, None, "file is empty")
     table = np.asarray(values, dtype=np.float64)
-    return np.asarray(lines, dtype=np.int64), table[:, 0] / 1000.0, table[:, 1], table[:, 2]
+    block_ids = tuple(ids) if any(i is not None for i in ids) else None
+    return np.asarray(lines, dtype=np.int64), table[:, 0] / 1000.0, table[:, 1], table[:, 2], block_ids
+
+
+def _json_block_ids(path: PathLike, line: int, record: dict) -> Optional[tuple[int, ...]]:
+    """``hash_ids`` of a Mooncake record: a list of integers >= 0 (absent or empty: None)."""
+    value = record.get(MOONCAKE_HASH_KEY)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        problem = f"expected a list of integers >= 0, got {_shorten(repr(value))}"
+        raise TraceFormatError(path, line, MOONCAKE_HASH_KEY, problem)
+    return tuple(value) or None
 
 
 def _json_object(path: PathLike, line: int, text: str) -> dict:
@@ -332,10 +437,11 @@ def _datetime(path: PathLike, line: int, col: str, text: str) -> np.datetime64:
 
 def _build_trace(path: PathLike, fmt: str, columns: _Columns, zero_tokens: str) -> Trace:
     """A Trace from raw columns, after the whole-trace checks (tokens, time order, zeros)."""
-    lines, times, prompt, output = columns
+    lines, times, prompt, output, block_ids = columns
     prompt_field, output_field = _token_fields(fmt)
     if times is not None:
         _check_times(path, fmt, times, lines)
+    id_tokens = MOONCAKE_BLOCK_TOKENS if fmt == "mooncake" else CACHE_BLOCK_TOKENS
     trace = Trace(
         str(path),
         fmt,
@@ -343,8 +449,26 @@ def _build_trace(path: PathLike, fmt: str, columns: _Columns, zero_tokens: str) 
         _token_column(path, prompt_field, prompt, lines),
         _token_column(path, output_field, output, lines),
         lines,
+        block_ids=block_ids,
+        block_id_tokens=id_tokens,
+        ids_cover_output=fmt != "mooncake",
     )
+    if block_ids is not None and fmt != "mooncake":
+        _check_key_counts(trace)
     return _apply_zero_policy(trace, zero_tokens)
+
+
+def _check_key_counts(trace: Trace) -> None:
+    """A CSV row may name at most one key per full 16-token block of its prompt + output."""
+    for ids, prompt, output, line in zip(trace.block_ids, trace.num_prefill_tokens, trace.num_decode_tokens,
+                                         trace.line_numbers):
+        blocks = int(prompt + output) // CACHE_BLOCK_TOKENS
+        if ids is not None and len(ids) > blocks:
+            raise TraceFormatError(
+                trace.path, int(line), HASH_COLUMN,
+                f"{len(ids)} keys but the row's {int(prompt + output)} tokens fill only {blocks} full "
+                f"{CACHE_BLOCK_TOKENS}-token blocks",
+            )
 
 
 def _token_column(path: PathLike, field: str, values: np.ndarray, lines: np.ndarray) -> np.ndarray:
@@ -381,15 +505,7 @@ def _apply_zero_policy(trace: Trace, zero_tokens: str) -> Trace:
     if num_zero == len(trace):
         first = int(trace.line_numbers[0])
         raise TraceFormatError(trace.path, first, None, "every row has 0 tokens")
-    keep = ~zero
-    return replace(
-        trace,
-        arrived_at=None if trace.arrived_at is None else trace.arrived_at[keep],
-        num_prefill_tokens=trace.num_prefill_tokens[keep],
-        num_decode_tokens=trace.num_decode_tokens[keep],
-        line_numbers=trace.line_numbers[keep],
-        num_zero_rows=num_zero,
-    )
+    return replace(trace.rows(~zero), num_zero_rows=num_zero)
 
 
 def _raise_first_zero(trace: Trace, i: int) -> None:

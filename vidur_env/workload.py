@@ -34,6 +34,7 @@ from typing import Optional
 import numpy as np
 
 from vidur_env.config import setting
+from vidur_env.sessions import SessionConfig, SessionConfigError, generate_sessions
 from vidur_env.traces import FORMATS, SAMPLE_TRACES, ZERO_TOKEN_POLICIES, Trace, read_trace, trace_path
 
 ARRIVALS = ("poisson", "gamma", "static", "trace")
@@ -59,6 +60,11 @@ class Requests:
     num_cut: int = 0
     """Requests that were longer than ``max_tokens`` and were shortened to fit, as Vidur does
     (the prompt only in a trace replay, prompt and output in proportion otherwise)."""
+    block_hashes: Optional[list[Optional[tuple[int, ...]]]] = None
+    """Per request, the keys of its full 16-token blocks (prompt then output; key i names its
+    first 16 * (i + 1) tokens; see :data:`vidur_env.request_table.BlockHashes`), or None per
+    request / for the whole workload when there is no prefix identity. Filled from traces that
+    carry it (replayed or shuffled rows) and by the session generator (``WorkloadConfig.sessions``)."""
 
     def __len__(self) -> int:
         return len(self.arrived_at)
@@ -106,6 +112,11 @@ class WorkloadConfig:
     trace: Optional[str] = None
     """Trace file for arrival=trace and/or lengths=trace (ignored otherwise); ``"sample"`` is the
     small trace shipped with the package (a file of that name in the working directory wins)."""
+    sessions: Optional[SessionConfig] = None
+    """Multi-turn sessions on shared system prompts (:class:`vidur_env.sessions.SessionConfig`,
+    or a dict of its fields): when set, it makes the requests (with their prefix block keys)
+    instead of ``lengths``; ``arrival`` must be poisson (session starts at ``qps`` divided by the
+    mean turns per session, so requests arrive at about ``qps``) or static (all at t=0)."""
     trace_offset: int | str = 0
     """First trace row used when rows are taken in file order (arrival=trace): rows
     ``offset .. offset + num_requests - 1``, times shifted so that the first of them arrives at
@@ -139,11 +150,14 @@ class WorkloadConfig:
         _check_numbers(self)
         _check_trace_fields(self)
         _check_synthetic_lengths(self)
+        _check_sessions(self)
 
 
 def generate_requests(config: WorkloadConfig, rng: np.random.Generator) -> Requests:
     """The requests ``config`` describes; random draws come only from ``rng``."""
     config.validate()
+    if config.sessions is not None:
+        return _session_requests(config, rng)
     trace = _load_trace(config) if uses_trace(config) else None
     n = _num_requests(config, trace)
     if trace is not None and config.arrival == "trace":
@@ -154,14 +168,47 @@ def generate_requests(config: WorkloadConfig, rng: np.random.Generator) -> Reque
             config.max_tokens,
         )
     arrived_at = _arrivals(config, n, rng, trace)
-    prefill, decode = _uncut_lengths(config, n, rng, trace)
+    prefill, decode, rows = _uncut_lengths(config, n, rng, trace)
     num_cut = int(np.count_nonzero(prefill + decode > config.max_tokens))
     prefill, decode = cut_proportionally(prefill, decode, config.max_tokens)
-    return Requests(arrived_at, prefill, decode, num_cut)
+    hashes = None if rows is None else trace.rows(rows).block_hashes(prefill, decode)
+    return Requests(arrived_at, prefill, decode, num_cut, hashes)
+
+
+def _session_requests(config: WorkloadConfig, rng: np.random.Generator) -> Requests:
+    """Requests of the session generator: session starts Poisson at ``qps / mean turns``
+    (or all at t=0 with ``arrival="static"``)."""
+    sessions = session_config(config)
+    starts_per_s = config.qps / sessions.mean_turns
+    arrived_at, prefill, decode, hashes = generate_sessions(
+        sessions, config.num_requests, starts_per_s, config.max_tokens, rng,
+    )
+    if config.arrival == "static":
+        arrived_at = np.zeros_like(arrived_at)
+    return Requests(arrived_at, prefill, decode, 0, hashes)
+
+
+def session_config(config: WorkloadConfig) -> SessionConfig:
+    """``config.sessions`` as a :class:`SessionConfig` (a dict is converted, unknown keys raise)."""
+    sessions = config.sessions
+    if isinstance(sessions, dict):
+        unknown = sorted(set(sessions) - set(SessionConfig.__dataclass_fields__))
+        if unknown:
+            _fail("sessions", f"unknown key(s) {', '.join(unknown)}; known: {', '.join(SessionConfig.__dataclass_fields__)}")
+        sessions = SessionConfig(**sessions)
+    if not isinstance(sessions, SessionConfig):
+        _fail("sessions", f"expected a SessionConfig, a dict or None; got {type(sessions).__name__}")
+    return sessions
 
 
 def describe(config: WorkloadConfig) -> str:
     """One line saying what ``config`` generates, for reports and logs."""
+    if config.sessions is not None:
+        sessions = session_config(config)
+        starts = ("all at t=0" if config.arrival == "static" else
+                  f"sessions start as a Poisson process of {config.qps / sessions.mean_turns:g}/s "
+                  f"(about {config.qps:g} req/s)")
+        return f"{config.num_requests} requests; {sessions.describe()}; {starts}"
     count = "every trace row" if config.num_requests is None else f"{config.num_requests} requests"
     if config.arrival == "trace" and config.trace_offset != 0:
         start = "a random row" if config.trace_offset == "random" else f"row {config.trace_offset}"
@@ -324,12 +371,14 @@ def trace_sampled_lengths(
 
 def shuffled_trace_rows(
     trace: Trace, n: int, prefill_scale: float, decode_scale: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` rows of ``trace`` drawn without replacement, scaled and truncated, not yet cut."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` rows of ``trace`` drawn without replacement, scaled and truncated, not yet cut;
+    with the drawn row indices (for the rows' prefix block keys)."""
     rows = rng.permutation(len(trace))[:n]
     return (
         scale_tokens(trace.num_prefill_tokens[rows], prefill_scale),
         scale_tokens(trace.num_decode_tokens[rows], decode_scale),
+        rows,
     )
 
 
@@ -338,12 +387,8 @@ def trace_window(trace: Trace, start: int, n: int) -> Trace:
     arrives at the trace's first time stamp (``start=0`` returns the rows unchanged)."""
     if start == 0:
         return trace
-    rows = slice(start, start + n)
-    arrived_at = trace.arrived_at[rows] - trace.arrived_at[start] + trace.arrived_at[0]
-    return replace(
-        trace, arrived_at=arrived_at, num_prefill_tokens=trace.num_prefill_tokens[rows],
-        num_decode_tokens=trace.num_decode_tokens[rows], line_numbers=trace.line_numbers[rows],
-    )
+    window = trace.rows(slice(start, start + n))
+    return replace(window, arrived_at=window.arrived_at - trace.arrived_at[start] + trace.arrived_at[0])
 
 
 def replay_trace(
@@ -359,7 +404,9 @@ def replay_trace(
     As Vidur: times are multiplied by ``time_scale`` (not shifted to start at 0); prompt and
     output are scaled, truncated to integers and raised to at least 1; then only the prompt is
     shortened so that prompt + output <= ``max_tokens``. A row whose output alone leaves no
-    room for a prompt raises (Vidur would create a request with a prompt <= 0).
+    room for a prompt raises (Vidur would create a request with a prompt <= 0). Prefix block
+    keys the trace carries are kept up to the request's final full blocks
+    (:meth:`vidur_env.traces.Trace.block_hashes`).
     """
     prefill = np.maximum(scale_tokens(trace.num_prefill_tokens[:n], prefill_scale), 1)
     decode = np.maximum(scale_tokens(trace.num_decode_tokens[:n], decode_scale), 1)
@@ -372,7 +419,8 @@ def replay_trace(
             f"(after decode_scale={decode_scale:g}) leaves no room for a prompt within "
             f"max_tokens={max_tokens}; raise {setting('max_tokens')} or lower {setting('decode_scale')}"
         )
-    return Requests(trace.arrived_at[:n] * time_scale, prefill, decode, int(np.count_nonzero(excess)))
+    hashes = trace.block_hashes(prefill, decode)
+    return Requests(trace.arrived_at[:n] * time_scale, prefill, decode, int(np.count_nonzero(excess)), hashes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -456,21 +504,21 @@ def _arrivals(
 
 def _uncut_lengths(
     config: WorkloadConfig, n: int, rng: np.random.Generator, trace: Optional[Trace]
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """Prompt and output lengths of the configured distribution, before the ``max_tokens`` cut
-    (fixed/uniform/zipf settings are validated to fit, so the cut leaves them unchanged)."""
+    (fixed/uniform/zipf settings are validated to fit, so the cut leaves them unchanged), and
+    the trace rows they come from (None for synthetic lengths)."""
     upper = _synthetic_upper(config)
     ratio = config.prefill_to_decode_ratio
     if config.lengths == "default":
-        return default_length_model().sample(n, rng)
+        return (*default_length_model().sample(n, rng), None)
     if config.lengths == "fixed":
-        return fixed_lengths(n, config.prefill_tokens, config.decode_tokens)
+        return (*fixed_lengths(n, config.prefill_tokens, config.decode_tokens), None)
     if config.lengths == "uniform":
-        return uniform_lengths(n, config.min_tokens, upper, ratio, rng)
+        return (*uniform_lengths(n, config.min_tokens, upper, ratio, rng), None)
     if config.lengths == "zipf":
-        return zipf_lengths(
-            n, config.min_tokens, upper, config.zipf_theta, ratio, rng, config.zipf_scramble
-        )
+        lengths = zipf_lengths(n, config.min_tokens, upper, config.zipf_theta, ratio, rng, config.zipf_scramble)
+        return (*lengths, None)
     return shuffled_trace_rows(trace, n, config.prefill_scale, config.decode_scale, rng)
 
 
@@ -646,6 +694,21 @@ def _check_synthetic_lengths(config: WorkloadConfig) -> None:
             f"{config.prefill_to_decode_ratio:g} gives {prefill} prompt / {decode} output tokens; "
             "both must be >= 1",
         )
+
+
+def _check_sessions(config: WorkloadConfig) -> None:
+    """Sessions need a fixed request count and poisson or static arrivals; their knobs are
+    checked by :meth:`SessionConfig.validate`, re-raised under this field's name."""
+    if config.sessions is None:
+        return
+    if config.arrival not in ("poisson", "static"):
+        _fail("arrival", f"sessions need arrival='poisson' or 'static'; got {config.arrival!r}")
+    if config.num_requests is None:
+        _fail("num_requests", "sessions need a number of requests (None means every trace row)")
+    try:
+        session_config(config).validate(config.max_tokens)
+    except SessionConfigError as error:
+        _fail(f"sessions.{error.field}", str(error))
 
 
 def _smallest_split(config: WorkloadConfig) -> tuple[int, int]:

@@ -80,7 +80,7 @@ class BuiltinTimeModel(ExecutionTimeModel):
         self._init_attention(document)
 
     def _linear_entry(self, linear: dict[str, Any]) -> dict[str, Any]:
-        entry = linear.get(self.device.name, {}).get(self.model.name, {}).get(f"tp{self.tp}")
+        entry = linear.get(self.device.name, {}).get(self.model.time_model_name, {}).get(f"tp{self.tp}")
         if entry is None:
             raise TimeModelError(
                 f"no builtin linear-op coefficients for {self.model.name} on {self.device.name} at TP{self.tp}; "

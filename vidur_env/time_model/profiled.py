@@ -66,7 +66,7 @@ class ProfiledTimeModel(ExecutionTimeModel):
         self.profiling_dir = Path(profiling_dir)
         self.network_device = network_device or device.network
         self.extrapolate = extrapolate
-        paths = profile_paths(self.profiling_dir, device.name, model.name, self.network_device)
+        paths = profile_paths(self.profiling_dir, device.name, model.time_model_name, self.network_device)
         tokens, ms = linear_ops_profile(paths["mlp"], model, tp)
         self._linear = Curve1D(tokens, ms, label=f"mlp num_tokens ({paths['mlp']})", extrapolate=extrapolate)
         self._all_reduce = None

@@ -1,0 +1,122 @@
+"""What a router or the env knows of the replicas' prefix caches: approximate or precise.
+
+- ``approximate``: an own index of the prompt blocks routed to each replica
+  (:class:`PrefixIndex`), as SGLang's router keeps a radix tree per worker and llm-d's
+  approximate prefix scorer an LRU index; it may believe a block cached after the replica
+  evicted it.
+- ``precise``: the replicas' actual caches, read through ``replica.kv.match_blocks(keys)`` and
+  ``replica.kv.cached_blocks`` (the prefix-caching read API), as Dynamo's KV router learns
+  them from KV events.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Sequence
+
+from vidur_env.kv_cache import BLOCK_SIZE as BLOCK_TOKENS
+
+if TYPE_CHECKING:
+    from vidur_env.cluster import ClusterSimulator
+    from vidur_env.replica import Replica
+
+CACHE_VIEWS = ("approximate", "precise")
+"""The two modes a router (or the env's observation) sees cache state in."""
+
+
+def prompt_keys(sim: "ClusterSimulator", rid: int) -> tuple[int, ...]:
+    """The keys of request ``rid``'s full prompt blocks (empty when it has no prefix identity)."""
+    keys = sim.table.block_hashes[rid]
+    if keys is None:
+        return ()
+    return keys[: sim.table.orig_prefill[rid] // BLOCK_TOKENS]
+
+
+class PrefixIndex:
+    """Per replica, an LRU set of the block keys routed there, at most ``capacity`` each.
+
+    A request's keys are stamped from the last to the first, so a prefix's leading block is
+    always more recent than any block after it and eviction (oldest first) removes tails
+    before heads, as vLLM frees a request's blocks in reverse order. Hence, by the chained
+    property of keys, a replica holding key i holds keys 0..i too, and :meth:`match` finds
+    the longest indexed prefix by binary search.
+
+    Recency is a stamp per key plus a queue of (key, stamp) in stamp order; an entry whose
+    key was stamped again later is stale and skipped when it reaches the front, so recording
+    and evicting cost O(1) per key, amortised.
+    """
+
+    def __init__(self, capacities: Sequence[int]) -> None:
+        self.capacities = list(capacities)
+        self.blocks: list[dict[int, int]] = [{} for _ in self.capacities]
+        self.queues: list[deque[tuple[int, int]]] = [deque() for _ in self.capacities]
+        self.clock = 0
+
+    def match(self, replica: int, keys: tuple[int, ...]) -> int:
+        """Leading blocks of ``keys`` indexed at ``replica``."""
+        held = self.blocks[replica]
+        lo, hi = 0, len(keys)
+        while lo < hi:  # invariant: keys[:lo] held; keys[hi:] not all held
+            mid = (lo + hi + 1) // 2
+            if keys[mid - 1] in held:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def record(self, replica: int, keys: tuple[int, ...]) -> None:
+        """``keys`` were sent to ``replica``: stamp them (the first most recent), evicting the
+        least recently stamped keys beyond the capacity."""
+        held, queue = self.blocks[replica], self.queues[replica]
+        stamped = list(zip(reversed(keys), range(self.clock, self.clock + len(keys))))
+        self.clock += len(keys)
+        held.update(stamped)
+        queue.extend(stamped)
+        capacity = self.capacities[replica]
+        while len(held) > capacity:
+            key, stamp = queue.popleft()
+            if held.get(key) == stamp:
+                del held[key]
+
+    def size(self, replica: int) -> int:
+        """Blocks indexed at ``replica`` (SGLang's tree size)."""
+        return len(self.blocks[replica])
+
+
+class CacheView:
+    """What is known of the replicas' caches, in one of :data:`CACHE_VIEWS`.
+
+    ``match`` and ``cached`` answer from the router's own index (approximate) or from the
+    replicas' KV caches (precise; a cache without the read API holds no prefixes, as a cache
+    with prefix caching off); ``record`` tells the index where a request went (a no-op in
+    precise mode, where the replica's cache registers blocks itself).
+    """
+
+    def __init__(self, mode: str, replicas: Sequence["Replica"]) -> None:
+        if mode not in CACHE_VIEWS:
+            raise ValueError(f"cache view must be one of {', '.join(CACHE_VIEWS)}; got {mode!r}")
+        self.mode = mode
+        self.replicas = replicas
+        self.index = PrefixIndex([r.num_blocks for r in replicas]) if mode == "approximate" else None
+
+    def match(self, replica: int, keys: tuple[int, ...]) -> int:
+        """Leading blocks of ``keys`` believed cached at ``replica``."""
+        if not keys:
+            return 0
+        if self.index is not None:
+            return self.index.match(replica, keys)
+        match_blocks = getattr(self.replicas[replica].kv, "match_blocks", None)
+        return match_blocks(keys) if match_blocks is not None else 0
+
+    def matches(self, keys: tuple[int, ...]) -> list[int]:
+        """:meth:`match` at every replica."""
+        return [self.match(i, keys) for i in range(len(self.replicas))]
+
+    def cached(self, replica: int) -> int:
+        """Blocks believed to hold cached content at ``replica``."""
+        if self.index is not None:
+            return self.index.size(replica)
+        return getattr(self.replicas[replica].kv, "cached_blocks", 0)
+
+    def record(self, replica: int, keys: tuple[int, ...]) -> None:
+        if self.index is not None and keys:
+            self.index.record(replica, keys)
