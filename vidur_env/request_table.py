@@ -7,6 +7,8 @@ conversion instead of a walk over per-request objects.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 UNSET = -1.0
@@ -22,11 +24,14 @@ class RequestTable:
     """
 
     def __init__(
-        self, arrived_at: np.ndarray, num_prefill_tokens: np.ndarray, num_decode_tokens: np.ndarray
+        self, arrived_at: np.ndarray, num_prefill_tokens: np.ndarray, num_decode_tokens: np.ndarray,
+        block_hashes: Sequence[tuple[int, ...] | None] | None = None,
     ) -> None:
         n = len(arrived_at)
         if not (len(num_prefill_tokens) == len(num_decode_tokens) == n):
             raise ValueError("arrived_at, num_prefill_tokens and num_decode_tokens differ in length")
+        if block_hashes is not None and len(block_hashes) != n:
+            raise ValueError("block_hashes differs in length from arrived_at")
         self.arrived_at: list[float] = np.asarray(arrived_at, dtype=np.float64).tolist()
         self.orig_prefill: list[int] = np.asarray(num_prefill_tokens, dtype=np.int64).tolist()
         self.orig_decode: list[int] = np.asarray(num_decode_tokens, dtype=np.int64).tolist()
@@ -43,6 +48,13 @@ class RequestTable:
         self.completed_at: list[float] = [UNSET] * n
         self.restarts: list[int] = [0] * n
         self.replica: list[int] = [-1] * n
+        self.block_hashes: list[tuple[int, ...] | None] = [None] * n if block_hashes is None else list(block_hashes)
+        """Prefix identity of each request for prefix caching: ``block_hashes[rid][i]`` names the
+        content of tokens ``[0, 16 * (i + 1))`` of its token stream (prompt, then output), one
+        entry per full block the workload knows; None: no identity, never a cache hit."""
+        self.cached_tokens: list[int] = [0] * n
+        """Prompt tokens served from a replica's prefix cache, summed over the request's
+        admissions (a restarted request is admitted again); 0 without prefix caching."""
 
     def __len__(self) -> int:
         return len(self.arrived_at)

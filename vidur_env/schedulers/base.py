@@ -41,7 +41,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from vidur_env.decode_set import DecodeSet
-from vidur_env.kv_cache import KVCache
+from vidur_env.kv_cache import KVCache, PrefixKVCache
 from vidur_env.replica_stats import ReplicaStats
 from vidur_env.request_table import UNSET, RequestTable
 
@@ -72,6 +72,8 @@ class SchedulerLimits:
     max_tokens: int = 4096
     """Longest request; Orca reserves this many tokens of KV per request at admission."""
     watermark_fraction: float = 0.01
+    prefix_caching: bool = False
+    """vLLM's automatic prefix caching (:class:`~vidur_env.kv_cache.PrefixKVCache`)."""
 
 
 class ReplicaScheduler(ABC):
@@ -97,8 +99,11 @@ class ReplicaScheduler(ABC):
         """Whether the batch in flight advances ``decoding`` as a whole (else exact path)."""
 
     def _make_kv_cache(self) -> KVCache:
-        """The cache policy: blocks of the prompt at admission, one more per block boundary."""
-        return KVCache(self.table, self.limits.num_blocks, self.limits.watermark_fraction)
+        """The cache policy: blocks of the prompt at admission, one more per block boundary;
+        with prefix caching, shared full blocks (a separate class, so the caching-off path does
+        no cache work)."""
+        cache = PrefixKVCache if self.limits.prefix_caching else KVCache
+        return cache(self.table, self.limits.num_blocks, self.limits.watermark_fraction)
 
     # ------------------------------------------------------------- formation
     @abstractmethod
@@ -151,9 +156,10 @@ class ReplicaScheduler(ABC):
         self.running.append(rid)
 
     def _preempt(self, rid: int) -> None:
-        """Restart ``rid``: free its KV and put it at the front of the waiting queue."""
-        self.table.restart(rid)
+        """Restart ``rid``: free its KV (which may cache what it computed, so before the
+        restart resets its counts) and put it at the front of the waiting queue."""
         self.kv.free(rid)
+        self.table.restart(rid)
         self.waiting.appendleft(rid)
         self.waiting_prompt_tokens += self.table.prefill[rid]
         self.stats.num_preemptions += 1
@@ -254,6 +260,7 @@ class ReplicaScheduler(ABC):
         p = table.processed[rid] + tokens
         if p == table.prefill[rid]:
             table.prefill_done[rid] = True
+            self.kv.prefill_done(rid)
             p += 1  # the prefill iteration emits the first output token
             if table.prefill_completed_at[rid] == UNSET:
                 table.prefill_completed_at[rid] = now
