@@ -27,6 +27,8 @@ block past the prompt, so :class:`GroupGrowth` holds as it is.
 """
 from __future__ import annotations
 
+from collections import OrderedDict, deque
+from itertools import repeat
 from math import inf
 
 from vidur_env.request_table import RequestTable
@@ -179,8 +181,9 @@ class PrefixKVCache(KVCache):
         self.table = table
         self.ref_counts: dict[int, int] = {}
         """Hash -> requests referencing the cached block (always positive)."""
-        self.evictable: dict[int, None] = {}
-        """Unreferenced cached blocks by hash, least recently released first (the eviction order)."""
+        self.evictable: OrderedDict[int, None] = OrderedDict()
+        """Unreferenced cached blocks by hash, least recently released first (the eviction order;
+        an OrderedDict pops its oldest entry in O(1), a dict's oldest takes a scan of deleted slots)."""
         self.refs: dict[int, list[int | None]] = {}
         """Per allocated request, its blocks in order from the first: the hash of a cached block
         it references, or None for a private one (computed, but its content was cached elsewhere);
@@ -201,9 +204,7 @@ class PrefixKVCache(KVCache):
         excess = self.allocated_blocks + len(self.evictable) - self.num_blocks
         if excess <= 0:
             return
-        evictable = self.evictable
-        for _ in range(excess):
-            del evictable[next(iter(evictable))]
+        deque(map(self.evictable.popitem, repeat(False, excess)), maxlen=0)  # popitem(last=False), looped in C
         self.evictions += excess
         self._version += 1
 
@@ -285,12 +286,17 @@ class PrefixKVCache(KVCache):
         if end <= len(refs):
             return
         ref_counts, evictable = self.ref_counts, self.evictable
-        for h in hashes[len(refs):end]:
-            if h in ref_counts or h in evictable:
-                refs.append(None)
-            else:
-                ref_counts[h] = 1
-                refs.append(h)
+        new = hashes[len(refs):end]
+        if ref_counts.keys().isdisjoint(new) and evictable.keys().isdisjoint(new):  # the usual case
+            ref_counts.update(dict.fromkeys(new, 1))
+            refs.extend(new)
+        else:
+            for h in new:
+                if h in ref_counts or h in evictable:
+                    refs.append(None)
+                else:
+                    ref_counts[h] = 1
+                    refs.append(h)
         self._version += 1
 
     def free(self, rid: int) -> None:
@@ -298,19 +304,21 @@ class PrefixKVCache(KVCache):
         longer referenced join the eviction order, private ones return to the pool."""
         self._evict()
         self._register(rid, self.processed[rid] - self.table.prefill_done[rid])  # the last token has no KV yet
-        ref_counts, evictable = self.ref_counts, self.evictable
-        shared = released = 0
-        for h in reversed(self.refs.pop(rid)):
-            if h is None:
-                continue
-            shared += 1
-            count = ref_counts[h] - 1
-            if count:
-                ref_counts[h] = count
-            else:
-                del ref_counts[h]
-                evictable[h] = None
-                released += 1
+        refs = self.refs.pop(rid)
+        tail_first = [h for h in reversed(refs) if h is not None] if None in refs else refs[::-1]
+        counts = list(map(self.ref_counts.pop, tail_first))
+        shared = len(tail_first)
+        if counts.count(1) == shared:  # the usual case: no other request holds any of them
+            self.evictable.update(dict.fromkeys(tail_first))
+            released = shared
+        else:
+            released = 0
+            for h, count in zip(tail_first, counts):
+                if count > 1:
+                    self.ref_counts[h] = count - 1
+                else:
+                    self.evictable[h] = None
+                    released += 1
         self._version += 1
         self.allocated_blocks -= released + self.blocks[rid] - shared
         self.blocks[rid] = 0
