@@ -33,6 +33,13 @@ Two fast paths run beside Vidur's per-request path and must not change any resul
    :meth:`steady_run` whether the coming batches are the whole decode set (plus at most one
    partial prefill) with nothing admitted. The default answer, None, means "form the batch
    with ``_get_next_batch``", so a scheduler without the hook is correct, only slower.
+
+   With prefix caching (:class:`~vidur_env.kv_cache.PrefixKVCache`) the cache's content
+   changes only at an admission, a prefill's completion and a release, each of which ends a
+   steady run's segment or happens in ``_get_next_batch``; eviction is settled lazily in the
+   order eager eviction takes. What a steady run cannot reproduce is the formation's order of
+   decode growth (which may evict) before admission, so with caching a steady run never
+   admits: Sarathi leaves admissions to ``_get_next_batch``.
 """
 from __future__ import annotations
 
