@@ -216,10 +216,10 @@ def aggregate_metrics(sim: ClusterSimulator, requests: RequestMetrics | None = N
 
 
 def add_prefix_cache_metrics(out: dict[str, Any], sim: ClusterSimulator) -> None:
-    """``prefix_cache_hit_rate`` (prompt tokens served from the cache / prompt tokens admitted,
-    restarts included) overall and per replica, and evictions per replica. Prompt tokens
-    admitted are those computed plus those served from the cache. Written only when a replica
-    caches prefixes, so the report is unchanged without."""
+    """``prefix_cache_hit_rate`` overall and per replica: prompt tokens served from the cache
+    over prompt tokens served or computed (recomputation after a restart included), and
+    ``prefix_cache_evictions`` per replica. Written only when a replica caches prefixes, so the
+    report is unchanged without."""
     hits = prompts = 0
     for report, replica in zip(out["replicas"], sim.replicas):
         hit, prompt = replica.kv.hit_tokens, replica.stats.prefill_tokens_sum + replica.kv.hit_tokens

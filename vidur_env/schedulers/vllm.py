@@ -20,7 +20,9 @@ class VLLMScheduler(ReplicaScheduler):
 
     def _tokens_to_compute(self, rid: int) -> int:
         """Prompt tokens a waiting request computes when admitted: all of them, less the prefix
-        cache's hits (vLLM counts only uncached tokens against ``max_num_batched_tokens``)."""
+        cache's hits. vLLM counts only these against its token budget (v1 scheduler:
+        ``num_new_tokens = request.num_tokens - num_computed_tokens`` after
+        ``get_computed_blocks``), so ``max_tokens_in_batch`` applies to them here."""
         kv = self.kv
         if kv.prefix_caching:
             return self.table.prefill[rid] - kv.hit_tokens_at_admission(rid)
