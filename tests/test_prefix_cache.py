@@ -118,7 +118,7 @@ def test_preemption_releases_the_preempted_requests_references_only():
     kv = scheduler.kv
     for rid in (0, 1):
         scheduler.add_request(rid)
-        scheduler.admit_head(0.0)
+        scheduler.admit_head(0.0, 0)
         scheduler.advance_prefill(rid, t.prefill[rid] - t.processed[rid], 1.0)
     assert t.cached_tokens == [0, 32]
     assert kv.ref_counts == {1: 2, 2: 2, 3: 1, 4: 1}
@@ -130,7 +130,7 @@ def test_preemption_releases_the_preempted_requests_references_only():
     assert list(kv.evictable) == [4]
     assert kv.allocated_blocks == 4
     assert t.prefill[1] == 51 and list(scheduler.waiting) == [1]
-    scheduler.admit_head(2.0)  # the restarted request hits its own block again
+    scheduler.admit_head(2.0, 0)  # the restarted request hits its own block again
     assert t.processed[1] == 48 and kv.ref_counts == {1: 2, 2: 2, 3: 1, 4: 1}
 
 

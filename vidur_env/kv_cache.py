@@ -99,8 +99,11 @@ class KVCache:
         return (self.num_blocks - self.watermark_blocks) * BLOCK_SIZE
 
     # ------------------------------------------------------------- allocation
-    def allocate(self, rid: int) -> None:
-        """Vidur's ``_allocate_request`` for a new request: its admission blocks."""
+    def allocate(self, rid: int, pending: int = 0) -> None:
+        """Vidur's ``_allocate_request`` for a new request: its admission blocks. ``pending``:
+        decode growth the caller allocates right after, for the same iteration (the decode-run
+        loop admits before it counts its first iteration's growth; a batch formation counts it
+        first, which matters only to a prefix cache's eviction)."""
         num_blocks = self.admission_blocks(rid)
         self.blocks[rid] = num_blocks
         self.allocated_blocks += num_blocks
@@ -246,9 +249,11 @@ class PrefixKVCache(KVCache):
         """The prompt's blocks less the hits already referenced by other requests."""
         return -(-self.prompt[rid] // BLOCK_SIZE) - self._hits(rid)[1]
 
-    def allocate(self, rid: int) -> None:
+    def allocate(self, rid: int, pending: int = 0) -> None:
         """Reference the hit blocks, take fresh ones for the rest of the prompt (evicting if
-        needed) and mark the hit tokens processed."""
+        needed, with the ``pending`` growth counted as allocated already, as a formation has it)
+        and mark the hit tokens processed."""
+        self.allocated_blocks += pending
         hits, referenced = self._hits(rid)
         refs: list[int | None] = []
         if hits:
@@ -270,6 +275,7 @@ class PrefixKVCache(KVCache):
         self.allocated_blocks += num_blocks - referenced
         self.num_allocated_requests += 1
         self._evict()
+        self.allocated_blocks -= pending
 
     def prefill_done(self, rid: int) -> None:
         """Register the prompt's full blocks."""

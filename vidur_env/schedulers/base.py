@@ -35,11 +35,12 @@ Two fast paths run beside Vidur's per-request path and must not change any resul
    with ``_get_next_batch``", so a scheduler without the hook is correct, only slower.
 
    With prefix caching (:class:`~vidur_env.kv_cache.PrefixKVCache`) the cache's content
-   changes only at an admission, a prefill's completion and a release, each of which ends a
-   steady run's segment or happens in ``_get_next_batch``; eviction is settled lazily in the
-   order eager eviction takes. What a steady run cannot reproduce is the formation's order of
-   decode growth (which may evict) before admission, so with caching a steady run never
-   admits: Sarathi leaves admissions to ``_get_next_batch``.
+   changes only at an admission, a prefill's completion and a release, each of which starts
+   or ends a steady run's segment or happens in ``_get_next_batch``; eviction is settled
+   lazily in the order eager eviction takes. A formation allocates the decodes' growth (which
+   may evict) before it admits, so a run that admits passes that growth to the admission
+   (:meth:`ReplicaScheduler.admit_head`); and admitting one request can make blocks the next
+   one hits referenced, so with caching a run never rules out a second admission.
 """
 from __future__ import annotations
 
@@ -154,10 +155,12 @@ class ReplicaScheduler(ABC):
         self.kv.allocate(rid)
         return rid
 
-    def admit_head(self, now: float) -> None:
+    def admit_head(self, now: float, growth: int) -> None:
         """Admit the head of the queue into the running list as a partial prefill starting at
-        ``now`` (what Sarathi's batch formation does to it, in the same order)."""
-        rid = self._admit_waiting()
+        ``now`` (what Sarathi's batch formation does to it, in the same order), before the
+        ``growth`` blocks of the decodes of the same iteration are allocated."""
+        rid = self._pop_waiting()
+        self.kv.allocate(rid, growth)
         if self.table.scheduled_at[rid] == UNSET:
             self.table.scheduled_at[rid] = now
         self.running.append(rid)

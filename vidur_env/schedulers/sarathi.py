@@ -102,10 +102,6 @@ class SarathiScheduler(ReplicaScheduler):
             return partial, True, False
         if len(running) >= self.limits.chunk_size:
             return None, False, False  # the decodes use the whole budget: the head gets no tokens
-        if self.kv.prefix_caching:
-            # the formation allocates the decodes' growth, which may evict blocks the head would
-            # hit, before it admits the head; the loop admits first, so it leaves this to the formation
-            return None
         return self._admission_run()
 
     def _admission_run(self) -> SteadyRun | None:
@@ -123,6 +119,8 @@ class SarathiScheduler(ReplicaScheduler):
             len(waiting) > 1
             and kv.num_allocated_requests + 1 < self.limits.batch_size_cap
             and len(self.running) + 1 < self.max_micro_batch_size
-            and kv.can_admit(waiting[1], growth + kv.admission_blocks(head))
+            # with prefix caching, admitting the head can make blocks the next request hits
+            # referenced, so its admission cannot be ruled out here: gated (safe, only slower)
+            and (kv.prefix_caching or kv.can_admit(waiting[1], growth + kv.admission_blocks(head)))
         )
         return head, gated, True
