@@ -273,6 +273,21 @@ def test_fast_paths_change_no_result(scheduler, caching, router, time_model):
         assert a.stats.block_time == pytest.approx(b.stats.block_time, rel=1e-12)
 
 
+@pytest.mark.parametrize("scheduler", CACHING_SCHEDULERS)
+def test_fast_paths_change_no_result_with_two_hot_prefixes(scheduler):
+    """Prefix caching where most requests share one of two long prefixes: admitting one
+    request makes blocks the next one hits referenced, which the decode-run loop must not
+    rule out (the oracle above with few shared blocks does not reach that case)."""
+    reqs = random_requests(400, 6, qps=30.0, max_prompt=1200)
+    hashes = shared_prefix_hashes(reqs, 6, num_prefixes=2, max_prefix_blocks=60)
+    fast, fast_states = run_recorded(reqs, scheduler, "round_robin", AffineTime(), fast=True, hashes=hashes)
+    slow, slow_states = run_recorded(reqs, scheduler, "round_robin", AffineTime(), fast=False, hashes=hashes)
+    for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts", "cached_tokens"):
+        assert getattr(fast.table, column) == getattr(slow.table, column), column
+    assert fast_states == slow_states
+    assert sum(slow.table.cached_tokens) > 0 and sum(slow.table.restarts) > 0
+
+
 class BatchRecorder(StateRecorder):
     """Records the ids of every replica's batch in flight at each decision."""
 
