@@ -232,7 +232,7 @@ class PrefixKVCache(KVCache):
         hits = referenced = 0
         if hashes is not None:
             ref_counts, evictable = self.ref_counts, self.evictable
-            for h in hashes[: (self.prompt[rid] - 1) // BLOCK_SIZE]:
+            for h in hashes[: max(self.prompt[rid] - 1, 0) // BLOCK_SIZE]:
                 if h in ref_counts:
                     referenced += 1
                 elif h not in evictable:
