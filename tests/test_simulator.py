@@ -39,11 +39,13 @@ def requests(arrivals, prompts, outputs):
 
 
 def simulate(reqs, *, replicas=1, scheduler="sarathi", router="round_robin", time_model=None, seed=0, fast=True,
-             **replica_kwargs):
+             hashes=None, **replica_kwargs):
     spec = ReplicaConfig(scheduler=scheduler, **replica_kwargs)
     cluster = ClusterConfig(num_replicas=replicas, replica=spec)
     model = time_model or AffineTime()
     sim = ClusterSimulator(cluster, reqs, time_models=[model] * replicas)
+    if hashes is not None:
+        with_hashes(sim, hashes)
     for r in sim.replicas:
         r.fast_forward = fast
         r.group_decodes = fast
@@ -57,6 +59,27 @@ def random_requests(n, seed, qps=20.0, max_prompt=2000, max_output=400):
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / qps, size=n))
     return requests(arrivals, rng.integers(1, max_prompt, size=n), rng.integers(1, max_output, size=n))
+
+
+def shared_prefix_hashes(reqs, seed, num_prefixes=4, max_prefix_blocks=60):
+    """Block hashes as a workload would give them: each request starts with one of a few shared
+    prefixes (a random number of its blocks, so prefixes also end mid-way) and goes on with
+    content of its own, over its whole token stream (prompt and output)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, max_prefix_blocks, size=num_prefixes)
+    hashes = []
+    for rid, (p, d) in enumerate(zip(reqs.num_prefill_tokens, reqs.num_decode_tokens)):
+        s = rng.integers(num_prefixes)
+        shared = min(int(rng.integers(0, lengths[s] + 1)), (p + d) // 16)
+        hashes.append(tuple(range(s * 10**4, s * 10**4 + shared))
+                      + tuple(range(10**8 + rid * 10**4 + shared, 10**8 + rid * 10**4 + (p + d) // 16)))
+    return hashes
+
+
+def with_hashes(sim, hashes):
+    """Give the requests of ``sim`` their block hashes (the workload layer's job, done by hand)."""
+    sim.table.block_hashes[:] = hashes
+    return sim
 
 
 def test_single_request_ttft_is_prefill_and_e2e_adds_decode_iterations():
@@ -189,33 +212,57 @@ class StateRecorder:
         return self.router(sim, rid)
 
 
-def run_recorded(reqs, scheduler, router, time_model, fast):
-    cluster = ClusterConfig(num_replicas=2, replica=ReplicaConfig(scheduler=scheduler, num_blocks=900))
-    sim = ClusterSimulator(cluster, reqs, time_models=[time_model] * 2)
+class CacheStateRecorder(StateRecorder):
+    """Also records each replica's prefix cache as a cache-aware router would read it: the
+    incoming request's match, the cached blocks, the evictions so far."""
+
+    def __call__(self, sim: ClusterSimulator, rid: int) -> int:
+        hashes = sim.table.block_hashes[rid]
+        self.states.append(tuple((r.kv.match_blocks(hashes), r.kv.cached_blocks, r.kv.evictions)
+                                 for r in sim.replicas))
+        return super().__call__(sim, rid)
+
+
+def run_recorded(reqs, scheduler, router, time_model, fast, hashes=None):
+    """Run with both fast paths on or off; with ``hashes``, prefix caching is on."""
+    spec = ReplicaConfig(scheduler=scheduler, num_blocks=900, prefix_caching=hashes is not None)
+    sim = ClusterSimulator(ClusterConfig(num_replicas=2, replica=spec), reqs, time_models=[time_model] * 2)
     for r in sim.replicas:
         r.fast_forward = r.group_decodes = fast
-    recorder = StateRecorder(router, 2)
+    recorder = (CacheStateRecorder if hashes is not None else StateRecorder)(router, 2)
+    if hashes is not None:
+        with_hashes(sim, hashes)
     sim.run(recorder)
     return sim, recorder.states
 
 
+CACHING_SCHEDULERS = tuple(name for name in SCHEDULER_NAMES if name != "orca")
+"""Schedulers where prefix caching applies (Orca reserves max_tokens up front: no sharing)."""
+ORACLE_CASES = [(s, False) for s in SCHEDULER_NAMES] + [(s, True) for s in CACHING_SCHEDULERS]
+"""(scheduler, prefix caching) pairs the fast-path oracles run."""
+
+
 @pytest.mark.parametrize("time_model", ["affine", "builtin"])
 @pytest.mark.parametrize("router", ["round_robin", "jsq"])
-@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
-def test_fast_paths_change_no_result(scheduler, router, time_model):
+@pytest.mark.parametrize("scheduler,caching", ORACLE_CASES)
+def test_fast_paths_change_no_result(scheduler, caching, router, time_model):
     """Grouped decodes and the decode-run loop (suspended at arrivals and resumed) reproduce
     Vidur's per-request path exactly: every timestamp, and the public state a router sees at
-    every decision. The builtin model's decode times hold for runs of iterations (rounded KV),
-    the affine one's for one iteration."""
+    every decision (with prefix caching, the cache too). The builtin model's decode times hold
+    for runs of iterations (rounded KV), the affine one's for one iteration."""
     model = AffineTime() if time_model == "affine" else builtin_time_model("meta-llama/Llama-2-7b-hf", "a100", 1)
     reqs = random_requests(400, 3, qps=25.0 if time_model == "affine" else 40.0)
-    fast, fast_states = run_recorded(reqs, scheduler, router, model, fast=True)
-    slow, slow_states = run_recorded(reqs, scheduler, router, model, fast=False)
-    for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts", "replica"):
+    hashes = shared_prefix_hashes(reqs, 3) if caching else None
+    fast, fast_states = run_recorded(reqs, scheduler, router, model, fast=True, hashes=hashes)
+    slow, slow_states = run_recorded(reqs, scheduler, router, model, fast=False, hashes=hashes)
+    for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts", "replica", "cached_tokens"):
         assert getattr(fast.table, column) == getattr(slow.table, column), column
     assert fast_states == slow_states
     if scheduler != "orca":
         assert sum(slow.table.restarts) > 0, "the case must exercise preemption"
+    if caching:
+        assert sum(slow.table.cached_tokens) > 0, "the case must exercise cache hits"
+        assert sum(r.kv.evictions for r in slow.replicas) > 0, "the case must exercise eviction"
     for a, b in zip(fast.replicas, slow.replicas):
         assert a.stats.num_iterations == b.stats.num_iterations
         assert a.stats.batch_size_sum == b.stats.batch_size_sum
@@ -226,22 +273,39 @@ def test_fast_paths_change_no_result(scheduler, router, time_model):
         assert a.stats.block_time == pytest.approx(b.stats.block_time, rel=1e-12)
 
 
+@pytest.mark.parametrize("scheduler", CACHING_SCHEDULERS)
+def test_fast_paths_change_no_result_with_two_hot_prefixes(scheduler):
+    """Prefix caching where most requests share one of two long prefixes: admitting one
+    request makes blocks the next one hits referenced, which the decode-run loop must not
+    rule out (the oracle above with few shared blocks does not reach that case)."""
+    reqs = random_requests(400, 6, qps=30.0, max_prompt=1200)
+    hashes = shared_prefix_hashes(reqs, 6, num_prefixes=2, max_prefix_blocks=60)
+    fast, fast_states = run_recorded(reqs, scheduler, "round_robin", AffineTime(), fast=True, hashes=hashes)
+    slow, slow_states = run_recorded(reqs, scheduler, "round_robin", AffineTime(), fast=False, hashes=hashes)
+    for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts", "cached_tokens"):
+        assert getattr(fast.table, column) == getattr(slow.table, column), column
+    assert fast_states == slow_states
+    assert sum(slow.table.cached_tokens) > 0 and sum(slow.table.restarts) > 0
+
+
 class BatchRecorder(StateRecorder):
     """Records the ids of every replica's batch in flight at each decision."""
 
     FIELDS = ("batch",)
 
 
-@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
-def test_batch_in_flight_is_the_same_on_every_path(scheduler):
+@pytest.mark.parametrize("scheduler,caching", ORACLE_CASES)
+def test_batch_in_flight_is_the_same_on_every_path(scheduler, caching):
     """The batch a router would see at each decision, in Vidur's order, whether the decode-run
     loop left it suspended, the grouped path formed it, or the per-request path did."""
     reqs = random_requests(300, 5, qps=25.0)
     seen = []
     suspended = 0
     for fast in (True, False):
-        cluster = ClusterConfig(num_replicas=2, replica=ReplicaConfig(scheduler=scheduler, num_blocks=900))
-        sim = ClusterSimulator(cluster, reqs, time_models=[AffineTime()] * 2)
+        spec = ReplicaConfig(scheduler=scheduler, num_blocks=900, prefix_caching=caching)
+        sim = ClusterSimulator(ClusterConfig(num_replicas=2, replica=spec), reqs, time_models=[AffineTime()] * 2)
+        if caching:
+            with_hashes(sim, shared_prefix_hashes(reqs, 5))
         for r in sim.replicas:
             r.fast_forward = r.group_decodes = fast
         recorder = BatchRecorder("round_robin", 2)
@@ -257,15 +321,17 @@ def test_batch_in_flight_is_the_same_on_every_path(scheduler):
     assert seen[0] == seen[1]
 
 
-@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
-def test_without_the_steady_run_hook_a_scheduler_gives_the_same_results(scheduler):
+@pytest.mark.parametrize("scheduler,caching", ORACLE_CASES)
+def test_without_the_steady_run_hook_a_scheduler_gives_the_same_results(scheduler, caching):
     """The base class's default hook (no steady runs) is correct for every scheduler: only the
     grouped decodes run fast, and every timestamp matches the per-request path."""
     reqs = random_requests(300, 6, qps=25.0)
     results = []
     for fast in (True, False):
-        cluster = ClusterConfig(num_replicas=2, replica=ReplicaConfig(scheduler=scheduler, num_blocks=900))
-        sim = ClusterSimulator(cluster, reqs, time_models=[AffineTime()] * 2)
+        spec = ReplicaConfig(scheduler=scheduler, num_blocks=900, prefix_caching=caching)
+        sim = ClusterSimulator(ClusterConfig(num_replicas=2, replica=spec), reqs, time_models=[AffineTime()] * 2)
+        if caching:
+            with_hashes(sim, shared_prefix_hashes(reqs, 6))
         for r in sim.replicas:
             r.fast_forward = r.group_decodes = fast
             if fast:  # every fast path on, but the scheduler never offers a steady run
@@ -273,7 +339,7 @@ def test_without_the_steady_run_hook_a_scheduler_gives_the_same_results(schedule
         recorder = StateRecorder("round_robin", 2)
         sim.run(recorder)
         results.append((sim.table.scheduled_at, sim.table.prefill_completed_at, sim.table.completed_at,
-                        recorder.states))
+                        sim.table.cached_tokens, recorder.states))
     assert results[0] == results[1]
 
 

@@ -74,6 +74,8 @@ def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
     cluster.add_argument("--chunk-size", type=int, default=512, help="Sarathi token budget per iteration")
     cluster.add_argument("--batch-size-cap", type=int, default=128, help="most requests a replica holds at once")
     cluster.add_argument("--num-blocks", type=int, default=None, help="KV blocks per replica (default: Vidur's memory planner)")
+    cluster.add_argument("--prefix-caching", action="store_true",
+                         help="vLLM's automatic prefix caching on every replica (sarathi, vllm; default off, as Vidur)")
     cluster.add_argument("--replica-config", default=None, metavar="FILE",
                          help="heterogeneous cluster: JSON list of replica objects (model, device, tensor_parallel, "
                               "scheduler, ...); overrides --replicas and the per-replica flags")
@@ -123,6 +125,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     replica = ReplicaConfig(
         model=args.model, device=args.device, tensor_parallel=args.tensor_parallel, scheduler=args.scheduler,
         chunk_size=args.chunk_size, batch_size_cap=args.batch_size_cap, num_blocks=args.num_blocks,
+        prefix_caching=args.prefix_caching,
     )
     cluster = ClusterConfig(
         num_replicas=args.num_replicas, replica=replica,

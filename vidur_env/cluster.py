@@ -71,6 +71,7 @@ def scheduler_limits(spec: ReplicaConfig, max_tokens: int) -> SchedulerLimits:
         vllm_batch_rule=spec.vllm_batch_rule,
         max_tokens=max_tokens,
         watermark_fraction=spec.watermark_fraction,
+        prefix_caching=spec.prefix_caching,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from vidur_env.hardware import UnknownSpecError, get_device, get_model
 from vidur_env.schedulers import SCHEDULER_NAMES
+from vidur_env.schedulers.orca import PREFIX_CACHING_NOTE
 
 KEYINGS = ("vidur", "vidur_pypi")
 TIME_MODEL_SOURCES = ("builtin", "profiled")
@@ -90,6 +91,9 @@ class ReplicaConfig:
     """Share of GPU memory the planner keeps free of weights and KV."""
     watermark_fraction: float = 0.01
     """Share of KV blocks kept free when admitting a new request."""
+    prefix_caching: bool = False
+    """vLLM's automatic prefix caching: full KV blocks are shared between requests with the
+    same prefix (their ``block_hashes``); sarathi and vllm only. Off reproduces Vidur."""
 
     def validate(self, where: str = "replica") -> None:
         if self.scheduler not in SCHEDULER_NAMES:
@@ -106,6 +110,10 @@ class ReplicaConfig:
             raise ConfigError(f"{where}.memory_margin_fraction: must be in [0, 1), got {self.memory_margin_fraction!r}")
         if not 0.0 <= self.watermark_fraction < 1.0:
             raise ConfigError(f"{where}.watermark_fraction: must be in [0, 1), got {self.watermark_fraction!r}")
+        if not isinstance(self.prefix_caching, bool):
+            raise ConfigError(f"{where}.prefix_caching: must be true or false, got {self.prefix_caching!r}")
+        if self.prefix_caching and self.scheduler == "orca":
+            raise ConfigError(f"{where}.prefix_caching: {PREFIX_CACHING_NOTE}")
         self._check_hardware(where)
 
     def _check_hardware(self, where: str) -> None:

@@ -87,7 +87,7 @@ class DecodeRuns:
             run = resumed.run
         partial, gated, admit = run
         if admit:
-            scheduler.admit_head(now)
+            scheduler.admit_head(now, phase[decoding.tick & mask])  # this iteration's decode growth
             run = partial, gated, False
         t = now
         if resumed is None:

@@ -19,16 +19,16 @@ Requests decoding in lockstep take their new blocks on a fixed rhythm (one every
 ``BLOCK_SIZE`` iterations, at a phase set by their offset): :class:`GroupGrowth` counts them
 per phase, so a grouped decode iteration learns its growth in O(1).
 
-Room for shared blocks (prefix caching): callers name requests, never blocks, and the
-per-request column holds the blocks a request *references*. Shared, reference-counted blocks
-(hashes chained over the prompt's blocks, LRU eviction of unreferenced cached blocks) change
-:meth:`KVCache.admission_blocks` (the prompt's blocks less those already cached), what
-:meth:`KVCache.allocate` takes from the pool, what :meth:`KVCache.free` returns to it and what
-counts as free, all inside this module; decode growth is always a private block past the
-prompt, so :class:`GroupGrowth` holds as it is.
+Prefix caching (vLLM's automatic prefix caching, per replica, opt-in): :class:`PrefixKVCache`,
+chosen at construction so the caching-off path does no cache work at all. Callers name
+requests, never blocks; the per-request column holds the blocks a request *references*, and
+``allocated_blocks`` counts distinct referenced blocks. Decode growth is always a private
+block past the prompt, so :class:`GroupGrowth` holds as it is.
 """
 from __future__ import annotations
 
+from collections import OrderedDict, deque
+from itertools import repeat
 from math import inf
 
 from vidur_env.request_table import RequestTable
@@ -52,6 +52,13 @@ class KVCache:
 
     grows = True
     """Whether running requests take a block at each block boundary (else they reserve up front)."""
+    prefix_caching = False
+    """Whether full blocks are shared between requests by content (:class:`PrefixKVCache`)."""
+    cached_blocks = 0
+    """Blocks holding cached content, referenced or not (none without prefix caching)."""
+    evictions = 0
+    hit_tokens = 0
+    """Cached blocks evicted, and prompt tokens served from the cache, over the run."""
 
     def __init__(self, table: RequestTable, num_blocks: int, watermark_fraction: float) -> None:
         self.blocks = table.blocks
@@ -92,8 +99,11 @@ class KVCache:
         return (self.num_blocks - self.watermark_blocks) * BLOCK_SIZE
 
     # ------------------------------------------------------------- allocation
-    def allocate(self, rid: int) -> None:
-        """Vidur's ``_allocate_request`` for a new request: its admission blocks."""
+    def allocate(self, rid: int, pending: int = 0) -> None:
+        """Vidur's ``_allocate_request`` for a new request: its admission blocks. ``pending``:
+        decode growth the caller allocates right after, for the same iteration (the decode-run
+        loop admits before it counts its first iteration's growth; a batch formation counts it
+        first, which matters only to a prefix cache's eviction)."""
         num_blocks = self.admission_blocks(rid)
         self.blocks[rid] = num_blocks
         self.allocated_blocks += num_blocks
@@ -126,9 +136,199 @@ class KVCache:
         self.blocks[rid] = 0
         self.num_allocated_requests -= 1
 
+    def match_blocks(self, hashes: tuple[int, ...]) -> int:
+        """Leading blocks of ``hashes`` cached here now (none without prefix caching)."""
+        return 0
+
+    def prefill_done(self, rid: int) -> None:
+        """Request ``rid`` has computed its whole prompt (a hook for prefix caching)."""
+
     def group_growth(self) -> "GroupGrowth":
         """The growth bookkeeping of a group of requests decoding in lockstep here."""
         return GroupGrowth(self.blocks, self.grows)
+
+
+class PrefixKVCache(KVCache):
+    """:class:`KVCache` with vLLM's automatic prefix caching.
+
+    A full block is identified by the request's ``block_hashes`` entry for it (a hash chained
+    over the block's tokens and its parent's); only full blocks are cached. At admission a
+    request references the longest prefix of its hashes cached here (reference count + 1),
+    capped at ``(prompt - 1) // BLOCK_SIZE`` blocks so at least the last prompt token is
+    computed, and starts with those tokens processed; the rest of its prompt takes fresh blocks.
+
+    Its computed blocks are registered under their hashes when its prefill completes (prompt
+    blocks) and when it completes or is preempted (output blocks its hashes cover); a block
+    whose content is already cached elsewhere stays private. vLLM registers blocks as chunks
+    fill; registering at the prefill's end keeps the cache unchanged inside a steady run of the
+    decode-run loop, so a concurrent request sharing a prefix hits it one prefill later.
+
+    A block whose reference count drops to zero stays cached and counts as free; blocks are
+    evicted least-recently-released first when fresh blocks are needed, and a request releases
+    its blocks tail first (vLLM frees in reverse order). Eviction is settled lazily, before any
+    read or change of the cache's content, in the order eager eviction would have taken: decode
+    growth (also the decode-run loop's, which writes ``allocated_blocks`` directly) only adds
+    referenced blocks, so evicting the oldest unreferenced blocks until everything fits is the
+    same as evicting one per grown block. ``allocated_blocks`` (distinct referenced blocks)
+    plus the unreferenced cached blocks never exceed ``num_blocks`` when observed.
+
+    A new request's admission takes its prompt's blocks less those it hits that are already
+    referenced (a hit on an unreferenced block takes that block out of the free pool), as
+    vLLM's ``allocate_slots`` counts them.
+    """
+
+    prefix_caching = True
+
+    def __init__(self, table: RequestTable, num_blocks: int, watermark_fraction: float) -> None:
+        super().__init__(table, num_blocks, watermark_fraction)
+        self.table = table
+        self.ref_counts: dict[int, int] = {}
+        """Hash -> requests referencing the cached block (always positive)."""
+        self.evictable: OrderedDict[int, None] = OrderedDict()
+        """Unreferenced cached blocks by hash, least recently released first (the eviction order;
+        an OrderedDict pops its oldest entry in O(1), a dict's oldest takes a scan of deleted slots)."""
+        self.refs: dict[int, list[int | None]] = {}
+        """Per allocated request, its blocks in order from the first: the hash of a cached block
+        it references, or None for a private one (computed, but its content was cached elsewhere);
+        blocks past the list are private too."""
+        self._version = 0
+        """Bumped whenever a block becomes cached, referenced, unreferenced or evicted."""
+        self._memo: tuple[int, int, int, int] = (-1, -1, 0, 0)
+        """(rid, version, hits, referenced hits) of the last lookup: the head of a queue is
+        asked at every batch formation."""
+
+    @property
+    def cached_blocks(self) -> int:  # type: ignore[override]
+        self._evict()
+        return len(self.ref_counts) + len(self.evictable)
+
+    def _evict(self) -> None:
+        """Evict least-recently-released blocks until referenced plus cached blocks fit."""
+        excess = self.allocated_blocks + len(self.evictable) - self.num_blocks
+        if excess <= 0:
+            return
+        deque(map(self.evictable.popitem, repeat(False, excess)), maxlen=0)  # popitem(last=False), looped in C
+        self.evictions += excess
+        self._version += 1
+
+    def match_blocks(self, hashes: tuple[int, ...]) -> int:
+        self._evict()
+        ref_counts, evictable = self.ref_counts, self.evictable
+        hits = 0
+        for h in hashes:
+            if h not in ref_counts and h not in evictable:
+                break
+            hits += 1
+        return hits
+
+    def _hits(self, rid: int) -> tuple[int, int]:
+        """Blocks ``rid`` (holding none) would hit at admission, and how many of them are
+        referenced now (the others come out of the free pool)."""
+        self._evict()
+        memo = self._memo
+        if memo[0] == rid and memo[1] == self._version:
+            return memo[2], memo[3]
+        hashes = self.table.block_hashes[rid]
+        hits = referenced = 0
+        if hashes is not None:
+            ref_counts, evictable = self.ref_counts, self.evictable
+            for h in hashes[: max(self.prompt[rid] - 1, 0) // BLOCK_SIZE]:
+                if h in ref_counts:
+                    referenced += 1
+                elif h not in evictable:
+                    break
+                hits += 1
+        self._memo = (rid, self._version, hits, referenced)
+        return hits, referenced
+
+    def hit_tokens_at_admission(self, rid: int) -> int:
+        """Prompt tokens ``rid`` (holding none) would take from the cache if admitted now."""
+        return self._hits(rid)[0] * BLOCK_SIZE
+
+    def admission_blocks(self, rid: int) -> int:
+        """The prompt's blocks less the hits already referenced by other requests."""
+        return -(-self.prompt[rid] // BLOCK_SIZE) - self._hits(rid)[1]
+
+    def allocate(self, rid: int, pending: int = 0) -> None:
+        """Reference the hit blocks, take fresh ones for the rest of the prompt (evicting if
+        needed, with the ``pending`` growth counted as allocated already, as a formation has it)
+        and mark the hit tokens processed."""
+        self.allocated_blocks += pending
+        hits, referenced = self._hits(rid)
+        refs: list[int | None] = []
+        if hits:
+            refs = list(self.table.block_hashes[rid][:hits])
+            ref_counts, evictable = self.ref_counts, self.evictable
+            for h in refs:
+                if h in ref_counts:
+                    ref_counts[h] += 1
+                else:
+                    del evictable[h]
+                    ref_counts[h] = 1
+            self._version += 1
+            self.processed[rid] = hits * BLOCK_SIZE
+            self.table.cached_tokens[rid] += hits * BLOCK_SIZE
+            self.hit_tokens += hits * BLOCK_SIZE
+        self.refs[rid] = refs
+        num_blocks = -(-self.prompt[rid] // BLOCK_SIZE)
+        self.blocks[rid] = num_blocks
+        self.allocated_blocks += num_blocks - referenced
+        self.num_allocated_requests += 1
+        self._evict()
+        self.allocated_blocks -= pending
+
+    def prefill_done(self, rid: int) -> None:
+        """Register the prompt's full blocks."""
+        self._register(rid, self.prompt[rid])
+
+    def _register(self, rid: int, kv_tokens: int) -> None:
+        """Cache the full blocks among the first ``kv_tokens`` tokens of ``rid`` that its hashes
+        name and that are not registered yet (unless their content is cached elsewhere)."""
+        hashes = self.table.block_hashes[rid]
+        if hashes is None:
+            return
+        refs = self.refs[rid]
+        end = min(len(hashes), kv_tokens // BLOCK_SIZE, self.blocks[rid])
+        if end <= len(refs):
+            return
+        ref_counts, evictable = self.ref_counts, self.evictable
+        new = hashes[len(refs):end]
+        if ref_counts.keys().isdisjoint(new) and evictable.keys().isdisjoint(new):  # the usual case
+            ref_counts.update(dict.fromkeys(new, 1))
+            refs.extend(new)
+        else:
+            for h in new:
+                if h in ref_counts or h in evictable:
+                    refs.append(None)
+                else:
+                    ref_counts[h] = 1
+                    refs.append(h)
+        self._version += 1
+
+    def free(self, rid: int) -> None:
+        """Register what ``rid`` computed, then release its references, tail first: blocks no
+        longer referenced join the eviction order, private ones return to the pool."""
+        self._evict()
+        self._register(rid, self.processed[rid] - self.table.prefill_done[rid])  # the last token has no KV yet
+        refs = self.refs.pop(rid)
+        tail_first = [h for h in reversed(refs) if h is not None] if None in refs else refs[::-1]
+        counts = list(map(self.ref_counts.pop, tail_first))
+        shared = len(tail_first)
+        if counts.count(1) == shared:  # the usual case: no other request holds any of them
+            self.evictable.update(dict.fromkeys(tail_first))
+            released = shared
+        else:
+            released = 0
+            for h, count in zip(tail_first, counts):
+                if count > 1:
+                    self.ref_counts[h] = count - 1
+                else:
+                    self.evictable[h] = None
+                    released += 1
+        self._version += 1
+        self.allocated_blocks -= released + self.blocks[rid] - shared
+        self.blocks[rid] = 0
+        self.num_allocated_requests -= 1
 
 
 class ReservingKVCache(KVCache):

@@ -53,6 +53,9 @@ Vidur's column order (``MetricsStore`` joins its request series on ``Request Id`
 columns this simulator computes are written: Vidur's execution, model-execution and preemption
 times (``request_execution_time`` ...) need per-batch accounting it does not keep."""
 
+CACHED_TOKENS_COLUMN = "request_num_cached_tokens"
+"""Per-request CSV column of prompt tokens served from the prefix cache (with caching on only)."""
+
 CSV_LAYOUTS = {
     "vidur": VIDUR_CSV_COLUMNS,
     "full": {name: name for name in FULL_CSV_COLUMNS},
@@ -81,9 +84,13 @@ class RequestMetrics:
     prefill_completed_at: np.ndarray
     completed_at: np.ndarray
     request_num_restarts: np.ndarray
+    request_num_cached_tokens: np.ndarray
+    """Prompt tokens served from the prefix cache, over the request's admissions."""
     current_decode_tokens: np.ndarray = field(repr=False)
     current_prefill_tokens: np.ndarray = field(repr=False)
     """Prompt tokens at completion (a restart turns processed output into prompt)."""
+    prefix_caching: bool = field(default=False, repr=False)
+    """Whether any replica caches prefixes: only then is :data:`CACHED_TOKENS_COLUMN` written."""
 
     @classmethod
     def from_simulator(cls, sim: ClusterSimulator) -> "RequestMetrics":
@@ -100,8 +107,10 @@ class RequestMetrics:
             prefill_completed_at=col(table.prefill_completed_at),
             completed_at=col(table.completed_at),
             request_num_restarts=col(table.restarts, int),
+            request_num_cached_tokens=col(table.cached_tokens, int),
             current_decode_tokens=col(table.decode, int),
             current_prefill_tokens=col(table.prefill, int),
+            prefix_caching=any(r.kv.prefix_caching for r in sim.replicas),
         )
 
     @property
@@ -154,8 +163,11 @@ class RequestMetrics:
     def write_csv(self, path: str | Path, layout: str = "vidur") -> None:
         """One row per completed request, in a layout of :data:`CSV_LAYOUTS`: ``vidur`` writes
         Vidur's request_metrics.csv header (so scripts reading Vidur's files read ours), ``full``
-        adds replica ids and raw timestamps under our attribute names."""
+        adds replica ids and raw timestamps under our attribute names. With prefix caching,
+        both end with :data:`CACHED_TOKENS_COLUMN` (so files without it are as before)."""
         columns = CSV_LAYOUTS[layout]
+        if self.prefix_caching:
+            columns = {**columns, CACHED_TOKENS_COLUMN: CACHED_TOKENS_COLUMN}
         values = [np.asarray(getattr(self, name)) for name in columns.values()]
         with open(path, "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -198,7 +210,24 @@ def aggregate_metrics(sim: ClusterSimulator, requests: RequestMetrics | None = N
     out["throughput_requests_per_s"] = n / makespan if makespan > 0 else float("nan")
     out["throughput_tokens_per_s"] = tokens / makespan if makespan > 0 else float("nan")
     out["replicas"] = [replica_report(s, makespan) for s in replica_summaries(sim)]
+    if requests.prefix_caching:
+        add_prefix_cache_metrics(out, sim)
     return out
+
+
+def add_prefix_cache_metrics(out: dict[str, Any], sim: ClusterSimulator) -> None:
+    """``prefix_cache_hit_rate`` overall and per replica: prompt tokens served from the cache
+    over prompt tokens served or computed (recomputation after a restart included), and
+    ``prefix_cache_evictions`` per replica. Written only when a replica caches prefixes, so the
+    report is unchanged without."""
+    hits = prompts = 0
+    for report, replica in zip(out["replicas"], sim.replicas):
+        hit, prompt = replica.kv.hit_tokens, replica.stats.prefill_tokens_sum + replica.kv.hit_tokens
+        report["prefix_cache_hit_rate"] = hit / prompt if prompt else 0.0
+        report["prefix_cache_evictions"] = replica.kv.evictions
+        hits += hit
+        prompts += prompt
+    out["prefix_cache_hit_rate"] = hits / prompts if prompts else 0.0
 
 
 def _csv_cell(value: np.generic) -> str | int:

@@ -7,7 +7,8 @@ conversion instead of a walk over per-request objects.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -58,6 +59,9 @@ class RequestTable:
         self.replica: list[int] = [-1] * n
         self.block_hashes: list[BlockHashes] = [None] * n if block_hashes is None else list(block_hashes)
         """Per request: its prefix block keys (see :data:`BlockHashes`), or None."""
+        self.cached_tokens: list[int] = [0] * n
+        """Prompt tokens served from a replica's prefix cache, summed over the request's
+        admissions (a restarted request is admitted again); 0 without prefix caching."""
 
     def __len__(self) -> int:
         return len(self.arrived_at)

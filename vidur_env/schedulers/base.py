@@ -33,6 +33,14 @@ Two fast paths run beside Vidur's per-request path and must not change any resul
    :meth:`steady_run` whether the coming batches are the whole decode set (plus at most one
    partial prefill) with nothing admitted. The default answer, None, means "form the batch
    with ``_get_next_batch``", so a scheduler without the hook is correct, only slower.
+
+   With prefix caching (:class:`~vidur_env.kv_cache.PrefixKVCache`) the cache's content
+   changes only at an admission, a prefill's completion and a release, each of which starts
+   or ends a steady run's segment or happens in ``_get_next_batch``; eviction is settled
+   lazily in the order eager eviction takes. A formation allocates the decodes' growth (which
+   may evict) before it admits, so a run that admits passes that growth to the admission
+   (:meth:`ReplicaScheduler.admit_head`); and admitting one request can make blocks the next
+   one hits referenced, so with caching a run never rules out a second admission.
 """
 from __future__ import annotations
 
@@ -41,7 +49,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from vidur_env.decode_set import DecodeSet
-from vidur_env.kv_cache import KVCache
+from vidur_env.kv_cache import KVCache, PrefixKVCache
 from vidur_env.replica_stats import ReplicaStats
 from vidur_env.request_table import UNSET, RequestTable
 
@@ -72,6 +80,8 @@ class SchedulerLimits:
     max_tokens: int = 4096
     """Longest request; Orca reserves this many tokens of KV per request at admission."""
     watermark_fraction: float = 0.01
+    prefix_caching: bool = False
+    """vLLM's automatic prefix caching (:class:`~vidur_env.kv_cache.PrefixKVCache`)."""
 
 
 class ReplicaScheduler(ABC):
@@ -97,8 +107,11 @@ class ReplicaScheduler(ABC):
         """Whether the batch in flight advances ``decoding`` as a whole (else exact path)."""
 
     def _make_kv_cache(self) -> KVCache:
-        """The cache policy: blocks of the prompt at admission, one more per block boundary."""
-        return KVCache(self.table, self.limits.num_blocks, self.limits.watermark_fraction)
+        """The cache policy: blocks of the prompt at admission, one more per block boundary;
+        with prefix caching, shared full blocks (a separate class, so the caching-off path does
+        no cache work)."""
+        cache = PrefixKVCache if self.limits.prefix_caching else KVCache
+        return cache(self.table, self.limits.num_blocks, self.limits.watermark_fraction)
 
     # ------------------------------------------------------------- formation
     @abstractmethod
@@ -142,18 +155,21 @@ class ReplicaScheduler(ABC):
         self.kv.allocate(rid)
         return rid
 
-    def admit_head(self, now: float) -> None:
+    def admit_head(self, now: float, growth: int) -> None:
         """Admit the head of the queue into the running list as a partial prefill starting at
-        ``now`` (what Sarathi's batch formation does to it, in the same order)."""
-        rid = self._admit_waiting()
+        ``now`` (what Sarathi's batch formation does to it, in the same order), before the
+        ``growth`` blocks of the decodes of the same iteration are allocated."""
+        rid = self._pop_waiting()
+        self.kv.allocate(rid, growth)
         if self.table.scheduled_at[rid] == UNSET:
             self.table.scheduled_at[rid] = now
         self.running.append(rid)
 
     def _preempt(self, rid: int) -> None:
-        """Restart ``rid``: free its KV and put it at the front of the waiting queue."""
-        self.table.restart(rid)
+        """Restart ``rid``: free its KV (which may cache what it computed, so before the
+        restart resets its counts) and put it at the front of the waiting queue."""
         self.kv.free(rid)
+        self.table.restart(rid)
         self.waiting.appendleft(rid)
         self.waiting_prompt_tokens += self.table.prefill[rid]
         self.stats.num_preemptions += 1
@@ -254,6 +270,7 @@ class ReplicaScheduler(ABC):
         p = table.processed[rid] + tokens
         if p == table.prefill[rid]:
             table.prefill_done[rid] = True
+            self.kv.prefill_done(rid)
             p += 1  # the prefill iteration emits the first output token
             if table.prefill_completed_at[rid] == UNSET:
                 table.prefill_completed_at[rid] = now

@@ -5,6 +5,10 @@ from vidur_env.kv_cache import KVCache, ReservingKVCache
 from vidur_env.request_table import RequestTable
 from vidur_env.schedulers.base import Batch, ReplicaScheduler, SchedulerLimits, SteadyRun
 
+PREFIX_CACHING_NOTE = ("prefix caching does not apply to the orca scheduler: each request reserves max_tokens "
+                       "of KV up front, so shared blocks would save no memory; use sarathi or vllm")
+"""Why Orca has no prefix caching (configs reject the combination with this text)."""
+
 
 class OrcaScheduler(ReplicaScheduler):
     """Iteration-level batches mixing whole prefills and decodes, up to the planner's batch
@@ -16,6 +20,9 @@ class OrcaScheduler(ReplicaScheduler):
         self.max_micro_batch_size = limits.max_batch_size
 
     def _make_kv_cache(self) -> KVCache:
+        """Orca's reservation; prefix caching does not apply (see :data:`PREFIX_CACHING_NOTE`)."""
+        if self.limits.prefix_caching:
+            raise ValueError(PREFIX_CACHING_NOTE)
         return ReservingKVCache(self.table, self.limits.num_blocks, self.limits.watermark_fraction,
                                 self.limits.max_tokens)
 

@@ -40,10 +40,10 @@ class SarathiScheduler(ReplicaScheduler):
             rid = waiting[0]
             if not kv.can_admit(rid):
                 break
-            q = min(table.prefill[rid] - processed[rid], budget)
-            if q <= 0:
+            if min(table.prefill[rid] - processed[rid], budget) <= 0:
                 break
             self._admit_waiting()
+            q = min(table.prefill[rid] - processed[rid], budget)  # after the prefix cache's hits
             budget -= q
             prefills.append(rid)
             chunks.append(q)
@@ -119,6 +119,8 @@ class SarathiScheduler(ReplicaScheduler):
             len(waiting) > 1
             and kv.num_allocated_requests + 1 < self.limits.batch_size_cap
             and len(self.running) + 1 < self.max_micro_batch_size
-            and kv.can_admit(waiting[1], growth + kv.admission_blocks(head))
+            # with prefix caching, admitting the head can make blocks the next request hits
+            # referenced, so its admission cannot be ruled out here: gated (safe, only slower)
+            and (kv.prefix_caching or kv.can_admit(waiting[1], growth + kv.admission_blocks(head)))
         )
         return head, gated, True

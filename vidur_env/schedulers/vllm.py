@@ -18,15 +18,24 @@ class VLLMScheduler(ReplicaScheduler):
             return sum(prompts) + q <= limit
         return (len(prompts) + 1) * max(max(prompts, default=0), q) <= limit
 
+    def _tokens_to_compute(self, rid: int) -> int:
+        """Prompt tokens a waiting request computes when admitted: all of them, less the prefix
+        cache's hits. vLLM counts only these against its token budget (v1 scheduler:
+        ``num_new_tokens = request.num_tokens - num_computed_tokens`` after
+        ``get_computed_blocks``), so ``max_tokens_in_batch`` applies to them here."""
+        kv = self.kv
+        if kv.prefix_caching:
+            return self.table.prefill[rid] - kv.hit_tokens_at_admission(rid)
+        return self.table.prefill[rid]
+
     def _get_next_batch(self) -> Batch:
-        table = self.table
         kv = self.kv
         prefills: list[int] = []
         chunks: list[int] = []
         waiting = self.waiting
         while waiting:
             rid = waiting[0]
-            q = table.prefill[rid]
+            q = self._tokens_to_compute(rid)
             if not kv.can_admit(rid) or not self._prompt_batch_fits(chunks, q):
                 break
             if kv.num_allocated_requests == self.limits.batch_size_cap:
@@ -35,7 +44,7 @@ class VLLMScheduler(ReplicaScheduler):
                 break
             self._admit_waiting()
             prefills.append(rid)
-            chunks.append(q)
+            chunks.append(q)  # == prefill - processed after admission
         self.batch_lazy = self.group_decodes  # a prompt batch leaves the decodes waiting
         if prefills:
             return [], prefills, chunks
@@ -69,7 +78,7 @@ class VLLMScheduler(ReplicaScheduler):
         rid = self.waiting[0]
         if (
             not self.kv.can_admit(rid)
-            or not self._prompt_batch_fits([], self.table.prefill[rid])
+            or not self._prompt_batch_fits([], self._tokens_to_compute(rid))
             or self.kv.num_allocated_requests == self.limits.batch_size_cap
         ):
             return None, False, False
