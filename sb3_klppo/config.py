@@ -76,7 +76,11 @@ class PPOConfig:
     total_timesteps: int = knob(131_072, gt=0)
     """Environment steps (routing decisions) of PPO training, summed over envs."""
     n_envs: int = knob(8, ge=1)
-    """Environment copies stepped in one DummyVecEnv."""
+    """Environment copies stepped together (see vec_env)."""
+    vec_env: str = knob("dummy", choices=("dummy", "subproc"))
+    """How the copies run: dummy (one process, in turn; SB3's DummyVecEnv) or subproc (one process
+    each, in parallel; SB3's SubprocVecEnv, worth it when an env step costs more than the
+    inter-process round trip)."""
     normalize_reward: bool = knob(True, flag="--normalize-reward")
     """Divide rewards by a running std of the discounted return (SB3 VecNormalize; observations untouched)."""
     n_steps: int = knob(512, ge=2)

@@ -45,7 +45,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
 from sb3_klppo import report
 from sb3_klppo.behaviour_cloning import BCReport, behaviour_clone
@@ -191,8 +191,13 @@ def preflight(config: TrainConfig) -> None:
             raise ConfigError(f"evaluation.routers: {error}") from None
 
 
+VEC_ENV_CLASSES: dict[str, type[VecEnv]] = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
+"""SB3's vectorised-env class for each ``ppo.vec_env`` choice."""
+
+
 def make_vec_env(config: TrainConfig, seed: int, progress: JobProgress | None = None) -> VecEnv:
-    """``n_envs`` Monitor-wrapped copies of the configured env in a DummyVecEnv, seeded from ``seed``,
+    """``n_envs`` Monitor-wrapped copies of the configured env in a DummyVecEnv or SubprocVecEnv
+    (``ppo.vec_env``), seeded from ``seed``,
     counted by the job's progress bar when given, under a reward-only VecNormalize when
     ``ppo.normalize_reward`` is set.
 
@@ -204,7 +209,7 @@ def make_vec_env(config: TrainConfig, seed: int, progress: JobProgress | None = 
         return Monitor(gym.make(env_id, **kwargs))
 
     try:
-        venv: VecEnv = DummyVecEnv([factory] * config.ppo.n_envs)
+        venv: VecEnv = VEC_ENV_CLASSES[config.ppo.vec_env]([factory] * config.ppo.n_envs)
     except (ImportError, gym.error.Error) as error:
         raise ConfigError(f"env.id {env_id!r}: {error}") from None
     except TypeError as error:

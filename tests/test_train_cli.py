@@ -297,3 +297,39 @@ def test_the_issues_noise_is_called_a_tie_and_a_real_gain_better():
     assert "mean E2E better (-5.00% ± 1.00%)" in lines[1]
     assert acceptance(result, "klppo", "teacher") == [
         "- mean E2E <= 1.01 x teacher `teacher` (1 vs 1.06 s; paired -5.00% ± 1.00%: better): PASS"]
+
+
+def test_subprocess_envs_step_exactly_like_in_process_envs():
+    """`ppo.vec_env: subproc` runs each env copy in its own process; the copies must see the
+    same seeds, so the same actions give the same observations and rewards as `dummy`."""
+    from dataclasses import replace
+
+    from sb3_klppo.config import TrainConfig
+    from sb3_klppo.pipeline import make_vec_env
+
+    base = TrainConfig()
+    small = replace(base, env=replace(base.env, kwargs={"num_replicas": 2, "num_requests": 12}))
+    runs = {}
+    for kind in ("dummy", "subproc"):
+        config = replace(small, ppo=replace(small.ppo, n_envs=2, vec_env=kind, normalize_reward=False))
+        venv = make_vec_env(config, seed=5)
+        try:
+            steps = [venv.reset()]
+            for k in range(30):  # past one episode end (12 decisions), into the auto-reset
+                obs, rewards, dones, _ = venv.step(np.array([k % 2, (k + 1) % 2]))
+                steps += [obs, rewards, dones]
+        finally:
+            venv.close()
+        runs[kind] = steps
+    for ours, theirs in zip(runs["subproc"], runs["dummy"]):  # DummyVecEnv keeps rewards in float32
+        np.testing.assert_array_equal(np.asarray(ours, dtype=theirs.dtype), theirs)
+
+
+def test_every_vec_env_choice_has_a_class():
+    from dataclasses import fields
+
+    from sb3_klppo.config import PPOConfig
+    from sb3_klppo.pipeline import VEC_ENV_CLASSES
+
+    choices = next(f for f in fields(PPOConfig) if f.name == "vec_env").metadata["choices"]
+    assert set(choices) == set(VEC_ENV_CLASSES)
