@@ -1,6 +1,7 @@
 """The routing env: API checks, the reward/return identity, determinism, masks, staleness."""
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import warnings
@@ -373,3 +374,34 @@ def test_random_trace_offset_gives_each_episode_a_new_window_reproducibly_by_see
 def test_more_episode_requests_than_trace_rows_names_both_numbers():
     with pytest.raises(ValueError, match=r"num_requests=400 .* only 300 usable rows"):
         VidurRoutingEnv(num_replicas=2, trace="sample", num_requests=400)
+
+
+def episode_digest(env, seed=3):
+    """SHA-256 of a seeded episode's observations and rewards (bytes), the reward scale included."""
+    rng = np.random.default_rng(seed)
+    digest = hashlib.sha256(np.float64(env.reward_scale).tobytes())
+    observations, rewards, _ = run_episode(env, lambda env, obs, k: int(rng.integers(env.num_replicas)), seed=seed)
+    for obs in observations:
+        digest.update(np.ascontiguousarray(obs).tobytes())
+    digest.update(np.asarray(rewards, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+PINNED_EPISODES = {
+    "default-latency": (dict(num_requests=64),
+                        "b4fb313c02854d11033fe36904a57bbf6c2941716b9feb5dc6ac35273a7a19c9"),
+    "default-ttft": (dict(num_requests=64, reward="ttft"),
+                        "e3b7b8f443ddbe1805bfcf68d4187d0a5f90df62d2c80bc92406aeb70715f334"),
+    "default-slo": (dict(num_requests=64, reward="slo", slo_ttft_s=0.5, slo_e2e_s=5.0),
+                        "cddb2d5e3b94d6da857abc191666453ebb405e856d1ca5bfac40ddcc373e8d42"),
+    "prefix-precise": (dict(scenario="prefix", num_requests=64, cache_view="precise"),
+                        "42de9ef5d04e06b0c3fc9104c88f031c3f94c32eb71cf7ceb9091d3514b24aa7"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_EPISODES))
+def test_episodes_are_bit_identical_to_the_pinned_digest(name):
+    """Observations, rewards and the reward scale of seeded episodes are pinned (computed
+    before the thin-env refactor of issue 10), so reshaping the env cannot change them."""
+    kwargs, expected = PINNED_EPISODES[name]
+    assert episode_digest(VidurRoutingEnv(**kwargs)) == expected
