@@ -15,7 +15,7 @@ from vidur_env.config import ClusterConfig, ConfigError
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
 from vidur_env.observation import ObservationBuilder, ReplicaCosts, features
 from vidur_env.render import RENDER_MODES, render
-from vidur_env.reward import Reward, RewardSettings, reward_class
+from vidur_env.reward import DEFAULT_REWARD, Reward, RewardSettings, reward_class
 from vidur_env.simulation import Scenario, scenario_from_kwargs
 from vidur_env.workload import Requests, WorkloadConfig, generate_requests
 
@@ -168,7 +168,7 @@ class VidurRoutingEnv(gym.Env):
         load: float | str | None = "auto",
         scenario: Scenario | str | None = None,
         num_requests: int | None = None,
-        reward: str = "latency",
+        reward: str = DEFAULT_REWARD,
         reward_scale: float | None = None,
         slo_ttft_s: float | None = None,
         slo_e2e_s: float | None = None,

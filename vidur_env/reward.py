@@ -81,6 +81,8 @@ class Reward(ABC):
 
 REWARDS: dict[str, type[Reward]] = {}
 """The reward registry, name -> class (:func:`register_reward`)."""
+DEFAULT_REWARD = "latency"
+"""The reward the env and ``evaluate --reward`` use unless told otherwise."""
 REWARD_ALIASES = {"e2e": "latency"}
 """Other names the env accepts for a registered reward."""
 

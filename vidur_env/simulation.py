@@ -153,7 +153,10 @@ def prefix_scenario() -> Scenario:
 
 
 SCENARIOS: dict[str, Callable[[], Scenario]] = {"default": Scenario, "prefix": prefix_scenario}
-"""Named scenarios (``scenario="prefix"`` in the env): each name makes a fresh :class:`Scenario`."""
+"""Named scenarios (``scenario="prefix"`` in the env, ``--scenario prefix`` in ``simulate`` and
+``evaluate``): each name makes a fresh :class:`Scenario`."""
+DEFAULT_SCENARIO = "default"
+"""The scenario the CLIs start from when ``--scenario`` is left out (the dataclasses' defaults)."""
 
 
 def named_scenario(name: str) -> Scenario:
