@@ -17,7 +17,9 @@ from vidur_env.config import ConfigError
 from vidur_env.env import VidurRoutingEnv
 from vidur_env.metrics import RequestMetrics
 from vidur_env.observation import COLUMN, decode_observation, queued_work_seconds, ReplicaCosts
+from vidur_env.reward import REWARDS, Reward
 from vidur_env.routers import make_router
+from vidur_env.simulation import named_scenario
 
 SMALL = dict(num_replicas=2, num_requests=48)
 
@@ -405,3 +407,44 @@ def test_episodes_are_bit_identical_to_the_pinned_digest(name):
     before the thin-env refactor of issue 10), so reshaping the env cannot change them."""
     kwargs, expected = PINNED_EPISODES[name]
     assert episode_digest(VidurRoutingEnv(**kwargs)) == expected
+
+
+class DecisionCountReward(Reward):
+    """A test reward in one class: -1 per decision, scale 1 by default."""
+
+    name = "decisions"
+    scale_by = None
+
+    def __init__(self, table, replicas, scale, settings):
+        self.scale = scale
+
+    def add(self, rid, replica):
+        pass
+
+    def step(self, t):
+        return -1.0 / self.scale
+
+    def finish(self):
+        return -1.0 / self.scale
+
+
+def test_a_reward_registered_in_one_class_is_chosen_by_name(monkeypatch):
+    with pytest.raises(ConfigError, match="must be one of latency, ttft, slo"):
+        VidurRoutingEnv(reward="decisions", **SMALL)
+    monkeypatch.setitem(REWARDS, "decisions", DecisionCountReward)
+    env = VidurRoutingEnv(reward="decisions", **SMALL)
+    assert env.reward_scale == 1.0 and env.reward_kind == "decisions"
+    _, rewards, _ = run_episode(env)
+    assert rewards == [-1.0] * SMALL["num_requests"]
+    with pytest.raises(ConfigError, match="must be one of latency, ttft, slo, decisions"):
+        VidurRoutingEnv(reward="decision", **SMALL)
+
+
+def test_the_scenario_keyword_and_the_simulator_resolve_a_scenario_alike():
+    """The env resolves a scenario as run_simulation does (Scenario.resolve): the same workload
+    with its arrival rate fixed from the load, and the reward scale of the resolved scenario."""
+    prefix = named_scenario("prefix")
+    env = VidurRoutingEnv(scenario="prefix")
+    resolved = prefix.resolve()
+    assert env.workload == resolved.workload and env.scenario == prefix
+    assert env.reward_scale == resolved.reward_scale(REWARDS["latency"])
