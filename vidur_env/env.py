@@ -80,6 +80,9 @@ class VidurRoutingEnv(gym.Env):
 
     ## Rewards
 
+    ``reward`` names a class in the registry :data:`vidur_env.reward.REWARDS` (a new reward is
+    one class there, see :class:`vidur_env.reward.Reward`). Registered with the package:
+
     - ``"latency"`` (default; alias ``"e2e"``): minus the area under the number of requests in
       the system (arrived, not completed) between this decision and the next, divided by
       ``reward_scale``. The last step also charges the drain of the remaining requests, so
@@ -125,8 +128,9 @@ class VidurRoutingEnv(gym.Env):
     - ``cluster``: :class:`ClusterConfig` or dict (``replica`` / ``replicas`` as dicts for a
       heterogeneous cluster). ``workload``: :class:`WorkloadConfig` or dict.
       ``scenario``: a :class:`Scenario`, or a registered name
-      (:data:`vidur_env.simulation.SCENARIOS`: ``"default"``; ``"prefix"``, multi-turn sessions on
-      Zipf-popular shared system prompts served by 4 x Llama-3.1-8B), instead of the three.
+      (:data:`vidur_env.simulation.SCENARIOS`, the names ``--scenario`` takes in ``simulate`` and
+      ``evaluate``: ``"default"``; ``"prefix"``, multi-turn sessions on Zipf-popular shared system
+      prompts served by 4 x Llama-3.1-8B), instead of the three; shortcuts apply over it.
     - ``load``: arrival rate as a fraction of measured capacity (Poisson/Gamma); ``"auto"``
       means 0.85 unless ``qps`` is given as a shortcut; None keeps the workload's ``qps``.
     - Flat shortcuts: any field of ClusterConfig (``num_replicas``, ``time_model``,
