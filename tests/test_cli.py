@@ -252,6 +252,8 @@ def test_a_named_scenario_runs_with_the_flags_given_overriding_it(capsys):
     no_cache = replace(expected, cluster=replace(expected.cluster,
                                                  replica=replace(expected.cluster.replica, prefix_caching=False)))
     assert code == 0 and json.loads(off) == json_metrics(no_cache) != json.loads(out)
+    code, abbreviated, _ = run_cli(["simulate", "--scen", "prefix", "--replicas", "2", "--num-requests", "48"], capsys)
+    assert code == 0 and abbreviated == out
 
 
 def json_metrics(scenario):

@@ -254,9 +254,10 @@ def build_parser(scenario: str = DEFAULT_SCENARIO) -> argparse.ArgumentParser:
 
 
 def scenario_named_in(argv: Sequence[str]) -> str:
-    """The registered scenario ``--scenario NAME`` (or ``--scenario=NAME``) names in ``argv``, or
-    the default one; an unknown name is left to the full parser, whose error lists the choices."""
-    finder = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    """The registered scenario ``--scenario NAME`` (or ``--scenario=NAME``, or an abbreviation the
+    full parser accepts too) names in ``argv``, or the default one; an unknown name is left to the
+    full parser, whose error lists the choices."""
+    finder = argparse.ArgumentParser(add_help=False)
     finder.add_argument("--scenario", default=DEFAULT_SCENARIO)
     name = finder.parse_known_args(argv)[0].scenario
     return name if name in SCENARIOS else DEFAULT_SCENARIO
