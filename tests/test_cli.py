@@ -5,12 +5,17 @@ import csv
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from vidur_env.cli import main
+from vidur_env.config import ClusterConfig
 from vidur_env.metrics import VIDUR_CSV_COLUMNS
+from vidur_env.reward import REWARDS, LatencyReward
+from vidur_env.simulation import SCENARIOS, Scenario, named_scenario, run_simulation
+from vidur_env.workload import WorkloadConfig
 
 SMALL = ["simulate", "--replicas", "2", "--num-requests", "40"]
 
@@ -230,3 +235,55 @@ def test_vidurs_profiles_work_with_default_flags_and_strict_grid_restores_the_er
     assert code == 0
     code, _, err = run_cli(argv + ["--strict-grid"], capsys)
     assert code == 2 and "outside the profiled range" in err and "--strict-grid left out" in err
+
+
+
+def test_a_named_scenario_runs_with_the_flags_given_overriding_it(capsys):
+    """--scenario prefix starts from the registered scenario (its model, sessions, max_tokens
+    and prefix caching, which no flag set), and only the flags given change it."""
+    code, out, err = run_cli(["simulate", "--scenario", "prefix", "--replicas", "2", "--num-requests", "48"], capsys)
+    assert code == 0, err
+    prefix = named_scenario("prefix")
+    expected = replace(prefix, cluster=replace(prefix.cluster, num_replicas=2),
+                       workload=replace(prefix.workload, num_requests=48))
+    assert json.loads(out) == json_metrics(expected)
+    code, off, err = run_cli(["simulate", "--scenario=prefix", "--replicas", "2", "--num-requests", "48",
+                              "--no-prefix-caching"], capsys)
+    no_cache = replace(expected, cluster=replace(expected.cluster,
+                                                 replica=replace(expected.cluster.replica, prefix_caching=False)))
+    assert code == 0 and json.loads(off) == json_metrics(no_cache) != json.loads(out)
+    code, abbreviated, _ = run_cli(["simulate", "--scen", "prefix", "--replicas", "2", "--num-requests", "48"], capsys)
+    assert code == 0 and abbreviated == out
+
+
+def json_metrics(scenario):
+    """What ``simulate`` prints for ``scenario`` with seed 0 and the default router."""
+    return json.loads(json.dumps(run_simulation(scenario, seed=0).metrics))
+
+
+def test_the_default_scenario_is_the_dataclass_defaults(capsys):
+    expected = json_metrics(replace(Scenario(), workload=WorkloadConfig(num_requests=40)))
+    explicit = run_cli(["simulate", "--scenario", "default", "--num-requests", "40"], capsys)[1]
+    left_out = run_cli(["simulate", "--num-requests", "40"], capsys)[1]
+    assert json.loads(explicit) == json.loads(left_out) == expected
+
+
+@pytest.mark.parametrize("command", ["simulate", "evaluate"])
+def test_an_unknown_scenario_name_lists_the_registered_ones(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--scenario", "nope"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--scenario" in err and all(name in err for name in SCENARIOS)
+    assert err.count("\n") == 1
+
+
+def test_choice_lists_come_from_the_registries(monkeypatch, capsys):
+    """A scenario or reward added to its registry is a choice of the CLI with no other edit."""
+    monkeypatch.setitem(SCENARIOS, "two_replicas", lambda: Scenario(cluster=ClusterConfig(num_replicas=2)))
+    monkeypatch.setitem(REWARDS, "e2e_copy", type("CopyReward", (LatencyReward,), {"name": "e2e_copy"}))
+    code, out, err = run_cli(["simulate", "--scenario", "two_replicas", "--num-requests", "16"], capsys)
+    assert code == 0 and len(json.loads(out)["replicas"]) == 2, err
+    for command, choice in (("simulate", "two_replicas"), ("evaluate", "two_replicas"), ("evaluate", "e2e_copy")):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert choice in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """The routing env: API checks, the reward/return identity, determinism, masks, staleness."""
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import warnings
@@ -16,7 +17,9 @@ from vidur_env.config import ConfigError
 from vidur_env.env import VidurRoutingEnv
 from vidur_env.metrics import RequestMetrics
 from vidur_env.observation import COLUMN, decode_observation, queued_work_seconds, ReplicaCosts
+from vidur_env.reward import REWARDS, Reward
 from vidur_env.routers import make_router
+from vidur_env.simulation import named_scenario
 
 SMALL = dict(num_replicas=2, num_requests=48)
 
@@ -373,3 +376,75 @@ def test_random_trace_offset_gives_each_episode_a_new_window_reproducibly_by_see
 def test_more_episode_requests_than_trace_rows_names_both_numbers():
     with pytest.raises(ValueError, match=r"num_requests=400 .* only 300 usable rows"):
         VidurRoutingEnv(num_replicas=2, trace="sample", num_requests=400)
+
+
+def episode_digest(env, seed=3):
+    """SHA-256 of a seeded episode's observations and rewards (bytes), the reward scale included."""
+    rng = np.random.default_rng(seed)
+    digest = hashlib.sha256(np.float64(env.reward_scale).tobytes())
+    observations, rewards, _ = run_episode(env, lambda env, obs, k: int(rng.integers(env.num_replicas)), seed=seed)
+    for obs in observations:
+        digest.update(np.ascontiguousarray(obs).tobytes())
+    digest.update(np.asarray(rewards, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+PINNED_EPISODES = {
+    "default-latency": (dict(num_requests=64),
+                        "b4fb313c02854d11033fe36904a57bbf6c2941716b9feb5dc6ac35273a7a19c9"),
+    "default-ttft": (dict(num_requests=64, reward="ttft"),
+                        "e3b7b8f443ddbe1805bfcf68d4187d0a5f90df62d2c80bc92406aeb70715f334"),
+    "default-slo": (dict(num_requests=64, reward="slo", slo_ttft_s=0.5, slo_e2e_s=5.0),
+                        "cddb2d5e3b94d6da857abc191666453ebb405e856d1ca5bfac40ddcc373e8d42"),
+    "prefix-precise": (dict(scenario="prefix", num_requests=64, cache_view="precise"),
+                        "42de9ef5d04e06b0c3fc9104c88f031c3f94c32eb71cf7ceb9091d3514b24aa7"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_EPISODES))
+def test_episodes_are_bit_identical_to_the_pinned_digest(name):
+    """Observations, rewards and the reward scale of seeded episodes are pinned (computed
+    before the thin-env refactor of issue 10), so reshaping the env cannot change them."""
+    kwargs, expected = PINNED_EPISODES[name]
+    assert episode_digest(VidurRoutingEnv(**kwargs)) == expected
+
+
+class DecisionCountReward(Reward):
+    """A test reward in one class: -1 per decision, scale 1 by default."""
+
+    name = "decisions"
+    scale_by = None
+
+    def __init__(self, table, replicas, scale, settings):
+        self.scale = scale
+
+    def add(self, rid, replica):
+        pass
+
+    def step(self, t):
+        return -1.0 / self.scale
+
+    def finish(self):
+        return -1.0 / self.scale
+
+
+def test_a_reward_registered_in_one_class_is_chosen_by_name(monkeypatch):
+    with pytest.raises(ConfigError, match="must be one of latency, ttft, slo"):
+        VidurRoutingEnv(reward="decisions", **SMALL)
+    monkeypatch.setitem(REWARDS, "decisions", DecisionCountReward)
+    env = VidurRoutingEnv(reward="decisions", **SMALL)
+    assert env.reward_scale == 1.0 and env.reward_kind == "decisions"
+    _, rewards, _ = run_episode(env)
+    assert rewards == [-1.0] * SMALL["num_requests"]
+    with pytest.raises(ConfigError, match="must be one of latency, ttft, slo, decisions"):
+        VidurRoutingEnv(reward="decision", **SMALL)
+
+
+def test_the_scenario_keyword_and_the_simulator_resolve_a_scenario_alike():
+    """The env resolves a scenario as run_simulation does (Scenario.resolve): the same workload
+    with its arrival rate fixed from the load, and the reward scale of the resolved scenario."""
+    prefix = named_scenario("prefix")
+    env = VidurRoutingEnv(scenario="prefix")
+    resolved = prefix.resolve()
+    assert env.workload == resolved.workload and env.scenario == prefix
+    assert env.reward_scale == resolved.reward_scale(REWARDS["latency"])

@@ -220,3 +220,12 @@ def test_progress_is_told_every_episodes_decisions():
     told = []
     evaluate(TINY, ["jsq", "lor"], episodes=2, progress=told.append)
     assert told == [40] * 4
+
+
+def test_evaluate_command_takes_a_named_scenario_and_flags_over_it(tmp_path, capsys):
+    code = main(["evaluate", "--scenario", "prefix", "--replicas", "2", "--routers", "round_robin", "--episodes", "1",
+                 "--episode-requests", "24", "--output-dir", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    settings = json.loads((tmp_path / "evaluation.json").read_text())["settings"]
+    assert settings["scenario"].startswith("2 replicas: llama-3.1-8b on a100")
+    assert "session lengths" in settings["scenario"] and settings["episode_requests"] == 24

@@ -21,17 +21,20 @@ import numpy as np
 
 from vidur_env.cluster import SimulationError
 from vidur_env.config import (
-    SCHEDULER_NAMES, UNSET, ClusterConfig, ConfigError, ReplicaConfig, load_replica_configs, python_spelling,
-    spell_settings_with,
+    KEYINGS, SCHEDULER_NAMES, UNSET, ConfigError, load_replica_configs, python_spelling, spell_settings_with,
 )
 from vidur_env.evaluation import evaluate, load_model
 from vidur_env.hardware import UnknownSpecError
 from vidur_env.metrics import CSV_LAYOUTS, write_json
+from vidur_env.reward import DEFAULT_REWARD, REWARDS
 from vidur_env.routers import ROUTERS
-from vidur_env.simulation import Scenario, run_simulation
+from vidur_env.simulation import DEFAULT_SCENARIO, SCENARIOS, Scenario, named_scenario, run_simulation
 from vidur_env.time_model import TimeModelError
+from vidur_env.traces import FORMATS as TRACE_FORMATS
 from vidur_env.traces import SAMPLE_TRACES, ZERO_TOKEN_POLICIES, TraceFormatError
-from vidur_env.workload import WorkloadConfig, WorkloadConfigError, generate_requests, uses_trace
+from vidur_env.workload import (
+    ARRIVALS, LENGTHS, WorkloadConfig, WorkloadConfigError, generate_requests, uses_trace,
+)
 
 USER_ERRORS = (ConfigError, UnknownSpecError, TimeModelError, TraceFormatError, WorkloadConfigError, SimulationError, OSError)
 
@@ -59,87 +62,108 @@ def trace_offset(text: str) -> int | str:
     return text if text == "random" else non_negative_int(text)
 
 
-def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
+def add_scenario_arguments(parser: argparse.ArgumentParser, base: Scenario) -> None:
     """Flags describing the cluster, the workload and the load level (shared by subcommands).
 
     A flag's ``dest`` is the config field it sets, so error advice can name the flag
-    (:func:`flag_spelling`)."""
+    (:func:`flag_spelling`), and its default is that field's value in ``base`` (the scenario
+    ``--scenario`` names), so a flag given overrides the scenario and one left out keeps it."""
+    replica, cluster_base, work_base = base.cluster.replica, base.cluster, base.workload
+    parser.add_argument("--scenario", choices=tuple(SCENARIOS), default=DEFAULT_SCENARIO,
+                        help="a registered scenario the other flags start from (default %(default)s; "
+                             "flags given override its values)")
     cluster = parser.add_argument_group("cluster")
-    cluster.add_argument("--replicas", dest="num_replicas", type=int, default=4, metavar="N",
-                         help="number of identical replicas (default 4)")
-    cluster.add_argument("--model", default=ReplicaConfig.model, help="model name or alias (default Llama-2-7B)")
-    cluster.add_argument("--device", default=ReplicaConfig.device, help="a100 or h100 (default a100)")
-    cluster.add_argument("--tp", dest="tensor_parallel", type=int, default=1, metavar="N", help="tensor-parallel degree (default 1)")
-    cluster.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="sarathi", help="replica batching scheduler")
-    cluster.add_argument("--chunk-size", type=int, default=512, help="Sarathi token budget per iteration")
-    cluster.add_argument("--batch-size-cap", type=int, default=128, help="most requests a replica holds at once")
-    cluster.add_argument("--num-blocks", type=int, default=None, help="KV blocks per replica (default: Vidur's memory planner)")
-    cluster.add_argument("--prefix-caching", action="store_true",
-                         help="vLLM's automatic prefix caching on every replica (sarathi, vllm; default off, as Vidur)")
+    cluster.add_argument("--replicas", dest="num_replicas", type=int, default=cluster_base.num_replicas, metavar="N",
+                         help="number of identical replicas (default %(default)s)")
+    cluster.add_argument("--model", default=replica.model, help="model name or alias (default %(default)s)")
+    cluster.add_argument("--device", default=replica.device, help="a100 or h100 (default %(default)s)")
+    cluster.add_argument("--tp", dest="tensor_parallel", type=int, default=replica.tensor_parallel, metavar="N",
+                         help="tensor-parallel degree (default %(default)s)")
+    cluster.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=replica.scheduler,
+                         help="replica batching scheduler (default %(default)s)")
+    cluster.add_argument("--chunk-size", type=int, default=replica.chunk_size,
+                         help="Sarathi token budget per iteration (default %(default)s)")
+    cluster.add_argument("--batch-size-cap", type=int, default=replica.batch_size_cap,
+                         help="most requests a replica holds at once (default %(default)s)")
+    cluster.add_argument("--num-blocks", type=int, default=replica.num_blocks,
+                         help="KV blocks per replica (default: Vidur's memory planner)")
+    cluster.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=replica.prefix_caching,
+                         help="vLLM's automatic prefix caching on every replica (sarathi, vllm; default: the "
+                              "scenario's, off in the default scenario as in Vidur)")
     cluster.add_argument("--replica-config", default=None, metavar="FILE",
                          help="heterogeneous cluster: JSON list of replica objects (model, device, tensor_parallel, "
                               "scheduler, ...); overrides --replicas and the per-replica flags")
-    cluster.add_argument("--profiling-dir", default=None,
+    cluster.add_argument("--profiling-dir", default=cluster_base.profiling_dir,
                          help="use Vidur-format profiling CSVs from this directory instead of the built-in time model")
     grid = cluster.add_mutually_exclusive_group()
-    grid.add_argument("--strict-grid", dest="extrapolate", action="store_false", default=True,
+    grid.add_argument("--strict-grid", dest="extrapolate", action="store_false", default=cluster_base.extrapolate,
                       help="with --profiling-dir: a lookup outside the profiled grid is an error (default: it takes "
                            "the grid's lower-end value below it, continues the last segment linearly above it, and "
                            "is counted in the output's out_of_grid_lookups)")
-    grid.add_argument("--extrapolate", dest="extrapolate", action="store_true", default=True,
+    grid.add_argument("--extrapolate", dest="extrapolate", action="store_true", default=cluster_base.extrapolate,
                       help="deprecated, does nothing: extrapolation is the default now; accepted so old commands run")
-    cluster.add_argument("--keying", choices=("vidur", "vidur_pypi"), default="vidur",
-                         help="time-lookup keys of Vidur main (default) or of the 0.0.26 PyPI build")
+    cluster.add_argument("--keying", choices=KEYINGS, default=cluster_base.keying,
+                         help="time-lookup keys of Vidur main (vidur) or of the 0.0.26 PyPI build (vidur_pypi; "
+                              "default %(default)s)")
     work = parser.add_argument_group("workload")
     work.add_argument("--num-requests", type=int, default=None,
-                      help=f"requests to simulate (default {WorkloadConfig.num_requests}; with --trace: every row)")
-    work.add_argument("--arrival", choices=("poisson", "gamma", "static", "trace"), default=None,
-                      help="arrival process (default poisson, or trace with --trace)")
-    work.add_argument("--load", type=float, default=0.85,
-                      help="arrival rate as a fraction of measured cluster capacity (poisson/gamma; default 0.85)")
+                      help=f"requests to simulate (default {work_base.num_requests}; with --trace: every row)")
+    work.add_argument("--arrival", choices=ARRIVALS, default=None,
+                      help=f"arrival process (default {work_base.arrival}, or trace with --trace)")
+    work.add_argument("--load", type=float, default=base.load,
+                      help="arrival rate as a fraction of measured cluster capacity (poisson/gamma; "
+                           "default %(default)s)")
     work.add_argument("--qps", type=float, default=None, help="arrival rate in requests/s (overrides --load)")
     work.add_argument("--cv", type=float, default=None, help="coefficient of variation of Gamma inter-arrivals")
-    work.add_argument("--lengths", choices=("default", "fixed", "uniform", "zipf", "trace"), default=None,
-                      help="request length distribution (default: embedded conversation-trace fit, or trace with --trace)")
-    work.add_argument("--trace", default=None,
+    work.add_argument("--lengths", choices=LENGTHS, default=None,
+                      help=f"request length distribution (default {work_base.lengths}: the embedded "
+                           "conversation-trace fit, or trace with --trace)")
+    work.add_argument("--trace", default=work_base.trace,
                       help="trace file (Vidur CSV, Vidur lengths CSV, Azure CSV or Mooncake JSONL), or the name of a "
                            f"trace shipped with the package: {', '.join(SAMPLE_TRACES)}")
-    work.add_argument("--trace-format", choices=("auto", "vidur", "vidur_lengths", "azure", "mooncake"), default="auto")
-    work.add_argument("--trace-zero-tokens", choices=ZERO_TOKEN_POLICIES, default=WorkloadConfig.trace_zero_tokens,
+    work.add_argument("--trace-format", choices=("auto", *TRACE_FORMATS), default=work_base.trace_format)
+    work.add_argument("--trace-zero-tokens", choices=ZERO_TOKEN_POLICIES, default=work_base.trace_zero_tokens,
                       help="trace rows with 0 prompt or output tokens: error (default), drop them, or clip to 1 token")
-    work.add_argument("--trace-offset", type=trace_offset, default=0, metavar="ROW|random",
+    work.add_argument("--trace-offset", type=trace_offset, default=work_base.trace_offset, metavar="ROW|random",
                       help="replay from this trace row on (times shifted to start where the trace starts); "
-                           "'random' draws the row with --seed (default 0)")
-    work.add_argument("--time-scale", type=float, default=1.0, help="multiply trace inter-arrival times by this")
-    work.add_argument("--prefill-scale", type=float, default=1.0, help="multiply trace prompt lengths by this")
-    work.add_argument("--decode-scale", type=float, default=1.0, help="multiply trace output lengths by this")
-    work.add_argument("--max-tokens", type=int, default=WorkloadConfig.max_tokens,
+                           "'random' draws the row with --seed (default %(default)s)")
+    work.add_argument("--time-scale", type=float, default=work_base.time_scale,
+                      help="multiply trace inter-arrival times by this")
+    work.add_argument("--prefill-scale", type=float, default=work_base.prefill_scale,
+                      help="multiply trace prompt lengths by this")
+    work.add_argument("--decode-scale", type=float, default=work_base.decode_scale,
+                      help="multiply trace output lengths by this")
+    work.add_argument("--max-tokens", type=int, default=work_base.max_tokens,
                       help="longest request (prompt + output); longer ones are cut as in Vidur, and counted "
-                           f"(default {WorkloadConfig.max_tokens}; at most the model's context length)")
-    work.add_argument("--allow-beyond-context", action="store_true",
+                           "(default %(default)s; at most the model's context length)")
+    work.add_argument("--allow-beyond-context", action="store_true", default=work_base.allow_beyond_context,
                       help="accept a --max-tokens above the model's context length")
 
 
 def scenario_from_args(args: argparse.Namespace) -> Scenario:
-    """Map parsed flags onto the typed scenario (validation happens in the dataclasses)."""
-    replica = ReplicaConfig(
-        model=args.model, device=args.device, tensor_parallel=args.tensor_parallel, scheduler=args.scheduler,
-        chunk_size=args.chunk_size, batch_size_cap=args.batch_size_cap, num_blocks=args.num_blocks,
-        prefix_caching=args.prefix_caching,
+    """Map parsed flags onto the typed scenario named by ``--scenario`` (validation happens in
+    the dataclasses). Every flag's default is the scenario's value, so this changes only what
+    was given, and keeps what no flag reaches (e.g. the ``prefix`` scenario's sessions)."""
+    base = named_scenario(args.scenario)
+    replica = replace(
+        base.cluster.replica, model=args.model, device=args.device, tensor_parallel=args.tensor_parallel,
+        scheduler=args.scheduler, chunk_size=args.chunk_size, batch_size_cap=args.batch_size_cap,
+        num_blocks=args.num_blocks, prefix_caching=args.prefix_caching,
     )
-    cluster = ClusterConfig(
-        num_replicas=args.num_replicas, replica=replica,
-        replicas=load_replica_configs(args.replica_config) if args.replica_config else None,
-        time_model="profiled" if args.profiling_dir else "builtin", profiling_dir=args.profiling_dir,
-        keying=args.keying, extrapolate=args.extrapolate,
+    cluster = replace(
+        base.cluster, num_replicas=args.num_replicas, replica=replica,
+        replicas=load_replica_configs(args.replica_config) if args.replica_config else base.cluster.replicas,
+        profiling_dir=args.profiling_dir, keying=args.keying, extrapolate=args.extrapolate,
     )
-    workload = WorkloadConfig(
-        max_tokens=args.max_tokens, allow_beyond_context=args.allow_beyond_context, time_scale=args.time_scale,
-        prefill_scale=args.prefill_scale, decode_scale=args.decode_scale, trace_zero_tokens=args.trace_zero_tokens,
-        trace_offset=args.trace_offset,
+    if args.profiling_dir != base.cluster.profiling_dir:
+        cluster = replace(cluster, time_model="profiled" if args.profiling_dir else "builtin")
+    workload = replace(
+        base.workload, max_tokens=args.max_tokens, allow_beyond_context=args.allow_beyond_context,
+        time_scale=args.time_scale, prefill_scale=args.prefill_scale, decode_scale=args.decode_scale,
+        trace_zero_tokens=args.trace_zero_tokens, trace_offset=args.trace_offset, trace_format=args.trace_format,
     )
-    if args.trace:
-        workload = replace(workload, trace=args.trace, trace_format=args.trace_format, arrival="trace", lengths="trace")
+    if args.trace != base.workload.trace:
+        workload = replace(workload, trace=args.trace, arrival="trace", lengths="trace")
     if args.arrival:
         workload = replace(workload, arrival=args.arrival)
     if args.lengths:
@@ -207,11 +231,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(scenario: str = DEFAULT_SCENARIO) -> argparse.ArgumentParser:
+    """The parser of every subcommand, its scenario flags defaulting to the registered
+    ``scenario``'s values (:func:`scenario_named_in` finds the name in a command line)."""
+    base = named_scenario(scenario)
     parser = OneLineErrorParser(prog="python -m vidur_env", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     simulate = commands.add_parser("simulate", help="simulate a cluster with a heuristic router; print metrics as JSON")
-    add_scenario_arguments(simulate)
+    add_scenario_arguments(simulate, base)
     simulate.add_argument("--router", choices=sorted(ROUTERS), default="round_robin", help="routing policy")
     simulate.add_argument("--seed", type=non_negative_int, default=0, help="seed of the workload draw and random routers")
     simulate.add_argument("--output-json", default=None, help="also write the aggregate metrics here")
@@ -222,24 +249,34 @@ def build_parser() -> argparse.ArgumentParser:
                                "columns this simulator computes) or full (adds replica ids and raw timestamps, "
                                "snake_case attribute names)")
     simulate.set_defaults(handler=cmd_simulate, spelling=flag_spelling(simulate))
-    add_evaluate_parser(commands)
+    add_evaluate_parser(commands, base)
     return parser
+
+
+def scenario_named_in(argv: Sequence[str]) -> str:
+    """The registered scenario ``--scenario NAME`` (or ``--scenario=NAME``, or an abbreviation the
+    full parser accepts too) names in ``argv``, or the default one; an unknown name is left to the
+    full parser, whose error lists the choices."""
+    finder = argparse.ArgumentParser(add_help=False)
+    finder.add_argument("--scenario", default=DEFAULT_SCENARIO)
+    name = finder.parse_known_args(argv)[0].scenario
+    return name if name in SCENARIOS else DEFAULT_SCENARIO
 
 
 DEFAULT_EVAL_ROUTERS = "round_robin,random,lor,jsq,power_of_two,least_kv,least_work_left,vllm_dp"
 
 
-def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
+def add_evaluate_parser(commands: argparse._SubParsersAction, base: Scenario) -> None:
     """The ``evaluate`` subcommand. Its ``--model`` is the SB3 model zip, so the served LLM,
     ``--model`` in ``simulate``, is ``--llm`` here."""
     evaluate_parser = commands.add_parser(
         "evaluate", help="compare routers (and a trained SB3 model) on the same workloads; table, JSON, CDF plot",
         conflict_handler="resolve")
-    add_scenario_arguments(evaluate_parser)
-    evaluate_parser.add_argument("--llm", dest="model", default=ReplicaConfig.model,
-                                 help="served model name or alias (simulate's --model; default Llama-2-7B)")
+    add_scenario_arguments(evaluate_parser, base)
+    evaluate_parser.add_argument("--llm", dest="model", default=base.cluster.replica.model,
+                                 help="served model name or alias (simulate's --model; default %(default)s)")
     evaluate_parser.add_argument("--routers", default=DEFAULT_EVAL_ROUTERS,
-                                 help=f"comma-separated router names (default: all; from {', '.join(sorted(ROUTERS))})")
+                                 help=f"comma-separated router names (default: {DEFAULT_EVAL_ROUTERS}; from {', '.join(sorted(ROUTERS))})")
     evaluate_parser.add_argument("--model", dest="model_path", default=None, metavar="PATH.zip",
                                  help="also evaluate this SB3 model zip (see --algorithm)")
     evaluate_parser.add_argument("--algorithm", default=None, metavar="MODULE:CLASS",
@@ -251,8 +288,9 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
                                  help="episode k uses seed S+k for every policy")
     evaluate_parser.add_argument("--episode-requests", type=int, default=None,
                                  help="routing decisions per episode (default: --num-requests)")
-    evaluate_parser.add_argument("--reward", choices=("latency", "ttft", "slo"), default="latency",
-                                 help="reward whose return is reported (slo needs --slo-ttft and/or --slo-e2e)")
+    evaluate_parser.add_argument("--reward", choices=tuple(REWARDS), default=DEFAULT_REWARD,
+                                 help="reward whose return is reported (default %(default)s; slo needs --slo-ttft "
+                                      "and/or --slo-e2e)")
     evaluate_parser.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO in seconds (reward slo)")
     evaluate_parser.add_argument("--slo-e2e", type=float, default=None, help="E2E SLO in seconds (reward slo)")
     evaluate_parser.add_argument("--obs-refresh-ms", type=float, default=0.0,
@@ -309,11 +347,13 @@ def flag_spelling(parser: argparse.ArgumentParser) -> Callable[[str, Any], str]:
         if action is None:
             return python_spelling(name, value)
         flag = max(action.option_strings, key=len)
+        if isinstance(action, argparse.BooleanOptionalAction):
+            flag = action.option_strings[0 if value is UNSET or value else 1]
         if value is UNSET:
             return flag
         if value == action.default:
             return f"{flag} left out"
-        if action.nargs == 0:
+        if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
             return flag
         return f"{flag} {value}"
 
@@ -339,5 +379,6 @@ def run_command(handler: Callable[[argparse.Namespace], int], args: argparse.Nam
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(scenario_named_in(argv)).parse_args(argv)
     return run_command(args.handler, args)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import fields, replace
 from math import inf
 from typing import Any
 
@@ -10,23 +9,16 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from vidur_env.cluster import ClusterSimulator, build_time_models
-from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig, reject_unknown_keys, replica_config_from_dict
-from vidur_env.metrics import RequestMetrics, aggregate_metrics
-from vidur_env.observation import ObservationBuilder, ReplicaCosts, features, queued_work_seconds
-from vidur_env.reward import REWARDS, LatencyReward, SLOReward, TTFTReward, isolated_latencies
 from vidur_env.cache_view import CACHE_VIEWS, CacheView, prompt_keys
-from vidur_env.simulation import Scenario, named_scenario, resolve_workload
+from vidur_env.cluster import ClusterSimulator
+from vidur_env.config import ClusterConfig, ConfigError
+from vidur_env.metrics import RequestMetrics, aggregate_metrics
+from vidur_env.observation import ObservationBuilder, ReplicaCosts, features
+from vidur_env.render import RENDER_MODES, render
+from vidur_env.reward import DEFAULT_REWARD, Reward, RewardSettings, reward_class
+from vidur_env.simulation import Scenario, scenario_from_kwargs
 from vidur_env.workload import Requests, WorkloadConfig, generate_requests
 
-DEFAULT_LOAD = 0.85
-REFERENCE_SEED = 12345
-"""Seed of the fixed workload draw the automatic reward scale is measured on."""
-
-CLUSTER_FIELDS = frozenset(f.name for f in fields(ClusterConfig)) - {"replica", "replicas"}
-REPLICA_FIELDS = frozenset(f.name for f in fields(ReplicaConfig))
-WORKLOAD_FIELDS = frozenset(f.name for f in fields(WorkloadConfig)) - {"num_requests"}
-ALIASES = {"tp": "tensor_parallel"}
 
 
 class VidurRoutingEnv(gym.Env):
@@ -88,6 +80,9 @@ class VidurRoutingEnv(gym.Env):
 
     ## Rewards
 
+    ``reward`` names a class in the registry :data:`vidur_env.reward.REWARDS` (a new reward is
+    one class there, see :class:`vidur_env.reward.Reward`). Registered with the package:
+
     - ``"latency"`` (default; alias ``"e2e"``): minus the area under the number of requests in
       the system (arrived, not completed) between this decision and the next, divided by
       ``reward_scale``. The last step also charges the drain of the remaining requests, so
@@ -133,8 +128,9 @@ class VidurRoutingEnv(gym.Env):
     - ``cluster``: :class:`ClusterConfig` or dict (``replica`` / ``replicas`` as dicts for a
       heterogeneous cluster). ``workload``: :class:`WorkloadConfig` or dict.
       ``scenario``: a :class:`Scenario`, or a registered name
-      (:data:`vidur_env.simulation.SCENARIOS`: ``"default"``; ``"prefix"``, multi-turn sessions on
-      Zipf-popular shared system prompts served by 4 x Llama-3.1-8B), instead of the three.
+      (:data:`vidur_env.simulation.SCENARIOS`, the names ``--scenario`` takes in ``simulate`` and
+      ``evaluate``: ``"default"``; ``"prefix"``, multi-turn sessions on Zipf-popular shared system
+      prompts served by 4 x Llama-3.1-8B), instead of the three; shortcuts apply over it.
     - ``load``: arrival rate as a fraction of measured capacity (Poisson/Gamma); ``"auto"``
       means 0.85 unless ``qps`` is given as a shortcut; None keeps the workload's ``qps``.
     - Flat shortcuts: any field of ClusterConfig (``num_replicas``, ``time_model``,
@@ -166,7 +162,7 @@ class VidurRoutingEnv(gym.Env):
     - v0: initial version.
     """
 
-    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}
 
     def __init__(
         self,
@@ -176,7 +172,7 @@ class VidurRoutingEnv(gym.Env):
         load: float | str | None = "auto",
         scenario: Scenario | str | None = None,
         num_requests: int | None = None,
-        reward: str = "latency",
+        reward: str = DEFAULT_REWARD,
         reward_scale: float | None = None,
         slo_ttft_s: float | None = None,
         slo_e2e_s: float | None = None,
@@ -191,24 +187,29 @@ class VidurRoutingEnv(gym.Env):
             raise ConfigError(f"VidurRoutingEnv.cache_view: must be None, {' or '.join(map(repr, CACHE_VIEWS))}, "
                               f"got {cache_view!r}")
         self.cache_view = cache_view
-        self.scenario = build_scenario(cluster, workload, load, scenario, shortcuts)
+        own_arguments = [name for name in inspect.signature(VidurRoutingEnv).parameters if name != "shortcuts"]
+        self.scenario = scenario_from_kwargs(cluster, workload, load, scenario, shortcuts, own_arguments)
         self.scenario.validate()
-        self.reward_kind = check_reward(reward, slo_ttft_s, slo_e2e_s)
-        self.slo_ttft_s, self.slo_e2e_s = slo_ttft_s, slo_e2e_s
+        self.reward_class: type[Reward] = reward_class(reward)
+        self.reward_kind = self.reward_class.name
+        self.reward_settings = RewardSettings(slo_ttft_s, slo_e2e_s)
+        self.reward_class.check(self.reward_settings)
         check_options(num_requests, reward_scale, obs_refresh_ms, max_queue, render_mode)
         self.render_mode = render_mode
         self.oracle = bool(oracle)
         self.max_queue = max_queue
-        self.cluster = self.scenario.cluster
-        self.time_models = build_time_models(self.cluster)
-        self.workload = resolve_workload(self.scenario, self.time_models)
-        if num_requests is not None or "trace" in (self.workload.arrival, self.workload.lengths):
-            self.workload = replace(self.workload, num_requests=num_requests)
+        resolved = self.scenario.resolve()
+        if num_requests is not None or "trace" in (resolved.workload.arrival, resolved.workload.lengths):
+            resolved = resolved.with_requests(num_requests)
+        self.resolved = resolved
+        """The scenario made runnable: time models, and the workload with its arrival rate fixed."""
+        self.cluster = resolved.cluster
+        self.time_models = resolved.time_models
+        self.workload = resolved.workload
         replay = self.workload.arrival == "trace" and self.workload.lengths == "trace"
         self.fixed_trace = replay and self.workload.trace_offset != "random"
-        reference = generate_requests(self.workload, np.random.default_rng(REFERENCE_SEED))
-        self.num_requests = len(reference)
-        self.reward_scale = reward_scale if reward_scale is not None else self._auto_scale(reference)
+        self.num_requests = len(resolved.reference_requests())
+        self.reward_scale = reward_scale if reward_scale is not None else resolved.reward_scale(self.reward_class)
         self.num_replicas = len(self.cluster.replica_configs)
         self.costs = [ReplicaCosts.from_time_model(m) for m in self.time_models]
         self.refresh_s = obs_refresh_ms / 1000.0
@@ -222,39 +223,20 @@ class VidurRoutingEnv(gym.Env):
         self.current_request = -1
         """Id of the request awaiting a decision (-1 once the episode is over)."""
 
-    # ------------------------------------------------------------------------------ setup
-    def _auto_scale(self, reference: Requests) -> float:
-        """Mean isolated latency (E2E or TTFT) of a fixed draw of the workload; 1 for SLO."""
-        if self.reward_kind == "slo":
-            return 1.0
-        ttft, e2e = isolated_latencies(self.cluster.replica_configs, self.time_models, self.workload.max_tokens,
-                                       reference.num_prefill_tokens, reference.num_decode_tokens)
-        return float(np.mean(ttft if self.reward_kind == "ttft" else e2e))
-
     def isolated_latencies(self, requests: Requests) -> tuple[np.ndarray, np.ndarray]:
         """(TTFT, E2E) of each request served alone on its fastest replica: the no-queueing bound."""
-        return isolated_latencies(self.cluster.replica_configs, self.time_models, self.workload.max_tokens,
-                                  requests.num_prefill_tokens, requests.num_decode_tokens)
+        return self.resolved.isolated_latencies(requests)
 
-    def _make_reward(self, sim: ClusterSimulator) -> LatencyReward | SLOReward:
-        if self.reward_kind == "ttft":
-            return TTFTReward(sim.table, sim.replicas, self.reward_scale)
-        if self.reward_kind == "slo":
-            return SLOReward(sim.table, sim.replicas, self.reward_scale, self.slo_ttft_s, self.slo_e2e_s)
-        return LatencyReward(sim.table, sim.replicas, self.reward_scale)
-
-    # ------------------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        rng = np.random.default_rng(REFERENCE_SEED) if self.fixed_trace else self.np_random
-        self.requests = generate_requests(self.workload, rng)
-        sim = ClusterSimulator(self.cluster, self.requests, max_tokens=self.workload.max_tokens,
-                               time_models=self.time_models)
+        self.requests = self.resolved.reference_requests() if self.fixed_trace else generate_requests(
+            self.workload, self.np_random)
+        sim = self.resolved.simulator(self.requests)
         self.simulator = sim
         self._prefill = sim.table.orig_prefill
         self._decode = sim.table.orig_decode
         self._admit_tokens = [r.kv.max_admissible_prompt() for r in sim.replicas]
-        self._reward = self._make_reward(sim)
+        self._reward = self.reward_class(sim.table, sim.replicas, self.reward_scale, self.reward_settings)
         self._obs = ObservationBuilder(self.costs, [r.num_blocks for r in sim.replicas], self.workload.max_tokens,
                                        oracle=self.oracle, refresh_s=self.refresh_s,
                                        cache=None if self.cache_view is None else CacheView(self.cache_view, sim.replicas))
@@ -333,103 +315,11 @@ class VidurRoutingEnv(gym.Env):
         return mask if mask.any() else np.ones(self.num_replicas, dtype=bool)
 
     def render(self) -> str | np.ndarray | None:
-        if self.render_mode == "ansi":
-            return replica_table(self.simulator, self.costs, self.current_request)
-        if self.render_mode == "rgb_array":
-            return replica_bars(self.simulator)
-        return None
+        return render(self.render_mode, self.simulator, self.costs, self.current_request)
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers: configuration and rendering
-
-
-def build_scenario(cluster: Any, workload: Any, load: Any, scenario: Scenario | None,
-                   shortcuts: dict[str, Any]) -> Scenario:
-    """The env's scenario from structured configs plus flat shortcuts (unknown names rejected)."""
-    shortcuts = {ALIASES.get(k, k): v for k, v in shortcuts.items()}
-    unknown = sorted(set(shortcuts) - CLUSTER_FIELDS - REPLICA_FIELDS - WORKLOAD_FIELDS)
-    if unknown:
-        valid = sorted(CLUSTER_FIELDS | REPLICA_FIELDS | WORKLOAD_FIELDS | set(ALIASES))
-        own = [name for name in inspect.signature(VidurRoutingEnv).parameters if name != "shortcuts"]
-        raise ConfigError(f"VidurRoutingEnv: unknown argument(s) {', '.join(unknown)}; the env's own arguments: "
-                          f"{', '.join(own)}; scenario shortcuts: {', '.join(valid)}")
-    if isinstance(scenario, str):
-        scenario = named_scenario(scenario)
-    if scenario is not None:
-        if cluster is not None or workload is not None or load != "auto":
-            raise ConfigError("VidurRoutingEnv: pass either scenario or cluster/workload/load, not both")
-        cluster, workload, load = scenario.cluster, scenario.workload, scenario.load
-    cluster = apply_cluster_shortcuts(cluster_from(cluster), shortcuts)
-    workload = apply_workload_shortcuts(workload_from(workload), shortcuts)
-    if load == "auto":
-        load = None if "qps" in shortcuts else DEFAULT_LOAD
-    if load is not None and (isinstance(load, bool) or not isinstance(load, (int, float))):
-        raise ConfigError(f"VidurRoutingEnv.load: must be a number, None or 'auto', got {load!r}")
-    return Scenario(cluster=cluster, workload=workload, load=load)
-
-
-def cluster_from(value: ClusterConfig | dict | None) -> ClusterConfig:
-    """A ClusterConfig from itself, None (the default) or a dict with nested replica dicts."""
-    if value is None:
-        return ClusterConfig()
-    if isinstance(value, ClusterConfig):
-        return value
-    if not isinstance(value, dict):
-        raise ConfigError(f"cluster: expected a ClusterConfig or a dict, got {type(value).__name__}")
-    reject_unknown_keys(value, ClusterConfig, "cluster")
-    data = dict(value)
-    if isinstance(data.get("replica"), dict):
-        data["replica"] = replica_config_from_dict(data["replica"], "cluster.replica")
-    if data.get("replicas") is not None:
-        data["replicas"] = tuple(
-            spec if isinstance(spec, ReplicaConfig) else replica_config_from_dict(spec, f"cluster.replicas[{i}]")
-            for i, spec in enumerate(data["replicas"])
-        )
-    return replace(ClusterConfig(), **data)
-
-
-def workload_from(value: WorkloadConfig | dict | None) -> WorkloadConfig:
-    """A WorkloadConfig from itself, None (the default) or a dict (unknown keys rejected)."""
-    if value is None:
-        return WorkloadConfig()
-    if isinstance(value, WorkloadConfig):
-        return value
-    if not isinstance(value, dict):
-        raise ConfigError(f"workload: expected a WorkloadConfig or a dict, got {type(value).__name__}")
-    reject_unknown_keys(value, WorkloadConfig, "workload")
-    return replace(WorkloadConfig(), **value)
-
-
-def apply_cluster_shortcuts(cluster: ClusterConfig, shortcuts: dict[str, Any]) -> ClusterConfig:
-    replica_args = {k: v for k, v in shortcuts.items() if k in REPLICA_FIELDS}
-    cluster_args = {k: v for k, v in shortcuts.items() if k in CLUSTER_FIELDS}
-    if replica_args and cluster.replicas is not None:
-        raise ConfigError(f"VidurRoutingEnv: replica shortcut(s) {', '.join(sorted(replica_args))} cannot apply to "
-                          "a heterogeneous cluster (cluster.replicas); set them per replica")
-    if replica_args:
-        cluster = replace(cluster, replica=replace(cluster.replica, **replica_args))
-    return replace(cluster, **cluster_args) if cluster_args else cluster
-
-
-def apply_workload_shortcuts(workload: WorkloadConfig, shortcuts: dict[str, Any]) -> WorkloadConfig:
-    args = {k: v for k, v in shortcuts.items() if k in WORKLOAD_FIELDS}
-    if args.get("trace") is not None:
-        args.setdefault("arrival", "trace")
-        args.setdefault("lengths", "trace")
-    return replace(workload, **args) if args else workload
-
-
-def check_reward(reward: str, slo_ttft_s: float | None, slo_e2e_s: float | None) -> str:
-    kind = "latency" if reward == "e2e" else reward
-    if kind not in REWARDS:
-        raise ConfigError(f"VidurRoutingEnv.reward: must be one of {', '.join(REWARDS)} (or e2e), got {reward!r}")
-    if kind == "slo" and slo_ttft_s is None and slo_e2e_s is None:
-        raise ConfigError("VidurRoutingEnv: reward='slo' needs slo_ttft_s and/or slo_e2e_s (seconds)")
-    for name, value in (("slo_ttft_s", slo_ttft_s), ("slo_e2e_s", slo_e2e_s)):
-        if value is not None and not value > 0:
-            raise ConfigError(f"VidurRoutingEnv.{name}: must be a positive number of seconds, got {value!r}")
-    return kind
+# Helpers: argument checks
 
 
 def check_options(num_requests: Any, reward_scale: Any, obs_refresh_ms: Any, max_queue: Any, render_mode: Any) -> None:
@@ -442,37 +332,6 @@ def check_options(num_requests: Any, reward_scale: Any, obs_refresh_ms: Any, max
         raise ConfigError(f"VidurRoutingEnv.obs_refresh_ms: must be a non-negative number, got {obs_refresh_ms!r}")
     if max_queue is not None and (isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1):
         raise ConfigError(f"VidurRoutingEnv.max_queue: must be a positive integer or None, got {max_queue!r}")
-    if render_mode not in (None, "ansi", "rgb_array"):
-        raise ConfigError(f"VidurRoutingEnv.render_mode: must be None, 'ansi' or 'rgb_array', got {render_mode!r}")
-
-
-def replica_table(sim: ClusterSimulator | None, costs: list[ReplicaCosts], rid: int) -> str:
-    """A fixed-width text table of the replicas' state (the env's ansi rendering)."""
-    if sim is None:
-        return "(no episode: call reset())\n"
-    head = f"t={sim.now:.3f}s  request {rid} (prompt {sim.table.orig_prefill[rid]} tokens)" if rid >= 0 else "episode over"
-    lines = [head, f"{'replica':>7} {'waiting':>7} {'wait_tok':>8} {'running':>7} {'batch':>5} "
-                   f"{'kv%':>6} {'work_s':>7} {'ends_in':>8}"]
-    for r, c in zip(sim.replicas, costs):
-        ends = f"{r.batch_end - sim.now:8.4f}" if r.is_busy else f"{'idle':>8}"
-        lines.append(f"{r.replica_id:>7} {r.num_waiting:>7} {r.waiting_prompt_tokens:>8} {r.num_allocated_requests:>7} "
-                     f"{r.num_in_batch:>5} {100 * r.kv_utilization:>6.1f} {queued_work_seconds(r, c):>7.3f} {ends}")
-    return "\n".join(lines) + "\n"
-
-
-BAR_HEIGHT, BAR_WIDTH = 64, 8
-BAR_COLOURS = ((220, 80, 60), (60, 120, 220), (80, 180, 90))
-"""Queued requests (red, full at 32), running requests (blue, full at 128), KV use (green)."""
-
-
-def replica_bars(sim: ClusterSimulator | None) -> np.ndarray:
-    """An RGB image with three bars per replica (the env's rgb_array rendering)."""
-    replicas = sim.replicas if sim is not None else []
-    image = np.full((BAR_HEIGHT, max(1, len(replicas)) * 4 * BAR_WIDTH, 3), 255, dtype=np.uint8)
-    for i, r in enumerate(replicas):
-        levels = (min(r.num_waiting / 32, 1.0), min(r.num_allocated_requests / 128, 1.0), r.kv_utilization)
-        for j, (level, colour) in enumerate(zip(levels, BAR_COLOURS)):
-            left = (4 * i + j) * BAR_WIDTH
-            height = int(round(level * BAR_HEIGHT))
-            image[BAR_HEIGHT - height:, left:left + BAR_WIDTH - 1] = colour
-    return image
+    if render_mode is not None and render_mode not in RENDER_MODES:
+        raise ConfigError(f"VidurRoutingEnv.render_mode: must be None, {' or '.join(map(repr, RENDER_MODES))}, "
+                          f"got {render_mode!r}")

@@ -1,4 +1,12 @@
-"""Rewards of the routing env, and the isolated (no-queueing) service time they are scaled by.
+"""Rewards of the routing env, their registry, and the isolated (no-queueing) service time they
+are scaled by.
+
+A reward is one class here: it implements :class:`Reward` (``add`` a routed request, ``step``
+to a decision time, ``finish`` the drain), says which isolated latency its default scale is
+the mean of (``scale_by``), may check its settings (``check``), and is registered under its
+name with :func:`register_reward`. The env builds the one named by its ``reward`` argument
+from :data:`REWARDS`, and every list of reward names (the env's error, ``--reward``) reads
+that registry.
 
 Latency rewards integrate a count of pending requests over time, exactly (up to float
 rounding): between two decisions at ``t0 < t1`` the area under the count is
@@ -9,9 +17,13 @@ TTFT) divided by the scale.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, ClassVar, Literal, Sequence, TypeVar
 
 import numpy as np
+
+from vidur_env.config import ConfigError
 
 if TYPE_CHECKING:
     from vidur_env.config import ReplicaConfig
@@ -19,8 +31,77 @@ if TYPE_CHECKING:
     from vidur_env.request_table import RequestTable
     from vidur_env.time_model import ExecutionTimeModel
 
-REWARDS = ("latency", "ttft", "slo")
-"""Reward kinds the env accepts (``e2e`` is an alias of ``latency``)."""
+
+@dataclass(frozen=True)
+class RewardSettings:
+    """A reward's settings beyond its scale (the env's ``slo_*`` arguments), checked here
+    whichever reward is chosen; each reward reads the ones it needs, and its
+    :meth:`Reward.check` rejects settings it cannot work with."""
+
+    slo_ttft_s: float | None = None
+    slo_e2e_s: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("slo_ttft_s", "slo_e2e_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"VidurRoutingEnv.{name}: must be a positive number of seconds, got {value!r}")
+
+
+class Reward(ABC):
+    """The protocol of a reward, built by the env as ``cls(table, replicas, scale, settings)``
+    for each episode and told every decision; it reads the replicas' running totals
+    (``ReplicaStats``) rather than scanning requests, so a step costs O(replicas).
+
+    ``name`` is its registry name (the env's ``reward`` argument). ``scale_by`` names the
+    isolated latency (``"e2e"`` or ``"ttft"``, :func:`isolated_latencies`) whose mean over a
+    fixed workload draw is the default ``reward_scale``, or None for a default of 1.
+    """
+
+    name: ClassVar[str]
+    scale_by: ClassVar[Literal["e2e", "ttft"] | None] = "e2e"
+
+    @classmethod
+    def check(cls, settings: RewardSettings) -> None:
+        """Raise :class:`ConfigError` if the reward cannot work with ``settings`` (checked when
+        the env is made, before anything is simulated). Default: any settings do."""
+
+    @abstractmethod
+    def add(self, rid: int, replica: int) -> None:
+        """Request ``rid`` was routed to ``replica`` at the current decision time."""
+
+    @abstractmethod
+    def step(self, t: float) -> float:
+        """The reward for the time from the last decision to the next one, at ``t``."""
+
+    @abstractmethod
+    def finish(self) -> float:
+        """The reward of the drain, once the simulator has drained (every request ended)."""
+
+
+REWARDS: dict[str, type[Reward]] = {}
+"""The reward registry, name -> class (:func:`register_reward`)."""
+DEFAULT_REWARD = "latency"
+"""The reward the env and ``evaluate --reward`` use unless told otherwise."""
+REWARD_ALIASES = {"e2e": "latency"}
+"""Other names the env accepts for a registered reward."""
+
+R = TypeVar("R", bound=type[Reward])
+
+
+def register_reward(cls: R) -> R:
+    """Class decorator: list ``cls`` in :data:`REWARDS` under ``cls.name``."""
+    REWARDS[cls.name] = cls
+    return cls
+
+
+def reward_class(name: str) -> type[Reward]:
+    """The registered reward ``name`` (or an alias of it); the error lists the choices."""
+    cls = REWARDS.get(REWARD_ALIASES.get(name, name))
+    if cls is None:
+        aliases = ", ".join(REWARD_ALIASES)
+        raise ConfigError(f"VidurRoutingEnv.reward: must be one of {', '.join(REWARDS)} (or {aliases}), got {name!r}")
+    return cls
 
 
 class FinishedScan:
@@ -70,7 +151,8 @@ class FinishedScan:
         return rest
 
 
-class LatencyReward:
+@register_reward
+class LatencyReward(Reward):
     """``-(area under the number of requests in the system) / scale`` per step (reward="latency").
 
     Each replica counts its completions and sums their times (``ReplicaStats``), so a step
@@ -79,11 +161,14 @@ class LatencyReward:
     time sum of the completions since.
     """
 
-    count_stat: str = "num_completed"
-    time_sum_stat: str = "completed_time_sum"
+    name = "latency"
+    scale_by = "e2e"
+    count_stat: ClassVar[str] = "num_completed"
+    time_sum_stat: ClassVar[str] = "completed_time_sum"
     """The ``ReplicaStats`` counters of the event that ends a request's pending time."""
 
-    def __init__(self, table: "RequestTable", replicas: Sequence["Replica"], scale: float) -> None:
+    def __init__(self, table: "RequestTable", replicas: Sequence["Replica"], scale: float,
+                 settings: RewardSettings = RewardSettings()) -> None:
         self.replicas = replicas
         self.scale = scale
         self.time = table.arrived_at[0] if len(table) else 0.0
@@ -123,14 +208,18 @@ class LatencyReward:
         return -area / self.scale
 
 
+@register_reward
 class TTFTReward(LatencyReward):
     """``-(area under the number of requests without their first token) / scale`` (reward="ttft")."""
 
+    name = "ttft"
+    scale_by = "ttft"
     count_stat = "num_first_tokens"
     time_sum_stat = "first_token_time_sum"
 
 
-class SLOReward:
+@register_reward
+class SLOReward(Reward):
     """``-(requests completing in the step that miss the SLO) / scale`` (reward="slo").
 
     A request meets the SLO when its TTFT is at most ``ttft_s`` and its E2E latency at most
@@ -140,8 +229,17 @@ class SLOReward:
     tracks there.
     """
 
+    name = "slo"
+    scale_by = None
+
+    @classmethod
+    def check(cls, settings: RewardSettings) -> None:
+        if settings.slo_ttft_s is None and settings.slo_e2e_s is None:
+            raise ConfigError("VidurRoutingEnv: reward='slo' needs slo_ttft_s and/or slo_e2e_s (seconds)")
+
     def __init__(self, table: "RequestTable", replicas: Sequence["Replica"], scale: float,
-                 ttft_s: float | None, e2e_s: float | None) -> None:
+                 settings: RewardSettings) -> None:
+        ttft_s, e2e_s = settings.slo_ttft_s, settings.slo_e2e_s
         self.scan = FinishedScan(table.completed_at, table.scheduled_at, len(replicas))
         self.table = table
         self.replicas = replicas

@@ -2,19 +2,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from vidur_env.cluster import ClusterSimulator, SimulationError, build_time_models
-from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig, setting
+from vidur_env.config import (
+    ClusterConfig, ConfigError, ReplicaConfig, reject_unknown_keys, replica_config_from_dict, setting,
+)
 from vidur_env.hardware import get_model, plan_memory
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
+from vidur_env.reward import Reward, isolated_latencies
 from vidur_env.routers import Router, make_router
 from vidur_env.sessions import SessionConfig
 from vidur_env.time_model import ExecutionTimeModel
 from vidur_env.workload import Requests, WorkloadConfig, generate_requests, trace_rows
 
+DEFAULT_LOAD = 0.85
+"""The default load level: arrivals at 85% of the cluster's measured capacity."""
+REFERENCE_SEED = 12345
+"""Seed of the fixed workload draws a scenario is measured on (capacity probe, reward scale)."""
 CAPACITY_PROBE_REQUESTS = 256
 """Requests in the saturation run that measures a replica's capacity (fewer when the lengths
 come from a shorter trace)."""
@@ -35,7 +42,7 @@ class Scenario:
 
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
-    load: float | None = 0.85
+    load: float | None = DEFAULT_LOAD
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for the first unusable setting, naming it; this includes
@@ -76,6 +83,54 @@ class Scenario:
                 f"{where}: {error}; raise {setting('tensor_parallel')} or lower {setting('max_tokens')}"
             ) from None
 
+    def resolve(self) -> ResolvedScenario:
+        """Validate, build the replicas' time models and fix the arrival rate from the load level:
+        the one place a scenario becomes runnable (``simulate``, ``evaluate`` and the env all
+        come here)."""
+        self.validate()
+        time_models = build_time_models(self.cluster)
+        return ResolvedScenario(self, time_models, resolve_workload(self, time_models))
+
+
+@dataclass(frozen=True)
+class ResolvedScenario:
+    """A validated scenario ready to run: its time models (one per replica) and its workload
+    with the arrival rate fixed from the load level (:meth:`Scenario.resolve`)."""
+
+    scenario: Scenario
+    time_models: list[ExecutionTimeModel]
+    workload: WorkloadConfig
+
+    @property
+    def cluster(self) -> ClusterConfig:
+        return self.scenario.cluster
+
+    def with_requests(self, num_requests: int | None) -> ResolvedScenario:
+        """The same scenario drawing ``num_requests`` requests (None: a trace's every row)."""
+        return replace(self, workload=replace(self.workload, num_requests=num_requests))
+
+    def reference_requests(self) -> Requests:
+        """The fixed workload draw (seed :data:`REFERENCE_SEED`) a default reward scale is measured on."""
+        return generate_requests(self.workload, np.random.default_rng(REFERENCE_SEED))
+
+    def simulator(self, requests: Requests) -> ClusterSimulator:
+        """A fresh simulator of the cluster for ``requests``."""
+        return ClusterSimulator(self.cluster, requests, max_tokens=self.workload.max_tokens,
+                                time_models=self.time_models)
+
+    def isolated_latencies(self, requests: Requests) -> tuple[np.ndarray, np.ndarray]:
+        """(TTFT, E2E) of each request served alone on its fastest replica: the no-queueing bound."""
+        return isolated_latencies(self.cluster.replica_configs, self.time_models, self.workload.max_tokens,
+                                  requests.num_prefill_tokens, requests.num_decode_tokens)
+
+    def reward_scale(self, reward: type[Reward]) -> float:
+        """``reward``'s default scale: the mean of its ``scale_by`` isolated latency over the
+        reference draw, or 1 when it has none."""
+        if reward.scale_by is None:
+            return 1.0
+        ttft, e2e = self.isolated_latencies(self.reference_requests())
+        return float(np.mean(ttft if reward.scale_by == "ttft" else e2e))
+
 
 PREFIX_MODEL = "llama-3.1-8b"
 """The ``prefix`` scenario's model: Llama-3-8B shapes with a 128k context."""
@@ -94,11 +149,14 @@ def prefix_scenario() -> Scenario:
     requests, with prefix caching on in every replica where the simulator has it."""
     replica = ReplicaConfig(model=PREFIX_MODEL, **PREFIX_CACHING)
     workload = WorkloadConfig(num_requests=1024, sessions=SessionConfig(), max_tokens=PREFIX_MAX_TOKENS)
-    return Scenario(cluster=ClusterConfig(num_replicas=4, replica=replica), workload=workload, load=0.85)
+    return Scenario(cluster=ClusterConfig(num_replicas=4, replica=replica), workload=workload)
 
 
 SCENARIOS: dict[str, Callable[[], Scenario]] = {"default": Scenario, "prefix": prefix_scenario}
-"""Named scenarios (``scenario="prefix"`` in the env): each name makes a fresh :class:`Scenario`."""
+"""Named scenarios (``scenario="prefix"`` in the env, ``--scenario prefix`` in ``simulate`` and
+``evaluate``): each name makes a fresh :class:`Scenario`."""
+DEFAULT_SCENARIO = "default"
+"""The scenario the CLIs start from when ``--scenario`` is left out (the dataclasses' defaults)."""
 
 
 def named_scenario(name: str) -> Scenario:
@@ -106,6 +164,95 @@ def named_scenario(name: str) -> Scenario:
     if name not in SCENARIOS:
         raise ConfigError(f"scenario: unknown name {name!r}; choose from {', '.join(SCENARIOS)}")
     return SCENARIOS[name]()
+
+
+# ---------------------------------------------------------------------------------------------
+# The env's keyword vocabulary: structured configs, a registered name, flat shortcuts
+
+CLUSTER_FIELDS = frozenset(f.name for f in fields(ClusterConfig)) - {"replica", "replicas"}
+REPLICA_FIELDS = frozenset(f.name for f in fields(ReplicaConfig))
+WORKLOAD_FIELDS = frozenset(f.name for f in fields(WorkloadConfig)) - {"num_requests"}
+ALIASES = {"tp": "tensor_parallel"}
+
+
+def scenario_from_kwargs(cluster: Any, workload: Any, load: Any, scenario: Scenario | str | None,
+                         shortcuts: dict[str, Any], own_arguments: Sequence[str] = ()) -> Scenario:
+    """The env's scenario from a registered name or structured configs, plus flat shortcuts
+    (unknown names rejected, listing ``own_arguments``, the env's other arguments)."""
+    shortcuts = {ALIASES.get(k, k): v for k, v in shortcuts.items()}
+    unknown = sorted(set(shortcuts) - CLUSTER_FIELDS - REPLICA_FIELDS - WORKLOAD_FIELDS)
+    if unknown:
+        valid = sorted(CLUSTER_FIELDS | REPLICA_FIELDS | WORKLOAD_FIELDS | set(ALIASES))
+        raise ConfigError(f"VidurRoutingEnv: unknown argument(s) {', '.join(unknown)}; the env's own arguments: "
+                          f"{', '.join(own_arguments)}; scenario shortcuts: {', '.join(valid)}")
+    if isinstance(scenario, str):
+        scenario = named_scenario(scenario)
+    if scenario is not None:
+        if cluster is not None or workload is not None or load != "auto":
+            raise ConfigError("VidurRoutingEnv: pass either scenario or cluster/workload/load, not both")
+        cluster, workload, load = scenario.cluster, scenario.workload, scenario.load
+    cluster = apply_cluster_shortcuts(cluster_from(cluster), shortcuts)
+    workload = apply_workload_shortcuts(workload_from(workload), shortcuts)
+    if load == "auto":
+        load = None if "qps" in shortcuts else DEFAULT_LOAD
+    if load is not None and (isinstance(load, bool) or not isinstance(load, (int, float))):
+        raise ConfigError(f"VidurRoutingEnv.load: must be a number, None or 'auto', got {load!r}")
+    return Scenario(cluster=cluster, workload=workload, load=load)
+
+
+def cluster_from(value: ClusterConfig | dict | None) -> ClusterConfig:
+    """A ClusterConfig from itself, None (the default) or a dict with nested replica dicts."""
+    if value is None:
+        return ClusterConfig()
+    if isinstance(value, ClusterConfig):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"cluster: expected a ClusterConfig or a dict, got {type(value).__name__}")
+    reject_unknown_keys(value, ClusterConfig, "cluster")
+    data = dict(value)
+    if isinstance(data.get("replica"), dict):
+        data["replica"] = replica_config_from_dict(data["replica"], "cluster.replica")
+    if data.get("replicas") is not None:
+        data["replicas"] = tuple(
+            spec if isinstance(spec, ReplicaConfig) else replica_config_from_dict(spec, f"cluster.replicas[{i}]")
+            for i, spec in enumerate(data["replicas"])
+        )
+    return replace(ClusterConfig(), **data)
+
+
+def workload_from(value: WorkloadConfig | dict | None) -> WorkloadConfig:
+    """A WorkloadConfig from itself, None (the default) or a dict (unknown keys rejected)."""
+    if value is None:
+        return WorkloadConfig()
+    if isinstance(value, WorkloadConfig):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"workload: expected a WorkloadConfig or a dict, got {type(value).__name__}")
+    reject_unknown_keys(value, WorkloadConfig, "workload")
+    return replace(WorkloadConfig(), **value)
+
+
+def apply_cluster_shortcuts(cluster: ClusterConfig, shortcuts: dict[str, Any]) -> ClusterConfig:
+    replica_args = {k: v for k, v in shortcuts.items() if k in REPLICA_FIELDS}
+    cluster_args = {k: v for k, v in shortcuts.items() if k in CLUSTER_FIELDS}
+    if replica_args and cluster.replicas is not None:
+        raise ConfigError(f"VidurRoutingEnv: replica shortcut(s) {', '.join(sorted(replica_args))} cannot apply to "
+                          "a heterogeneous cluster (cluster.replicas); set them per replica")
+    if replica_args:
+        cluster = replace(cluster, replica=replace(cluster.replica, **replica_args))
+    return replace(cluster, **cluster_args) if cluster_args else cluster
+
+
+def apply_workload_shortcuts(workload: WorkloadConfig, shortcuts: dict[str, Any]) -> WorkloadConfig:
+    args = {k: v for k, v in shortcuts.items() if k in WORKLOAD_FIELDS}
+    if args.get("trace") is not None:
+        args.setdefault("arrival", "trace")
+        args.setdefault("lengths", "trace")
+    return replace(workload, **args) if args else workload
+
+
+# ---------------------------------------------------------------------------------------------
+# Capacity and the arrival rate
 
 
 def replica_capacity(spec: ReplicaConfig, time_model: ExecutionTimeModel, workload: WorkloadConfig) -> float:
@@ -119,7 +266,7 @@ def replica_capacity(spec: ReplicaConfig, time_model: ExecutionTimeModel, worklo
     if workload.lengths == "trace":
         size = min(size, trace_rows(workload))
     probe = replace(workload, arrival="static", num_requests=size)
-    requests = generate_requests(probe, np.random.default_rng(12345))
+    requests = generate_requests(probe, np.random.default_rng(REFERENCE_SEED))
     sim = ClusterSimulator(ClusterConfig(num_replicas=1, replica=spec), requests,
                            max_tokens=workload.max_tokens, time_models=[time_model])
     try:
@@ -174,13 +321,12 @@ def run_simulation(scenario: Scenario, router: str | Router = "round_robin", see
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"{setting('seed')}: must be an integer >= 0, got {seed!r}")
-    scenario.validate()
-    time_models = build_time_models(scenario.cluster)
-    workload = resolve_workload(scenario, time_models)
+    resolved = scenario.resolve()
+    workload, time_models = resolved.workload, resolved.time_models
     rng = np.random.default_rng(seed)
     if requests is None:
         requests = generate_requests(workload, rng)
-    sim = ClusterSimulator(scenario.cluster, requests, max_tokens=workload.max_tokens, time_models=time_models)
+    sim = resolved.simulator(requests)
     policy = make_router(router) if isinstance(router, str) else router
     policy.reset(sim.num_replicas, rng)
     sim.run(policy)
