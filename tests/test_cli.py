@@ -172,8 +172,6 @@ def test_cut_prompts_are_counted_on_stderr_and_in_the_json(capsys):
     (["--trace-offset", "x", "--trace", "sample"], "--trace-offset"),
 ])
 def test_user_errors_are_one_line_naming_the_flag_with_exit_2(command, argv, names, capsys):
-    if command == "evaluate":
-        argv = [a if a != "--model" else "--llm" for a in argv]
     code, _, err = run_any([command, "--num-requests", "8"] + argv, capsys)
     assert code == 2
     assert err.count("\n") == 1 and names in err and "Traceback" not in err

@@ -110,7 +110,7 @@ def test_evaluate_command_end_to_end_with_a_saved_model(tmp_path, capsys):
 
     PPO("MlpPolicy", VidurRoutingEnv(**TINY), n_steps=16, batch_size=16, seed=0, device="cpu").save(tmp_path / "router.zip")
     out_dir = tmp_path / "out"
-    code = main(["evaluate", "--routers", "lor,jsq", "--model", str(tmp_path / "router.zip"), "--episodes", "1",
+    code = main(["evaluate", "--routers", "lor,jsq", "--agent", str(tmp_path / "router.zip"), "--episodes", "1",
                  "--seed", "3", "--replicas", "2", "--episode-requests", "30", "--output-dir", str(out_dir)])
     printed = capsys.readouterr().out
     assert code == 0
@@ -124,10 +124,10 @@ def test_evaluate_command_end_to_end_with_a_saved_model(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--routers", "lor,shortest"], "unknown router(s) shortest"),
-    (["--model", "missing.zip"], "model file not found"),
-    (["--model", __file__, "--algorithm", "stable_baselines3"], "algorithm 'stable_baselines3': expected MODULE:CLASS"),
-    (["--model", __file__, "--algorithm", "stable_baselines3:PPQ"], "stable_baselines3 has no PPQ"),
-    (["--model", __file__, "--algorithm", "no_such_rl_lib:PPO"], "cannot import no_such_rl_lib"),
+    (["--agent", "missing.zip"], "model file not found"),
+    (["--agent", __file__, "--algorithm", "stable_baselines3"], "algorithm 'stable_baselines3': expected MODULE:CLASS"),
+    (["--agent", __file__, "--algorithm", "stable_baselines3:PPQ"], "stable_baselines3 has no PPQ"),
+    (["--agent", __file__, "--algorithm", "no_such_rl_lib:PPO"], "cannot import no_such_rl_lib"),
 ])
 def test_evaluate_command_rejects_bad_input_with_exit_2(argv, message, tmp_path, capsys):
     code = main(["evaluate", "--replicas", "2", "--episode-requests", "8", "--output-dir", str(tmp_path)] + argv)
@@ -170,7 +170,7 @@ def test_load_model_takes_any_algorithm_class_by_object_or_name(saved_models):
 
 
 def test_evaluate_command_loads_with_the_named_algorithm(saved_models, tmp_path, capsys):
-    code = main(["evaluate", "--routers", "lor", "--model", str(saved_models / "klppo.zip"), "--algorithm",
+    code = main(["evaluate", "--routers", "lor", "--agent", str(saved_models / "klppo.zip"), "--algorithm",
                  "sb3_klppo:KLPPO", "--episodes", "1", "--replicas", "2", "--episode-requests", "12",
                  "--output-dir", str(tmp_path)])
     assert code == 0 and "klppo" in capsys.readouterr().out
@@ -229,3 +229,10 @@ def test_evaluate_command_takes_a_named_scenario_and_flags_over_it(tmp_path, cap
     settings = json.loads((tmp_path / "evaluation.json").read_text())["settings"]
     assert settings["scenario"].startswith("2 replicas: llama-3.1-8b on a100")
     assert "session lengths" in settings["scenario"] and settings["episode_requests"] == 24
+
+
+def test_an_agent_zip_given_as_the_llm_is_named_as_such(capsys):
+    """--model is the served LLM in every command; a zip there gets advice to use --agent."""
+    assert main(["evaluate", "--model", "runs/x_1/model.zip", "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--model runs/x_1/model.zip" in err and "--agent" in err

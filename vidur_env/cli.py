@@ -27,6 +27,7 @@ from vidur_env.evaluation import evaluate, load_model
 from vidur_env.hardware import UnknownSpecError
 from vidur_env.metrics import CSV_LAYOUTS, write_json
 from vidur_env.reward import DEFAULT_REWARD, REWARDS
+from vidur_env.cache_routers import CACHE_ROUTERS
 from vidur_env.routers import ROUTERS
 from vidur_env.simulation import DEFAULT_SCENARIO, SCENARIOS, Scenario, named_scenario, run_simulation
 from vidur_env.time_model import TimeModelError
@@ -263,26 +264,24 @@ def scenario_named_in(argv: Sequence[str]) -> str:
     return name if name in SCENARIOS else DEFAULT_SCENARIO
 
 
-DEFAULT_EVAL_ROUTERS = "round_robin,random,lor,jsq,power_of_two,least_kv,least_work_left,vllm_dp"
+DEFAULT_EVAL_ROUTERS = ",".join(name for name in ROUTERS if name not in CACHE_ROUTERS)
+"""Every registered load-only router (the cache-aware ones need prefix workloads to mean anything)."""
 
 
 def add_evaluate_parser(commands: argparse._SubParsersAction, base: Scenario) -> None:
-    """The ``evaluate`` subcommand. Its ``--model`` is the SB3 model zip, so the served LLM,
-    ``--model`` in ``simulate``, is ``--llm`` here."""
+    """The ``evaluate`` subcommand. ``--model`` is the served LLM, as in ``simulate`` and the env;
+    a trained SB3 policy is an ``--agent``, so the two never share a flag."""
     evaluate_parser = commands.add_parser(
-        "evaluate", help="compare routers (and a trained SB3 model) on the same workloads; table, JSON, CDF plot",
-        conflict_handler="resolve")
+        "evaluate", help="compare routers (and a trained SB3 agent) on the same workloads; table, JSON, CDF plot")
     add_scenario_arguments(evaluate_parser, base)
-    evaluate_parser.add_argument("--llm", dest="model", default=base.cluster.replica.model,
-                                 help="served model name or alias (simulate's --model; default %(default)s)")
     evaluate_parser.add_argument("--routers", default=DEFAULT_EVAL_ROUTERS,
                                  help=f"comma-separated router names (default: {DEFAULT_EVAL_ROUTERS}; from {', '.join(sorted(ROUTERS))})")
-    evaluate_parser.add_argument("--model", dest="model_path", default=None, metavar="PATH.zip",
-                                 help="also evaluate this SB3 model zip (see --algorithm)")
+    evaluate_parser.add_argument("--agent", default=None, metavar="PATH.zip",
+                                 help="also evaluate this trained SB3 model zip (see --algorithm)")
     evaluate_parser.add_argument("--algorithm", default=None, metavar="MODULE:CLASS",
                                  help="SB3 class that loads the model, e.g. sb3_klppo:KLPPO "
                                       "(default: sb3_contrib:MaskablePPO if it accepts the zip, else stable_baselines3:PPO)")
-    evaluate_parser.add_argument("--model-name", default=None, help="row name of the model (default: file stem)")
+    evaluate_parser.add_argument("--agent-name", default=None, help="row name of the agent (default: file stem)")
     evaluate_parser.add_argument("--episodes", type=int, default=3, help="episodes per policy (default 3)")
     evaluate_parser.add_argument("--seed", type=non_negative_int, default=0,
                                  help="episode k uses seed S+k for every policy")
@@ -304,8 +303,11 @@ def add_evaluate_parser(commands: argparse._SubParsersAction, base: Scenario) ->
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     routers = [name for name in args.routers.split(",") if name.strip()]
-    model = load_model(args.model_path, args.algorithm) if args.model_path else None
-    model_name = args.model_name or (Path(args.model_path).stem if args.model_path else "ppo")
+    if args.model.endswith(".zip"):
+        raise ConfigError(f"--model {args.model}: --model names the served LLM; give a trained SB3 model zip "
+                          "with --agent")
+    model = load_model(args.agent, args.algorithm) if args.agent else None
+    model_name = args.agent_name or (Path(args.agent).stem if args.agent else "ppo")
     scenario = scenario_from_args(args)
     episode_requests = scenario.workload.num_requests if args.episode_requests is None else args.episode_requests
     first_episode = replace(scenario.workload, num_requests=episode_requests)
