@@ -28,8 +28,9 @@ block past the prompt, so :class:`GroupGrowth` holds as it is.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from itertools import repeat
+from itertools import filterfalse, repeat, takewhile
 from math import inf
+from operator import sub
 
 from vidur_env.request_table import RequestTable
 
@@ -213,13 +214,7 @@ class PrefixKVCache(KVCache):
 
     def match_blocks(self, hashes: tuple[int, ...]) -> int:
         self._evict()
-        ref_counts, evictable = self.ref_counts, self.evictable
-        hits = 0
-        for h in hashes:
-            if h not in ref_counts and h not in evictable:
-                break
-            hits += 1
-        return hits
+        return leading_cached(hashes, self.ref_counts, self.evictable)[0]
 
     def _hits(self, rid: int) -> tuple[int, int]:
         """Blocks ``rid`` (holding none) would hit at admission, and how many of them are
@@ -231,13 +226,8 @@ class PrefixKVCache(KVCache):
         hashes = self.table.block_hashes[rid]
         hits = referenced = 0
         if hashes is not None:
-            ref_counts, evictable = self.ref_counts, self.evictable
-            for h in hashes[: max(self.prompt[rid] - 1, 0) // BLOCK_SIZE]:
-                if h in ref_counts:
-                    referenced += 1
-                elif h not in evictable:
-                    break
-                hits += 1
+            hits, referenced = leading_cached(hashes[: max(self.prompt[rid] - 1, 0) // BLOCK_SIZE],
+                                              self.ref_counts, self.evictable)
         self._memo = (rid, self._version, hits, referenced)
         return hits, referenced
 
@@ -259,12 +249,12 @@ class PrefixKVCache(KVCache):
         if hits:
             refs = list(self.table.block_hashes[rid][:hits])
             ref_counts, evictable = self.ref_counts, self.evictable
-            for h in refs:
-                if h in ref_counts:
-                    ref_counts[h] += 1
-                else:
-                    del evictable[h]
-                    ref_counts[h] = 1
+            shared = refs if referenced == hits else list(filter(ref_counts.__contains__, refs)) if referenced else []
+            unreferenced = [] if referenced == hits else refs if not referenced else list(
+                filterfalse(ref_counts.__contains__, refs))
+            ref_counts.update(zip(shared, map((1).__add__, list(map(ref_counts.__getitem__, shared)))))
+            deque(map(evictable.__delitem__, unreferenced), maxlen=0)  # looped in C, as below
+            ref_counts.update(dict.fromkeys(unreferenced, 1))
             self._version += 1
             self.processed[rid] = hits * BLOCK_SIZE
             self.table.cached_tokens[rid] += hits * BLOCK_SIZE
@@ -314,9 +304,10 @@ class PrefixKVCache(KVCache):
         tail_first = [h for h in reversed(refs) if h is not None] if None in refs else refs[::-1]
         counts = list(map(self.ref_counts.pop, tail_first))
         shared = len(tail_first)
-        if counts.count(1) == shared:  # the usual case: no other request holds any of them
-            self.evictable.update(dict.fromkeys(tail_first))
-            released = shared
+        released = counts.count(1)
+        if counts[:released].count(1) == released:  # the usual case: blocks others hold (if any) head the prompt
+            self.evictable.update(dict.fromkeys(tail_first[:released]))
+            self.ref_counts.update(zip(tail_first[released:], map(sub, counts[released:], repeat(1))))
         else:
             released = 0
             for h, count in zip(tail_first, counts):
@@ -329,6 +320,32 @@ class PrefixKVCache(KVCache):
         self.allocated_blocks -= released + self.blocks[rid] - shared
         self.blocks[rid] = 0
         self.num_allocated_requests -= 1
+
+
+def leading_cached(hashes: tuple[int, ...], ref_counts: dict[int, int], evictable: dict[int, None]) -> tuple[int, int]:
+    """How many leading ``hashes`` are cached (in ``ref_counts`` or ``evictable``), and how many
+    of those are referenced (in ``ref_counts``).
+
+    The same as a loop over the hashes stopping at the first in neither, but run as
+    alternating stretches of ``takewhile`` over one iterator, so every block is tested in C:
+    a cached prefix is a few stretches (shared referenced head, unreferenced tail), hundreds
+    of blocks long.
+    """
+    in_referenced, in_evictable = ref_counts.__contains__, evictable.__contains__
+    blocks = iter(hashes)
+    end = len(hashes)
+    cached = referenced = 0
+    while True:
+        run = len(list(takewhile(in_referenced, blocks)))  # also consumes the first block outside
+        cached += run
+        referenced += run
+        if cached >= end or hashes[cached] not in evictable:
+            return cached, referenced
+        cached += 1 + len(list(takewhile(in_evictable, blocks)))
+        if cached >= end or hashes[cached] not in ref_counts:
+            return cached, referenced
+        cached += 1
+        referenced += 1
 
 
 class ReservingKVCache(KVCache):
