@@ -28,7 +28,7 @@ block past the prompt, so :class:`GroupGrowth` holds as it is.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from itertools import filterfalse, repeat, takewhile
+from itertools import repeat, takewhile
 from math import inf
 from operator import sub
 
@@ -249,12 +249,12 @@ class PrefixKVCache(KVCache):
         if hits:
             refs = list(self.table.block_hashes[rid][:hits])
             ref_counts, evictable = self.ref_counts, self.evictable
-            shared = refs if referenced == hits else list(filter(ref_counts.__contains__, refs)) if referenced else []
-            unreferenced = [] if referenced == hits else refs if not referenced else list(
-                filterfalse(ref_counts.__contains__, refs))
-            ref_counts.update(zip(shared, map((1).__add__, list(map(ref_counts.__getitem__, shared)))))
-            deque(map(evictable.__delitem__, unreferenced), maxlen=0)  # looped in C, as below
-            ref_counts.update(dict.fromkeys(unreferenced, 1))
+            for h in refs:
+                if h in ref_counts:
+                    ref_counts[h] += 1
+                else:
+                    del evictable[h]
+                    ref_counts[h] = 1
             self._version += 1
             self.processed[rid] = hits * BLOCK_SIZE
             self.table.cached_tokens[rid] += hits * BLOCK_SIZE
@@ -306,7 +306,7 @@ class PrefixKVCache(KVCache):
         shared = len(tail_first)
         released = counts.count(1)
         if counts[:released].count(1) == released:  # the usual case: blocks others hold (if any) head the prompt
-            self.evictable.update(dict.fromkeys(tail_first[:released]))
+            self.evictable.update(zip(tail_first[:released], repeat(None)))  # an OrderedDict takes pairs faster than a dict
             self.ref_counts.update(zip(tail_first[released:], map(sub, counts[released:], repeat(1))))
         else:
             released = 0
