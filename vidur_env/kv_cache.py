@@ -28,9 +28,8 @@ block past the prompt, so :class:`GroupGrowth` holds as it is.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from itertools import repeat, takewhile
+from itertools import repeat
 from math import inf
-from operator import sub
 
 from vidur_env.request_table import RequestTable
 
@@ -214,7 +213,13 @@ class PrefixKVCache(KVCache):
 
     def match_blocks(self, hashes: tuple[int, ...]) -> int:
         self._evict()
-        return leading_cached(hashes, self.ref_counts, self.evictable)[0]
+        ref_counts, evictable = self.ref_counts, self.evictable
+        hits = 0
+        for h in hashes:
+            if h not in ref_counts and h not in evictable:
+                break
+            hits += 1
+        return hits
 
     def _hits(self, rid: int) -> tuple[int, int]:
         """Blocks ``rid`` (holding none) would hit at admission, and how many of them are
@@ -226,8 +231,13 @@ class PrefixKVCache(KVCache):
         hashes = self.table.block_hashes[rid]
         hits = referenced = 0
         if hashes is not None:
-            hits, referenced = leading_cached(hashes[: max(self.prompt[rid] - 1, 0) // BLOCK_SIZE],
-                                              self.ref_counts, self.evictable)
+            ref_counts, evictable = self.ref_counts, self.evictable
+            for h in hashes[: max(self.prompt[rid] - 1, 0) // BLOCK_SIZE]:
+                if h in ref_counts:
+                    referenced += 1
+                elif h not in evictable:
+                    break
+                hits += 1
         self._memo = (rid, self._version, hits, referenced)
         return hits, referenced
 
@@ -304,10 +314,9 @@ class PrefixKVCache(KVCache):
         tail_first = [h for h in reversed(refs) if h is not None] if None in refs else refs[::-1]
         counts = list(map(self.ref_counts.pop, tail_first))
         shared = len(tail_first)
-        released = counts.count(1)
-        if counts[:released].count(1) == released:  # the usual case: blocks others hold (if any) head the prompt
-            self.evictable.update(zip(tail_first[:released], repeat(None)))  # an OrderedDict takes pairs faster than a dict
-            self.ref_counts.update(zip(tail_first[released:], map(sub, counts[released:], repeat(1))))
+        if counts.count(1) == shared:  # the usual case: no other request holds any of them
+            self.evictable.update(dict.fromkeys(tail_first))
+            released = shared
         else:
             released = 0
             for h, count in zip(tail_first, counts):
@@ -320,32 +329,6 @@ class PrefixKVCache(KVCache):
         self.allocated_blocks -= released + self.blocks[rid] - shared
         self.blocks[rid] = 0
         self.num_allocated_requests -= 1
-
-
-def leading_cached(hashes: tuple[int, ...], ref_counts: dict[int, int], evictable: dict[int, None]) -> tuple[int, int]:
-    """How many leading ``hashes`` are cached (in ``ref_counts`` or ``evictable``), and how many
-    of those are referenced (in ``ref_counts``).
-
-    The same as a loop over the hashes stopping at the first in neither, but run as
-    alternating stretches of ``takewhile`` over one iterator, so every block is tested in C:
-    a cached prefix is a few stretches (shared referenced head, unreferenced tail), hundreds
-    of blocks long.
-    """
-    in_referenced, in_evictable = ref_counts.__contains__, evictable.__contains__
-    blocks = iter(hashes)
-    end = len(hashes)
-    cached = referenced = 0
-    while True:
-        run = len(list(takewhile(in_referenced, blocks)))  # also consumes the first block outside
-        cached += run
-        referenced += run
-        if cached >= end or hashes[cached] not in evictable:
-            return cached, referenced
-        cached += 1 + len(list(takewhile(in_evictable, blocks)))
-        if cached >= end or hashes[cached] not in ref_counts:
-            return cached, referenced
-        cached += 1
-        referenced += 1
 
 
 class ReservingKVCache(KVCache):
