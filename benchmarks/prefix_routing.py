@@ -125,7 +125,7 @@ PAIRED_METRICS = ("ttft_mean", "ttft_p99", "e2e_mean")
 """The lower-is-better figures the paired tables compare."""
 
 HOT = SessionConfig(num_system_prompts=16, zipf_alpha=2.0)
-"""A few hot prefixes: Zipf 2.0 over the 16 system prompts gives the hottest 62% of sessions."""
+"""A few hot prefixes: Zipf 2.0 over the 16 system prompts gives the hottest 63% of sessions."""
 
 
 def paired_table(title: str, scenario: Scenario, names: list[str], seeds: int) -> None:
