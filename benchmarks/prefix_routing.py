@@ -18,8 +18,10 @@ and the workload draw are done once per workload, outside the timings).
 Without prefix caching in the simulator, nothing is ever served from cache: cache-aware routers
 then only concentrate load (approximate views) or see empty caches (precise views), so their
 latencies show the cost of affinity, not its benefit. Prefix caching is switched on in every
-replica where ``ReplicaConfig`` has ``prefix_caching``. Usage:
-``python benchmarks/prefix_routing.py [--routers a,b] [--seed 0] [--mooncake-requests 1000]``.
+replica where ``ReplicaConfig`` has ``prefix_caching``. With ``--paired-seeds N`` the prefix scenario and a hot-prefix variant (:data:`HOT`) also run
+on N seeds each, every router's TTFT compared seed by seed with the load-only baselines
+(:data:`PAIRED_BASELINES`) by a paired t interval (:mod:`vidur_env.paired`). Usage:
+``python benchmarks/prefix_routing.py [--routers a,b] [--seed 0] [--mooncake-requests 1000] [--paired-seeds 5]``.
 """
 from __future__ import annotations
 
@@ -33,8 +35,10 @@ import numpy as np
 
 from vidur_env.cluster import build_time_models
 from vidur_env.config import ClusterConfig, ReplicaConfig
+from vidur_env.paired import paired_difference
 from vidur_env.routers import ROUTERS, make_router
 from vidur_env.simulation import PREFIX_CACHING, Scenario, named_scenario, resolve_workload, run_simulation
+from vidur_env.sessions import SessionConfig
 from vidur_env.workload import Requests, WorkloadConfig, generate_requests
 
 MOONCAKE = "traces/mooncake_synthetic_trace.jsonl"
@@ -114,6 +118,43 @@ def print_table(title: str, rows: list[dict]) -> None:
         print(f"\n{rows[0]['cut']} requests longer than max_tokens were cut (their prompts shortened).")
 
 
+PAIRED_BASELINES = ("round_robin", "jsq")
+"""Load-only routers every router is compared with, seed by seed, in the paired tables."""
+
+PAIRED_METRICS = ("ttft_mean", "ttft_p99", "e2e_mean")
+"""The lower-is-better figures the paired tables compare."""
+
+HOT = SessionConfig(num_system_prompts=16, zipf_alpha=2.0)
+"""A few hot prefixes: Zipf 2.0 over the 16 system prompts gives the hottest 63% of sessions."""
+
+
+def paired_table(title: str, scenario: Scenario, names: list[str], seeds: int) -> None:
+    """Mean TTFT / E2E over ``seeds`` seeds per router, and the paired relative difference of
+    TTFT mean and p99 against each load-only baseline (t interval over the seeds; ``tie`` when
+    it contains zero)."""
+    workload = resolve_workload(scenario, build_time_models(scenario.cluster))
+    scenario = replace(scenario, workload=workload, load=None)
+    runs: dict[str, list[dict]] = {n: [] for n in dict.fromkeys([*PAIRED_BASELINES, *names])}
+    for seed in range(seeds):
+        requests = generate_requests(workload, np.random.default_rng(seed))
+        for name in runs:
+            runs[name].append(row(name, scenario, requests, seed))
+    print(f"\n## {title}: {seeds} seeds\n")
+    print(f"{'router':<28} {'TTFT mean':>9} {'TTFT p99':>9} {'E2E mean':>9} {'hit':>6}")
+    for name, rows in runs.items():
+        hits = [float(r["hit_rate"]) for r in rows if r["hit_rate"] != "n/a"]
+        hit = f"{np.mean(hits):.3f}" if hits else "n/a"
+        print(f"{name:<28} " + " ".join(f"{np.mean([r[m] for r in rows]):>9.3f}" for m in PAIRED_METRICS) + f" {hit:>6}")
+    for base in PAIRED_BASELINES:
+        print(f"\npaired against {base} (% change per seed, mean ± 95% t interval; tie when it holds 0)\n")
+        print(f"{'router':<28} " + " ".join(f"{m:>28}" for m in PAIRED_METRICS))
+        for name, rows in runs.items():
+            if name == base:
+                continue
+            diffs = [paired_difference([r[m] for r in rows], [r[m] for r in runs[base]]) for m in PAIRED_METRICS]
+            print(f"{name:<28} " + " ".join(f"{str(d) + ' ' + d.verdict:>28}" for d in diffs))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--routers", default=",".join(sorted(ROUTERS)), help="comma-separated registry names")
@@ -122,6 +163,8 @@ def main() -> None:
     parser.add_argument("--mooncake-requests", type=int, default=1000)
     parser.add_argument("--mooncake-replicas", type=int, default=8)
     parser.add_argument("--mooncake-time-scale", type=float, default=2.0)
+    parser.add_argument("--paired-seeds", type=int, default=0,
+                        help="also run the prefix scenario and its hot-prefix variant on this many seeds, paired")
     args = parser.parse_args()
     names = [n for n in args.routers.split(",") if n]
     print(f"prefix caching in the simulator: {'yes' if PREFIX_CACHING else 'no (hit rates n/a; see the docstring)'}")
@@ -130,6 +173,14 @@ def main() -> None:
         prefix = replace(prefix, workload=replace(prefix.workload, num_requests=args.prefix_requests))
     prefix, requests = fixed(prefix, args.seed)
     print_table("prefix scenario", [row(n, prefix, requests, args.seed) for n in names])
+    if args.paired_seeds:
+        base = named_scenario("prefix")
+        if args.prefix_requests:
+            base = replace(base, workload=replace(base.workload, num_requests=args.prefix_requests))
+        paired_table("prefix scenario", base, names, args.paired_seeds)
+        hot = replace(base, workload=replace(base.workload, sessions=HOT))
+        paired_table(f"hot prefixes (Zipf {HOT.zipf_alpha:g} over {HOT.num_system_prompts} system prompts)", hot,
+                     names, args.paired_seeds)
     path = shared_data() / MOONCAKE
     if not path.is_file():
         print(f"\n## Mooncake trace: skipped ({path} not found; set VIDUR_SHARED_DATA)")

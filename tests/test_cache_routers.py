@@ -66,6 +66,28 @@ def test_prefix_index_matches_the_longest_prefix_and_evicts_tails_first():
     assert index.match(0, KEYS) == 8 and index.match(0, (0, 1, 20, 21, 22, 23)) == 6
 
 
+def test_prefix_index_evicts_exactly_the_least_recent_keys_over_many_records():
+    """Against a reference LRU (an OrderedDict moved to the end key by key): random prompts
+    sharing heads, so most stamps go stale and eviction reads several slices of the log, which
+    is also compacted on the way."""
+    from collections import OrderedDict
+
+    rng = np.random.default_rng(3)
+    index, reference, capacity = PrefixIndex([40]), OrderedDict(), 40
+    for _ in range(300):
+        head = int(rng.integers(0, 4))
+        keys = tuple(range(head * 1000, head * 1000 + int(rng.integers(1, 30))))
+        index.record(0, keys)
+        for key in reversed(keys):
+            reference[key] = None
+            reference.move_to_end(key)
+        while len(reference) > capacity:
+            reference.popitem(last=False)
+        assert set(index.blocks[0]) == set(reference)
+        assert index.match(0, keys) == len(keys)
+    assert len(index.log_keys[0]) - index.front[0] <= 2 * capacity + 30  # the read part of the log is dropped
+
+
 def test_sglang_takes_the_best_match_above_the_threshold():
     sim = cluster([replica(cached=KEYS[:2]), replica(cached=KEYS[:4], running=3), replica()], KEYS)
     assert route("sglang_cache_aware_precise", sim) == 1  # 4/10 >= 0.3
