@@ -26,8 +26,6 @@ from functools import cache
 from typing import Any
 
 DEFAULT_ENV_ID = "vidur_env:VidurRouting-v0"
-HEURISTICS = ("round_robin", "random", "lor", "jsq", "power_of_two", "least_kv", "least_work_left", "vllm_dp")
-"""vidur_env's heuristic routers, the default comparison set of the evaluation."""
 
 
 class ConfigError(ValueError):
@@ -138,7 +136,7 @@ class WarmStartConfig:
     enabled: bool = knob(True, flag="--warm-start")
     """Clone the expert before PPO (--no-warm-start to train from scratch)."""
     expert: str = knob("least_work_left", flag="--expert")
-    """Router to imitate, by registry name (vidur_env.routers.ROUTERS)."""
+    """Router to imitate, by registry name (vidur_env.routers.ROUTERS; checked before training)."""
     n_samples: int = knob(8192, ge=1, flag="--bc-samples")
     """Expert decisions collected for cloning."""
     bc_epochs: int = knob(10, ge=1)
@@ -183,8 +181,8 @@ class EvaluationConfig:
 
     enabled: bool = knob(True, flag="--evaluate")
     """Evaluate after training (needs the vidur_env evaluation harness)."""
-    routers: list[str] = knob(factory=lambda: list(HEURISTICS), flag="--eval-routers")
-    """Heuristic routers to compare with, comma-separated on the CLI; the expert is always added."""
+    routers: list[str] | None = knob(None, flag="--eval-routers")
+    """Heuristic routers to compare with, comma-separated on the CLI; null: every load-only router vidur_env registers; the expert is always added."""
     episodes: int = knob(10, ge=1, flag="--eval-episodes")
     """Evaluation episodes (workload draws) per router."""
     num_requests: int | None = knob(None, ge=1, flag="--eval-requests")
@@ -315,16 +313,26 @@ def _optional_inner(annotation: Any) -> Any | None:
     return None
 
 
+def value_type(knob_: Knob) -> Any:
+    """The knob's type with ``| None`` removed (``list[str]`` for ``list[str] | None``)."""
+    inner = _optional_inner(knob_.annotation)
+    return knob_.annotation if inner is None else inner
+
+
+def holds_collection(knob_: Knob) -> bool:
+    """Whether the knob's values are lists or objects, whose flag strings hold commas."""
+    return typing.get_origin(value_type(knob_)) in (list, dict)
+
+
 def metavar(knob_: Knob) -> str:
     """Short placeholder of a flag's value in ``--help`` (choices spelled out)."""
     choices = knob_.field.metadata.get("choices")
     if choices:
         return "{" + ",".join(choices) + "}"
-    inner = _optional_inner(knob_.annotation)
-    annotation = inner if inner is not None else knob_.annotation
+    annotation = value_type(knob_)
     origin = typing.get_origin(annotation)
     name = "NAME,..." if origin is list else "JSON" if origin is dict else {int: "INT", float: "FLOAT", str: "STR"}[annotation]
-    return f"{name}|null" if inner is not None else name
+    return name if annotation is knob_.annotation else f"{name}|null"
 
 
 def type_name(annotation: Any) -> str:

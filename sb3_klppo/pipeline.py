@@ -328,8 +328,12 @@ def make_callbacks(config: TrainConfig, out: pathlib.Path, curve: PeriodicEvalua
 
 
 def evaluation_routers(config: TrainConfig) -> list[str]:
-    """The configured heuristics plus the warm-start teacher, each once, in order."""
-    routers = list(config.evaluation.routers)
+    """The configured heuristics (null: every load-only router of vidur_env's registry) plus the
+    warm-start teacher, each once, in order."""
+    from vidur_env.routers import load_only_routers
+
+    configured = config.evaluation.routers
+    routers = load_only_routers() if configured is None else list(configured)
     if config.warm_start.enabled and config.warm_start.expert not in routers:
         routers.append(config.warm_start.expert)
     return routers

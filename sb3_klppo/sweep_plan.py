@@ -11,7 +11,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sb3_klppo.config import ConfigError, TrainConfig, get_value
+from sb3_klppo.config import ConfigError, TrainConfig, get_value, holds_collection
 from sb3_klppo.pipeline import knob_by_key, override, preflight, resolve_config
 
 METRIC_MODES: dict[str, str] = {
@@ -58,7 +58,7 @@ def parse_grid(spec: str, base: TrainConfig) -> GridAxis:
             raise ConfigError(f"--grid {key}: expected a non-empty JSON array of values, got {text}")
         texts = [json.dumps(value) for value in raw]
     else:
-        if isinstance(get_value(base, knob), (list, dict)):
+        if holds_collection(knob):
             raise ConfigError(f"--grid {key}: its values contain commas; give them as a JSON array, "
                               f"e.g. {key}=[{json.dumps(get_value(base, knob))}]")
         raw = texts = [item.strip() for item in text.split(",")]

@@ -18,6 +18,9 @@ from sb3_klppo.config import (
     load_config,
     save_config,
 )
+from sb3_klppo.pipeline import evaluation_routers, preflight
+from vidur_env.cache_routers import CACHE_ROUTERS
+from vidur_env.routers import ROUTERS, load_only_routers
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -92,6 +95,8 @@ def test_integer_values_are_accepted_for_numbers(tmp_path):
         (lambda d: d["ppo"].update(n_steps=512.5), r"ppo\.n_steps: expected integer"),
         (lambda d: d["warm_start"].update(enabled=1), r"warm_start\.enabled: expected true/false"),
         (lambda d: d["evaluation"].update(routers="lor"), r"evaluation\.routers: expected list of strings"),
+        (lambda d: d["evaluation"].update(routers=["lor", 3]),
+         r"evaluation\.routers: expected list of strings or null, got \[\"lor\", 3\]"),
         (lambda d: d.update(ppo=[]), r"ppo: expected a JSON object"),
         (lambda d: d["kl_regularization"].update(kl_coef=-0.1), r"kl_regularization\.kl_coef: must be >= 0, got -0\.1"),
         (lambda d: d["ppo"].update(gamma=1.5), r"ppo\.gamma: must be <= 1"),
@@ -135,3 +140,28 @@ def test_cli_reports_config_errors_with_exit_status_2(tmp_path, capsys):
     assert "ppo.batch_sise" in err and str(path) in err and "Traceback" not in err
     assert main(["train", "--config", str(tmp_path / "missing.json")]) == 2
     assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_default_evaluation_routers_are_every_load_only_router_the_registry_holds():
+    assert TrainConfig().evaluation.routers is None
+    routers = evaluation_routers(TrainConfig())
+    assert set(routers) == set(ROUTERS) - set(CACHE_ROUTERS)
+    assert {"speed_aware_lwl", "staleness_aware_lwl"} <= set(routers)
+    assert routers == load_only_routers()  # the expert, least_work_left, is one of them: not added twice
+
+
+def test_an_explicit_router_list_is_kept_and_null_means_the_registry_default():
+    assert evaluation_routers(parse(["--eval-routers", "jsq,lor"])) == ["jsq", "lor", "least_work_left"]
+    assert evaluation_routers(parse(["--eval-routers", "jsq", "--no-warm-start"])) == ["jsq"]
+    given = parse(["--config", str(CONFIGS / "ppo_online.json"), "--eval-routers", "null"])
+    assert given.evaluation.routers is None and evaluation_routers(given) == load_only_routers()
+
+
+@pytest.mark.parametrize("expert", load_only_routers())
+def test_preflight_accepts_every_registered_load_only_router_as_expert(expert):
+    preflight(parse(["--expert", expert]))
+
+
+def test_preflight_names_the_registry_when_the_expert_is_unknown():
+    with pytest.raises(ConfigError, match=r"warm_start\.expert: unknown router 'fastest'; choose from .*staleness_aware_lwl"):
+        preflight(parse(["--expert", "fastest"]))

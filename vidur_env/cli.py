@@ -27,8 +27,7 @@ from vidur_env.evaluation import evaluate, load_model
 from vidur_env.hardware import UnknownSpecError
 from vidur_env.metrics import CSV_LAYOUTS, write_json
 from vidur_env.reward import DEFAULT_REWARD, REWARDS
-from vidur_env.cache_routers import CACHE_ROUTERS
-from vidur_env.routers import ROUTERS
+from vidur_env.routers import ROUTERS, load_only_routers
 from vidur_env.simulation import DEFAULT_SCENARIO, SCENARIOS, Scenario, named_scenario, run_simulation
 from vidur_env.time_model import TimeModelError
 from vidur_env.traces import FORMATS as TRACE_FORMATS
@@ -264,8 +263,8 @@ def scenario_named_in(argv: Sequence[str]) -> str:
     return name if name in SCENARIOS else DEFAULT_SCENARIO
 
 
-DEFAULT_EVAL_ROUTERS = ",".join(name for name in ROUTERS if name not in CACHE_ROUTERS)
-"""Every registered load-only router (the cache-aware ones need prefix workloads to mean anything)."""
+DEFAULT_EVAL_ROUTERS = ",".join(load_only_routers())
+"""Every registered load-only router, comma-separated (see :func:`vidur_env.routers.load_only_routers`)."""
 
 
 def add_evaluate_parser(commands: argparse._SubParsersAction, base: Scenario) -> None:

@@ -219,6 +219,13 @@ ROUTERS: dict[str, type[Router]] = {
 ROUTERS.update(CACHE_ROUTERS)
 
 
+def load_only_routers() -> list[str]:
+    """Every registered router that is not cache-aware, in registry order: the default comparison
+    set of ``evaluate`` and of the training job's evaluation (the cache-aware routers need prefix
+    workloads to mean anything)."""
+    return [name for name in ROUTERS if name not in CACHE_ROUTERS]
+
+
 def make_router(name: str) -> Router:
     """A fresh router by registry name; the error lists the valid names."""
     try:
