@@ -35,11 +35,11 @@ from sb3_klppo.sweep import add_sweep_parser, run_sweep_command
 
 def build_parser() -> argparse.ArgumentParser:
     """``train`` with one flag per config knob (help from the knob's docstring), ``flags`` and ``sweep``."""
-    parser = argparse.ArgumentParser(prog="sb3-klppo", description="KL-regularised PPO training from JSON configs.")
+    parser = argparse.ArgumentParser(prog="sb3-klppo", description="KL-regularised PPO training from JSON or YAML configs.")
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train, evaluate and report from a JSON config",
+    train = commands.add_parser("train", help="train, evaluate and report from a JSON or YAML config",
                                 argument_default=argparse.SUPPRESS)
-    train.add_argument("--config", help="JSON config file (default: the built-in defaults = configs/ppo_warmstart.json)")
+    train.add_argument("--config", help="JSON or YAML (.yaml/.yml) config file (default: the built-in defaults = configs/ppo_warmstart.json)")
     defaults = TrainConfig()
     groups: dict[str | None, Any] = {}
     for knob in all_knobs():

@@ -1,5 +1,5 @@
 """The training configuration: typed dataclasses that are the one source of truth for the JSON
-config files, the CLI flags and their help.
+and YAML config files, the CLI flags and their help.
 
 Each field of a block is one JSON key *and* one flag (``kl_regularization.kl_coef`` is
 ``--kl-coef``); its one-line attribute docstring is the flag's help; its ``knob(...)`` metadata
@@ -7,7 +7,9 @@ holds the flag name when it differs from the key and the valid range. Adding a k
 field here. ``python -m sb3_klppo flags`` prints the mapping as a markdown table.
 
 Loading checks every key: unknown keys, wrong types and out-of-range values raise
-:class:`ConfigError` naming the key, the file and (when it can be found) the line.
+:class:`ConfigError` naming the key, the file and (when it can be found) the line. A ``.yaml`` or
+``.yml`` file is read with PyYAML's safe loader and checked exactly like JSON; its lines come from
+the parser's node marks, and a key written twice is an error rather than YAML's silent last-wins.
 """
 
 from __future__ import annotations
@@ -21,11 +23,16 @@ import pathlib
 import textwrap
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
+import yaml
+
 DEFAULT_ENV_ID = "vidur_env:VidurRouting-v0"
+YAML_SUFFIXES = (".yaml", ".yml")
+"""Config file suffixes read as YAML; any other is read as JSON."""
 
 
 class ConfigError(ValueError):
@@ -348,6 +355,20 @@ def type_name(annotation: Any) -> str:
     return {int: "integer", float: "number", bool: "true/false", str: "string"}[annotation]
 
 
+def _show(value: Any) -> str:
+    """A value as JSON in an error message; what JSON cannot spell (a YAML date, set or bytes) by repr."""
+    return json.dumps(value, default=repr)
+
+
+def _is_json(value: Any) -> bool:
+    """Whether ``value`` is plain JSON data (what a YAML file may hold beyond it, such as dates, is not)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_is_json(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 def _matches(value: Any, annotation: Any) -> bool:
     """Whether a JSON value has the field's type (ints are numbers; bools are not ints)."""
     inner = _optional_inner(annotation)
@@ -357,7 +378,7 @@ def _matches(value: Any, annotation: Any) -> bool:
     if origin is list:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if origin is dict:
-        return isinstance(value, dict)
+        return isinstance(value, dict) and _is_json(value)
     if annotation is bool:
         return isinstance(value, bool)
     if annotation is int:
@@ -379,7 +400,7 @@ BOUNDS = (
 def check_value(knob_: Knob, value: Any) -> Any:
     """Return ``value`` (ints widened to float where a number is expected) or raise with the reason."""
     if not _matches(value, knob_.annotation):
-        raise ValueError(f"expected {type_name(knob_.annotation)}, got {json.dumps(value)}")
+        raise ValueError(f"expected {type_name(knob_.annotation)}, got {_show(value)}")
     if value is None:
         return None
     meta = knob_.field.metadata
@@ -395,8 +416,16 @@ def check_value(knob_: Knob, value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# JSON <-> dataclasses
+# Config files <-> dataclasses
 # ---------------------------------------------------------------------------------------------
+
+KeyLines = Callable[[str], "int | None"]
+"""The 1-based line of a dotted key in the file it came from, or None where it cannot be told."""
+
+
+def no_lines(key: str) -> None:
+    """:data:`KeyLines` of a config that is not a file (a dict given in Python)."""
+    return None
 
 
 def key_line(text: str | None, key: str) -> int | None:
@@ -413,52 +442,98 @@ def key_line(text: str | None, key: str) -> int | None:
     return start + 1
 
 
-def _where(source: str, text: str | None, key: str) -> str:
-    line = key_line(text, key)
+def yaml_key_lines(node: yaml.Node, source: str, prefix: str = "") -> dict[str, int]:
+    """1-based line of every key of a composed YAML document, dotted by nesting (``ppo.n_steps``),
+    from the parser's marks; a key written twice in one mapping raises (YAML keeps the last silently)."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key, line = f"{prefix}{key_node.value}", key_node.start_mark.line + 1
+            if key in lines:
+                raise ConfigError(f"{source}, line {line}: key {key!r} is given twice (first at line {lines[key]})")
+            lines[key] = line
+            lines.update(yaml_key_lines(value_node, source, key + "."))
+    return lines
+
+
+def _where(source: str, lines: KeyLines, key: str) -> str:
+    line = lines(key)
     return f"{source}, line {line}" if line else source
 
 
-def _build(cls: type, data: Any, block: str | None, source: str, text: str | None) -> Any:
+def _build(cls: type, data: Any, block: str | None, source: str, lines: KeyLines) -> Any:
     """One dataclass from one JSON object, every key checked."""
     label = block or "top level"
     if not isinstance(data, dict):
-        raise ConfigError(f"{_where(source, text, block or '')}: {label}: expected a JSON object, got {json.dumps(data)}")
+        raise ConfigError(f"{_where(source, lines, block or '')}: {label}: expected a JSON object, got {_show(data)}")
     knobs = {k.name: k for k in _leaf_knobs(cls, block)}
     nested = {name for name in BLOCKS if cls is TrainConfig}
-    unknown = sorted(set(data) - set(knobs) - nested)
+    unknown = sorted(set(data) - set(knobs) - nested, key=str)
     if unknown:
-        key = f"{block}.{unknown[0]}" if block else unknown[0]
+        key = f"{block}.{unknown[0]}" if block else str(unknown[0])
         valid = ", ".join(sorted(set(knobs) | nested))
-        raise ConfigError(f"{_where(source, text, key)}: unknown key {key!r}; valid keys of {label}: {valid}")
+        raise ConfigError(f"{_where(source, lines, key)}: unknown key {key!r}; valid keys of {label}: {valid}")
     values = {}
     for name, value in data.items():
         if name in nested:
-            values[name] = _build(BLOCKS[name], value, name, source, text)
+            values[name] = _build(BLOCKS[name], value, name, source, lines)
             continue
         try:
             values[name] = check_value(knobs[name], value)
         except ValueError as error:
-            raise ConfigError(f"{_where(source, text, knobs[name].key)}: {knobs[name].key}: {error}") from None
+            raise ConfigError(f"{_where(source, lines, knobs[name].key)}: {knobs[name].key}: {error}") from None
     return cls(**values)
 
 
-def config_from_dict(data: Any, source: str = "<dict>", text: str | None = None) -> TrainConfig:
-    """A :class:`TrainConfig` from parsed JSON; missing keys take their defaults."""
-    return _build(TrainConfig, data, None, source, text)
+def config_from_dict(data: Any, source: str = "<dict>", lines: KeyLines = no_lines) -> TrainConfig:
+    """A :class:`TrainConfig` from parsed JSON or YAML; missing keys take their defaults."""
+    return _build(TrainConfig, data, None, source, lines)
+
+
+def parse_json(text: str, source: str) -> tuple[Any, KeyLines]:
+    """The data of a JSON config and where its keys are."""
+    try:
+        return json.loads(text), partial(key_line, text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{source}, line {error.lineno} column {error.colno}: invalid JSON: {error.msg}") from None
+
+
+def _mark_text(mark: yaml.Mark) -> str:
+    return f"line {mark.line + 1} column {mark.column + 1}"
+
+
+def _yaml_error_text(error: yaml.MarkedYAMLError) -> str:
+    """Where the parser stopped and why, and where the construct it was reading began (an unclosed
+    bracket is found at the end of the file, but written where it opens)."""
+    problem, context = error.problem_mark, error.context_mark
+    text = f"{_mark_text(problem or context)}: invalid YAML: {error.problem or error.context}"
+    if problem and context and error.context:
+        text += f" ({error.context} that starts at {_mark_text(context)})"
+    return text
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, KeyLines]:
+    """The data of a YAML config (safe loader: plain data only) and where its keys are."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        raise ConfigError(f"{source}, {_yaml_error_text(error)}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: invalid YAML: {error}") from None
+    return data, yaml_key_lines(node, source).get
 
 
 def load_config(path: str | pathlib.Path) -> TrainConfig:
-    """Read and validate a JSON config file; errors name the file, the key and the line."""
+    """Read and validate a JSON or YAML (``.yaml``/``.yml``) config file; errors name the file, the key and the line."""
     path = pathlib.Path(path)
     try:
         text = path.read_text()
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config file: {error.strerror}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path}, line {error.lineno} column {error.colno}: invalid JSON: {error.msg}") from None
-    return config_from_dict(data, str(path), text)
+    parse = parse_yaml if path.suffix.lower() in YAML_SUFFIXES else parse_json
+    data, lines = parse(text, str(path))
+    return config_from_dict(data, str(path), lines)
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

@@ -141,7 +141,7 @@ def resolve_config(config: ConfigLike, overrides: Mapping[str, Any] | None = Non
 def run_training(config: ConfigLike, overrides: Mapping[str, Any] | None = None) -> tuple[pathlib.Path, dict[str, Any]]:
     """Train, evaluate and report one run; return its directory and its summary.
 
-    :param config: a :class:`TrainConfig`, a JSON-like dict, the path of a JSON config file, or
+    :param config: a :class:`TrainConfig`, a JSON-like dict, the path of a JSON or YAML config file, or
         None for the built-in defaults.
     :param overrides: ``{json_key: value}`` applied on top (see :func:`override`), e.g.
         ``{"seed": 3, "output_dir": "runs/s3"}``.

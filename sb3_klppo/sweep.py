@@ -42,7 +42,7 @@ EXIT_FAILED_TRIALS = 1
 def add_sweep_parser(commands: Any) -> None:
     """The ``sweep`` subcommand's arguments (``commands`` is the CLI's subparsers object)."""
     sweep = commands.add_parser("sweep", help="train every (configuration, seed) on Ray Tune and aggregate over seeds")
-    sweep.add_argument("--config", help="base JSON config file (default: the built-in defaults)")
+    sweep.add_argument("--config", help="base JSON or YAML config file (default: the built-in defaults)")
     sweep.add_argument("--seeds", type=int, default=3, help="seeds per configuration: the config's seed, +1, ... (default 3)")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                        help="config JSON key and its values (KEY=[JSON,...] for lists and objects); repeat for more keys")

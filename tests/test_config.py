@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sb3_klppo.cli import build_parser, config_from_args, main
 from sb3_klppo.config import (
@@ -165,3 +166,77 @@ def test_preflight_accepts_every_registered_load_only_router_as_expert(expert):
 def test_preflight_names_the_registry_when_the_expert_is_unknown():
     with pytest.raises(ConfigError, match=r"warm_start\.expert: unknown router 'fastest'; choose from .*staleness_aware_lwl"):
         preflight(parse(["--expert", "fastest"]))
+
+
+# YAML configs
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".yml"])
+def test_a_yaml_config_equals_the_json_one(tmp_path, suffix):
+    json_config = load_config(CONFIGS / "ppo_online.json")
+    path = tmp_path / f"online{suffix}"
+    path.write_text(yaml.safe_dump(json.loads((CONFIGS / "ppo_online.json").read_text()), sort_keys=False))
+    assert load_config(path) == json_config
+
+
+def test_a_hand_written_yaml_config_reads_like_its_json_twin(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        "# a partial config: the rest keeps its defaults\n"
+        "ppo:\n"
+        "  learning_rate: 0.001   # PyYAML reads 1e-3 (no dot) as a string\n"
+        "  n_envs: 4\n"
+        "kl_regularization: {kl_coef: 0.0, target_kl: null}\n"
+        "evaluation:\n"
+        "  routers: [jsq, lor]\n"
+        "env:\n"
+        "  kwargs:\n"
+        "    num_replicas: 8\n")
+    (tmp_path / "c.json").write_text(json.dumps({
+        "ppo": {"learning_rate": 0.001, "n_envs": 4}, "kl_regularization": {"kl_coef": 0.0, "target_kl": None},
+        "evaluation": {"routers": ["jsq", "lor"]}, "env": {"kwargs": {"num_replicas": 8}}}))
+    assert load_config(tmp_path / "c.yaml") == load_config(tmp_path / "c.json")
+    assert parse(["--config", str(tmp_path / "c.yaml"), "--n-envs", "2"]).ppo.n_envs == 2
+
+
+YAML_WITH_ERRORS = """\
+# line 1
+ppo:
+  n_envs: 4
+
+kl_regularization:
+  kl_coef: {kl_coef}
+  {extra}
+"""
+
+
+@pytest.mark.parametrize(
+    "kl_coef, extra, expected",
+    [
+        ("-1", "", r"line 6: kl_regularization\.kl_coef: must be >= 0, got -1"),
+        ("0.1", "kl_cof: 0.2", r"line 7: unknown key 'kl_regularization\.kl_cof'"),
+        ("0.1", "kl_coef: 0.2", r"line 7: key 'kl_regularization\.kl_coef' is given twice \(first at line 6\)"),
+        ("2024-01-01", "", r"line 6: kl_regularization\.kl_coef: expected number, got \"datetime\.date\(2024, 1, 1\)\""),
+        ("0.1", "  nested: 1", r"line 7 column 11: invalid YAML: mapping values are not allowed here$"),
+        ("[0.1", "", r"line \d+ column \d+: invalid YAML: .* \(while parsing a flow sequence that starts at line 6 column 12\)$"),
+    ],
+)
+def test_yaml_errors_name_the_file_the_line_and_the_key(tmp_path, kl_coef, extra, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(YAML_WITH_ERRORS.format(kl_coef=kl_coef, extra=extra))
+    with pytest.raises(ConfigError, match=rf"^{path}, " + expected):
+        load_config(path)
+
+
+def test_yaml_objects_must_hold_plain_json_data(tmp_path):
+    path = tmp_path / "bad.yml"
+    path.write_text("env:\n  kwargs:\n    start: 2024-01-01\n")
+    with pytest.raises(ConfigError, match=rf"{path}, line 2: env\.kwargs: expected JSON object"):
+        load_config(path)
+
+
+def test_cli_reports_yaml_errors_with_exit_status_2(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("seed: 1\nppo:\n  batch_sise: 64\n")
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}, line 3: unknown key 'ppo.batch_sise'" in err and "Traceback" not in err
