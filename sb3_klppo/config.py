@@ -490,12 +490,27 @@ def config_from_dict(data: Any, source: str = "<dict>", lines: KeyLines = no_lin
     return _build(TrainConfig, data, None, source, lines)
 
 
+class RepeatedKeyError(ValueError):
+    """A JSON object names one key twice (the message is the key)."""
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object from its pairs; a key given twice raises, where ``json`` keeps the last silently."""
+    names = [name for name, _ in pairs]
+    repeated = [name for name in names if names.count(name) > 1]
+    if repeated:
+        raise RepeatedKeyError(repeated[0])
+    return dict(pairs)
+
+
 def parse_json(text: str, source: str) -> tuple[Any, KeyLines]:
     """The data of a JSON config and where its keys are."""
     try:
-        return json.loads(text), partial(key_line, text)
+        return json.loads(text, object_pairs_hook=_unique_pairs), partial(key_line, text)
     except json.JSONDecodeError as error:
         raise ConfigError(f"{source}, line {error.lineno} column {error.colno}: invalid JSON: {error.msg}") from None
+    except RepeatedKeyError as error:
+        raise ConfigError(f"{source}: key {error.args[0]!r} is given twice in one object") from None
 
 
 def _mark_text(mark: yaml.Mark) -> str:

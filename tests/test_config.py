@@ -125,6 +125,13 @@ def test_json_syntax_errors_give_line_and_column(tmp_path):
         load_config(path)
 
 
+def test_a_key_given_twice_in_json_is_an_error_not_last_wins(tmp_path):
+    path = tmp_path / "twice.json"
+    path.write_text('{\n  "ppo": {"n_steps": 64, "n_steps": 128}\n}\n')
+    with pytest.raises(ConfigError, match=rf"{path}: key 'n_steps' is given twice in one object"):
+        load_config(path)
+
+
 def test_bad_flag_values_name_the_flag_and_the_key():
     with pytest.raises(ConfigError, match=r"--kl-coef \(config key kl_regularization\.kl_coef\): must be >= 0"):
         parse(["--kl-coef", "-1"])
