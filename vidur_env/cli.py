@@ -82,12 +82,18 @@ def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
     grid = cluster.add_mutually_exclusive_group()
     grid.add_argument("--strict-grid", dest="extrapolate", action="store_false", default=True,
                       help="with --profiling-dir: a lookup outside the profiled grid is an error (default: it takes "
-                           "the grid's lower-end value below it, continues the last segment linearly above it, and "
-                           "is counted in the output's out_of_grid_lookups)")
+                           "the value at the grid's nearest end, as Vidur's random forests do, and is counted in "
+                           "the output's out_of_grid_lookups)")
     grid.add_argument("--extrapolate", dest="extrapolate", action="store_true", default=True,
                       help="deprecated, does nothing: extrapolation is the default now; accepted so old commands run")
     cluster.add_argument("--keying", choices=("vidur", "vidur_pypi"), default="vidur",
                          help="time-lookup keys of Vidur main (default) or of the 0.0.26 PyPI build")
+    cluster.add_argument("--kv-granularity", type=int, default=None, metavar="TOKENS",
+                         help="KV rounding of attention lookups (Vidur's kv_cache_prediction_granularity; "
+                              "default: the keying's build default, 64 for vidur, 256 for vidur_pypi)")
+    cluster.add_argument("--vllm-batch-rule", choices=("padded", "sum"), default=ReplicaConfig.vllm_batch_rule,
+                         help="vLLM prefill batch limit: padded (Vidur main, default: batch length x longest "
+                              "prompt <= 4096) or sum (Vidur 0.0.26: sum of prompts <= 4096)")
     work = parser.add_argument_group("workload")
     work.add_argument("--num-requests", type=int, default=None,
                       help=f"requests to simulate (default {WorkloadConfig.num_requests}; with --trace: every row)")
@@ -123,12 +129,13 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     replica = ReplicaConfig(
         model=args.model, device=args.device, tensor_parallel=args.tensor_parallel, scheduler=args.scheduler,
         chunk_size=args.chunk_size, batch_size_cap=args.batch_size_cap, num_blocks=args.num_blocks,
+        vllm_batch_rule=args.vllm_batch_rule,
     )
     cluster = ClusterConfig(
         num_replicas=args.num_replicas, replica=replica,
         replicas=load_replica_configs(args.replica_config) if args.replica_config else None,
         time_model="profiled" if args.profiling_dir else "builtin", profiling_dir=args.profiling_dir,
-        keying=args.keying, extrapolate=args.extrapolate,
+        keying=args.keying, kv_granularity=args.kv_granularity, extrapolate=args.extrapolate,
     )
     workload = WorkloadConfig(
         max_tokens=args.max_tokens, allow_beyond_context=args.allow_beyond_context, time_scale=args.time_scale,
