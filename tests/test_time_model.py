@@ -12,6 +12,7 @@ from vidur_env.cli import main as cli_main
 from vidur_env.cluster import build_time_models
 from vidur_env.config import ClusterConfig, ConfigError
 from vidur_env.hardware import DeviceSpec, ModelSpec, get_device, get_model
+from vidur_env.simulation import Scenario, run_simulation
 from vidur_env.time_model import (
     ExecutionTimeModel,
     OutOfGridError,
@@ -21,6 +22,7 @@ from vidur_env.time_model import (
     builtin_time_model,
     profiled_time_model,
 )
+from vidur_env.workload import WorkloadConfig
 
 # ----------------------------------------------------------------------------------------- keying
 
@@ -475,3 +477,12 @@ def test_cli_kv_granularity_and_vllm_batch_rule_flags_set_the_scenario(capsys):
     assert defaults.cluster.kv_granularity is None and defaults.cluster.replica.vllm_batch_rule == "padded"
     assert cli_main(["simulate", "--kv-granularity", "0", "--num-requests", "5"]) == 2
     assert "cluster.kv_granularity: must be a positive integer" in capsys.readouterr().err
+
+
+def test_run_simulation_times_iterations_with_the_time_models_it_is_given():
+    scenario = Scenario(cluster=ClusterConfig(num_replicas=2), workload=WorkloadConfig(num_requests=20, qps=2.0),
+                        load=None)
+    slow = RecordingModel()  # constant lookups: far slower than the builtin model at small batches
+    fast = run_simulation(scenario, seed=1).metrics["request_e2e_time"]["mean"]
+    given = run_simulation(scenario, seed=1, time_models=[slow, slow]).metrics["request_e2e_time"]["mean"]
+    assert slow.calls and given > 2 * fast

@@ -133,8 +133,12 @@ class SimulationResult:
 
 
 def run_simulation(scenario: Scenario, router: str | Router = "round_robin", seed: int = 0,
-                   requests: Requests | None = None) -> SimulationResult:
+                   requests: Requests | None = None,
+                   time_models: list[ExecutionTimeModel] | None = None) -> SimulationResult:
     """Generate the workload (or use ``requests``), route it, drain, and compute the metrics.
+
+    ``time_models`` (one per replica) replace the scenario's time source, e.g. a benchmark
+    timing iterations with another simulator's own predictions.
 
     Besides Vidur's metrics, the result reports what the run changed or guessed:
     ``requests_cut_to_max_tokens`` (requests shortened to fit ``max_tokens``) and
@@ -143,7 +147,8 @@ def run_simulation(scenario: Scenario, router: str | Router = "round_robin", see
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"{setting('seed')}: must be an integer >= 0, got {seed!r}")
     scenario.validate()
-    time_models = build_time_models(scenario.cluster)
+    if time_models is None:
+        time_models = build_time_models(scenario.cluster)
     workload = resolve_workload(scenario, time_models)
     rng = np.random.default_rng(seed)
     if requests is None:
