@@ -26,7 +26,10 @@ with G the run's pinned granularity; none for main).
 precomputed predictions (0.0.26: ``<cache>/predictions/<hash>/<op>.csv.xz``; main:
 ``<cache>/<op>_<hash>_predictions.pkl``), with the build's flags, through the Python API (the
 CLI has no such source). Scheduling, memory and keying are then all that can differ: any gap
-left is ours to explain. It also prints the largest per-request difference.
+left is ours to explain. It also prints the largest per-request difference. With
+``--scale-predictions F`` every predicted time is multiplied by F, which shows how far a
+reference's percentiles move for a given error in iteration times (near saturation, a 0.1%
+error can move TTFT by several %).
 
 ``--simulate-flags`` are passed to ``simulate`` unchanged. ``--time-model builtin`` leaves out
 ``--profiling-dir`` and compares our calibrated presets instead (a different attention source,
@@ -81,9 +84,9 @@ class VidurPredictions(ExecutionTimeModel):
     """Execution times from a Vidur run's own precomputed prediction tables (ms per layer), keyed
     by our port of that build's keying: what is left between the two simulators is scheduling."""
 
-    def __init__(self, directory: Path, build: str, model: str, device: str, **kwargs) -> None:
+    def __init__(self, directory: Path, build: str, model: str, device: str, scale: float = 1.0, **kwargs) -> None:
         super().__init__(get_model(model), get_device(device), 1, **kwargs)
-        self.directory, self.build = Path(directory), build
+        self.directory, self.build, self.scale = Path(directory), build, scale
         ops = LINEAR_OPS_REQUIRED + LINEAR_OPS_OPTIONAL
         linear = [self._table(op) for op in ops]
         self._linear = {key[0]: sum(table[key] for table in linear) for key in linear[0]}
@@ -93,11 +96,11 @@ class VidurPredictions(ExecutionTimeModel):
         if self.build == "main":
             (path,) = self.directory.glob(f"{op}_*_predictions.pkl")
             with open(path, "rb") as handle:
-                return {tuple(int(k) for k in key): float(v) for key, v in pickle.load(handle).items()}
+                return {tuple(int(k) for k in key): float(v) * self.scale for key, v in pickle.load(handle).items()}
         with lzma.open(self.directory / f"{op}.csv.xz", "rt") as handle:
             reader = csv.DictReader(handle)
             columns = [name for name in reader.fieldnames if name.startswith("X_")]
-            return {tuple(int(float(row[c])) for c in columns): float(row["prediction"]) for row in reader}
+            return {tuple(int(float(row[c])) for c in columns): float(row["prediction"]) * self.scale for row in reader}
 
     def linear_ms(self, tokens: int) -> float:
         return self._linear[tokens]
@@ -145,7 +148,7 @@ def simulate_ours(ref_dir: Path, args: argparse.Namespace, work: Path) -> tuple[
         argv += ["--profiling-dir", args.profiling_dir]
     argv += args.simulate_flags + (build_flags(summary) if args.build_flags or args.vidur_predictions else [])
     if args.vidur_predictions:
-        return ours, simulate_with_predictions(argv, summary, Path(args.vidur_predictions), ours)
+        return ours, simulate_with_predictions(argv, summary, Path(args.vidur_predictions), ours, args.scale_predictions)
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = vidur_env_cli(argv)
@@ -154,13 +157,13 @@ def simulate_ours(ref_dir: Path, args: argparse.Namespace, work: Path) -> tuple[
     return ours, json.loads(stdout.getvalue())
 
 
-def simulate_with_predictions(argv: list[str], summary: dict, directory: Path, ours: Path) -> dict:
-    """``simulate`` with ``argv``'s scenario, timed by Vidur's own predictions; writes ``ours``."""
+def simulate_with_predictions(argv: list[str], summary: dict, directory: Path, ours: Path, scale: float) -> dict:
+    """``simulate`` with ``argv``'s scenario, timed by Vidur's own predictions (times ``scale``); writes ``ours``."""
     args = build_parser().parse_args(argv)
     scenario = scenario_from_args(args)
     cluster = scenario.cluster
     model = VidurPredictions(directory, reference_build(summary), cluster.replica.model, cluster.replica.device,
-                             keying=cluster.keying, kv_granularity=cluster.kv_granularity)
+                             scale, keying=cluster.keying, kv_granularity=cluster.kv_granularity)
     models = [model] * len(cluster.replica_configs)
     result = run_simulation(scenario, router=args.router, seed=args.seed, time_models=models)
     result.requests.write_csv(str(ours), "vidur")
@@ -205,6 +208,8 @@ def main() -> None:
                         help="add the flags selecting the reference's Vidur build (none for main)")
     parser.add_argument("--vidur-predictions", default=None, metavar="DIR",
                         help="time iterations with the reference Vidur's own prediction tables from DIR")
+    parser.add_argument("--scale-predictions", type=float, default=1.0, metavar="F",
+                        help="with --vidur-predictions: multiply every predicted time by F (sensitivity)")
     args = parser.parse_args()
     print("flags:", "default" if not (args.build_flags or args.vidur_predictions or args.simulate_flags)
           else "the reference's build" if not args.simulate_flags else " ".join(args.simulate_flags),
