@@ -31,6 +31,14 @@ left is ours to explain. It also prints the largest per-request difference. With
 reference's percentiles move for a given error in iteration times (near saturation, a 0.1%
 error can move TTFT by several %).
 
+Measured (3000 splitwise_conv requests, 4 x Llama-2-7B A100, round robin; references made with
+``vidur_reference.py --build main --vidur-source <checkout>`` and ``--build 0.0.26``): default
+flags against Vidur main are within 0.6% on every TTFT/E2E mean, p50, p99 for Sarathi at both
+loads and vLLM at moderate load; at high vLLM load TTFT mean +5.9% and p99 +12.3% (E2E within
+1.7%), where scaling Vidur main's own predicted times by 1.001 already moves its TTFT mean by
+3.1% and p99 by 7.3%, by 1.003 +9.1% and +13.6% (``--scale-predictions``). With Vidur's own predictions, vLLM matches main per request to 1e-13
+and every 0.0.26 run to 1e-12 (``--build-flags`` implied).
+
 ``--simulate-flags`` are passed to ``simulate`` unchanged. ``--time-model builtin`` leaves out
 ``--profiling-dir`` and compares our calibrated presets instead (a different attention source,
 so larger gaps are expected). The scheduler is the reference run's (``vidur_reference.py
