@@ -21,6 +21,16 @@ differs from the main branch in ways this script has to bridge:
 * Its defaults differ from the main branch (prefill scale 0.3, time scale 0.04, KV
   granularity 256, prediction grid up to 2M tokens per request); every one is set explicitly.
 
+``--build main`` runs the microsoft/vidur main branch instead (``--vidur-source``: a checkout of
+it, put first on ``PYTHONPATH``), the build whose profile layout and lookup keys ``vidur_env``'s
+defaults follow: it reads the profiling CSVs and the ``arrived_at,num_prefill_tokens,
+num_decode_tokens`` trace directly, and its defaults are the comparison setting already (KV
+granularity 64, prediction grid up to 4096 tokens). Main ships no ``vidur/__init__.py``; if the
+interpreter also has the PyPI ``vidur`` installed, that regular package shadows the checkout,
+so add an empty ``vidur/__init__.py`` to the checkout (this script refuses to run otherwise).
+Main trains 12 forests (about 3 minutes each on this project's shared cores) into
+``--cache-dir``; later runs reuse them.
+
 Trained models and the precomputed prediction grid are cached in ``--cache-dir`` (keyed by a
 hash of the predictor settings), so only the first run trains: 13 random forests, each a
 27-point grid search with 10-fold CV; 82 minutes on this project's 2 shared cores. Later runs
@@ -75,10 +85,13 @@ QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0}
 TRACE_COLUMNS = ("arrived_at", "num_prefill_tokens", "num_decode_tokens")
 #: Marker of the event-loop timing line the driver prints.
 EVENT_LOOP_MARKER = "VIDUR_EVENT_LOOP_CPU_S"
+#: Vidur builds this script can run: the PyPI wheel and the microsoft/vidur main branch.
+BUILDS = ("0.0.26", "main")
 #: What ``python -m vidur.main`` does, plus the process CPU time of ``Simulator.run``'s event
 #: loop alone (setup, predictor loading and output writing excluded), for speed comparisons.
+#: Main registers its output writer with atexit; it is unregistered so output is written once.
 VIDUR_DRIVER = f"""
-import time
+import atexit, time
 from vidur.config import SimulationConfig
 from vidur.simulator import Simulator
 from vidur.utils.random import set_seeds
@@ -86,6 +99,7 @@ config = SimulationConfig.create_from_cli_args()
 set_seeds(config.seed)
 simulator = Simulator(config)
 write_output, simulator._write_output = simulator._write_output, lambda: None
+atexit.unregister(write_output)
 start = time.process_time()
 simulator.run()
 print("{EVENT_LOOP_MARKER}", time.process_time() - start, flush=True)
@@ -125,6 +139,10 @@ class VidurRunSpec:
     network_device: str = "a100_dgx"
     seed: int = 42
     timeout_s: float = 4 * 3600.0
+    #: ``"0.0.26"`` (the PyPI wheel installed in ``vidur_python``) or ``"main"`` (a checkout of
+    #: microsoft/vidur's main branch at ``vidur_source``, run with ``vidur_python``).
+    build: str = "0.0.26"
+    vidur_source: Optional[Path] = None
     #: Run Vidur under ``python -O``. The 0.0.26 build never resets a request's stage-token
     #: counter on restart (preemption), so its ``assert ... <= total_tokens`` in
     #: ``Request.on_batch_stage_end`` kills any run that preempts; the counter is otherwise
@@ -242,6 +260,75 @@ def write_vidur_trace(rows: Sequence[tuple[float, int, int]], path: Path) -> Non
             writer.writerow([TRACE_DATE, repr(arrived_at), prefill, decode])
 
 
+def write_main_trace(rows: Sequence[tuple[float, int, int]], path: Path) -> None:
+    """Write rows in main's replay format (the input's own columns, unscaled)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(TRACE_COLUMNS)
+        for arrived_at, prefill, decode in rows:
+            writer.writerow([repr(arrived_at), prefill, decode])
+
+
+def check_main_source(spec: VidurRunSpec) -> Path:
+    """The main checkout's root, refused unless ``vidur/__init__.py`` makes it win over an installed wheel."""
+    if spec.vidur_source is None:
+        raise VidurReferenceError("--build main needs --vidur-source (a checkout of microsoft/vidur main)")
+    source = Path(spec.vidur_source).resolve()
+    if not (source / "vidur" / "main.py").is_file():
+        raise VidurReferenceError(f"--vidur-source {source}: no vidur/main.py (not a Vidur checkout)")
+    if not (source / "vidur" / "__init__.py").is_file():
+        raise VidurReferenceError(
+            f"--vidur-source {source}: add an empty vidur/__init__.py, else an installed PyPI vidur shadows it"
+        )
+    return source
+
+
+def build_main_command(spec: VidurRunSpec, trace: Path, output_root: Path) -> List[str]:
+    """The invocation of Vidur main: its defaults, with the cluster, scheduler, profiles and trace pinned."""
+    compute = Path(spec.profiling_dir).resolve() / "compute" / spec.device / spec.model
+    network = Path(spec.profiling_dir).resolve() / "network" / spec.network_device
+    p = "--random_forrest_execution_time_predictor_config_"
+    g = "--trace_request_generator_config_"
+    flags = {
+        "--seed": spec.seed,
+        "--cluster_config_num_replicas": spec.num_replicas,
+        "--replica_config_model_name": spec.model,
+        "--replica_config_device": spec.device,
+        "--replica_config_network_device": spec.network_device,
+        "--replica_config_tensor_parallel_size": 1,
+        "--replica_config_num_pipeline_stages": 1,
+        "--global_scheduler_config_type": "round_robin",
+        "--replica_scheduler_config_type": spec.scheduler,
+        f"--{spec.scheduler}_scheduler_config_batch_size_cap": spec.batch_size_cap,
+        "--request_generator_config_type": "trace_replay",
+        g + "trace_file": trace,
+        g + "max_tokens": spec.max_tokens,
+        g + "prefill_scale_factor": 1,
+        g + "decode_scale_factor": 1,
+        g + "time_scale_factor": spec.time_scale,
+        "--execution_time_predictor_config_type": "random_forrest",
+        p + "compute_input_file": compute / "mlp.csv",
+        p + "attention_input_file": compute / "attention.csv",
+        p + "all_reduce_input_file": network / "all_reduce.csv",
+        p + "kv_cache_prediction_granularity": spec.kv_cache_prediction_granularity,
+        p + "prediction_max_tokens_per_request": spec.max_tokens,
+        p + "prediction_max_prefill_chunk_size": spec.max_tokens,
+        p + "prediction_max_batch_size": spec.batch_size_cap,
+        "--metrics_config_output_dir": output_root,
+        "--metrics_config_cache_dir": spec.resolved_cache_dir(),
+    }
+    if spec.scheduler == "sarathi":
+        flags["--sarathi_scheduler_config_chunk_size"] = spec.chunk_size
+    command = [str(spec.vidur_python), *(["-O"] if spec.strip_asserts else []), "-c", VIDUR_DRIVER]
+    for flag, value in flags.items():
+        command += [flag, str(value)]
+    return command + [
+        "--no-metrics_config_enable_chrome_trace",
+        "--no-metrics_config_store_plots",
+        "--metrics_config_keep_individual_batch_metrics",
+    ]
+
+
 def replayed_requests(
     rows: Sequence[tuple[float, int, int]], spec: VidurRunSpec
 ) -> List[ReplayedRequest]:
@@ -314,19 +401,24 @@ def build_command(
     ]
 
 
-def _vidur_env() -> Dict[str, str]:
-    """Environment that keeps Vidur offline (no HF downloads, no wandb)."""
+def _vidur_env(source: Optional[Path] = None) -> Dict[str, str]:
+    """Environment that keeps Vidur offline (no HF downloads, no wandb), with ``source`` first on
+    the import path when given."""
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", WANDB_MODE="disabled")
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH", "")]))
     return env
 
 
-def run_vidur(command: Sequence[str], output_root: Path, log_path: Path, timeout_s: float) -> Path:
+def run_vidur(
+    command: Sequence[str], output_root: Path, log_path: Path, timeout_s: float, source: Optional[Path] = None
+) -> Path:
     """Run Vidur, logging to ``log_path``; return its (timestamped) output directory."""
     output_root.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         proc = subprocess.run(
-            list(command), stdout=log, stderr=subprocess.STDOUT, env=_vidur_env(),
+            list(command), stdout=log, stderr=subprocess.STDOUT, env=_vidur_env(source),
             cwd=output_root, timeout=timeout_s, check=False,
         )
     if proc.returncode != 0:
@@ -465,12 +557,19 @@ def run_reference(spec: VidurRunSpec) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_trace_prefix(Path(spec.trace), spec.num_requests)
     requests = replayed_requests(rows, spec)
+    if spec.build not in BUILDS:
+        raise VidurReferenceError(f"build must be one of {', '.join(BUILDS)}, got {spec.build!r}")
     vidur_trace = out_dir / "vidur_trace.csv"
-    write_vidur_trace(rows, vidur_trace)
-    dataset_ids = prepare_profiling_cache(spec)
-    command = build_command(spec, vidur_trace, dataset_ids, out_dir / "vidur_output")
+    source = None
+    if spec.build == "main":
+        source = check_main_source(spec)
+        write_main_trace(rows, vidur_trace)
+        command = build_main_command(spec, vidur_trace, out_dir / "vidur_output")
+    else:
+        write_vidur_trace(rows, vidur_trace)
+        command = build_command(spec, vidur_trace, prepare_profiling_cache(spec), out_dir / "vidur_output")
     started = time.perf_counter()
-    run_dir = run_vidur(command, out_dir / "vidur_output", out_dir / "vidur.log", spec.timeout_s)
+    run_dir = run_vidur(command, out_dir / "vidur_output", out_dir / "vidur.log", spec.timeout_s, source)
     wall = time.perf_counter() - started
     shutil.copy(run_dir / "request_metrics.csv", out_dir / "request_metrics.csv")
     write_requests_csv(out_dir / "requests.csv", requests, run_dir, spec.num_replicas)
@@ -491,7 +590,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> VidurRunSpec:
     """CLI flags -> run spec."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vidur-python", type=Path, required=True,
-                        help="python interpreter that has vidur 0.0.26 installed")
+                        help="python interpreter with Vidur's dependencies (and vidur 0.0.26 installed, for --build 0.0.26)")
     parser.add_argument("--profiling-dir", type=Path, required=True,
                         help="Vidur profiling root (compute/<device>/<model>/, network/<node>/)")
     parser.add_argument("--trace", type=Path, required=True,
@@ -506,6 +605,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> VidurRunSpec:
     parser.add_argument("--num-replicas", type=int, default=4)
     parser.add_argument("--scheduler", choices=("sarathi", "vllm"), default="sarathi",
                         help="replica scheduler (Sarathi with 512-token chunks, or vLLM)")
+    parser.add_argument("--build", choices=BUILDS, default="0.0.26",
+                        help="Vidur build: the PyPI wheel in --vidur-python, or main from --vidur-source")
+    parser.add_argument("--vidur-source", type=Path, default=None,
+                        help="with --build main: a checkout of microsoft/vidur main")
     parser.add_argument("--kv-granularity", type=int, default=64,
                         help="kv_cache_prediction_granularity (main branch 64, fork default 256)")
     parser.add_argument("--timeout", type=float, default=4 * 3600.0, help="seconds")
@@ -517,7 +620,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> VidurRunSpec:
         num_requests=args.num_requests, time_scale=args.time_scale, out_dir=args.out,
         cache_dir=args.cache_dir, num_replicas=args.num_replicas, scheduler=args.scheduler,
         kv_cache_prediction_granularity=args.kv_granularity, timeout_s=args.timeout,
-        strip_asserts=not args.keep_asserts,
+        strip_asserts=not args.keep_asserts, build=args.build, vidur_source=args.vidur_source,
     )
 
 

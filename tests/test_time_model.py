@@ -7,7 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vidur_env.cli import build_parser, scenario_from_args
+from vidur_env.cli import main as cli_main
+from vidur_env.cluster import build_time_models
+from vidur_env.config import ClusterConfig, ConfigError
 from vidur_env.hardware import DeviceSpec, ModelSpec, get_device, get_model
+from vidur_env.simulation import Scenario, run_simulation
 from vidur_env.time_model import (
     ExecutionTimeModel,
     OutOfGridError,
@@ -17,6 +22,7 @@ from vidur_env.time_model import (
     builtin_time_model,
     profiled_time_model,
 )
+from vidur_env.workload import WorkloadConfig
 
 # ----------------------------------------------------------------------------------------- keying
 
@@ -324,11 +330,28 @@ def test_profiled_out_of_grid_names_op_key_and_range(tmp_path: Path) -> None:
 
 
 def test_profiled_extrapolation_clamps_below_and_extends_above(tmp_path: Path) -> None:
-    model = profiled_time_model(write_profiles(tmp_path), TINY, GPU, 1, extrapolate=True)
+    model = profiled_time_model(write_profiles(tmp_path), TINY, GPU, 1, extrapolate=True, above_grid="linear")
     assert model.decode_attention_ms(1, 320) == pytest.approx(decode_ms(1, 320))  # linear continuation
     assert model.decode_attention_ms(8, 64) == pytest.approx(decode_ms(8, 64))  # row axis continues too
     assert model.prefill_attention_ms(0, 20) == pytest.approx(prefill_ms(64, 0))  # clamped to the smallest chunk
     assert model.linear_ms(40) == pytest.approx(LINEAR_OPS * (0.032 + (0.032 - 0.017) / 16 * 8))
+
+
+def test_profiled_default_is_flat_above_the_grid_as_vidurs_random_forests(tmp_path: Path) -> None:
+    """A random forest predicts the boundary leaf's value beyond its data; so does the default."""
+    model = profiled_time_model(write_profiles(tmp_path), TINY, GPU, 1)
+    assert model.decode_attention_ms(1, 320) == pytest.approx(decode_ms(1, 256))  # last KV of the row
+    assert model.decode_attention_ms(8, 64) == pytest.approx(decode_ms(4, 64))  # last batch row
+    assert model.prefill_attention_ms(4096, 256) == pytest.approx(prefill_ms(128, 128))  # both axes
+    assert model.linear_ms(40) == pytest.approx(LINEAR_OPS * 0.032)
+    assert model.prefill_attention_ms(0, 20) == pytest.approx(prefill_ms(64, 0))  # below: clamped as before
+    assert model.out_of_grid_lookups == 5
+    assert "clamped below and clamp above" in model.describe()
+
+
+def test_profiled_rejects_an_unknown_above_grid_rule(tmp_path: Path) -> None:
+    with pytest.raises(TimeModelError, match="above_grid must be one of linear, clamp, got 'cubic'"):
+        profiled_time_model(write_profiles(tmp_path), TINY, GPU, 1, above_grid="cubic")
 
 
 def test_profiled_missing_column_names_file_and_column(tmp_path: Path) -> None:
@@ -425,3 +448,41 @@ def test_decode_run_time_holds_for_the_span_it_reports(keying):
             assert model.iteration_time(n, kv_sum + n * j, (), ()) == seconds
         next_mean = (kv_sum + n * span) // n + (1 if keying == "vidur_pypi" else 0)
         assert next_mean % model.kv_granularity == 1 or model.kv_granularity == 1
+
+
+# ----------------------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize("keying, granularity, expected", [
+    ("vidur", None, 64), ("vidur_pypi", None, 256), ("vidur_pypi", 64, 64), ("vidur", 128, 128),
+])
+def test_cluster_kv_granularity_reaches_the_time_models(keying, granularity, expected):
+    cluster = ClusterConfig(num_replicas=2, keying=keying, kv_granularity=granularity)
+    cluster.validate()
+    assert [model.kv_granularity for model in build_time_models(cluster)] == [expected, expected]
+
+
+@pytest.mark.parametrize("bad", [0, -64, 1.5, True])
+def test_cluster_rejects_a_bad_kv_granularity_naming_the_field(bad):
+    with pytest.raises(ConfigError, match=rf"cluster\.kv_granularity: must be a positive integer or None, got {bad!r}"):
+        ClusterConfig(kv_granularity=bad).validate()
+
+
+def test_cli_kv_granularity_and_vllm_batch_rule_flags_set_the_scenario(capsys):
+    args = build_parser().parse_args(["simulate", "--keying", "vidur_pypi", "--kv-granularity", "64",
+                                      "--vllm-batch-rule", "sum"])
+    scenario = scenario_from_args(args)
+    assert scenario.cluster.kv_granularity == 64 and scenario.cluster.replica.vllm_batch_rule == "sum"
+    defaults = scenario_from_args(build_parser().parse_args(["simulate"]))
+    assert defaults.cluster.kv_granularity is None and defaults.cluster.replica.vllm_batch_rule == "padded"
+    assert cli_main(["simulate", "--kv-granularity", "0", "--num-requests", "5"]) == 2
+    assert "cluster.kv_granularity: must be a positive integer" in capsys.readouterr().err
+
+
+def test_run_simulation_times_iterations_with_the_time_models_it_is_given():
+    scenario = Scenario(cluster=ClusterConfig(num_replicas=2), workload=WorkloadConfig(num_requests=20, qps=2.0),
+                        load=None)
+    slow = RecordingModel()  # constant lookups: far slower than the builtin model at small batches
+    fast = run_simulation(scenario, seed=1).metrics["request_e2e_time"]["mean"]
+    given = run_simulation(scenario, seed=1, time_models=[slow, slow]).metrics["request_e2e_time"]["mean"]
+    assert slow.calls and given > 2 * fast

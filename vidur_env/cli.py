@@ -21,7 +21,7 @@ import numpy as np
 
 from vidur_env.cluster import SimulationError
 from vidur_env.config import (
-    KEYINGS, SCHEDULER_NAMES, UNSET, ConfigError, load_replica_configs, python_spelling, spell_settings_with,
+    KEYINGS, SCHEDULER_NAMES, UNSET, VLLM_BATCH_RULES, ConfigError, load_replica_configs, python_spelling, spell_settings_with,
 )
 from vidur_env.evaluation import evaluate, load_model
 from vidur_env.hardware import UnknownSpecError
@@ -98,13 +98,19 @@ def add_scenario_arguments(parser: argparse.ArgumentParser, base: Scenario) -> N
     grid = cluster.add_mutually_exclusive_group()
     grid.add_argument("--strict-grid", dest="extrapolate", action="store_false", default=cluster_base.extrapolate,
                       help="with --profiling-dir: a lookup outside the profiled grid is an error (default: it takes "
-                           "the grid's lower-end value below it, continues the last segment linearly above it, and "
-                           "is counted in the output's out_of_grid_lookups)")
+                           "the value at the grid's nearest end, as Vidur's random forests do, and is counted in "
+                           "the output's out_of_grid_lookups)")
     grid.add_argument("--extrapolate", dest="extrapolate", action="store_true", default=cluster_base.extrapolate,
                       help="deprecated, does nothing: extrapolation is the default now; accepted so old commands run")
     cluster.add_argument("--keying", choices=KEYINGS, default=cluster_base.keying,
                          help="time-lookup keys of Vidur main (vidur) or of the 0.0.26 PyPI build (vidur_pypi; "
                               "default %(default)s)")
+    cluster.add_argument("--kv-granularity", type=int, default=cluster_base.kv_granularity, metavar="TOKENS",
+                         help="KV rounding of attention lookups (Vidur's kv_cache_prediction_granularity; "
+                              "default: the keying's build default, 64 for vidur, 256 for vidur_pypi)")
+    cluster.add_argument("--vllm-batch-rule", choices=VLLM_BATCH_RULES, default=replica.vllm_batch_rule,
+                         help="vLLM prefill batch limit: padded (Vidur main: batch length x longest prompt <= "
+                              "4096) or sum (Vidur 0.0.26: sum of prompts <= 4096); default %(default)s")
     work = parser.add_argument_group("workload")
     work.add_argument("--num-requests", type=int, default=None,
                       help=f"requests to simulate (default {work_base.num_requests}; with --trace: every row)")
@@ -148,12 +154,13 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     replica = replace(
         base.cluster.replica, model=args.model, device=args.device, tensor_parallel=args.tensor_parallel,
         scheduler=args.scheduler, chunk_size=args.chunk_size, batch_size_cap=args.batch_size_cap,
-        num_blocks=args.num_blocks, prefix_caching=args.prefix_caching,
+        num_blocks=args.num_blocks, prefix_caching=args.prefix_caching, vllm_batch_rule=args.vllm_batch_rule,
     )
     cluster = replace(
         base.cluster, num_replicas=args.num_replicas, replica=replica,
         replicas=load_replica_configs(args.replica_config) if args.replica_config else base.cluster.replicas,
-        profiling_dir=args.profiling_dir, keying=args.keying, extrapolate=args.extrapolate,
+        profiling_dir=args.profiling_dir, keying=args.keying, kv_granularity=args.kv_granularity,
+        extrapolate=args.extrapolate,
     )
     if args.profiling_dir != base.cluster.profiling_dir:
         cluster = replace(cluster, time_model="profiled" if args.profiling_dir else "builtin")

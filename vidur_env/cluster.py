@@ -48,10 +48,13 @@ def build_time_models(cluster: ClusterConfig) -> list[ExecutionTimeModel]:
             if cluster.time_model == "profiled":
                 cache[key] = profiled_time_model(
                     cluster.profiling_dir, spec.model, spec.device, spec.tensor_parallel,
-                    keying=cluster.keying, extrapolate=cluster.extrapolate,
+                    keying=cluster.keying, kv_granularity=cluster.kv_granularity, extrapolate=cluster.extrapolate,
                 )
             else:
-                cache[key] = builtin_time_model(spec.model, spec.device, spec.tensor_parallel, keying=cluster.keying)
+                cache[key] = builtin_time_model(
+                    spec.model, spec.device, spec.tensor_parallel, keying=cluster.keying,
+                    kv_granularity=cluster.kv_granularity,
+                )
         models.append(cache[key])
     return models
 

@@ -18,6 +18,8 @@ from vidur_env.schedulers import SCHEDULER_NAMES
 from vidur_env.schedulers.orca import PREFIX_CACHING_NOTE
 
 KEYINGS = ("vidur", "vidur_pypi")
+VLLM_BATCH_RULES = ("padded", "sum")
+"""vLLM's prefill-batch token rules: Vidur main's padded (batch length x longest prompt) and 0.0.26's sum."""
 TIME_MODEL_SOURCES = ("builtin", "profiled")
 
 
@@ -98,8 +100,9 @@ class ReplicaConfig:
     def validate(self, where: str = "replica") -> None:
         if self.scheduler not in SCHEDULER_NAMES:
             raise ConfigError(f"{where}.scheduler: unknown scheduler {self.scheduler!r}; choose from {', '.join(SCHEDULER_NAMES)}")
-        if self.vllm_batch_rule not in ("padded", "sum"):
-            raise ConfigError(f"{where}.vllm_batch_rule: must be 'padded' or 'sum', got {self.vllm_batch_rule!r}")
+        if self.vllm_batch_rule not in VLLM_BATCH_RULES:
+            raise ConfigError(f"{where}.vllm_batch_rule: must be one of {', '.join(VLLM_BATCH_RULES)}, "
+                              f"got {self.vllm_batch_rule!r}")
         for name in ("tensor_parallel", "chunk_size", "batch_size_cap", "max_tokens_in_batch"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -148,10 +151,13 @@ class ClusterConfig:
     """Directory in Vidur's profiling layout, for ``time_model='profiled'``."""
     keying: str = "vidur"
     """How iteration times are keyed: ``vidur`` (main branch) or ``vidur_pypi`` (0.0.26 build)."""
+    kv_granularity: int | None = None
+    """KV rounding of the attention lookups in tokens (Vidur's ``kv_cache_prediction_granularity``);
+    None takes the keying's build default: 64 for ``vidur``, 256 for ``vidur_pypi``."""
     extrapolate: bool = True
     """Profiled model only: a lookup outside the profiled grid takes the value at the grid's
-    lower end (clamp) or continues its last segment linearly above it, and is counted in the
-    metrics (``out_of_grid_lookups``); False makes such a lookup an error."""
+    nearest end, as Vidur's random forests predict there, and is counted in the metrics
+    (``out_of_grid_lookups``); False makes such a lookup an error."""
 
     @property
     def replica_configs(self) -> tuple[ReplicaConfig, ...]:
@@ -172,6 +178,11 @@ class ClusterConfig:
             raise ConfigError("cluster.profiling_dir: required when time_model is 'profiled'")
         if self.keying not in KEYINGS:
             raise ConfigError(f"cluster.keying: must be one of {', '.join(KEYINGS)}, got {self.keying!r}")
+        if self.kv_granularity is not None and (
+                isinstance(self.kv_granularity, bool) or not isinstance(self.kv_granularity, int)
+                or self.kv_granularity < 1):
+            raise ConfigError(f"cluster.kv_granularity: must be a positive integer or None, "
+                              f"got {self.kv_granularity!r}")
 
 
 def load_replica_configs(path: str) -> tuple[ReplicaConfig, ...]:

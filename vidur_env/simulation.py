@@ -83,12 +83,13 @@ class Scenario:
                 f"{where}: {error}; raise {setting('tensor_parallel')} or lower {setting('max_tokens')}"
             ) from None
 
-    def resolve(self) -> ResolvedScenario:
-        """Validate, build the replicas' time models and fix the arrival rate from the load level:
-        the one place a scenario becomes runnable (``simulate``, ``evaluate`` and the env all
-        come here)."""
+    def resolve(self, time_models: list[ExecutionTimeModel] | None = None) -> ResolvedScenario:
+        """Validate, build the replicas' time models (unless ``time_models`` replace them) and fix
+        the arrival rate from the load level: the one place a scenario becomes runnable
+        (``simulate``, ``evaluate`` and the env all come here)."""
         self.validate()
-        time_models = build_time_models(self.cluster)
+        if time_models is None:
+            time_models = build_time_models(self.cluster)
         return ResolvedScenario(self, time_models, resolve_workload(self, time_models))
 
 
@@ -312,8 +313,12 @@ class SimulationResult:
 
 
 def run_simulation(scenario: Scenario, router: str | Router = "round_robin", seed: int = 0,
-                   requests: Requests | None = None) -> SimulationResult:
+                   requests: Requests | None = None,
+                   time_models: list[ExecutionTimeModel] | None = None) -> SimulationResult:
     """Generate the workload (or use ``requests``), route it, drain, and compute the metrics.
+
+    ``time_models`` (one per replica) replace the scenario's time source, e.g. a benchmark
+    timing iterations with another simulator's own predictions.
 
     Besides Vidur's metrics, the result reports what the run changed or guessed:
     ``requests_cut_to_max_tokens`` (requests shortened to fit ``max_tokens``) and
@@ -321,7 +326,7 @@ def run_simulation(scenario: Scenario, router: str | Router = "round_robin", see
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"{setting('seed')}: must be an integer >= 0, got {seed!r}")
-    resolved = scenario.resolve()
+    resolved = scenario.resolve(time_models)
     workload, time_models = resolved.workload, resolved.time_models
     rng = np.random.default_rng(seed)
     if requests is None:
