@@ -5,7 +5,8 @@ modules (:mod:`vidur_env.cache_routers`) build on it without importing the regis
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from heapq import heapify, heappop, heappush
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -20,6 +21,9 @@ class Router:
     """Base class: stateless routers only implement :meth:`choose`."""
 
     name = "base"
+    indexed: bool = True
+    """Decide from incrementally kept scores (:class:`ScoreIndex`) where the router has them;
+    turning it off (score every replica at every decision) must not change any decision."""
 
     def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
         """Start a new episode on a cluster of ``num_replicas`` replicas."""
@@ -67,3 +71,64 @@ def argmin_random(scores: "list[float] | np.ndarray", rng: np.random.Generator) 
     least = scores.min()
     tied = np.flatnonzero(scores <= least + TIE_TOLERANCE * abs(least))
     return int(tied[0]) if tied.size == 1 else int(rng.choice(tied))
+
+
+class ScoreIndex:
+    """Each replica's score, kept current by rescoring only the replicas the cluster lists as
+    changed since the last look (``sim.round`` / ``sim.changed``), with a lazy min-heap of
+    (score, replica id): so the least score, ties to the lowest index, costs O(changed * log N)
+    per decision instead of a scan. Heap entries whose score is no longer the replica's are
+    stale and dropped when they surface; the heap is rebuilt when stale entries pile up.
+
+    Anything the index cannot follow (another simulator, a skipped dispatch) rescores every
+    replica, so it is always exact as long as ``score`` depends only on the replica's state."""
+
+    def __init__(self, score: Callable[["Replica"], float]) -> None:
+        self.score = score
+        self.sim: "ClusterSimulator | None" = None
+
+    def sync(self, sim: "ClusterSimulator") -> None:
+        """Bring the scores up to date with ``sim``."""
+        round_ = getattr(sim, "round", None)  # None: a stand-in without a change log
+        if sim is not self.sim or round_ is None or round_ - self.round not in (0, 1):
+            self.sim = sim
+            self.scores = [self.score(r) for r in sim.replicas]
+            self._rebuild()
+        else:
+            fresh = sim.changed if round_ != self.round else sim.changed[self.seen:]
+            scores, heap, replicas = self.scores, self.heap, sim.replicas
+            for i in fresh:
+                value = self.score(replicas[i])
+                if value != scores[i]:
+                    scores[i] = value
+                    heappush(heap, (value, i))
+            if len(heap) > 4 * len(scores) + 64:
+                self._rebuild()
+        self.round, self.seen = round_, len(getattr(sim, "changed", ()))
+
+    def _rebuild(self) -> None:
+        self.heap = [(value, i) for i, value in enumerate(self.scores)]
+        heapify(self.heap)
+
+    def first(self) -> int:
+        """The replica with the least score, ties to the lowest index (as :func:`argmin_first`)."""
+        heap, scores = self.heap, self.scores
+        while scores[heap[0][1]] != heap[0][0]:
+            heappop(heap)
+        return heap[0][1]
+
+    def at_most(self, limit: float, offset: float = 0.0) -> Iterator[int]:
+        """Replicas whose ``score + offset <= limit`` (each once, in no particular order):
+        a walk of the heap that prunes a subtree at its first entry over the limit."""
+        heap, scores = self.heap, self.scores
+        seen: set[int] = set()
+        stack = [0] if heap else []
+        while stack:
+            k = stack.pop()
+            value, i = heap[k]
+            if value + offset > limit:
+                continue
+            if scores[i] == value and i not in seen:
+                seen.add(i)
+                yield i
+            stack.extend(c for c in (2 * k + 1, 2 * k + 2) if c < len(heap))
