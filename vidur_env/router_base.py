@@ -5,10 +5,11 @@ modules (:mod:`vidur_env.cache_routers`) build on it without importing the regis
 """
 from __future__ import annotations
 
-from heapq import heapify, heappop, heappush
-from typing import TYPE_CHECKING, Callable, Iterator
+from math import inf
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+from sortedcontainers import SortedList
 
 from vidur_env.observation import ObservationView, ReplicaCosts
 
@@ -75,13 +76,12 @@ def argmin_random(scores: "list[float] | np.ndarray", rng: np.random.Generator) 
 
 class ScoreIndex:
     """Each replica's score, kept current by rescoring only the replicas the cluster lists as
-    changed since the last look (``sim.round`` / ``sim.changed``), with a lazy min-heap of
-    (score, replica id): so the least score, ties to the lowest index, costs O(changed * log N)
-    per decision instead of a scan. Heap entries whose score is no longer the replica's are
-    stale and dropped when they surface; the heap is rebuilt when stale entries pile up.
-
-    Anything the index cannot follow (another simulator, a skipped dispatch) rescores every
-    replica, so it is always exact as long as ``score`` depends only on the replica's state."""
+    changed since the last look (``sim.round`` / ``sim.changed``), in a sorted list of
+    (score, replica id): the least score, ties to the lowest index, and the replicas tied
+    within a limit cost O(changed * log N) (plus the ties themselves) per decision instead of a
+    scan. Anything the index cannot follow (another simulator, a stand-in without a change log,
+    a skipped dispatch) rescores every replica, so it is exact as long as ``score`` depends
+    only on the replica's state."""
 
     def __init__(self, score: Callable[["Replica"], float]) -> None:
         self.score = score
@@ -93,42 +93,32 @@ class ScoreIndex:
         if sim is not self.sim or round_ is None or round_ - self.round not in (0, 1):
             self.sim = sim
             self.scores = [self.score(r) for r in sim.replicas]
-            self._rebuild()
+            self.order = SortedList((value, i) for i, value in enumerate(self.scores))
         else:
             fresh = sim.changed if round_ != self.round else sim.changed[self.seen:]
-            scores, heap, replicas = self.scores, self.heap, sim.replicas
+            scores, order, replicas = self.scores, self.order, sim.replicas
             for i in fresh:
                 value = self.score(replicas[i])
                 if value != scores[i]:
+                    order.remove((scores[i], i))
+                    order.add((value, i))
                     scores[i] = value
-                    heappush(heap, (value, i))
-            if len(heap) > 4 * len(scores) + 64:
-                self._rebuild()
         self.round, self.seen = round_, len(getattr(sim, "changed", ()))
-
-    def _rebuild(self) -> None:
-        self.heap = [(value, i) for i, value in enumerate(self.scores)]
-        heapify(self.heap)
 
     def first(self) -> int:
         """The replica with the least score, ties to the lowest index (as :func:`argmin_first`)."""
-        heap, scores = self.heap, self.scores
-        while scores[heap[0][1]] != heap[0][0]:
-            heappop(heap)
-        return heap[0][1]
+        return self.order[0][1]
 
-    def at_most(self, limit: float, offset: float = 0.0) -> Iterator[int]:
-        """Replicas whose ``score + offset <= limit`` (each once, in no particular order):
-        a walk of the heap that prunes a subtree at its first entry over the limit."""
-        heap, scores = self.heap, self.scores
-        seen: set[int] = set()
-        stack = [0] if heap else []
-        while stack:
-            k = stack.pop()
-            value, i = heap[k]
-            if value + offset > limit:
-                continue
-            if scores[i] == value and i not in seen:
-                seen.add(i)
-                yield i
-            stack.extend(c for c in (2 * k + 1, 2 * k + 2) if c < len(heap))
+    def least(self) -> float:
+        return self.order[0][0]
+
+    def at_most(self, limit: float, offset: float = 0.0) -> list[int]:
+        """Replicas whose ``score + offset <= limit``, computed on those very floats (a bisection
+        on ``limit - offset`` corrected by the exact test at its edge)."""
+        order = self.order
+        k = order.bisect_right((limit - offset, inf))
+        while k < len(order) and order[k][0] + offset <= limit:
+            k += 1
+        while k > 0 and order[k - 1][0] + offset > limit:
+            k -= 1
+        return [i for _, i in order.islice(0, k)]

@@ -191,7 +191,7 @@ class SpeedAwareLeastWorkLeft(Router):
         for model, index in self.groups.items():
             index.sync(sim)
             offsets.append((index, request_seconds(prompt, output, self.costs_by_model[model])))
-        least = min(index.scores[index.first()] + offset for index, offset in offsets)
+        least = min(index.least() + offset for index, offset in offsets)
         limit = least + TIE_TOLERANCE * abs(least)  # argmin_random's tie rule, on the same floats
         tied = sorted(i for index, offset in offsets for i in index.at_most(limit, offset))
         return tied[0] if len(tied) == 1 else int(self.rng.choice(np.asarray(tied)))
