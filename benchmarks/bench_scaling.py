@@ -5,7 +5,8 @@ rate grows with the fleet), same router, in one run, for every load-only heurist
 the env's steps/s (random actions) at 64 and 256 replicas beside it. The figure is the
 *marginal* rate: the first half of the requests fills the cluster untimed, the second half is
 timed (CPU time of this process), so the warm-up of an empty fleet does not flatter large
-fleets. Runs are interleaved by router so a change of machine speed hits every size alike.
+fleets; routing goes through ``ClusterSimulator.route``, the path of ``simulate`` (routers
+that read few replicas advance only those; the drain is not counted). Runs are interleaved by router so a change of machine speed hits every size alike.
 
     python benchmarks/bench_scaling.py [--per-replica 40] [--min-requests 16000] [--sizes 4 64 256 1024]
 """
@@ -44,11 +45,9 @@ def marginal_rate(scenario: Scenario, time_models, requests, router_name: str) -
     router = make_router(router_name)
     router.reset(sim.num_replicas, np.random.default_rng(0))
     half = len(requests) // 2
-    for _ in range(half):
-        sim.dispatch(router(sim, sim.advance_to_next_arrival()))
+    sim.route(router, until=half)
     start = time.process_time()
-    while not sim.done_routing:
-        sim.dispatch(router(sim, sim.advance_to_next_arrival()))
+    sim.route(router)
     return (len(requests) - half) / (time.process_time() - start)
 
 
