@@ -177,6 +177,7 @@ class SpeedAwareLeastWorkLeft(Router):
         self.groups: dict[int, ScoreIndex] = {}
         """Per time model (the request's cost is the same on all its replicas): the replicas'
         queued work, indexed; replicas of other models score +inf in a group's index."""
+        self.grouped_sim: "ClusterSimulator | None" = None
 
     def choose(self, sim: "ClusterSimulator", rid: int) -> int:
         prompt = sim.table.orig_prefill[rid]
@@ -187,7 +188,7 @@ class SpeedAwareLeastWorkLeft(Router):
                 costs = self.replica_costs(replica)
                 scores.append(queued_work_seconds(replica, costs) + request_seconds(prompt, output, costs))
             return argmin_random(scores, self.rng)
-        if not self.groups:
+        if sim is not self.grouped_sim:
             self._group(sim)
         offsets = []
         for model, index in self.groups.items():
@@ -200,6 +201,7 @@ class SpeedAwareLeastWorkLeft(Router):
 
     def _group(self, sim: "ClusterSimulator") -> None:
         """One queued-work index per distinct time model of the cluster."""
+        self.groups, self.grouped_sim = {}, sim
         for replica in sim.replicas:
             costs = self.replica_costs(replica)
             model = id(replica.time_model)
