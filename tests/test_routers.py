@@ -52,7 +52,7 @@ def hand_built(state=STATE, prompt=100, output=10):
     """A simulator stand-in whose request 0 has ``prompt`` and ``output`` tokens."""
     replicas = [replica(i, *values) for i, values in enumerate(state.values())]
     table = SimpleNamespace(orig_prefill=[prompt], orig_decode=[output])
-    return SimpleNamespace(replicas=replicas, num_replicas=len(replicas), table=table, replica_now=replicas.__getitem__)
+    return SimpleNamespace(replicas=replicas, num_replicas=len(replicas), table=table)
 
 
 def observe(sim, oracle=False):

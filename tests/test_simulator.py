@@ -438,25 +438,3 @@ def test_the_event_heap_leaves_no_replica_behind():
         sim.dispatch(int(rng.integers(sim.num_replicas)))
     sim.drain()
     assert (np.asarray(sim.table.completed_at) > 0).all()
-
-
-@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
-@pytest.mark.parametrize("name", ["round_robin", "random", "power_of_two"])
-def test_lazy_advancing_changes_no_result(scheduler, name):
-    """A router with ``reads_all = False`` lets the cluster advance only the replicas it routes
-    to or reads; with ``reads_all`` set the cluster advances every replica at every arrival.
-    Both give the same timestamps and restarts."""
-    from dataclasses import replace as with_fields
-
-    from vidur_env.simulation import Scenario, run_simulation
-
-    scenario = Scenario(load=1.1)
-    scenario = with_fields(scenario, cluster=with_fields(scenario.cluster, num_replicas=8, replica=with_fields(
-        scenario.cluster.replica, scheduler=scheduler)), workload=with_fields(scenario.workload, num_requests=1500))
-    lazy_router, eager_router = make_router(name), make_router(name)
-    assert lazy_router.reads_all is False
-    eager_router.reads_all = True
-    lazy = run_simulation(scenario, lazy_router, seed=2).simulator.table
-    eager = run_simulation(scenario, eager_router, seed=2).simulator.table
-    for column in ("replica", "scheduled_at", "prefill_completed_at", "completed_at", "restarts"):
-        assert np.array_equal(np.asarray(getattr(lazy, column)), np.asarray(getattr(eager, column))), column

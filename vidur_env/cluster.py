@@ -10,10 +10,8 @@ work due: a heap holds each replica's next event time (``min(batch_end, pending_
 advancing to a time pops just the replicas due by then. The replicas advanced and the one
 dispatched to since the last dispatch are listed in ``changed`` (with ``round`` counting
 dispatches), so routers can rescore only those (:class:`vidur_env.router_base.ScoreIndex`).
-Routers that read only a few replicas (``reads_all = False``: round robin, random, power of
-two) let :meth:`ClusterSimulator.route` skip even that: a replica is then advanced only when
-it is routed to or read (:meth:`ClusterSimulator.replica_now`). Replica state changes only
-through ``advance_to``, ``replica_now`` and ``dispatch``.
+Replica state changes only through :meth:`ClusterSimulator.advance_to` and
+:meth:`ClusterSimulator.dispatch`.
 """
 from __future__ import annotations
 
@@ -194,24 +192,13 @@ class ClusterSimulator:
         self.advance_to(self.table.arrived_at[rid])
         return rid
 
-    def replica_now(self, replica_id: int) -> Replica:
-        """Replica ``replica_id`` brought to ``now``, advancing only it: what a router that reads
-        a few replicas (``reads_all = False``) reads, since :meth:`route` then advances no other."""
-        replica = self.replicas[replica_id]
-        if replica.batch_end <= self.now or replica.pending_at < self.now:
-            replica.advance_to(self.now)
-            self.changed.append(replica_id)
-            self._due_at[replica_id] = inf
-            self._queue(replica)
-        return replica
-
     def dispatch(self, replica_id: int) -> None:
         """Route the current request (the one :meth:`advance_to_next_arrival` returned)."""
         if not 0 <= replica_id < self.num_replicas:
             raise ValueError(f"replica id {replica_id} out of range [0, {self.num_replicas})")
         rid = self.next_request
         self.table.replica[rid] = replica_id
-        replica = self.replica_now(replica_id)
+        replica = self.replicas[replica_id]
         replica.add_request(rid, self.table.arrived_at[rid])
         self._queue(replica)
         self.next_request += 1
@@ -231,19 +218,12 @@ class ClusterSimulator:
     def route(self, router: Router, until: int | None = None) -> None:
         """Route the requests before ``until`` (default: all) with ``router``.
 
-        A router whose ``reads_all`` is False reads replicas only through :meth:`replica_now`,
-        so the others are not advanced at each arrival: they catch up when routed to, read or
-        drained. Results are the same, since what a replica computes depends only on the
-        requests it was given and when, not on the horizons it was advanced through."""
+        Every replica with an event due is advanced to each arrival, whatever the router reads:
+        advancing a replica through other horizons gives the same timestamps but may round its
+        running float totals (``block_time``) differently, and results must not change."""
         end = self.num_requests if until is None else until
-        eager = getattr(router, "reads_all", True)
         while self.next_request < end:
-            if eager:
-                rid = self.advance_to_next_arrival()
-            else:
-                rid = self.next_request
-                self.now = max(self.now, self.table.arrived_at[rid])
-            self.dispatch(router(self, rid))
+            self.dispatch(router(self, self.advance_to_next_arrival()))
 
     def run(self, router: Router) -> None:
         """Route every request with ``router`` and drain the cluster."""

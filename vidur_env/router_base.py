@@ -22,10 +22,6 @@ class Router:
     """Base class: stateless routers only implement :meth:`choose`."""
 
     name = "base"
-    reads_all: bool = True
-    """The router may read every replica; False: it reads replicas only through
-    ``sim.replica_now(i)`` (or none), so the cluster advances only those (see
-    :meth:`vidur_env.cluster.ClusterSimulator.route`)."""
     indexed: bool = True
     """Decide from incrementally kept scores (:class:`ScoreIndex`) where the router has them;
     turning it off (score every replica at every decision) must not change any decision."""

@@ -30,7 +30,6 @@ class RoundRobin(Router):
     """Request i goes to replica i mod N (Vidur's default)."""
 
     name = "round_robin"
-    reads_all = False
 
     def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
         super().reset(num_replicas, rng)
@@ -52,7 +51,6 @@ class RandomRouter(Router):
     """Uniformly random replica, drawn from the episode's generator."""
 
     name = "random"
-    reads_all = False
 
     def choose(self, sim: "ClusterSimulator", rid: int) -> int:
         return int(self.rng.integers(self.num_replicas))
@@ -237,7 +235,6 @@ class PowerOfTwo(Router):
     the one with fewer ``num_waiting + num_allocated_requests`` (ties to the lower index)."""
 
     name = "power_of_two"
-    reads_all = False
 
     def _pick(self, n: int, load: Callable[[int], float]) -> int:
         """Sample two replicas of ``n`` and take the less loaded; only those two are scored."""
@@ -247,10 +244,8 @@ class PowerOfTwo(Router):
         return b if load(b) < load(a) else a
 
     def choose(self, sim: "ClusterSimulator", rid: int) -> int:
-        def load(i: int) -> int:
-            replica = sim.replica_now(i)
-            return replica.num_waiting + replica.num_allocated_requests
-        return self._pick(sim.num_replicas, load)
+        replicas = sim.replicas
+        return self._pick(len(replicas), lambda i: replicas[i].num_waiting + replicas[i].num_allocated_requests)
 
     def choose_observed(self, view: ObservationView, row: int) -> int:
         loads = view.waiting[row] + view.running[row]
