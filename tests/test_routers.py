@@ -274,3 +274,34 @@ def test_indexed_router_picks_what_the_scan_picks(name):
         choices.add(choice)
         sim.dispatch(choice)
     assert len(choices) > 32  # the workload spreads over the fleet: decisions were not trivial
+
+
+def test_the_index_follows_changes_made_after_it_looked():
+    """Replicas advanced after the router looked and before the dispatch (a caller moving time
+    on in between) are rescored at the next look: the index still agrees with the scan."""
+    from dataclasses import replace as with_fields
+
+    from vidur_env.cluster import ClusterSimulator, build_time_models
+    from vidur_env.config import ClusterConfig
+    from vidur_env.simulation import Scenario, resolve_workload
+    from vidur_env.workload import generate_requests
+
+    cluster = ClusterConfig(num_replicas=16)
+    scenario = Scenario(cluster=cluster, load=1.2)
+    scenario = with_fields(scenario, workload=with_fields(scenario.workload, num_requests=1500))
+    models = build_time_models(cluster)
+    workload = resolve_workload(scenario, models)
+    requests = generate_requests(workload, np.random.default_rng(3))
+    sim = ClusterSimulator(cluster, requests, max_tokens=workload.max_tokens, time_models=models)
+    indexed, scan = make_router("jsq"), make_router("jsq")
+    scan.indexed = False
+    indexed.reset(16, np.random.default_rng(0))
+    scan.reset(16, np.random.default_rng(0))
+    arrivals = sim.table.arrived_at
+    for _ in range(1500):
+        rid = sim.advance_to_next_arrival()
+        choice = indexed(sim, rid)
+        assert choice == scan(sim, rid), f"request {rid}"
+        if rid + 1 < len(arrivals):
+            sim.advance_to((arrivals[rid] + arrivals[rid + 1]) / 2)  # replicas move after the look
+        sim.dispatch(choice)

@@ -95,7 +95,8 @@ class ScoreIndex:
             self.scores = [self.score(r) for r in sim.replicas]
             self.order = SortedList((value, i) for i, value in enumerate(self.scores))
         else:
-            fresh = sim.changed if round_ != self.round else sim.changed[self.seen:]
+            # the list last read may have grown after the look; a dispatch starts a new one
+            fresh = self.log[self.seen:] + (sim.changed if round_ != self.round else [])
             scores, order, replicas = self.scores, self.order, sim.replicas
             for i in fresh:
                 value = self.score(replicas[i])
@@ -103,13 +104,15 @@ class ScoreIndex:
                     order.remove((scores[i], i))
                     order.add((value, i))
                     scores[i] = value
-        self.round, self.seen = round_, len(getattr(sim, "changed", ()))
+        self.log: list[int] = getattr(sim, "changed", [])
+        self.round, self.seen = round_, len(self.log)
 
     def first(self) -> int:
         """The replica with the least score, ties to the lowest index (as :func:`argmin_first`)."""
         return self.order[0][1]
 
     def least(self) -> float:
+        """The least score."""
         return self.order[0][0]
 
     def at_most(self, limit: float, offset: float = 0.0) -> list[int]:
