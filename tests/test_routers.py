@@ -238,3 +238,70 @@ def test_router_policies_work_with_sb3_evaluate_policy():
     for name in ("jsq", "power_of_two", "round_robin"):
         mean, std = evaluate_policy(RouterPolicy(name, seed=0), venv, n_eval_episodes=2)
         assert mean < 0 and np.isfinite(std)
+
+
+INDEXED_ROUTERS = ("lor", "jsq", "vllm_dp", "least_kv", "least_work_left", "speed_aware_lwl", "staleness_aware_lwl")
+
+
+@pytest.mark.parametrize("name", INDEXED_ROUTERS)
+def test_indexed_router_picks_what_the_scan_picks(name):
+    """At every decision of a random workload on 64 replicas (a fifth on faster devices, some idle, many
+    tied), the incremental index picks the replica the full scan picks, generator draws
+    included: both routers run on the same simulator with equally seeded generators."""
+    from dataclasses import replace as with_fields
+
+    from vidur_env.config import ClusterConfig, ReplicaConfig
+    from vidur_env.simulation import Scenario, resolve_workload
+    from vidur_env.cluster import ClusterSimulator, build_time_models
+    from vidur_env.workload import generate_requests
+
+    a100, h100 = ReplicaConfig(), ReplicaConfig(device="h100")
+    cluster = ClusterConfig(replicas=tuple(h100 if i % 5 == 0 else a100 for i in range(64)))
+    scenario = Scenario(cluster=cluster, load=0.9)
+    scenario = with_fields(scenario, workload=with_fields(scenario.workload, num_requests=3000))
+    models = build_time_models(cluster)
+    requests = generate_requests(resolve_workload(scenario, models), np.random.default_rng(7))
+    sim = ClusterSimulator(cluster, requests, max_tokens=scenario.workload.max_tokens, time_models=models)
+    indexed, scan = make_router(name), make_router(name)
+    scan.indexed = False
+    indexed.reset(64, np.random.default_rng(1))
+    scan.reset(64, np.random.default_rng(1))
+    choices = set()
+    while not sim.done_routing:
+        rid = sim.advance_to_next_arrival()
+        choice = indexed(sim, rid)
+        assert choice == scan(sim, rid), f"request {rid}"
+        choices.add(choice)
+        sim.dispatch(choice)
+    assert len(choices) > 32  # the workload spreads over the fleet: decisions were not trivial
+
+
+def test_the_index_follows_changes_made_after_it_looked():
+    """Replicas advanced after the router looked and before the dispatch (a caller moving time
+    on in between) are rescored at the next look: the index still agrees with the scan."""
+    from dataclasses import replace as with_fields
+
+    from vidur_env.cluster import ClusterSimulator, build_time_models
+    from vidur_env.config import ClusterConfig
+    from vidur_env.simulation import Scenario, resolve_workload
+    from vidur_env.workload import generate_requests
+
+    cluster = ClusterConfig(num_replicas=16)
+    scenario = Scenario(cluster=cluster, load=1.2)
+    scenario = with_fields(scenario, workload=with_fields(scenario.workload, num_requests=1500))
+    models = build_time_models(cluster)
+    workload = resolve_workload(scenario, models)
+    requests = generate_requests(workload, np.random.default_rng(3))
+    sim = ClusterSimulator(cluster, requests, max_tokens=workload.max_tokens, time_models=models)
+    indexed, scan = make_router("jsq"), make_router("jsq")
+    scan.indexed = False
+    indexed.reset(16, np.random.default_rng(0))
+    scan.reset(16, np.random.default_rng(0))
+    arrivals = sim.table.arrived_at
+    for _ in range(1500):
+        rid = sim.advance_to_next_arrival()
+        choice = indexed(sim, rid)
+        assert choice == scan(sim, rid), f"request {rid}"
+        if rid + 1 < len(arrivals):
+            sim.advance_to((arrivals[rid] + arrivals[rid + 1]) / 2)  # replicas move after the look
+        sim.dispatch(choice)

@@ -409,3 +409,32 @@ def test_fast_paths_match_when_arrivals_coincide_with_iteration_ends(scheduler):
     slow = simulate(reqs, scheduler=scheduler, time_model=tick, fast=False)
     for column in ("scheduled_at", "prefill_completed_at", "completed_at"):
         assert getattr(fast.table, column) == getattr(slow.table, column), column
+
+
+def test_the_event_heap_leaves_no_replica_behind():
+    """The cluster advances only the replicas its heap says are due; at every arrival no
+    replica may still have an event due by then (what advancing every replica guaranteed),
+    and ``changed`` lists the dispatched replica and every replica that moved."""
+    from dataclasses import replace as with_fields
+
+    from vidur_env.cluster import build_time_models
+    from vidur_env.simulation import Scenario, resolve_workload
+    from vidur_env.workload import generate_requests
+
+    scenario = Scenario(load=1.0)
+    scenario = with_fields(scenario, cluster=with_fields(scenario.cluster, num_replicas=32),
+                           workload=with_fields(scenario.workload, num_requests=2000))
+    models = build_time_models(scenario.cluster)
+    requests = generate_requests(resolve_workload(scenario, models), np.random.default_rng(5))
+    sim = ClusterSimulator(scenario.cluster, requests, max_tokens=scenario.workload.max_tokens, time_models=models)
+    rng = np.random.default_rng(0)
+    while not sim.done_routing:
+        before = [(r.batch_end, r.pending_at, r.stats.num_iterations) for r in sim.replicas]
+        rid = sim.advance_to_next_arrival()
+        now = sim.table.arrived_at[rid]
+        assert not [r.replica_id for r in sim.replicas if r.batch_end <= now or r.pending_at < now]
+        moved = {i for i, r in enumerate(sim.replicas) if (r.batch_end, r.pending_at, r.stats.num_iterations) != before[i]}
+        assert moved <= set(sim.changed)
+        sim.dispatch(int(rng.integers(sim.num_replicas)))
+    sim.drain()
+    assert (np.asarray(sim.table.completed_at) > 0).all()

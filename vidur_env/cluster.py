@@ -4,10 +4,20 @@ Routing is the only coupling between replicas, and it happens at arrivals. So th
 for each arrival in time order, advance every replica to the arrival time (each runs its own
 iterations independently), ask the router, hand the request over. Nothing else needs a global
 event queue.
+
+To keep a decision's cost flat in the fleet size, the loop touches only the replicas with
+work due: a heap holds each replica's next event time (``min(batch_end, pending_at)``), and
+advancing to a time pops just the replicas due by then. The replicas advanced and the one
+dispatched to since the last dispatch are listed in ``changed`` (with ``round`` counting
+dispatches), so routers can rescore only those (:class:`vidur_env.router_base.ScoreIndex`).
+Replica state changes only through :meth:`ClusterSimulator.advance_to` and
+:meth:`ClusterSimulator.dispatch`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from heapq import heappop, heappush
+from math import inf
 from typing import Callable, Protocol
 
 import numpy as np
@@ -85,7 +95,9 @@ class ClusterSimulator:
     ``replicas`` (each exposes ``num_waiting``, ``waiting_prompt_tokens``,
     ``num_allocated_requests``, ``num_in_batch``, ``allocated_blocks``, ``num_blocks``,
     ``kv_utilization``, ``is_busy``, ``batch_end``, and ``kv``, its
-    :class:`~vidur_env.kv_cache.KVCache`) and ``table`` (per-request columns).
+    :class:`~vidur_env.kv_cache.KVCache`), ``table`` (per-request columns), and ``round`` /
+    ``changed`` (the number of dispatches so far, and the ids of the replicas whose state
+    changed since the last one: the one dispatched to, then those advanced).
     """
 
     def __init__(
@@ -108,6 +120,12 @@ class ClusterSimulator:
         ]
         self.num_replicas = len(self.replicas)
         self.next_request = 0
+        self.round = 0
+        self.changed: list[int] = []
+        self._due_at = [inf] * self.num_replicas
+        """The time each replica was last queued at in ``_due`` (inf: not queued)."""
+        self._due: list[tuple[float, int]] = []
+        """Heap of (next event time, replica id); entries whose time is not ``_due_at`` are stale."""
         self.now = self.table.arrived_at[0] if len(self.table) else 0.0
 
     def _check_requests_fit(self, max_tokens: int) -> None:
@@ -137,12 +155,38 @@ class ClusterSimulator:
     def done_routing(self) -> bool:
         return self.next_request >= len(self.table)
 
+    def _queue(self, replica: Replica) -> None:
+        """(Re)queue ``replica`` at its next event time; an older entry becomes stale."""
+        due = min(replica.batch_end, replica.pending_at)
+        i = replica.replica_id
+        if due != self._due_at[i]:
+            self._due_at[i] = due
+            if due != inf:
+                heappush(self._due, (due, i))
+
     def advance_to(self, time: float) -> None:
-        """Run every replica up to ``time`` (iterations ending later stay in flight)."""
-        for replica in self.replicas:
-            # skip the call for a replica with nothing due by ``time`` (the common case)
+        """Run every replica up to ``time`` (iterations ending later stay in flight).
+
+        Only the replicas with an event by ``time`` are touched. One whose only event is a
+        batch to form exactly at ``time`` is not due yet (an arrival at that instant may still
+        join it) and is queued again afterwards."""
+        due, due_at, replicas, changed = self._due, self._due_at, self.replicas, self.changed
+        not_yet = []
+        while due and due[0][0] <= time:
+            entry = heappop(due)
+            i = entry[1]
+            if entry[0] != due_at[i]:
+                continue  # stale: the replica was requeued since
+            replica = replicas[i]
             if replica.batch_end <= time or replica.pending_at < time:
                 replica.advance_to(time)
+                changed.append(i)
+                due_at[i] = inf
+                self._queue(replica)
+            else:
+                not_yet.append(entry)
+        for entry in not_yet:
+            heappush(due, entry)
         self.now = max(self.now, time)
 
     def advance_to_next_arrival(self) -> int:
@@ -157,8 +201,12 @@ class ClusterSimulator:
             raise ValueError(f"replica id {replica_id} out of range [0, {self.num_replicas})")
         rid = self.next_request
         self.table.replica[rid] = replica_id
-        self.replicas[replica_id].add_request(rid, self.table.arrived_at[rid])
+        replica = self.replicas[replica_id]
+        replica.add_request(rid, self.table.arrived_at[rid])
+        self._queue(replica)
         self.next_request += 1
+        self.round += 1
+        self.changed = [replica_id]
 
     def drain(self) -> None:
         """Run until every routed request has completed."""
@@ -170,11 +218,19 @@ class ClusterSimulator:
                 "the replica's KV cache is too small for them"
             )
 
+    def route(self, router: Router, until: int | None = None) -> None:
+        """Route the requests before ``until`` (default: all) with ``router``.
+
+        Every replica with an event due is advanced to each arrival, whatever the router reads:
+        advancing a replica through other horizons gives the same timestamps but may round its
+        running float totals (``block_time``) differently, and results must not change."""
+        end = self.num_requests if until is None else until
+        while self.next_request < end:
+            self.dispatch(router(self, self.advance_to_next_arrival()))
+
     def run(self, router: Router) -> None:
         """Route every request with ``router`` and drain the cluster."""
-        while not self.done_routing:
-            rid = self.advance_to_next_arrival()
-            self.dispatch(router(self, rid))
+        self.route(router)
         self.drain()
 
 

@@ -5,9 +5,11 @@ modules (:mod:`vidur_env.cache_routers`) build on it without importing the regis
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from math import inf
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+from sortedcontainers import SortedList
 
 from vidur_env.observation import ObservationView, ReplicaCosts
 
@@ -20,6 +22,9 @@ class Router:
     """Base class: stateless routers only implement :meth:`choose`."""
 
     name = "base"
+    indexed: bool = True
+    """Decide from incrementally kept scores (:class:`ScoreIndex`) where the router has them;
+    turning it off (score every replica at every decision) must not change any decision."""
 
     def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
         """Start a new episode on a cluster of ``num_replicas`` replicas."""
@@ -67,3 +72,56 @@ def argmin_random(scores: "list[float] | np.ndarray", rng: np.random.Generator) 
     least = scores.min()
     tied = np.flatnonzero(scores <= least + TIE_TOLERANCE * abs(least))
     return int(tied[0]) if tied.size == 1 else int(rng.choice(tied))
+
+
+class ScoreIndex:
+    """Each replica's score, kept current by rescoring only the replicas the cluster lists as
+    changed since the last look (``sim.round`` / ``sim.changed``), in a sorted list of
+    (score, replica id): the least score, ties to the lowest index, and the replicas tied
+    within a limit cost O(changed * log N) (plus the ties themselves) per decision instead of a
+    scan. Anything the index cannot follow (another simulator, a stand-in without a change log,
+    a skipped dispatch) rescores every replica, so it is exact as long as ``score`` depends
+    only on the replica's state."""
+
+    def __init__(self, score: Callable[["Replica"], float]) -> None:
+        self.score = score
+        self.sim: "ClusterSimulator | None" = None
+
+    def sync(self, sim: "ClusterSimulator") -> None:
+        """Bring the scores up to date with ``sim``."""
+        round_ = getattr(sim, "round", None)  # None: a stand-in without a change log
+        if sim is not self.sim or round_ is None or round_ - self.round not in (0, 1):
+            self.sim = sim
+            self.scores = [self.score(r) for r in sim.replicas]
+            self.order = SortedList((value, i) for i, value in enumerate(self.scores))
+        else:
+            # the list last read may have grown after the look; a dispatch starts a new one
+            fresh = self.log[self.seen:] + (sim.changed if round_ != self.round else [])
+            scores, order, replicas = self.scores, self.order, sim.replicas
+            for i in fresh:
+                value = self.score(replicas[i])
+                if value != scores[i]:
+                    order.remove((scores[i], i))
+                    order.add((value, i))
+                    scores[i] = value
+        self.log: list[int] = getattr(sim, "changed", [])
+        self.round, self.seen = round_, len(self.log)
+
+    def first(self) -> int:
+        """The replica with the least score, ties to the lowest index (as :func:`argmin_first`)."""
+        return self.order[0][1]
+
+    def least(self) -> float:
+        """The least score."""
+        return self.order[0][0]
+
+    def at_most(self, limit: float, offset: float = 0.0) -> list[int]:
+        """Replicas whose ``score + offset <= limit``, computed on those very floats (a bisection
+        on ``limit - offset`` corrected by the exact test at its edge)."""
+        order = self.order
+        k = order.bisect_right((limit - offset, inf))
+        while k < len(order) and order[k][0] + offset <= limit:
+            k += 1
+        while k > 0 and order[k - 1][0] + offset > limit:
+            k -= 1
+        return [i for _, i in order.islice(0, k)]

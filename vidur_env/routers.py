@@ -10,7 +10,8 @@ observation (:meth:`Router.choose_observed`), which :class:`RouterPolicy` wraps 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from math import inf
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from vidur_env.cache_routers import CACHE_ROUTERS
 from vidur_env.observation import (
     EXPECTED_OUTPUT_TOKENS, ObservationView, decode_observation, queued_work_seconds, request_seconds,
 )
-from vidur_env.router_base import Router, argmin_first, argmin_random
+from vidur_env.router_base import TIE_TOLERANCE, Router, ScoreIndex, argmin_first, argmin_random
 
 if TYPE_CHECKING:
     from vidur_env.cluster import ClusterSimulator
@@ -62,7 +63,13 @@ class ScoreRouter(Router):
     """A router that sends the request to the replica with the lowest score, ties to the lowest
     index. Subclasses define the score twice, on the simulator's public replica attributes
     (:meth:`score`) and on de-normalised observations (:meth:`observed_scores`); the two agree
-    whenever the observation is fresh (``obs_refresh_ms=0``), up to float32 resolution."""
+    whenever the observation is fresh (``obs_refresh_ms=0``), up to float32 resolution.
+    On the simulator the scores are kept in a :class:`ScoreIndex` (only changed replicas are
+    rescored), so the score must depend only on the replica's state."""
+
+    def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
+        super().reset(num_replicas, rng)
+        self.index = ScoreIndex(self.score)
 
     def score(self, replica: "Replica") -> float:
         raise NotImplementedError
@@ -71,7 +78,10 @@ class ScoreRouter(Router):
         raise NotImplementedError
 
     def choose(self, sim: "ClusterSimulator", rid: int) -> int:
-        return argmin_first([self.score(r) for r in sim.replicas])
+        if not self.indexed:
+            return argmin_first([self.score(r) for r in sim.replicas])
+        self.index.sync(sim)
+        return self.index.first()
 
     def choose_observed(self, view: ObservationView, row: int) -> int:
         return int(np.argmin(self.observed_scores(view, row)))
@@ -160,14 +170,43 @@ class SpeedAwareLeastWorkLeft(Router):
     def __init__(self, oracle: bool = False) -> None:
         self.oracle = oracle
 
+    def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
+        super().reset(num_replicas, rng)
+        self.groups: dict[int, ScoreIndex] = {}
+        """Per time model (the request's cost is the same on all its replicas): the replicas'
+        queued work, indexed; replicas of other models score +inf in a group's index."""
+        self.grouped_sim: "ClusterSimulator | None" = None
+
     def choose(self, sim: "ClusterSimulator", rid: int) -> int:
         prompt = sim.table.orig_prefill[rid]
         output = sim.table.orig_decode[rid] if self.oracle else EXPECTED_OUTPUT_TOKENS
-        scores = []
+        if not self.indexed:
+            scores = []
+            for replica in sim.replicas:
+                costs = self.replica_costs(replica)
+                scores.append(queued_work_seconds(replica, costs) + request_seconds(prompt, output, costs))
+            return argmin_random(scores, self.rng)
+        if sim is not self.grouped_sim:
+            self._group(sim)
+        offsets = []
+        for model, index in self.groups.items():
+            index.sync(sim)
+            offsets.append((index, request_seconds(prompt, output, self.costs_by_model[model])))
+        least = min(index.least() + offset for index, offset in offsets)
+        limit = least + TIE_TOLERANCE * abs(least)  # argmin_random's tie rule, on the same floats
+        tied = sorted(i for index, offset in offsets for i in index.at_most(limit, offset))
+        return tied[0] if len(tied) == 1 else int(self.rng.choice(np.asarray(tied)))
+
+    def _group(self, sim: "ClusterSimulator") -> None:
+        """One queued-work index per distinct time model of the cluster."""
+        self.groups, self.grouped_sim = {}, sim
         for replica in sim.replicas:
             costs = self.replica_costs(replica)
-            scores.append(queued_work_seconds(replica, costs) + request_seconds(prompt, output, costs))
-        return argmin_random(scores, self.rng)
+            model = id(replica.time_model)
+            if model not in self.groups:
+                self.groups[model] = ScoreIndex(
+                    lambda r, model=model, costs=costs:
+                    queued_work_seconds(r, costs) if id(r.time_model) == model else inf)
 
     def observed_scores(self, view: ObservationView, row: int) -> np.ndarray:
         return view.queued_work[row] + view.request_cost[row]
@@ -197,18 +236,20 @@ class PowerOfTwo(Router):
 
     name = "power_of_two"
 
-    def _pick(self, loads: "np.ndarray | list[float]") -> int:
-        n = len(loads)
+    def _pick(self, n: int, load: Callable[[int], float]) -> int:
+        """Sample two replicas of ``n`` and take the less loaded; only those two are scored."""
         if n == 1:
             return 0
         a, b = sorted(int(i) for i in self.rng.choice(n, 2, replace=False))
-        return b if loads[b] < loads[a] else a
+        return b if load(b) < load(a) else a
 
     def choose(self, sim: "ClusterSimulator", rid: int) -> int:
-        return self._pick([r.num_waiting + r.num_allocated_requests for r in sim.replicas])
+        replicas = sim.replicas
+        return self._pick(len(replicas), lambda i: replicas[i].num_waiting + replicas[i].num_allocated_requests)
 
     def choose_observed(self, view: ObservationView, row: int) -> int:
-        return self._pick(view.waiting[row] + view.running[row])
+        loads = view.waiting[row] + view.running[row]
+        return self._pick(len(loads), loads.__getitem__)
 
 
 ROUTERS: dict[str, type[Router]] = {
