@@ -57,7 +57,6 @@ import os
 import pickle
 import shlex
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
