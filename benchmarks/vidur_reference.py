@@ -283,13 +283,13 @@ def check_main_source(spec: VidurRunSpec) -> Path:
     return source
 
 
-def build_main_command(spec: VidurRunSpec, trace: Path, output_root: Path) -> List[str]:
-    """The invocation of Vidur main: its defaults, with the cluster, scheduler, profiles and trace pinned."""
-    compute = Path(spec.profiling_dir).resolve() / "compute" / spec.device / spec.model
-    network = Path(spec.profiling_dir).resolve() / "network" / spec.network_device
-    p = "--random_forrest_execution_time_predictor_config_"
-    g = "--trace_request_generator_config_"
-    flags = {
+PREDICTOR = "--random_forrest_execution_time_predictor_config_"
+TRACE = "--trace_request_generator_config_"
+
+
+def shared_flags(spec: VidurRunSpec, trace: Path) -> dict[str, object]:
+    """The flags both Vidur builds take alike: cluster, scheduler, trace and prediction grid."""
+    return {
         "--seed": spec.seed,
         "--cluster_config_num_replicas": spec.num_replicas,
         "--replica_config_model_name": spec.model,
@@ -301,24 +301,23 @@ def build_main_command(spec: VidurRunSpec, trace: Path, output_root: Path) -> Li
         "--replica_scheduler_config_type": spec.scheduler,
         f"--{spec.scheduler}_scheduler_config_batch_size_cap": spec.batch_size_cap,
         "--request_generator_config_type": "trace_replay",
-        g + "trace_file": trace,
-        g + "max_tokens": spec.max_tokens,
-        g + "prefill_scale_factor": 1,
-        g + "decode_scale_factor": 1,
-        g + "time_scale_factor": spec.time_scale,
+        TRACE + "trace_file": trace,
+        TRACE + "max_tokens": spec.max_tokens,
+        TRACE + "prefill_scale_factor": 1,
+        TRACE + "decode_scale_factor": 1,
+        TRACE + "time_scale_factor": spec.time_scale,
         "--execution_time_predictor_config_type": "random_forrest",
-        p + "compute_input_file": compute / "mlp.csv",
-        p + "attention_input_file": compute / "attention.csv",
-        p + "all_reduce_input_file": network / "all_reduce.csv",
-        p + "kv_cache_prediction_granularity": spec.kv_cache_prediction_granularity,
-        p + "prediction_max_tokens_per_request": spec.max_tokens,
-        p + "prediction_max_prefill_chunk_size": spec.max_tokens,
-        p + "prediction_max_batch_size": spec.batch_size_cap,
-        "--metrics_config_output_dir": output_root,
-        "--metrics_config_cache_dir": spec.resolved_cache_dir(),
+        PREDICTOR + "kv_cache_prediction_granularity": spec.kv_cache_prediction_granularity,
+        PREDICTOR + "prediction_max_tokens_per_request": spec.max_tokens,
+        PREDICTOR + "prediction_max_prefill_chunk_size": spec.max_tokens,
+        PREDICTOR + "prediction_max_batch_size": spec.batch_size_cap,
     }
+
+
+def vidur_command(spec: VidurRunSpec, flags: dict[str, object]) -> List[str]:
+    """The driver invocation with ``flags`` (and Sarathi's chunk size), traces and plots off."""
     if spec.scheduler == "sarathi":
-        flags["--sarathi_scheduler_config_chunk_size"] = spec.chunk_size
+        flags = {**flags, "--sarathi_scheduler_config_chunk_size": spec.chunk_size}
     command = [str(spec.vidur_python), *(["-O"] if spec.strip_asserts else []), "-c", VIDUR_DRIVER]
     for flag, value in flags.items():
         command += [flag, str(value)]
@@ -327,6 +326,20 @@ def build_main_command(spec: VidurRunSpec, trace: Path, output_root: Path) -> Li
         "--no-metrics_config_store_plots",
         "--metrics_config_keep_individual_batch_metrics",
     ]
+
+
+def build_main_command(spec: VidurRunSpec, trace: Path, output_root: Path) -> List[str]:
+    """The invocation of Vidur main: its defaults, with the cluster, scheduler, profiles and trace pinned."""
+    compute = Path(spec.profiling_dir).resolve() / "compute" / spec.device / spec.model
+    network = Path(spec.profiling_dir).resolve() / "network" / spec.network_device
+    return vidur_command(spec, {
+        **shared_flags(spec, trace),
+        PREDICTOR + "compute_input_file": compute / "mlp.csv",
+        PREDICTOR + "attention_input_file": compute / "attention.csv",
+        PREDICTOR + "all_reduce_input_file": network / "all_reduce.csv",
+        "--metrics_config_output_dir": output_root,
+        "--metrics_config_cache_dir": spec.resolved_cache_dir(),
+    })
 
 
 def replayed_requests(
@@ -358,47 +371,15 @@ def build_command(
 ) -> List[str]:
     """The Vidur invocation (``vidur.main`` via :data:`VIDUR_DRIVER`, every default that
     matters pinned)."""
-    p = "--random_forrest_execution_time_predictor_config_"
-    g = "--trace_request_generator_config_"
-    flags = {
-        "--seed": spec.seed,
+    return vidur_command(spec, {
+        **shared_flags(spec, vidur_trace),
         "--log_level": "info",
-        "--cluster_config_num_replicas": spec.num_replicas,
-        "--replica_config_model_name": spec.model,
-        "--replica_config_device": spec.device,
-        "--replica_config_network_device": spec.network_device,
-        "--replica_config_tensor_parallel_size": 1,
-        "--replica_config_num_pipeline_stages": 1,
-        "--global_scheduler_config_type": "round_robin",
-        "--replica_scheduler_config_type": spec.scheduler,
-        f"--{spec.scheduler}_scheduler_config_batch_size_cap": spec.batch_size_cap,
-        "--request_generator_config_type": "trace_replay",
-        g + "trace_file": vidur_trace,
-        g + "date": TRACE_DATE,
-        g + "max_tokens": spec.max_tokens,
-        g + "prefill_scale_factor": 1,
-        g + "decode_scale_factor": 1,
-        g + "time_scale_factor": spec.time_scale,
-        "--execution_time_predictor_config_type": "random_forrest",
-        p + "model_profiling_dataset": dataset_ids[0],
-        p + "network_profiling_dataset": dataset_ids[1],
-        p + "cache_dir": spec.resolved_cache_dir(),
-        p + "kv_cache_prediction_granularity": spec.kv_cache_prediction_granularity,
-        p + "prediction_max_tokens_per_request": spec.max_tokens,
-        p + "prediction_max_prefill_chunk_size": spec.max_tokens,
-        p + "prediction_max_batch_size": spec.batch_size_cap,
+        TRACE + "date": TRACE_DATE,
+        PREDICTOR + "model_profiling_dataset": dataset_ids[0],
+        PREDICTOR + "network_profiling_dataset": dataset_ids[1],
+        PREDICTOR + "cache_dir": spec.resolved_cache_dir(),
         "--metrics_config_output_dir": output_root,
-    }
-    if spec.scheduler == "sarathi":
-        flags["--sarathi_scheduler_config_chunk_size"] = spec.chunk_size
-    command = [str(spec.vidur_python), *(["-O"] if spec.strip_asserts else []), "-c", VIDUR_DRIVER]
-    for flag, value in flags.items():
-        command += [flag, str(value)]
-    return command + [
-        "--no-metrics_config_enable_chrome_trace",
-        "--no-metrics_config_store_plots",
-        "--metrics_config_keep_individual_batch_metrics",
-    ]
+    })
 
 
 def _vidur_env(source: Optional[Path] = None) -> Dict[str, str]:
