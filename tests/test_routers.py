@@ -194,6 +194,17 @@ def test_registry_names_every_router_and_rejects_unknown_names():
         RouterPolicy("shortest")
 
 
+def assert_policy_follows_router(env: VidurRoutingEnv, router, policy: RouterPolicy) -> None:
+    """Run an episode with ``router``'s decisions on the simulator; ``policy`` on the env's
+    observations must pick the same replica at every step."""
+    obs, _ = env.reset(seed=0)
+    terminated = False
+    while not terminated:
+        action = router.choose(env.simulator, env.current_request)
+        assert int(policy.predict(obs)[0]) == action
+        obs, _, terminated, _, _ = env.step(action)
+
+
 @pytest.mark.parametrize("name", LWL_VARIANTS)
 def test_lwl_variants_on_fresh_observations_match_the_router_on_the_simulator(name):
     """Same decisions, random tie-breaks included (the policy seeds its router as below)."""
@@ -202,12 +213,7 @@ def test_lwl_variants_on_fresh_observations_match_the_router_on_the_simulator(na
     router = make_router(name)
     router.reset(4, np.random.default_rng(np.random.default_rng(7).integers(2**63)))
     policy = RouterPolicy(name, seed=7)
-    obs, _ = env.reset(seed=0)
-    terminated = False
-    while not terminated:
-        action = router.choose(env.simulator, env.current_request)
-        assert int(policy.predict(obs)[0]) == action
-        obs, _, terminated, _, _ = env.step(action)
+    assert_policy_follows_router(env, router, policy)
 
 
 @pytest.mark.parametrize("name", ["lor", "jsq", "vllm_dp", "least_kv", "least_work_left"])
@@ -216,12 +222,7 @@ def test_policy_on_fresh_observations_matches_the_router_on_the_simulator(name):
     router = make_router(name)
     router.reset(3, np.random.default_rng(0))
     policy = RouterPolicy(name)
-    obs, _ = env.reset(seed=0)
-    terminated = False
-    while not terminated:
-        action = router.choose(env.simulator, env.current_request)
-        assert int(policy.predict(obs)[0]) == action
-        obs, _, terminated, _, _ = env.step(action)
+    assert_policy_follows_router(env, router, policy)
 
 
 @pytest.mark.parametrize("name", sorted(ROUTERS))
