@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from vidur_env.kv_cache import BLOCK_SIZE
+
 if TYPE_CHECKING:
     from vidur_env.cache_view import CacheView
     from vidur_env.replica import Replica
@@ -285,7 +287,7 @@ class ObservationBuilder:
         if self.cache is not None:
             cache = self.cache
             prompt = max(prompt_tokens, 1)
-            flat[f - 2::f] = [min(16 * m, prompt) / prompt for m in cache.matches(prompt_keys)]
+            flat[f - 2::f] = [min(BLOCK_SIZE * m, prompt) / prompt for m in cache.matches(prompt_keys)]
             flat[f - 1::f] = [min(cache.cached(i) / b, 1.0) for i, b in enumerate(self.kv_blocks)]
         return np.array(flat, dtype=np.float32).reshape(n, f)
 
