@@ -223,15 +223,21 @@ class CacheStateRecorder(StateRecorder):
         return super().__call__(sim, rid)
 
 
-def run_recorded(reqs, scheduler, router, time_model, fast, hashes=None):
-    """Run with both fast paths on or off; with ``hashes``, prefix caching is on."""
+def oracle_sim(reqs, scheduler, time_model, fast, hashes=None) -> ClusterSimulator:
+    """Two replicas with both fast paths on or off; with ``hashes``, prefix caching is on."""
     spec = ReplicaConfig(scheduler=scheduler, num_blocks=900, prefix_caching=hashes is not None)
     sim = ClusterSimulator(ClusterConfig(num_replicas=2, replica=spec), reqs, time_models=[time_model] * 2)
     for r in sim.replicas:
         r.fast_forward = r.group_decodes = fast
-    recorder = (CacheStateRecorder if hashes is not None else StateRecorder)(router, 2)
     if hashes is not None:
         with_hashes(sim, hashes)
+    return sim
+
+
+def run_recorded(reqs, scheduler, router, time_model, fast, hashes=None):
+    """Run :func:`oracle_sim` recording the state a router sees at every decision."""
+    sim = oracle_sim(reqs, scheduler, time_model, fast, hashes)
+    recorder = (CacheStateRecorder if hashes is not None else StateRecorder)(router, 2)
     sim.run(recorder)
     return sim, recorder.states
 
@@ -302,12 +308,7 @@ def test_batch_in_flight_is_the_same_on_every_path(scheduler, caching):
     seen = []
     suspended = 0
     for fast in (True, False):
-        spec = ReplicaConfig(scheduler=scheduler, num_blocks=900, prefix_caching=caching)
-        sim = ClusterSimulator(ClusterConfig(num_replicas=2, replica=spec), reqs, time_models=[AffineTime()] * 2)
-        if caching:
-            with_hashes(sim, shared_prefix_hashes(reqs, 5))
-        for r in sim.replicas:
-            r.fast_forward = r.group_decodes = fast
+        sim = oracle_sim(reqs, scheduler, AffineTime(), fast, shared_prefix_hashes(reqs, 5) if caching else None)
         recorder = BatchRecorder("round_robin", 2)
 
         def route(sim, rid, recorder=recorder):
@@ -328,12 +329,8 @@ def test_without_the_steady_run_hook_a_scheduler_gives_the_same_results(schedule
     reqs = random_requests(300, 6, qps=25.0)
     results = []
     for fast in (True, False):
-        spec = ReplicaConfig(scheduler=scheduler, num_blocks=900, prefix_caching=caching)
-        sim = ClusterSimulator(ClusterConfig(num_replicas=2, replica=spec), reqs, time_models=[AffineTime()] * 2)
-        if caching:
-            with_hashes(sim, shared_prefix_hashes(reqs, 6))
+        sim = oracle_sim(reqs, scheduler, AffineTime(), fast, shared_prefix_hashes(reqs, 6) if caching else None)
         for r in sim.replicas:
-            r.fast_forward = r.group_decodes = fast
             if fast:  # every fast path on, but the scheduler never offers a steady run
                 r.scheduler.steady_run = ReplicaScheduler.steady_run.__get__(r.scheduler)
         recorder = StateRecorder("round_robin", 2)
