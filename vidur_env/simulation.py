@@ -192,8 +192,8 @@ def scenario_from_kwargs(cluster: Any, workload: Any, load: Any, scenario: Scena
         if cluster is not None or workload is not None or load != "auto":
             raise ConfigError("VidurRoutingEnv: pass either scenario or cluster/workload/load, not both")
         cluster, workload, load = scenario.cluster, scenario.workload, scenario.load
-    cluster = apply_cluster_shortcuts(cluster_from(cluster), shortcuts)
-    workload = apply_workload_shortcuts(workload_from(workload), shortcuts)
+    cluster = apply_cluster_shortcuts(config_from(cluster, ClusterConfig, "cluster", nested_replicas), shortcuts)
+    workload = apply_workload_shortcuts(config_from(workload, WorkloadConfig, "workload"), shortcuts)
     if load == "auto":
         load = None if "qps" in shortcuts else DEFAULT_LOAD
     if load is not None and (isinstance(load, bool) or not isinstance(load, (int, float))):
@@ -201,16 +201,21 @@ def scenario_from_kwargs(cluster: Any, workload: Any, load: Any, scenario: Scena
     return Scenario(cluster=cluster, workload=workload, load=load)
 
 
-def cluster_from(value: ClusterConfig | dict | None) -> ClusterConfig:
-    """A ClusterConfig from itself, None (the default) or a dict with nested replica dicts."""
+def config_from(value: Any, cls: type, where: str, nested: Callable[[dict], dict] = dict) -> Any:
+    """A ``cls`` config from itself, None (the defaults) or a dict of its fields (unknown keys
+    rejected; ``nested`` turns the dict's nested dicts into their configs)."""
     if value is None:
-        return ClusterConfig()
-    if isinstance(value, ClusterConfig):
+        return cls()
+    if isinstance(value, cls):
         return value
     if not isinstance(value, dict):
-        raise ConfigError(f"cluster: expected a ClusterConfig or a dict, got {type(value).__name__}")
-    reject_unknown_keys(value, ClusterConfig, "cluster")
-    data = dict(value)
+        raise ConfigError(f"{where}: expected a {cls.__name__} or a dict, got {type(value).__name__}")
+    reject_unknown_keys(value, cls, where)
+    return replace(cls(), **nested(dict(value)))
+
+
+def nested_replicas(data: dict) -> dict:
+    """A cluster dict with its replica dicts turned into ReplicaConfigs."""
     if isinstance(data.get("replica"), dict):
         data["replica"] = replica_config_from_dict(data["replica"], "cluster.replica")
     if data.get("replicas") is not None:
@@ -218,19 +223,7 @@ def cluster_from(value: ClusterConfig | dict | None) -> ClusterConfig:
             spec if isinstance(spec, ReplicaConfig) else replica_config_from_dict(spec, f"cluster.replicas[{i}]")
             for i, spec in enumerate(data["replicas"])
         )
-    return replace(ClusterConfig(), **data)
-
-
-def workload_from(value: WorkloadConfig | dict | None) -> WorkloadConfig:
-    """A WorkloadConfig from itself, None (the default) or a dict (unknown keys rejected)."""
-    if value is None:
-        return WorkloadConfig()
-    if isinstance(value, WorkloadConfig):
-        return value
-    if not isinstance(value, dict):
-        raise ConfigError(f"workload: expected a WorkloadConfig or a dict, got {type(value).__name__}")
-    reject_unknown_keys(value, WorkloadConfig, "workload")
-    return replace(WorkloadConfig(), **value)
+    return data
 
 
 def apply_cluster_shortcuts(cluster: ClusterConfig, shortcuts: dict[str, Any]) -> ClusterConfig:
