@@ -587,6 +587,10 @@ def parse_flag_value(knob_: Knob, text: str) -> Any:
         if text.strip().lower() in ("none", "null"):
             return None
         annotation = inner
+    if annotation is bool:
+        if text.strip().lower() not in ("true", "false"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text.strip().lower() == "true"
     origin = typing.get_origin(annotation)
     if origin is list:
         return [item.strip() for item in text.split(",") if item.strip()]

@@ -111,10 +111,6 @@ def override(config: TrainConfig, key: str, value: Any) -> TrainConfig:
     Either way it passes the same type and range checks as the config file.
     """
     knob = knob_by_key(key)
-    if isinstance(value, str) and knob.annotation is bool:
-        if value.strip().lower() not in ("true", "false"):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        value = value.strip().lower() == "true"
     if isinstance(value, (str, bool)):
         return apply_overrides(config, {knob: value})
     try:
