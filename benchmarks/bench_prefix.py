@@ -22,7 +22,8 @@ import numpy as np
 
 from vidur_env.cluster import ClusterSimulator, build_time_models
 from vidur_env.routers import make_router
-from vidur_env.simulation import Scenario, named_scenario, resolve_workload
+from vidur_env.scenarios import named_scenario
+from vidur_env.simulation import Scenario, resolve_workload
 from vidur_env.workload import generate_requests
 
 ROUTERS = ("round_robin", "sglang_cache_aware", "sglang_cache_aware_precise", "llmd_scorer", "dynamo_kv",

@@ -37,7 +37,8 @@ from vidur_env.cluster import build_time_models
 from vidur_env.config import ClusterConfig, ReplicaConfig
 from vidur_env.paired import paired_difference
 from vidur_env.routers import ROUTERS, make_router
-from vidur_env.simulation import PREFIX_CACHING, Scenario, named_scenario, resolve_workload, run_simulation
+from vidur_env.scenarios import named_scenario
+from vidur_env.simulation import Scenario, resolve_workload, run_simulation
 from vidur_env.sessions import SessionConfig
 from vidur_env.workload import Requests, WorkloadConfig, generate_requests
 
@@ -72,7 +73,7 @@ class TimedRouter:
 
 def mooncake_scenario(path: Path, requests: int, replicas: int, time_scale: float) -> Scenario:
     """The Mooncake trace replayed on Llama-3.1-8B replicas (128k context)."""
-    replica = ReplicaConfig(model="llama-3.1-8b", **PREFIX_CACHING)
+    replica = ReplicaConfig(model="llama-3.1-8b", prefix_caching=True)
     workload = WorkloadConfig(arrival="trace", lengths="trace", trace=str(path), num_requests=requests,
                               max_tokens=131072, time_scale=time_scale)
     return Scenario(cluster=ClusterConfig(num_replicas=replicas, replica=replica), workload=workload, load=None)
@@ -167,7 +168,6 @@ def main() -> None:
                         help="also run the prefix scenario and its hot-prefix variant on this many seeds, paired")
     args = parser.parse_args()
     names = [n for n in args.routers.split(",") if n]
-    print(f"prefix caching in the simulator: {'yes' if PREFIX_CACHING else 'no (hit rates n/a; see the docstring)'}")
     prefix = named_scenario("prefix")
     if args.prefix_requests:
         prefix = replace(prefix, workload=replace(prefix.workload, num_requests=args.prefix_requests))

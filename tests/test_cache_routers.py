@@ -280,6 +280,6 @@ def test_env_cache_columns_read_the_replicas_caches_in_the_precise_view():
 
 def test_env_cache_view_is_validated_and_optional():
     assert VidurRoutingEnv(num_replicas=2, num_requests=5).observation_space.shape == (2, 15)
-    assert VidurRoutingEnv(num_replicas=2, num_requests=5, cache_view="precise", oracle=True).observation_space.shape == (2, 18)
+    assert VidurRoutingEnv(num_replicas=2, num_requests=5, cache_view="precise", output_predictor="oracle").observation_space.shape == (2, 18)
     with pytest.raises(ConfigError, match="cache_view: must be None, 'approximate' or 'precise'"):
         VidurRoutingEnv(num_replicas=2, num_requests=5, cache_view="exact")

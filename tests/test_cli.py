@@ -14,7 +14,8 @@ from vidur_env.cli import main
 from vidur_env.config import ClusterConfig
 from vidur_env.metrics import VIDUR_CSV_COLUMNS
 from vidur_env.reward import REWARDS, LatencyReward
-from vidur_env.simulation import SCENARIOS, Scenario, named_scenario, run_simulation
+from vidur_env.scenarios import SCENARIOS, RegisteredScenario, named_scenario
+from vidur_env.simulation import Scenario, run_simulation
 from vidur_env.workload import WorkloadConfig
 
 SMALL = ["simulate", "--replicas", "2", "--num-requests", "40"]
@@ -277,7 +278,8 @@ def test_an_unknown_scenario_name_lists_the_registered_ones(command, capsys):
 
 def test_choice_lists_come_from_the_registries(monkeypatch, capsys):
     """A scenario or reward added to its registry is a choice of the CLI with no other edit."""
-    monkeypatch.setitem(SCENARIOS, "two_replicas", lambda: Scenario(cluster=ClusterConfig(num_replicas=2)))
+    monkeypatch.setitem(SCENARIOS, "two_replicas", RegisteredScenario(
+        "two_replicas", "two replicas", lambda: Scenario(cluster=ClusterConfig(num_replicas=2))))
     monkeypatch.setitem(REWARDS, "e2e_copy", type("CopyReward", (LatencyReward,), {"name": "e2e_copy"}))
     code, out, err = run_cli(["simulate", "--scenario", "two_replicas", "--num-requests", "16"], capsys)
     assert code == 0 and len(json.loads(out)["replicas"]) == 2, err

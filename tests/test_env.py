@@ -19,7 +19,7 @@ from vidur_env.metrics import RequestMetrics
 from vidur_env.observation import COLUMN, decode_observation, queued_work_seconds, ReplicaCosts
 from vidur_env.reward import REWARDS, Reward
 from vidur_env.routers import make_router
-from vidur_env.simulation import named_scenario
+from vidur_env.scenarios import named_scenario
 
 SMALL = dict(num_replicas=2, num_requests=48)
 
@@ -51,7 +51,7 @@ def test_make_works_in_a_fresh_interpreter_without_kwargs():
     assert out.strip() == "(4, 15) Discrete(4)"
 
 
-@pytest.mark.parametrize("kwargs", [{"render_mode": "ansi"}, {"render_mode": "rgb_array", "oracle": True},
+@pytest.mark.parametrize("kwargs", [{"render_mode": "ansi"}, {"render_mode": "rgb_array", "output_predictor": "oracle"},
                                     {"obs_refresh_ms": 20.0, "reward": "ttft"}])
 def test_gymnasium_check_env_passes_without_warnings(kwargs):
     env = gym.make("vidur_env:VidurRouting-v0", **SMALL, **kwargs)
@@ -182,7 +182,7 @@ def test_observation_features_decode_to_the_replica_state():
 
 def test_no_output_length_feature_unless_oracle():
     plain = VidurRoutingEnv(**SMALL)
-    oracle = VidurRoutingEnv(**SMALL, oracle=True)
+    oracle = VidurRoutingEnv(**SMALL, output_predictor="oracle")
     assert plain.observation_space.shape == (2, 15) and oracle.observation_space.shape == (2, 16)
     obs, _ = oracle.reset(seed=0)
     assert obs[0, COLUMN["output"]] == pytest.approx(oracle.requests.num_decode_tokens[0] / oracle.workload.max_tokens)

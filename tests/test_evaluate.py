@@ -90,7 +90,7 @@ def test_a_model_is_evaluated_on_the_same_workloads():
     assert list(out.rows) == ["jsq", "untrained", LOWER_BOUND]
     assert out.rows["untrained"]["num_requests"] == 40
     with pytest.raises(EvaluationError, match="shape"):
-        evaluate({**TINY, "oracle": True}, [], model=model, episodes=1)
+        evaluate({**TINY, "output_predictor": "oracle"}, [], model=model, episodes=1)
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -35,7 +35,7 @@ def column(obs, name):
 
 @pytest.mark.parametrize("oracle", [False, True])
 def test_request_cost_is_the_requests_estimated_seconds_on_each_replica(oracle):
-    env = VidurRoutingEnv(cluster=HETERO, num_requests=40, oracle=oracle)
+    env = VidurRoutingEnv(cluster=HETERO, num_requests=40, output_predictor="oracle" if oracle else "none")
     costs = [ReplicaCosts.from_time_model(m) for m in env.time_models]
     for obs, _, _, rid in play(env):
         prompt = env.requests.num_prefill_tokens[rid]

@@ -11,6 +11,7 @@ from vidur_env.sessions import KEY_STRIDE, SessionConfig
 from vidur_env.simulation import Scenario, run_simulation
 from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig
 from vidur_env.env import VidurRoutingEnv
+from vidur_env.scenarios import SCENARIOS
 from vidur_env.time_model import builtin_time_model
 from vidur_env.traces import TraceFormatError, read_trace
 from vidur_env.workload import WorkloadConfig, WorkloadConfigError, generate_requests
@@ -162,7 +163,7 @@ def test_long_context_preset_has_llama3_shapes_and_runs_100k_token_prompts():
 
 
 def test_an_unknown_scenario_name_lists_the_registered_ones():
-    with pytest.raises(ConfigError, match="scenario: unknown name 'prefixes'; choose from default, prefix"):
+    with pytest.raises(ConfigError, match=f"scenario: unknown name 'prefixes'; choose from {', '.join(SCENARIOS)}$"):
         VidurRoutingEnv(scenario="prefixes")
 
 

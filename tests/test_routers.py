@@ -57,7 +57,7 @@ def hand_built(state=STATE, prompt=100, output=10):
 
 def observe(sim, oracle=False):
     builder = ObservationBuilder([ReplicaCosts.from_time_model(r.time_model) for r in sim.replicas],
-                                 [r.num_blocks for r in sim.replicas], max_tokens=4096, oracle=oracle)
+                                 [r.num_blocks for r in sim.replicas], max_tokens=4096, output_estimate=oracle)
     builder.snapshot(sim.replicas, 0.0)
     return builder.build(sim.table.orig_prefill[0], sim.table.orig_decode[0])
 

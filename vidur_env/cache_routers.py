@@ -88,6 +88,9 @@ class CacheAwareRouter(Router):
 
     mode = "approximate"
     """Cache view: ``approximate`` or ``precise`` (see the module docstring)."""
+    live = True
+    """The harness runs cache-aware routers on the simulator, each in its own view and with the
+    block counts some need (the observation carries one view, the env's)."""
 
     def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
         super().reset(num_replicas, rng)

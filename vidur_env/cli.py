@@ -28,7 +28,10 @@ from vidur_env.hardware import UnknownSpecError
 from vidur_env.metrics import CSV_LAYOUTS, write_json
 from vidur_env.reward import DEFAULT_REWARD, REWARDS
 from vidur_env.routers import ROUTERS, load_only_routers
-from vidur_env.simulation import DEFAULT_SCENARIO, SCENARIOS, Scenario, named_scenario, run_simulation
+from vidur_env.cache_view import CACHE_VIEWS
+from vidur_env.env import OUTPUT_PREDICTORS
+from vidur_env.scenarios import DEFAULT_SCENARIO, SCENARIOS, named_scenario, registered_scenario
+from vidur_env.simulation import Scenario, run_simulation
 from vidur_env.time_model import TimeModelError
 from vidur_env.traces import FORMATS as TRACE_FORMATS
 from vidur_env.traces import SAMPLE_TRACES, ZERO_TOKEN_POLICIES, TraceFormatError
@@ -71,7 +74,8 @@ def add_scenario_arguments(parser: argparse.ArgumentParser, base: Scenario) -> N
     replica, cluster_base, work_base = base.cluster.replica, base.cluster, base.workload
     parser.add_argument("--scenario", choices=tuple(SCENARIOS), default=DEFAULT_SCENARIO,
                         help="a registered scenario the other flags start from (default %(default)s; "
-                             "flags given override its values)")
+                             "flags given override its values): "
+                             + "; ".join(f"{name}: {entry.description}" for name, entry in SCENARIOS.items()).replace("%", "%%"))
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--replicas", dest="num_replicas", type=int, default=cluster_base.num_replicas, metavar="N",
                          help="number of identical replicas (default %(default)s)")
@@ -223,6 +227,11 @@ def write_output(flag: str, path: str, write: Callable[[str], None]) -> None:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     check_output_paths(args, ("--output-json", "--output-csv"))
+    staleness = registered_scenario(args.scenario).observation.get("obs_refresh_ms")
+    if staleness:
+        raise ConfigError(f"--scenario {args.scenario}: routers there observe the replicas every {staleness:g} ms, "
+                          "which only routers reading the env's observations do; simulate routes on the live state. "
+                          f"Run: python -m vidur_env evaluate --scenario {args.scenario}")
     scenario = scenario_from_args(args)
     result = run_simulation(scenario, router=args.router, seed=args.seed)
     metrics = result.metrics
@@ -298,9 +307,17 @@ def add_evaluate_parser(commands: argparse._SubParsersAction, base: Scenario) ->
                                       "and/or --slo-e2e)")
     evaluate_parser.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO in seconds (reward slo)")
     evaluate_parser.add_argument("--slo-e2e", type=float, default=None, help="E2E SLO in seconds (reward slo)")
-    evaluate_parser.add_argument("--obs-refresh-ms", type=float, default=0.0,
-                                 help="observation staleness, as the model was trained with (default 0: fresh)")
-    evaluate_parser.add_argument("--oracle", action="store_true", help="observations include the output length")
+    evaluate_parser.add_argument("--obs-refresh-ms", type=float, default=None,
+                                 help="observation staleness, as the agent was trained with (default: the scenario's, "
+                                      "0 = fresh unless it sets one)")
+    evaluate_parser.add_argument("--cache-view", choices=("auto", "none", *CACHE_VIEWS), default="auto",
+                                 help="cache columns of the observation, as the agent was trained with (default auto: "
+                                      "the scenario's, none unless it sets one)")
+    evaluate_parser.add_argument("--output-predictor", choices=OUTPUT_PREDICTORS, default="none",
+                                 help="what observations say of a request's output length: nothing, the truth or "
+                                      "a noisy prediction (default %(default)s)")
+    evaluate_parser.add_argument("--predictor-error", type=float, default=0.5,
+                                 help="log-normal sigma of --output-predictor noisy (default %(default)s)")
     evaluate_parser.add_argument("--stochastic", action="store_true", help="sample the model's actions")
     evaluate_parser.add_argument("--output-dir", default=".",
                                  help="where evaluation.json and latency_cdf.png are written (default: .)")
@@ -320,11 +337,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if first_episode.lengths == "trace":
         requests = generate_requests(first_episode, np.random.default_rng(args.seed))
         note_cut_requests(requests.num_cut, len(requests), first_episode, " of the first episode", "")
+    observation = registered_scenario(args.scenario).observation
+    cache_view = observation.get("cache_view") if args.cache_view == "auto" else args.cache_view
     env_kwargs = {
         "scenario": scenario,
         "num_requests": episode_requests,
         "reward": args.reward, "slo_ttft_s": args.slo_ttft, "slo_e2e_s": args.slo_e2e,
-        "obs_refresh_ms": args.obs_refresh_ms, "oracle": args.oracle,
+        "obs_refresh_ms": observation.get("obs_refresh_ms", 0.0) if args.obs_refresh_ms is None else args.obs_refresh_ms,
+        "cache_view": None if cache_view == "none" else cache_view,
+        "output_predictor": args.output_predictor, "predictor_error": args.predictor_error,
     }
     result = evaluate(env_kwargs, routers, model=model, model_name=model_name, episodes=args.episodes,
                       seed=args.seed, deterministic=not args.stochastic)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from math import inf
 from typing import Any
 
@@ -16,8 +17,13 @@ from vidur_env.metrics import RequestMetrics, aggregate_metrics
 from vidur_env.observation import ObservationBuilder, ReplicaCosts, features
 from vidur_env.render import RENDER_MODES, render
 from vidur_env.reward import DEFAULT_REWARD, Reward, RewardSettings, reward_class
-from vidur_env.simulation import Scenario, scenario_from_kwargs
+from vidur_env.scenarios import RegisteredScenario, TrafficRange, registered_scenario
+from vidur_env.simulation import Scenario, cluster_capacity, scenario_from_kwargs
 from vidur_env.workload import Requests, WorkloadConfig, generate_requests
+
+OUTPUT_PREDICTORS = ("none", "oracle", "noisy")
+"""What the observation says of a request's output length: nothing (routers assume the
+prior mean), the truth, or a noisy prediction (``predictor_error``)."""
 
 
 
@@ -55,16 +61,16 @@ class VidurRoutingEnv(gym.Env):
     | 7   | relative_speed   | fastest replica's cost of a reference request / this replica's (1 on homogeneous clusters) | none | 0 | 1 |
     | 8   | relative_kv      | this replica's KV blocks / the largest replica's              | none          | 0   | 1   |
     | 9   | prompt           | incoming request's prompt tokens / max_tokens                 | none          | 0   | 1   |
-    | 10  | request_cost     | incoming request's estimated seconds on this replica: prompt x prefill s/token + 210 (oracle: its output) x decode s/token (`request_seconds`) | squash(0.2 s) | 0 | 1 |
+    | 10  | request_cost     | incoming request's estimated seconds on this replica: prompt x prefill s/token + 210 (with an output predictor: its true or predicted output) x decode s/token (`request_seconds`) | squash(0.2 s) | 0 | 1 |
     | 11  | dispatched_work  | request_cost of the requests routed to this replica since columns 0-8 were taken (0 with fresh observations) | squash(2 s) | 0 | 1 |
     | 12  | work_gap         | queued_work + dispatched_work + request_cost, minus its least value over the replicas (relative: does not saturate at high load) | squash(0.5 s) | 0 | 1 |
     | 13  | snapshot_age     | seconds since columns 0-8 were taken (0 with fresh observations) | squash(0.5 s) | 0 | 1 |
     | 14  | requests_left    | decisions left in the episode, this one included / `num_requests` (1 at the first, 1/`num_requests` at the last) | none | 0 | 1 |
-    | 15  | output (oracle)  | incoming request's output tokens / max_tokens, only with `oracle=True` | none | 0   | 1   |
+    | 15  | output           | incoming request's output tokens (true or predicted) / max_tokens, only with `output_predictor` "oracle" or "noisy" | none | 0 | 1 |
     | +0  | prefix_match     | with `cache_view` set: cached prompt blocks of the incoming request at this replica x 16 / its prompt tokens, in the chosen view | none | 0 | 1 |
     | +1  | cache_occupancy  | with `cache_view` set: blocks holding cached content / KV blocks, in the chosen view (capped at 1) | none | 0 | 1 |
 
-    The two cache columns come last (after ``output`` when ``oracle=True``), only with
+    The two cache columns come last (after ``output`` when there is one), only with
     ``cache_view="approximate"`` (the env's own LRU index of the prompt blocks it routed to each
     replica, like SGLang's router tree) or ``"precise"`` (the replicas' real prefix caches,
     ``replica.kv.match_blocks`` / ``cached_blocks``, like Dynamo's KV events; 0 where a replica
@@ -73,7 +79,10 @@ class VidurRoutingEnv(gym.Env):
     cache-aware routers ``sglang_cache_aware``, ``llmd_scorer``, ``vllm_prefix`` and
     ``aibrix_prefix`` from observations (in the env's view).
 
-    No feature reveals a request's output length unless ``oracle=True``. With
+    No feature reveals a request's output length unless ``output_predictor`` says so:
+    ``"oracle"`` gives the true length, ``"noisy"`` a prediction off by a log-normal factor
+    (``predictor_error`` is its sigma; mean-preserving, so 0.5 is typically 40% off), the
+    kind of estimate a learned length predictor gives. With
     ``obs_refresh_ms=k`` columns 0-8 are the replica state at the last multiple of k ms (as a
     router polling its replicas sees it); columns 9-15 are always current. The observation
     after the last decision has zeros in columns 9-15.
@@ -100,7 +109,8 @@ class VidurRoutingEnv(gym.Env):
     An empty cluster at the first arrival of a fresh workload draw from the env's generator
     (``reset(seed=...)`` makes it reproducible); a trace replay (``arrival`` and ``lengths``
     both ``"trace"``) is the same every episode, unless ``trace_offset="random"`` starts each
-    episode at a new row of the trace (see Arguments).
+    episode at a new row of the trace (see Arguments). With ``traffic`` set, each episode
+    first draws its load level, burstiness and length scale (training randomisation).
 
     ## Episode End
 
@@ -128,9 +138,10 @@ class VidurRoutingEnv(gym.Env):
     - ``cluster``: :class:`ClusterConfig` or dict (``replica`` / ``replicas`` as dicts for a
       heterogeneous cluster). ``workload``: :class:`WorkloadConfig` or dict.
       ``scenario``: a :class:`Scenario`, or a registered name
-      (:data:`vidur_env.simulation.SCENARIOS`, the names ``--scenario`` takes in ``simulate`` and
-      ``evaluate``: ``"default"``; ``"prefix"``, multi-turn sessions on Zipf-popular shared system
-      prompts served by 4 x Llama-3.1-8B), instead of the three; shortcuts apply over it.
+      (:data:`vidur_env.scenarios.SCENARIOS`, the names ``--scenario`` takes in ``simulate`` and
+      ``evaluate``: ``default``, ``hetero``, ``mixed_tp``, ``stale100``, ``stale1000``, ``bursty``,
+      ``prefix``), instead of the three; shortcuts apply over it. A registered name also
+      brings its observation settings (``obs_refresh_ms``, ``cache_view``) unless given.
     - ``load``: arrival rate as a fraction of measured capacity (Poisson/Gamma); ``"auto"``
       means 0.85 unless ``qps`` is given as a shortcut; None keeps the workload's ``qps``.
     - Flat shortcuts: any field of ClusterConfig (``num_replicas``, ``time_model``,
@@ -148,8 +159,17 @@ class VidurRoutingEnv(gym.Env):
       ``num_requests`` requests), so that training on a long trace with, say,
       ``num_requests=512, trace_offset="random"`` sees all of it, reproducibly by seed.
     - ``reward``, ``reward_scale``, ``slo_ttft_s``, ``slo_e2e_s``: see Rewards.
-    - ``obs_refresh_ms``: observation staleness (0: fresh). ``oracle``: add the output length.
-    - ``cache_view``: None, ``"approximate"`` or ``"precise"``: adds the cache columns above.
+    - ``traffic``: training randomisation, a :class:`vidur_env.scenarios.TrafficRange` or a
+      dict of its ranges (``load``, ``cv``, ``length_scale``): every episode draws its load
+      level (arrival rate from the capacity measured for the drawn lengths), Gamma burstiness
+      and a length scale (log-uniform on a grid, :data:`vidur_env.scenarios.LENGTH_SCALE_STEPS`). Default None: the nominal
+      traffic every episode.
+    - ``obs_refresh_ms``: observation staleness (0: fresh; default None: the registered
+      scenario's, else 0).
+    - ``output_predictor``: ``"none"`` (default), ``"oracle"`` or ``"noisy"`` (see the
+      Observation Space); ``predictor_error``: the noisy predictor's log-normal sigma (0.5).
+    - ``cache_view``: None, ``"approximate"`` or ``"precise"``: adds the cache columns above;
+      default ``"auto"``: the registered scenario's view, else None.
     - ``max_queue``: queue length at which :meth:`action_masks` masks a replica.
     - ``render_mode``: None, ``"ansi"`` (a text table of the replicas) or ``"rgb_array"`` (bars
       of queued requests, running requests and KV use per replica; SB3's ``make_vec_env``
@@ -171,24 +191,38 @@ class VidurRoutingEnv(gym.Env):
         workload: WorkloadConfig | dict | None = None,
         load: float | str | None = "auto",
         scenario: Scenario | str | None = None,
+        traffic: TrafficRange | dict | None = None,
         num_requests: int | None = None,
         reward: str = DEFAULT_REWARD,
         reward_scale: float | None = None,
         slo_ttft_s: float | None = None,
         slo_e2e_s: float | None = None,
-        obs_refresh_ms: float = 0.0,
-        oracle: bool = False,
+        obs_refresh_ms: float | None = None,
+        output_predictor: str = "none",
+        predictor_error: float = 0.5,
         max_queue: int | None = None,
         render_mode: str | None = None,
-        cache_view: str | None = None,
+        cache_view: str | None = "auto",
         **shortcuts: Any,
     ) -> None:
+        entry = registered_scenario(scenario) if isinstance(scenario, str) else None
+        observed = dict(entry.observation) if entry is not None else {}
+        if obs_refresh_ms is None:
+            obs_refresh_ms = observed.get("obs_refresh_ms", 0.0)
+        if cache_view == "auto":
+            cache_view = observed.get("cache_view")
         if cache_view is not None and cache_view not in CACHE_VIEWS:
-            raise ConfigError(f"VidurRoutingEnv.cache_view: must be None, {' or '.join(map(repr, CACHE_VIEWS))}, "
-                              f"got {cache_view!r}")
+            raise ConfigError(f"VidurRoutingEnv.cache_view: must be None, {' or '.join(map(repr, CACHE_VIEWS))} "
+                              f"(or 'auto': the scenario's), got {cache_view!r}")
+        check_predictor(output_predictor, predictor_error)
         self.cache_view = cache_view
+        self.output_predictor = output_predictor
+        self.predictor_error = float(predictor_error)
+        self.registered: RegisteredScenario | None = entry
+        """The registry entry when ``scenario`` named one."""
         own_arguments = [name for name in inspect.signature(VidurRoutingEnv).parameters if name != "shortcuts"]
-        self.scenario = scenario_from_kwargs(cluster, workload, load, scenario, shortcuts, own_arguments)
+        self.scenario = scenario_from_kwargs(cluster, workload, load, entry.make() if entry else scenario,
+                                             shortcuts, own_arguments)
         self.scenario.validate()
         self.reward_class: type[Reward] = reward_class(reward)
         self.reward_kind = self.reward_class.name
@@ -196,7 +230,6 @@ class VidurRoutingEnv(gym.Env):
         self.reward_class.check(self.reward_settings)
         check_options(num_requests, reward_scale, obs_refresh_ms, max_queue, render_mode)
         self.render_mode = render_mode
-        self.oracle = bool(oracle)
         self.max_queue = max_queue
         resolved = self.scenario.resolve()
         if num_requests is not None or "trace" in (resolved.workload.arrival, resolved.workload.lengths):
@@ -206,6 +239,11 @@ class VidurRoutingEnv(gym.Env):
         self.cluster = resolved.cluster
         self.time_models = resolved.time_models
         self.workload = resolved.workload
+        self.traffic = TrafficRange.from_value(traffic, "VidurRoutingEnv.traffic")
+        if self.traffic is not None:
+            self.traffic.applies_to(self.workload, "VidurRoutingEnv.traffic")
+        self._capacity: dict[tuple[float, float], float] = {}
+        """Cluster capacity per drawn (prefill, decode) length scale: measured once each."""
         replay = self.workload.arrival == "trace" and self.workload.lengths == "trace"
         self.fixed_trace = replay and self.workload.trace_offset != "random"
         self.num_requests = len(resolved.reference_requests())
@@ -213,7 +251,7 @@ class VidurRoutingEnv(gym.Env):
         self.num_replicas = len(self.cluster.replica_configs)
         self.costs = [ReplicaCosts.from_time_model(m) for m in self.time_models]
         self.refresh_s = obs_refresh_ms / 1000.0
-        num_features = len(features(self.oracle, cache_view is not None))
+        num_features = len(features(output_predictor != "none", cache_view is not None))
         self.observation_space = spaces.Box(0.0, 1.0, (self.num_replicas, num_features), np.float32)
         self.action_space = spaces.Discrete(self.num_replicas)
         self.simulator: ClusterSimulator | None = None
@@ -230,15 +268,15 @@ class VidurRoutingEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         self.requests = self.resolved.reference_requests() if self.fixed_trace else generate_requests(
-            self.workload, self.np_random)
+            self._episode_workload(), self.np_random)
         sim = self.resolved.simulator(self.requests)
         self.simulator = sim
         self._prefill = sim.table.orig_prefill
-        self._decode = sim.table.orig_decode
+        self._output = self._output_estimates(sim.table.orig_decode)
         self._admit_tokens = [r.kv.max_admissible_prompt() for r in sim.replicas]
         self._reward = self.reward_class(sim.table, sim.replicas, self.reward_scale, self.reward_settings)
         self._obs = ObservationBuilder(self.costs, [r.num_blocks for r in sim.replicas], self.workload.max_tokens,
-                                       oracle=self.oracle, refresh_s=self.refresh_s,
+                                       output_estimate=self.output_predictor != "none", refresh_s=self.refresh_s,
                                        cache=None if self.cache_view is None else CacheView(self.cache_view, sim.replicas))
         self._decisions = 0
         obs = self._next_observation(sim.table.arrived_at[0])
@@ -260,6 +298,28 @@ class VidurRoutingEnv(gym.Env):
             obs = self._next_observation(t)
             return obs, self._reward.step(t), False, False, {"request_id": self.current_request}
         return self._end_episode()
+
+    def _episode_workload(self) -> WorkloadConfig:
+        """The workload of the episode starting: the nominal one, or with ``traffic`` one drawn
+        from its ranges, with the arrival rate for the drawn load and lengths."""
+        if self.traffic is None:
+            return self.workload
+        workload, load = self.traffic.draw(self.workload, self.scenario.load, self.np_random)
+        if self.traffic.load is None and self.traffic.length_scale is None:
+            return workload
+        key = (workload.prefill_scale, workload.decode_scale)
+        if key not in self._capacity:
+            self._capacity[key] = cluster_capacity(self.cluster, workload, self.time_models)
+        return replace(workload, qps=load * self._capacity[key])
+
+    def _output_estimates(self, outputs: np.ndarray) -> np.ndarray:
+        """What the observation says of each request's output length (see ``output_predictor``):
+        the truth, or the truth times a mean-one log-normal factor drawn from the env's generator."""
+        if self.output_predictor != "noisy":
+            return outputs
+        sigma = self.predictor_error
+        factor = np.exp(sigma * self.np_random.standard_normal(len(outputs)) - sigma**2 / 2)
+        return np.clip(np.rint(outputs * factor), 1, self.workload.max_tokens).astype(np.int64)
 
     def _replica_of(self, action: Any) -> int:
         """The replica id ``action`` names; a value outside ``Discrete(N)`` raises ValueError."""
@@ -289,7 +349,7 @@ class VidurRoutingEnv(gym.Env):
             builder.snapshot(sim.replicas, t)
         self.current_request = rid
         keys = prompt_keys(sim, rid) if self.cache_view is not None else ()
-        return builder.build(self._prefill[rid], self._decode[rid], t, 1.0 - self._decisions / self.num_requests, keys)
+        return builder.build(self._prefill[rid], self._output[rid], t, 1.0 - self._decisions / self.num_requests, keys)
 
     def _end_episode(self) -> tuple[np.ndarray, float, bool, bool, dict]:
         sim = self.simulator
@@ -320,6 +380,15 @@ class VidurRoutingEnv(gym.Env):
 
 # ---------------------------------------------------------------------------------------------
 # Helpers: argument checks
+
+
+def check_predictor(output_predictor: Any, predictor_error: Any) -> None:
+    if output_predictor not in OUTPUT_PREDICTORS:
+        raise ConfigError(f"VidurRoutingEnv.output_predictor: must be one of {', '.join(OUTPUT_PREDICTORS)}, "
+                          f"got {output_predictor!r}")
+    if isinstance(predictor_error, bool) or not isinstance(predictor_error, (int, float)) \
+            or not 0 <= predictor_error < float("inf"):
+        raise ConfigError(f"VidurRoutingEnv.predictor_error: must be a finite number >= 0, got {predictor_error!r}")
 
 
 def check_options(num_requests: Any, reward_scale: Any, obs_refresh_ms: Any, max_queue: Any, render_mode: Any) -> None:

@@ -25,6 +25,7 @@ from vidur_env.config import ConfigError
 from vidur_env.env import VidurRoutingEnv
 from vidur_env.metrics import summarize, write_json
 from vidur_env.paired import PairedDifference, paired_difference
+from vidur_env.router_base import Router
 from vidur_env.routers import ROUTERS, RouterPolicy
 
 LOWER_BOUND = "lower_bound"
@@ -192,6 +193,19 @@ def router_predictor(policy: RouterPolicy):
     return act
 
 
+def live_predictor(router: Router, env: VidurRoutingEnv):
+    """obs -> action for a :attr:`~vidur_env.router_base.Router.live` router: it decides on the
+    env's simulator; ``reset(seed)`` restarts it with a generator of that seed."""
+
+    def act(_obs: np.ndarray) -> int:
+        return router.choose(env.simulator, env.current_request)
+
+    def reset(seed: int) -> None:
+        router.reset(env.num_replicas, np.random.default_rng(seed))
+
+    return act, reset
+
+
 def run_episodes(env: VidurRoutingEnv, act, episodes: int, seed: int, on_reset=None,
                  progress: Progress | None = None) -> dict[str, Any]:
     """Full episodes with ``act``; per-request arrays and per-episode totals from the end-of-episode info."""
@@ -265,8 +279,15 @@ def evaluate(env_kwargs: dict, routers: Sequence[str], *, model=None, model_name
     env = VidurRoutingEnv(**env_kwargs)
     runs: dict[str, dict[str, Any]] = {}
     for name in names:
-        policy = RouterPolicy(name)
-        runs[name] = run_episodes(env, router_predictor(policy), episodes, seed, on_reset=policy.reset, progress=progress)
+        if ROUTERS[name].live:
+            if env.refresh_s > 0.0:
+                raise EvaluationError(f"router {name!r} decides on the live simulator; with stale observations "
+                                      f"(obs_refresh_ms {env.refresh_s * 1000:g}) it would see more than the others")
+            act, reset = live_predictor(ROUTERS[name](), env)
+        else:
+            policy = RouterPolicy(name)
+            act, reset = router_predictor(policy), policy.reset
+        runs[name] = run_episodes(env, act, episodes, seed, on_reset=reset, progress=progress)
     if model is not None:
         runs[model_name] = run_episodes(env, model_predictor(model, env, deterministic), episodes, seed,
                                         progress=progress)

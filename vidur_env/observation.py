@@ -30,7 +30,7 @@ col   name                 raw quantity                                       tr
 13    snapshot_age         seconds since the replica columns were taken       squash(0.5 s)
 14    requests_left        decisions left in the episode (this one            as is
                            included) / the episode's decisions
-15    output (oracle)      incoming request's output tokens / max_tokens      as is
+15    output               incoming request's output tokens, true or predicted, / max_tokens   as is
 ====  ===================  =================================================  =====
 The two cache columns (``CACHE_FEATURES``) come last and only with a cache view
 (:class:`vidur_env.cache_view.CacheView`, the env's ``cache_view``).
@@ -95,20 +95,20 @@ REQUEST_FEATURES: tuple[Feature, ...] = (
     Feature("requests_left", None),
 )
 """The columns rewritten at every decision (the incoming request, and what changed since the snapshot)."""
-ORACLE_FEATURES: tuple[Feature, ...] = (Feature("output", None),)
-"""The oracle column (``oracle=True`` only)."""
+OUTPUT_FEATURES: tuple[Feature, ...] = (Feature("output", None),)
+"""The output-length column (with an output predictor only: the env's ``output_predictor``)."""
 CACHE_FEATURES: tuple[Feature, ...] = (Feature("prefix_match", None), Feature("cache_occupancy", None))
 """The cache columns (with a cache view only), last."""
-COLUMN = {f.name: i for i, f in enumerate(REPLICA_FEATURES + REQUEST_FEATURES + ORACLE_FEATURES)}
+COLUMN = {f.name: i for i, f in enumerate(REPLICA_FEATURES + REQUEST_FEATURES + OUTPUT_FEATURES)}
 """Column index of every feature by name."""
-SCALE = {f.name: f.scale for f in REPLICA_FEATURES + REQUEST_FEATURES + ORACLE_FEATURES}
+SCALE = {f.name: f.scale for f in REPLICA_FEATURES + REQUEST_FEATURES + OUTPUT_FEATURES}
 """Squash constant of every feature by name (None: as is)."""
 NUM_REPLICA_FEATURES = len(REPLICA_FEATURES)
 
 
-def features(oracle: bool, cache: bool = False) -> tuple[Feature, ...]:
-    """The columns of the observation, in order."""
-    return REPLICA_FEATURES + REQUEST_FEATURES + (ORACLE_FEATURES if oracle else ()) + (CACHE_FEATURES if cache else ())
+def features(output: bool, cache: bool = False) -> tuple[Feature, ...]:
+    """The columns of the observation, in order (``output``: with the output-length column)."""
+    return REPLICA_FEATURES + REQUEST_FEATURES + (OUTPUT_FEATURES if output else ()) + (CACHE_FEATURES if cache else ())
 
 
 def squash(x: float, c: float) -> float:
@@ -161,7 +161,7 @@ def queued_work_seconds(replica: "Replica", costs: ReplicaCosts) -> float:
 def request_seconds(prompt_tokens: int, output_tokens: int, costs: ReplicaCosts) -> float:
     """Estimated seconds a request adds to a replica's queued work, in the units of
     :func:`queued_work_seconds`; pass ``EXPECTED_OUTPUT_TOKENS`` as the output unless the true
-    length may be known (an oracle)."""
+    length is known or predicted."""
     return prompt_tokens * costs.prefill_token_s + output_tokens * costs.decode_token_s
 
 
@@ -176,12 +176,14 @@ class ObservationBuilder:
     """
 
     def __init__(self, costs: Sequence[ReplicaCosts], kv_blocks: Sequence[int], max_tokens: int,
-                 *, oracle: bool = False, refresh_s: float = 0.0, cache: "CacheView | None" = None) -> None:
+                 *, output_estimate: bool = False, refresh_s: float = 0.0, cache: "CacheView | None" = None) -> None:
         self.costs = list(costs)
         self.num_replicas = len(self.costs)
-        self.oracle = oracle
+        self.output_estimate = output_estimate
+        """Whether :meth:`build` is given an estimate of the output length (true or predicted)
+        to show and cost the request with; otherwise the prior mean is used."""
         self.cache = cache
-        self.num_features = len(features(oracle, cache is not None))
+        self.num_features = len(features(output_estimate, cache is not None))
         self.kv_blocks = list(kv_blocks)
         self.max_tokens = max_tokens
         self.refresh_s = refresh_s
@@ -264,7 +266,7 @@ class ObservationBuilder:
         flat = self.flat
         n, f = self.num_replicas, self.num_features
         if requests_left > 0.0:
-            output = output_tokens if self.oracle else EXPECTED_OUTPUT_TOKENS
+            output = output_tokens if self.output_estimate else EXPECTED_OUTPUT_TOKENS
             # request_seconds, inlined for speed
             costs = [prompt_tokens * c.prefill_token_s + output * c.decode_token_s for c in self.costs]
             gaps = [w + s + c for w, s, c in zip(self.work, self.sent, costs)]
@@ -282,7 +284,7 @@ class ObservationBuilder:
         flat[base + 3::f] = [g / (g + gap_c) for g in gaps]
         flat[base + 4::f] = [squash(age, SCALE["snapshot_age"])] * n
         flat[base + 5::f] = [requests_left] * n
-        if self.oracle:
+        if self.output_estimate:
             flat[COLUMN["output"]::f] = [output_tokens / self.max_tokens] * n
         if self.cache is not None:
             cache = self.cache
@@ -349,7 +351,7 @@ def decode_observation(obs: np.ndarray) -> ObservationView:
 
 def cache_columns(obs: np.ndarray) -> dict[str, np.ndarray]:
     """The cache columns of (n_envs, N, F) observations, by name; none when F leaves no room
-    for them (they are the last two, after the request and optional oracle columns)."""
+    for them (they are the last two, after the request and optional output columns)."""
     if obs.shape[2] < NUM_REPLICA_FEATURES + len(REQUEST_FEATURES) + len(CACHE_FEATURES):
         return {}
     return {f.name: obs[:, :, obs.shape[2] - len(CACHE_FEATURES) + i].astype(np.float64)

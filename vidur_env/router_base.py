@@ -22,6 +22,10 @@ class Router:
     """Base class: stateless routers only implement :meth:`choose`."""
 
     name = "base"
+    live: bool = False
+    """Decides from the live simulator even in the env (the evaluation harness then calls
+    :meth:`choose`, not :meth:`choose_observed`): routers that keep state the observation does
+    not carry, such as their own cache view. They need fresh observations to be compared fairly."""
     indexed: bool = True
     """Decide from incrementally kept scores (:class:`ScoreIndex`) where the router has them;
     turning it off (score every replica at every decision) must not change any decision."""

@@ -14,7 +14,6 @@ from vidur_env.hardware import get_model, plan_memory
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
 from vidur_env.reward import Reward, isolated_latencies
 from vidur_env.routers import Router, make_router
-from vidur_env.sessions import SessionConfig
 from vidur_env.time_model import ExecutionTimeModel
 from vidur_env.workload import Requests, WorkloadConfig, generate_requests, trace_rows
 
@@ -133,40 +132,6 @@ class ResolvedScenario:
         return float(np.mean(ttft if reward.scale_by == "ttft" else e2e))
 
 
-PREFIX_MODEL = "llama-3.1-8b"
-"""The ``prefix`` scenario's model: Llama-3-8B shapes with a 128k context."""
-PREFIX_MAX_TOKENS = 16384
-"""The ``prefix`` scenario's longest request (sessions end before exceeding it)."""
-PREFIX_CACHING: dict[str, bool] = (
-    {"prefix_caching": True} if "prefix_caching" in {f.name for f in fields(ReplicaConfig)} else {}
-)
-"""ReplicaConfig arguments that switch prefix caching on, where the simulator has it (empty
-before the cache half of issue 11 is merged)."""
-
-
-def prefix_scenario() -> Scenario:
-    """Shared prefixes: 4 x Llama-3.1-8B (A100, TP1, Sarathi) serving the session generator's
-    defaults (:class:`vidur_env.sessions.SessionConfig`) at 85% of measured capacity, 1024
-    requests, with prefix caching on in every replica where the simulator has it."""
-    replica = ReplicaConfig(model=PREFIX_MODEL, **PREFIX_CACHING)
-    workload = WorkloadConfig(num_requests=1024, sessions=SessionConfig(), max_tokens=PREFIX_MAX_TOKENS)
-    return Scenario(cluster=ClusterConfig(num_replicas=4, replica=replica), workload=workload)
-
-
-SCENARIOS: dict[str, Callable[[], Scenario]] = {"default": Scenario, "prefix": prefix_scenario}
-"""Named scenarios (``scenario="prefix"`` in the env, ``--scenario prefix`` in ``simulate`` and
-``evaluate``): each name makes a fresh :class:`Scenario`."""
-DEFAULT_SCENARIO = "default"
-"""The scenario the CLIs start from when ``--scenario`` is left out (the dataclasses' defaults)."""
-
-
-def named_scenario(name: str) -> Scenario:
-    """The registered scenario ``name``; the error lists the names."""
-    if name not in SCENARIOS:
-        raise ConfigError(f"scenario: unknown name {name!r}; choose from {', '.join(SCENARIOS)}")
-    return SCENARIOS[name]()
-
-
 # ---------------------------------------------------------------------------------------------
 # The env's keyword vocabulary: structured configs, a registered name, flat shortcuts
 
@@ -176,9 +141,9 @@ WORKLOAD_FIELDS = frozenset(f.name for f in fields(WorkloadConfig)) - {"num_requ
 ALIASES = {"tp": "tensor_parallel"}
 
 
-def scenario_from_kwargs(cluster: Any, workload: Any, load: Any, scenario: Scenario | str | None,
+def scenario_from_kwargs(cluster: Any, workload: Any, load: Any, scenario: Scenario | None,
                          shortcuts: dict[str, Any], own_arguments: Sequence[str] = ()) -> Scenario:
-    """The env's scenario from a registered name or structured configs, plus flat shortcuts
+    """The env's scenario from a scenario or structured configs, plus flat shortcuts
     (unknown names rejected, listing ``own_arguments``, the env's other arguments)."""
     shortcuts = {ALIASES.get(k, k): v for k, v in shortcuts.items()}
     unknown = sorted(set(shortcuts) - CLUSTER_FIELDS - REPLICA_FIELDS - WORKLOAD_FIELDS)
@@ -186,8 +151,6 @@ def scenario_from_kwargs(cluster: Any, workload: Any, load: Any, scenario: Scena
         valid = sorted(CLUSTER_FIELDS | REPLICA_FIELDS | WORKLOAD_FIELDS | set(ALIASES))
         raise ConfigError(f"VidurRoutingEnv: unknown argument(s) {', '.join(unknown)}; the env's own arguments: "
                           f"{', '.join(own_arguments)}; scenario shortcuts: {', '.join(valid)}")
-    if isinstance(scenario, str):
-        scenario = named_scenario(scenario)
     if scenario is not None:
         if cluster is not None or workload is not None or load != "auto":
             raise ConfigError("VidurRoutingEnv: pass either scenario or cluster/workload/load, not both")

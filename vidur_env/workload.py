@@ -131,11 +131,13 @@ class WorkloadConfig:
     """Multiplies trace arrival times (Vidur's time_scale_factor): 0.5 replays twice as fast.
     Used only by arrival=trace."""
     prefill_scale: float = 1.0
-    """Multiplies trace prompt lengths before truncating to integers (Vidur's
-    prefill_scale_factor). Used only by lengths=trace."""
+    """Multiplies prompt lengths before truncating to integers (Vidur's prefill_scale_factor,
+    which scales trace lengths; here lengths=default too, so that training traffic can vary
+    its lengths, see :class:`vidur_env.scenarios.TrafficRange`). Used by lengths=trace and
+    default; a prompt never drops below 1 token."""
     decode_scale: float = 1.0
-    """Multiplies trace output lengths before truncating to integers (Vidur's
-    decode_scale_factor). Used only by lengths=trace."""
+    """Multiplies output lengths like ``prefill_scale`` (Vidur's decode_scale_factor). Used by
+    lengths=trace and default."""
     max_tokens: int = 4096
     """Largest prompt + output of a request (Vidur's max_tokens): longer sampled or trace
     requests are cut (and counted in :attr:`Requests.num_cut`), fixed/uniform/zipf settings
@@ -511,7 +513,9 @@ def _uncut_lengths(
     upper = _synthetic_upper(config)
     ratio = config.prefill_to_decode_ratio
     if config.lengths == "default":
-        return (*default_length_model().sample(n, rng), None)
+        prefill, decode = default_length_model().sample(n, rng)
+        return (np.maximum(scale_tokens(prefill, config.prefill_scale), 1),
+                np.maximum(scale_tokens(decode, config.decode_scale), 1), None)
     if config.lengths == "fixed":
         return (*fixed_lengths(n, config.prefill_tokens, config.decode_tokens), None)
     if config.lengths == "uniform":
@@ -646,8 +650,8 @@ def _check_numbers(config: WorkloadConfig) -> None:
 def _check_trace_fields(config: WorkloadConfig) -> None:
     """A trace file must exist when a trace is used; None requests need a trace.
 
-    Trace-only fields (``trace``, ``time_scale``, ``*_scale``) are ignored, not rejected,
-    when no trace process uses them, so that variants derived with ``dataclasses.replace``
+    Trace fields (``trace``, ``time_scale``; ``*_scale`` also apply to lengths=default) are
+    ignored, not rejected, when nothing uses them, so that variants derived with ``dataclasses.replace``
     (e.g. a saturation probe with ``arrival="static"``) stay valid.
     """
     if uses_trace(config):
@@ -745,6 +749,13 @@ def _describe_arrivals(config: WorkloadConfig) -> str:
     return f"time stamps of {config.trace} x{config.time_scale:g}"
 
 
+def _describe_scales(config: WorkloadConfig) -> str:
+    """The length scales, when either differs from 1."""
+    if config.prefill_scale == 1.0 and config.decode_scale == 1.0:
+        return ""
+    return f", prompts x{config.prefill_scale:g}, outputs x{config.decode_scale:g}"
+
+
 def _describe_lengths(config: WorkloadConfig) -> str:
     cap = f", totals cut to {config.max_tokens} tokens"
     ratio = f"prompt:output {config.prefill_to_decode_ratio:g}:1"
@@ -753,7 +764,7 @@ def _describe_lengths(config: WorkloadConfig) -> str:
         return (
             f"conversation-trace fit (prompt mean {stats['prompt']['mean']:.0f} / median "
             f"{stats['prompt']['median']:.0f}, output mean {stats['decode']['mean']:.0f} / "
-            f"median {stats['decode']['median']:.0f}){cap}"
+            f"median {stats['decode']['median']:.0f}){_describe_scales(config)}{cap}"
         )
     if config.lengths == "fixed":
         return f"fixed {config.prefill_tokens} prompt + {config.decode_tokens} output tokens"
