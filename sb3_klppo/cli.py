@@ -1,8 +1,8 @@
-"""``python -m sb3_klppo train|flags|sweep`` (console script ``sb3-klppo``): argument parsing and dispatch.
+"""``python -m sb3_klppo train|flags|sweep|suite`` (console script ``sb3-klppo``): argument parsing and dispatch.
 
 ``train`` resolves the config (file, then one flag per config knob) and runs
 :func:`sb3_klppo.pipeline.train`; ``flags`` prints the JSON key -> flag table; ``sweep`` is
-:mod:`sb3_klppo.sweep`'s. Output follows ``monitoring.verbose``: 0 prints errors and the final
+:mod:`sb3_klppo.sweep`'s; ``suite`` is :mod:`sb3_klppo.suite`'s. Output follows ``monitoring.verbose``: 0 prints errors and the final
 table, 1 adds one progress bar over the whole job and a summary, 2 adds SB3's logger table at
 every update.
 
@@ -30,6 +30,7 @@ from sb3_klppo.config import (
     metavar,
 )
 from sb3_klppo.pipeline import resolve_config, train
+from sb3_klppo.suite import add_suite_parser, run_suite_command
 from sb3_klppo.sweep import add_sweep_parser, run_sweep_command
 
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
             groups[knob.block].add_argument(knob.flag, dest=knob.dest, metavar=metavar(knob), help=help_text)
     commands.add_parser("flags", help="print the JSON key -> CLI flag table (markdown)")
     add_sweep_parser(commands)
+    add_suite_parser(commands)
     return parser
 
 
@@ -69,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "sweep":
         return run_sweep_command(args)
+    if args.command == "suite":
+        try:
+            return run_suite_command(args)
+        except (ValueError, gym.error.Error, OSError) as error:
+            print(f"sb3-klppo: error: {error}", file=sys.stderr)
+            return 2
     try:
         config = config_from_args(args)
         summary = train(config)

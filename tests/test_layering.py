@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RL_LIBRARIES = ("torch", "stable_baselines3", "sb3_contrib", "sb3_klppo", "tensorboard")
 JOB_LAYER = {"__main__.py", "cli.py", "pipeline.py", "sweep.py", "sweep_plan.py", "sweep_trials.py", "sweep_tune.py",
-             "sweep_report.py"}
+             "sweep_report.py", "suite.py"}
 """The sb3_klppo modules allowed to import vidur_env: the training job (pipeline), its command
 line and the sweep over it. The algorithm, its policies, callbacks, cloning, config, records and
 report stay usable with any env."""

@@ -1,0 +1,344 @@
+"""``python -m sb3_klppo suite``: train a router on registered scenarios and judge it against
+every heuristic, on held-out workloads, with paired confidence intervals.
+
+For each scenario of :data:`vidur_env.scenarios.SCENARIOS` asked for:
+
+1. **Teacher**: unless the config names one, the warm-start teacher is the scenario's best
+   heuristic by mean E2E on episodes of its *training* traffic (seeds :data:`TEACHER_SEED` on,
+   used by nothing else), among the routers that can decide from observations (cloning needs that).
+2. **Training**: one run of the training job (:func:`sb3_klppo.pipeline.run_training`) per seed,
+   on the scenario's training distribution (randomised load, burstiness, lengths), each in
+   ``D/<scenario>/seed_<k>``; ``--jobs`` runs seeds in parallel processes.
+3. **Evaluation** on the scenario's nominal traffic, episodes seeded from
+   :data:`vidur_env.scenarios.EVALUATION_SEED` (never trained on): every registered heuristic
+   that applies (the cache-aware ones where requests carry prefix keys) and each trained
+   model, deterministic (``trained``) and sampled (``trained_sampled``). Episode k routes the
+   same requests for every policy; the trained figure of an episode is the mean over the
+   training seeds, and the paired t interval of its relative difference to each heuristic is
+   taken over the episodes (:func:`vidur_env.paired.paired_difference`). Each seed's own
+   difference to the best heuristic is kept too, so seed-to-seed spread is visible.
+4. Optionally (``--replay TRACE``) the same models and heuristics on a replay of a trace on
+   the same cluster at ``--replay-load`` of its capacity: traffic unlike the training draw.
+
+Writes ``D/suite.json`` (:mod:`sb3_klppo.suite_report` documents the layout) and ``D/suite.md``
+with its plot. A scenario whose directory already holds a finished ``scenario.json`` is read
+back rather than run again (``--fresh`` reruns), so an interrupted suite resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Sequence
+
+import numpy as np
+
+from sb3_klppo.config import ConfigError
+from sb3_klppo.pipeline import resolve_config, run_training
+from sb3_klppo.suite_report import FIGURES, finite, write_suite
+
+TEACHER_SEED = 500
+"""First seed of the episodes the teacher is chosen on (training traffic; neither training nor
+evaluation reuses them)."""
+SCENARIO_FILE = "scenario.json"
+"""A finished scenario's results, in its directory (what a resumed suite reads back)."""
+TRAINED, SAMPLED = "trained", "trained_sampled"
+"""Row names of the trained policy, acting deterministically and sampling its actions."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteSettings:
+    """What the suite runs: the scenarios, seeds, episodes and the base training config."""
+
+    scenarios: tuple[str, ...]
+    seeds: int
+    output_dir: pathlib.Path
+    config: str | None = None
+    overrides: tuple[tuple[str, Any], ...] = ()
+    episodes: int = 10
+    teacher_episodes: int = 4
+    jobs: int = 1
+    replay: str | None = None
+    replay_load: float = 0.8
+    replay_requests: int = 512
+    fresh: bool = False
+    episode_requests: int | None = None
+
+    def env_kwargs(self, name: str, training: bool = False) -> dict[str, Any]:
+        """The env kwargs of scenario ``name`` (its training distribution with ``training``), with
+        ``episode_requests`` decisions per episode when set."""
+        from vidur_env.scenarios import registered_scenario
+
+        kwargs = registered_scenario(name).env_kwargs(training)
+        if self.episode_requests is not None:
+            kwargs["num_requests"] = self.episode_requests
+        return kwargs
+
+
+def add_suite_parser(commands: Any) -> None:
+    """The ``suite`` subcommand's arguments (``commands`` is the CLI's subparsers object)."""
+    from vidur_env.scenarios import SCENARIOS
+
+    suite = commands.add_parser("suite", help="train and evaluate on registered scenarios; suite.json and suite.md")
+    suite.add_argument("--scenarios", default=",".join(SCENARIOS),
+                       help=f"comma-separated registered scenarios (default: all: {', '.join(SCENARIOS)})")
+    suite.add_argument("--seeds", type=int, default=3, help="training seeds per scenario: the config's seed, +1, ... (default 3)")
+    suite.add_argument("--output-dir", default="runs/suite", help="suite directory (default runs/suite)")
+    suite.add_argument("--config", help="base JSON or YAML training config (default: the built-in defaults)")
+    suite.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="config JSON key and value over the base config (as `train`'s flags read them), "
+                            "e.g. ppo.total_timesteps=262144; repeat for more keys")
+    suite.add_argument("--episodes", type=int, default=10, help="held-out evaluation episodes per policy (default 10)")
+    suite.add_argument("--teacher-episodes", type=int, default=4,
+                       help="training-traffic episodes the teacher is chosen on (default 4)")
+    suite.add_argument("--jobs", type=int, default=1, help="training runs at once, in separate processes (default 1)")
+    suite.add_argument("--replay", metavar="TRACE", help="also evaluate on a replay of this trace (same cluster)")
+    suite.add_argument("--replay-load", type=float, default=0.8,
+                       help="the replay's arrival rate as a fraction of the cluster's capacity (default 0.8)")
+    suite.add_argument("--replay-requests", type=int, default=512, help="requests per replay episode (default 512)")
+    suite.add_argument("--episode-requests", type=int, default=None,
+                       help="decisions per episode in training and evaluation (default: the scenario's)")
+    suite.add_argument("--fresh", action="store_true", help="rerun scenarios that already have results")
+
+
+def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
+    """Checked settings from the parsed flags (a bad value raises :class:`ConfigError` naming its flag)."""
+    from vidur_env.scenarios import registered_scenario
+
+    scenarios = tuple(name.strip() for name in args.scenarios.split(",") if name.strip())
+    if not scenarios:
+        raise ConfigError("--scenarios: give at least one scenario name")
+    for name in scenarios:
+        try:
+            registered_scenario(name)
+        except ValueError as error:
+            raise ConfigError(f"--scenarios: {error}") from None
+    for flag, value, least in (("--seeds", args.seeds, 1), ("--episodes", args.episodes, 2),
+                               ("--teacher-episodes", args.teacher_episodes, 1), ("--jobs", args.jobs, 1),
+                               ("--replay-requests", args.replay_requests, 1),
+                               ("--episode-requests", args.episode_requests or 1, 1)):
+        if value < least:
+            raise ConfigError(f"{flag}: must be at least {least}, got {value}")
+    if not 0 < args.replay_load < 1.5:
+        raise ConfigError(f"--replay-load: must be in (0, 1.5), got {args.replay_load}")
+    overrides = []
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        overrides.append((key.strip(), value))
+    settings = SuiteSettings(scenarios, args.seeds, pathlib.Path(args.output_dir), args.config, tuple(overrides),
+                             args.episodes, args.teacher_episodes, args.jobs, args.replay, args.replay_load,
+                             args.replay_requests, args.fresh, args.episode_requests)
+    resolve_config(settings.config, dict(settings.overrides))  # a bad key or value fails before any training
+    if args.replay and not pathlib.Path(args.replay).is_file():
+        raise ConfigError(f"--replay: no trace file at {args.replay}")
+    return settings
+
+
+# ---------------------------------------------------------------------------------------------
+# One scenario: teacher, training, evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+def heuristics_for(name: str) -> list[str]:
+    """Every registered heuristic that means something on scenario ``name``: the load-only
+    routers, plus the cache-aware ones where requests carry prefix keys and observations are
+    fresh (they decide on the live simulator)."""
+    from vidur_env.env import VidurRoutingEnv
+    from vidur_env.routers import ROUTERS, load_only_routers
+
+    env = VidurRoutingEnv(scenario=name, num_requests=1)
+    env.reset(seed=0)
+    cache_aware = env.requests.block_hashes is not None and env.refresh_s == 0.0
+    return load_only_routers() + ([r for r in ROUTERS if r not in load_only_routers()] if cache_aware else [])
+
+
+def choose_teacher(settings: SuiteSettings, name: str, candidates: Sequence[str]) -> tuple[str, dict[str, float]]:
+    """The candidate with the least mean E2E on the scenario's training traffic, each deciding
+    from the env's observations as its clone will (a cache-aware router in the env's cache
+    view); routers that cannot decide from observations are skipped. Also each one's figure."""
+    from vidur_env.env import VidurRoutingEnv
+    from vidur_env.evaluation import router_predictor, run_episodes
+    from vidur_env.routers import RouterPolicy
+
+    env = VidurRoutingEnv(**settings.env_kwargs(name, training=True))
+    figures = {}
+    for router in candidates:
+        policy = RouterPolicy(router)
+        try:
+            run = run_episodes(env, router_predictor(policy), settings.teacher_episodes, TEACHER_SEED,
+                               on_reset=policy.reset)
+        except ValueError:  # needs what the observation does not carry
+            continue
+        figures[router] = float(np.mean(np.concatenate(run["e2e"])))
+    return min(figures, key=figures.get), figures
+
+
+def train_one(config: str | None, overrides: dict[str, Any]) -> str:
+    """One training run (a worker process's job); the run directory."""
+    run_dir, _ = run_training(config, overrides)
+    return str(run_dir)
+
+
+def training_overrides(settings: SuiteSettings, name: str, teacher: str, seed: int) -> dict[str, Any]:
+    """The base config's overrides for scenario ``name``'s run with ``seed``: its training
+    distribution, the teacher, its own directory, no evaluation or curve (the suite evaluates)."""
+    overrides = dict(settings.overrides)
+    overrides.update({
+        "env.kwargs": json.dumps(settings.env_kwargs(name, training=True)),
+        "seed": seed, "output_dir": str(settings.output_dir / name / f"seed_{seed}"),
+        "number_runs": False, "overwrite": True, "evaluation.enabled": False, "monitoring.curve_every": 0,
+        "monitoring.progress_bar": False, "monitoring.verbose": 0,
+    })
+    if "warm_start.expert" not in dict(settings.overrides):
+        overrides["warm_start.expert"] = teacher
+    return overrides
+
+
+def train_seeds(settings: SuiteSettings, name: str, teacher: str) -> tuple[list[str], list[float]]:
+    """Train every seed (``--jobs`` at once); the run directories and each run's seconds."""
+    base_seed = resolve_config(settings.config, dict(settings.overrides)).seed
+    jobs = [training_overrides(settings, name, teacher, base_seed + k) for k in range(settings.seeds)]
+    started = time.perf_counter()
+    if settings.jobs == 1:
+        dirs, seconds = [], []
+        for overrides in jobs:
+            start = time.perf_counter()
+            dirs.append(train_one(settings.config, overrides))
+            seconds.append(time.perf_counter() - start)
+        return dirs, seconds
+    with ProcessPoolExecutor(settings.jobs) as pool:
+        dirs = list(pool.map(train_one, [settings.config] * len(jobs), jobs))
+    wall = time.perf_counter() - started
+    return dirs, [wall * settings.jobs / len(jobs)] * len(jobs)
+
+
+def load_models(run_dirs: Sequence[str]) -> list[Any]:
+    from sb3_klppo.klppo import KLPPO
+
+    return [KLPPO.load(pathlib.Path(d) / "model.zip", device="cpu") for d in run_dirs]
+
+
+def episode_table(env_kwargs: dict, heuristics: Sequence[str], models: Sequence[Any], episodes: int,
+                  seed: int) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, float]], str]:
+    """Per-episode figures and pooled rows of the heuristics and of the trained policy
+    (deterministic and sampled; each episode's figure the mean over the models), same episodes."""
+    from vidur_env.evaluation import evaluate
+
+    result = evaluate(env_kwargs, heuristics, episodes=episodes, seed=seed)
+    per_episode = {name: {f: list(result.episodes[name][f]) for f in FIGURES} for name in heuristics}
+    rows = {name: {f: result.rows[name][f] for f in FIGURES} for name in [*heuristics, "lower_bound"]}
+    per_seed: dict[str, list[dict[str, list[float]]]] = {TRAINED: [], SAMPLED: []}
+    for row_name, deterministic in ((TRAINED, True), (SAMPLED, False)):
+        pooled = []
+        for model in models:
+            run = evaluate(env_kwargs, [], model=model, model_name=row_name, episodes=episodes, seed=seed,
+                           deterministic=deterministic, lower_bound=False)
+            per_seed[row_name].append({f: list(run.episodes[row_name][f]) for f in FIGURES})
+            pooled.append(run.rows[row_name])
+        per_episode[row_name] = {f: list(np.mean([s[f] for s in per_seed[row_name]], axis=0)) for f in FIGURES}
+        rows[row_name] = {f: float(np.mean([p[f] for p in pooled])) for f in FIGURES}
+    per_episode["_seeds"] = per_seed[TRAINED]  # type: ignore[assignment]
+    return per_episode, rows, result.settings["scenario"]
+
+
+def comparisons(per_episode: dict, heuristics: Sequence[str], rows: dict) -> dict[str, Any]:
+    """Paired intervals of the trained policy (and its sampled form) against each heuristic, the
+    best heuristic per figure, and each seed's difference to it."""
+    from vidur_env.paired import paired_difference
+
+    best = {f: min(heuristics, key=lambda h: rows[h][f]) for f in FIGURES}
+    paired = {
+        row: {h: {f: paired_difference(per_episode[row][f], per_episode[h][f]).as_dict() for f in FIGURES}
+              for h in heuristics}
+        for row in (TRAINED, SAMPLED)
+    }
+    seeds = per_episode["_seeds"]
+    per_seed = {f: [float(np.mean(100.0 * (np.asarray(s[f]) / np.asarray(per_episode[best[f]][f]) - 1.0)))
+                    for s in seeds] for f in FIGURES}
+    return {"best_heuristic": best, "paired": paired, "per_seed_vs_best_pct": per_seed}
+
+
+def replay_kwargs(name: str, trace: str, load: float, requests: int) -> dict[str, Any]:
+    """Env kwargs replaying ``trace`` on scenario ``name``'s cluster at ``load`` of its capacity
+    for the trace's lengths: the trace's times scaled so its mean rate is ``load`` x capacity;
+    each episode replays ``requests`` rows from a random offset (drawn from the episode's seed)."""
+    from vidur_env.scenarios import registered_scenario
+    from vidur_env.simulation import cluster_capacity
+    from vidur_env.traces import read_trace
+    from vidur_env.workload import WorkloadConfig
+
+    entry = registered_scenario(name)
+    scenario = entry.make()
+    rows = read_trace(trace)
+    span = float(rows.arrived_at[-1] - rows.arrived_at[0])
+    rate = (len(rows) - 1) / span
+    workload = WorkloadConfig(arrival="trace", lengths="trace", trace=trace, num_requests=requests,
+                              max_tokens=scenario.workload.max_tokens)
+    capacity = cluster_capacity(scenario.cluster, workload)
+    return {"cluster": scenario.cluster, "load": None, "num_requests": requests,
+            "workload": dataclasses.replace(workload, time_scale=rate / (load * capacity), trace_offset="random"),
+            **entry.observation}
+
+
+def run_scenario(settings: SuiteSettings, name: str) -> dict[str, Any]:
+    """Teacher, training, evaluation (and replay) of one scenario; its part of suite.json."""
+    from vidur_env.routers import load_only_routers
+    from vidur_env.scenarios import EVALUATION_SEED, registered_scenario
+
+    heuristics = heuristics_for(name)
+    base = resolve_config(settings.config, dict(settings.overrides))
+    if "warm_start.expert" in dict(settings.overrides) or not base.warm_start.enabled:
+        teacher, teacher_figures = base.warm_start.expert, {}
+    else:
+        teacher, teacher_figures = choose_teacher(settings, name, heuristics)
+    run_dirs, seconds = train_seeds(settings, name, teacher)
+    models = load_models(run_dirs)
+    per_episode, rows, described = episode_table(settings.env_kwargs(name), heuristics, models,
+                                                 settings.episodes, EVALUATION_SEED)
+    result: dict[str, Any] = {
+        "description": registered_scenario(name).description, "simulated": described,
+        "teacher": teacher, "teacher_e2e_mean": teacher_figures, "run_dirs": run_dirs,
+        "training_seconds": seconds, "policies": rows, **comparisons(per_episode, heuristics, rows),
+        "episodes": {k: v for k, v in per_episode.items() if k != "_seeds"},
+    }
+    if settings.replay:
+        kwargs = replay_kwargs(name, settings.replay, settings.replay_load, settings.replay_requests)
+        replay_heuristics = load_only_routers()
+        replay_episodes, replay_rows, replay_described = episode_table(kwargs, replay_heuristics, models,
+                                                                        settings.episodes, EVALUATION_SEED)
+        result["replay"] = {"trace": settings.replay, "load": settings.replay_load, "simulated": replay_described,
+                            "policies": replay_rows, **comparisons(replay_episodes, replay_heuristics, replay_rows)}
+    return result
+
+
+def run_suite(settings: SuiteSettings) -> dict[str, Any]:
+    """Every scenario in turn (finished ones read back unless ``fresh``); write suite.json and suite.md."""
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    for name in settings.scenarios:
+        done = settings.output_dir / name / SCENARIO_FILE
+        if done.is_file() and not settings.fresh:
+            results[name] = json.loads(done.read_text())
+            continue
+        start = time.perf_counter()
+        results[name] = run_scenario(settings, name)
+        results[name]["seconds"] = time.perf_counter() - start
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(finite(results[name]), indent=2))
+    meta = {"seeds": settings.seeds, "episodes": settings.episodes, "config": settings.config,
+            "overrides": dict(settings.overrides)}
+    write_suite(settings.output_dir, results, meta)
+    return results
+
+
+def run_suite_command(args: argparse.Namespace) -> int:
+    """``suite``: check the flags, run, print where the results are."""
+    settings = settings_from_args(args)
+    run_suite(settings)
+    print(f"wrote {settings.output_dir / 'suite.json'} and {settings.output_dir / 'suite.md'}")
+    return 0
