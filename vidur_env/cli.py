@@ -110,7 +110,8 @@ def add_scenario_arguments(parser: argparse.ArgumentParser, base: Scenario) -> N
                               "default: the keying's build default, 64 for vidur, 256 for vidur_pypi)")
     cluster.add_argument("--vllm-batch-rule", choices=VLLM_BATCH_RULES, default=replica.vllm_batch_rule,
                          help="vLLM prefill batch limit: padded (Vidur main: batch length x longest prompt <= "
-                              "4096) or sum (Vidur 0.0.26: sum of prompts <= 4096); default %(default)s")
+                              f"{replica.max_tokens_in_batch}) or sum (Vidur 0.0.26: sum of prompts <= "
+                              f"{replica.max_tokens_in_batch}); default %(default)s")
     work = parser.add_argument_group("workload")
     work.add_argument("--num-requests", type=int, default=None,
                       help=f"requests to simulate (default {work_base.num_requests}; with --trace: every row)")

@@ -23,7 +23,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from vidur_env.config import ClusterConfig, ReplicaConfig
-from vidur_env.hardware import plan_memory
+from vidur_env.hardware import DEFAULT_MAX_TOKENS, plan_memory
 from vidur_env.replica import Replica, make_replica
 from vidur_env.request_table import RequestTable
 from vidur_env.schedulers import SchedulerLimits
@@ -105,7 +105,7 @@ class ClusterSimulator:
         cluster: ClusterConfig,
         requests: RequestArrays,
         *,
-        max_tokens: int = 4096,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         time_models: list[ExecutionTimeModel] | None = None,
     ) -> None:
         cluster.validate()

@@ -13,13 +13,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from vidur_env.hardware import UnknownSpecError, get_device, get_model
-from vidur_env.schedulers import SCHEDULER_NAMES
+from vidur_env.hardware import DEFAULT_BATCH_SIZE_CAP, DEFAULT_MEMORY_MARGIN_FRACTION, UnknownSpecError, get_device, get_model
+from vidur_env.schedulers import SCHEDULER_NAMES, VLLM_BATCH_RULES, SchedulerLimits
 from vidur_env.schedulers.orca import PREFIX_CACHING_NOTE
 
 KEYINGS = ("vidur", "vidur_pypi")
-VLLM_BATCH_RULES = ("padded", "sum")
-"""vLLM's prefill-batch token rules: Vidur main's padded (batch length x longest prompt) and 0.0.26's sum."""
 TIME_MODEL_SOURCES = ("builtin", "profiled")
 
 
@@ -68,7 +66,9 @@ def spell_settings_with(spelling: Spelling) -> Iterator[None]:
 class ReplicaConfig:
     """One replica: the model it serves, on which device, and how it batches.
 
-    Defaults are Vidur's: Llama-2-7B on an A100 with TP1 and the Sarathi scheduler.
+    Defaults are Vidur's: Llama-2-7B on an A100 with TP1 and the Sarathi scheduler (the first
+    of the scheduler registry); the batching and KV knobs default to :class:`SchedulerLimits`'s
+    values and the planner's to :mod:`vidur_env.hardware`'s, so each default is written once.
     """
 
     model: str = "meta-llama/Llama-2-7b-hf"
@@ -77,23 +77,23 @@ class ReplicaConfig:
     """GPU type: ``a100`` or ``h100`` (80 GB)."""
     tensor_parallel: int = 1
     """Tensor-parallel degree (GPUs per replica). Pipeline parallelism is not modelled."""
-    scheduler: str = "sarathi"
+    scheduler: str = SCHEDULER_NAMES[0]
     """Batching scheduler: ``sarathi`` (chunked prefill), ``vllm`` or ``orca``."""
-    chunk_size: int = 512
+    chunk_size: int = SchedulerLimits.chunk_size
     """Sarathi's token budget per iteration."""
-    batch_size_cap: int = 128
+    batch_size_cap: int = DEFAULT_BATCH_SIZE_CAP
     """Most requests a replica holds in KV at once."""
-    max_tokens_in_batch: int = 4096
+    max_tokens_in_batch: int = SchedulerLimits.max_tokens_in_batch
     """vLLM's token limit of one prefill batch."""
-    vllm_batch_rule: str = "padded"
+    vllm_batch_rule: str = SchedulerLimits.vllm_batch_rule
     """``padded`` (Vidur main: batch length x longest prompt) or ``sum`` (Vidur 0.0.26)."""
     num_blocks: int | None = None
     """KV blocks of 16 tokens; None derives it with Vidur's memory planner."""
-    memory_margin_fraction: float = 0.1
+    memory_margin_fraction: float = DEFAULT_MEMORY_MARGIN_FRACTION
     """Share of GPU memory the planner keeps free of weights and KV."""
-    watermark_fraction: float = 0.01
+    watermark_fraction: float = SchedulerLimits.watermark_fraction
     """Share of KV blocks kept free when admitting a new request."""
-    prefix_caching: bool = False
+    prefix_caching: bool = SchedulerLimits.prefix_caching
     """vLLM's automatic prefix caching: full KV blocks are shared between requests with the
     same prefix (their ``block_hashes``); sarathi and vllm only. Off reproduces Vidur."""
 

@@ -12,6 +12,9 @@ from math import ceil
 from vidur_env.kv_cache import BLOCK_SIZE
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE_CAP",
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_MEMORY_MARGIN_FRACTION",
     "DEVICES",
     "MODELS",
     "DeviceSpec",
@@ -24,6 +27,16 @@ __all__ = [
 ]
 
 BYTES_PER_PARAM = 2  # fp16 weights and KV cache, as in Vidur
+
+DEFAULT_MAX_TOKENS = 4096
+"""Vidur's ``max_tokens``, the longest request (prompt + output tokens): the workload's cut
+(``WorkloadConfig.max_tokens``), the KV one request slot of the memory planner holds, and what
+Orca reserves per request. Named once here, the lowest module every user of it imports; not a
+model's context length (``ModelSpec.max_context``), which is a fact of each model."""
+DEFAULT_BATCH_SIZE_CAP = 128
+"""Vidur's ``batch_size_cap``: the most requests a replica holds in KV at once."""
+DEFAULT_MEMORY_MARGIN_FRACTION = 0.1
+"""Vidur's share of GPU memory the planner keeps free of weights and KV."""
 
 
 class UnknownSpecError(ValueError):
@@ -216,10 +229,10 @@ def plan_memory(
     device: DeviceSpec | str,
     tp: int,
     *,
-    max_tokens: int = 4096,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
     block_size: int = BLOCK_SIZE,
-    batch_size_cap: int = 128,
-    memory_margin_fraction: float = 0.1,
+    batch_size_cap: int = DEFAULT_BATCH_SIZE_CAP,
+    memory_margin_fraction: float = DEFAULT_MEMORY_MARGIN_FRACTION,
     pipeline_stages: int = 1,
 ) -> MemoryPlan:
     """KV-cache blocks and batch-size limit of one replica, exactly as Vidur's main branch plans them.

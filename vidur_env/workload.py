@@ -34,6 +34,7 @@ from typing import Optional
 import numpy as np
 
 from vidur_env.config import setting
+from vidur_env.hardware import DEFAULT_MAX_TOKENS
 from vidur_env.sessions import SessionConfig, SessionConfigError, generate_sessions
 from vidur_env.traces import FORMATS, SAMPLE_TRACES, ZERO_TOKEN_POLICIES, Trace, read_trace, trace_path
 
@@ -136,7 +137,7 @@ class WorkloadConfig:
     decode_scale: float = 1.0
     """Multiplies trace output lengths before truncating to integers (Vidur's
     decode_scale_factor). Used only by lengths=trace."""
-    max_tokens: int = 4096
+    max_tokens: int = DEFAULT_MAX_TOKENS
     """Largest prompt + output of a request (Vidur's max_tokens): longer sampled or trace
     requests are cut (and counted in :attr:`Requests.num_cut`), fixed/uniform/zipf settings
     beyond it are rejected."""
