@@ -20,16 +20,15 @@ from typing import Any, NoReturn
 import numpy as np
 
 from vidur_env.cluster import SimulationError
-from vidur_env.config import (
-    KEYINGS, SCHEDULER_NAMES, UNSET, VLLM_BATCH_RULES, ConfigError, load_replica_configs, python_spelling, spell_settings_with,
-)
+from vidur_env.config import SCHEDULER_NAMES, VLLM_BATCH_RULES, load_replica_configs
+from vidur_env.errors import UNSET, ConfigError, python_spelling, spell_settings_with
 from vidur_env.evaluation import evaluate, load_model
 from vidur_env.hardware import UnknownSpecError
 from vidur_env.metrics import CSV_LAYOUTS, write_json
 from vidur_env.reward import DEFAULT_REWARD, REWARDS
 from vidur_env.routers import ROUTERS, load_only_routers
 from vidur_env.simulation import DEFAULT_SCENARIO, SCENARIOS, Scenario, named_scenario, run_simulation
-from vidur_env.time_model import TimeModelError
+from vidur_env.time_model import KEYINGS, TimeModelError
 from vidur_env.traces import FORMATS as TRACE_FORMATS
 from vidur_env.traces import SAMPLE_TRACES, ZERO_TOKEN_POLICIES, TraceFormatError
 from vidur_env.workload import (
@@ -102,7 +101,7 @@ def add_scenario_arguments(parser: argparse.ArgumentParser, base: Scenario) -> N
                            "the output's out_of_grid_lookups)")
     grid.add_argument("--extrapolate", dest="extrapolate", action="store_true", default=cluster_base.extrapolate,
                       help="deprecated, does nothing: extrapolation is the default now; accepted so old commands run")
-    cluster.add_argument("--keying", choices=KEYINGS, default=cluster_base.keying,
+    cluster.add_argument("--keying", choices=tuple(KEYINGS), default=cluster_base.keying,
                          help="time-lookup keys of Vidur main (vidur) or of the 0.0.26 PyPI build (vidur_pypi; "
                               "default %(default)s)")
     cluster.add_argument("--kv-granularity", type=int, default=cluster_base.kv_granularity, metavar="TOKENS",

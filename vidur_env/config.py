@@ -1,65 +1,22 @@
 """Typed configuration of a simulated cluster: one source of truth for the CLI and the env.
 
-Also how error messages name a setting: :func:`setting` spells a config field the way the user
-sets it on the interface in use (``trace_zero_tokens='drop'`` in Python, ``--trace-zero-tokens
-drop`` on the command line), so that advice never points at an option the user does not have.
+Its errors are :class:`~vidur_env.errors.ConfigError` (imported here, where most callers look
+for it), the root of every vidur_env user error; advice in them names settings with
+:func:`~vidur_env.errors.setting`.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from vidur_env.errors import ConfigError, setting
 from vidur_env.hardware import DEFAULT_BATCH_SIZE_CAP, DEFAULT_MEMORY_MARGIN_FRACTION, UnknownSpecError, get_device, get_model
 from vidur_env.schedulers import SCHEDULER_NAMES, VLLM_BATCH_RULES, SchedulerLimits
 from vidur_env.schedulers.orca import PREFIX_CACHING_NOTE
+from vidur_env.time_model import DEFAULT_KEYING, KEYINGS
 
-KEYINGS = ("vidur", "vidur_pypi")
 TIME_MODEL_SOURCES = ("builtin", "profiled")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Naming settings in advice
-
-UNSET = object()
-"""``value`` of :func:`setting` when only the setting's name is wanted."""
-
-Spelling = Callable[[str, Any], str]
-"""(config field name, value or UNSET) -> how a user writes that setting."""
-
-
-def python_spelling(name: str, value: Any = UNSET) -> str:
-    """The keyword-argument spelling: ``num_requests`` or ``num_requests=None``."""
-    return name if value is UNSET else f"{name}={value!r}"
-
-
-_SPELLING: ContextVar[Spelling] = ContextVar("setting_spelling", default=python_spelling)
-
-
-def setting(name: str, value: Any = UNSET) -> str:
-    """How the user sets config field ``name`` (to ``value``) on the interface in use.
-
-    Error messages build their advice with this, so a command-line user reads ``--max-tokens``
-    where a Python user reads ``max_tokens``; see :func:`spell_settings_with`.
-    """
-    return _SPELLING.get()(name, value)
-
-
-@contextmanager
-def spell_settings_with(spelling: Spelling) -> Iterator[None]:
-    """Name settings with ``spelling`` in the errors raised inside the block (a CLI passes its flags)."""
-    token = _SPELLING.set(spelling)
-    try:
-        yield
-    finally:
-        _SPELLING.reset(token)
 
 
 @dataclass(frozen=True)
@@ -149,7 +106,7 @@ class ClusterConfig:
     """``builtin`` (calibrated presets shipped with the package) or ``profiled`` (Vidur CSVs)."""
     profiling_dir: str | None = None
     """Directory in Vidur's profiling layout, for ``time_model='profiled'``."""
-    keying: str = "vidur"
+    keying: str = DEFAULT_KEYING
     """How iteration times are keyed: ``vidur`` (main branch) or ``vidur_pypi`` (0.0.26 build)."""
     kv_granularity: int | None = None
     """KV rounding of the attention lookups in tokens (Vidur's ``kv_cache_prediction_granularity``);

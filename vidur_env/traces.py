@@ -56,7 +56,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from vidur_env.config import setting
+from vidur_env.errors import setting
 from vidur_env.kv_cache import BLOCK_SIZE as CACHE_BLOCK_TOKENS
 
 PathLike = Union[str, Path]
