@@ -30,13 +30,11 @@ from typing import Any
 
 import yaml
 
+from sb3_klppo.errors import ConfigError
+
 DEFAULT_ENV_ID = "vidur_env:VidurRouting-v0"
 YAML_SUFFIXES = (".yaml", ".yml")
 """Config file suffixes read as YAML; any other is read as JSON."""
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and where it came from."""
 
 
 def knob(
@@ -490,8 +488,9 @@ def config_from_dict(data: Any, source: str = "<dict>", lines: KeyLines = no_lin
     return _build(TrainConfig, data, None, source, lines)
 
 
-class RepeatedKeyError(ValueError):
-    """A JSON object names one key twice (the message is the key)."""
+class RepeatedKeyError(ConfigError):
+    """A JSON object names one key twice (the message is the key; turned into a ConfigError
+    naming the file before it reaches a user)."""
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from stable_baselines3.common.type_aliases import GymEnv, Schedule, TensorDict
 from stable_baselines3.common.utils import explained_variance, get_device
 from torch.nn import functional as F
 
+from sb3_klppo.errors import ConfigError
 from sb3_klppo.policies import ReplicaSetPolicy
 
 KL_ESTIMATORS = ("k1_clamped", "k3", "exact")
@@ -46,7 +47,7 @@ SelfKLPPO = TypeVar("SelfKLPPO", bound="KLPPO")
 LOGGED_STATS = ("kl_penalty", "kl_coef", "ref_kl", "ref_kl_coef", "entropy", "entropy_penalty", "entropy_warmup_coef")
 
 
-class KLPPOArgumentError(ValueError):
+class KLPPOArgumentError(ConfigError):
     """A KLPPO argument or reference policy is invalid; the message names the offending field."""
 
 

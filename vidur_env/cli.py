@@ -19,23 +19,21 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from vidur_env.cluster import SimulationError
 from vidur_env.config import SCHEDULER_NAMES, VLLM_BATCH_RULES, load_replica_configs
 from vidur_env.errors import UNSET, ConfigError, python_spelling, spell_settings_with
 from vidur_env.evaluation import evaluate, load_model
-from vidur_env.hardware import UnknownSpecError
 from vidur_env.metrics import CSV_LAYOUTS, write_json
 from vidur_env.reward import DEFAULT_REWARD, REWARDS
 from vidur_env.routers import ROUTERS, load_only_routers
 from vidur_env.simulation import DEFAULT_SCENARIO, SCENARIOS, Scenario, named_scenario, run_simulation
-from vidur_env.time_model import KEYINGS, TimeModelError
+from vidur_env.time_model import KEYINGS
 from vidur_env.traces import FORMATS as TRACE_FORMATS
-from vidur_env.traces import SAMPLE_TRACES, ZERO_TOKEN_POLICIES, TraceFormatError
-from vidur_env.workload import (
-    ARRIVALS, LENGTHS, WorkloadConfig, WorkloadConfigError, generate_requests, uses_trace,
-)
+from vidur_env.traces import SAMPLE_TRACES, ZERO_TOKEN_POLICIES
+from vidur_env.workload import ARRIVALS, LENGTHS, WorkloadConfig, generate_requests, uses_trace
 
-USER_ERRORS = (ConfigError, UnknownSpecError, TimeModelError, TraceFormatError, WorkloadConfigError, SimulationError, OSError)
+USER_ERRORS = (ConfigError, OSError)
+"""What a subcommand reports in one line with exit status 2: every vidur_env user error (one
+family, rooted in :class:`~vidur_env.errors.ConfigError`) and unreadable or unwritable files."""
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

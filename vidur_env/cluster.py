@@ -23,6 +23,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from vidur_env.config import ClusterConfig, ReplicaConfig
+from vidur_env.errors import ConfigError
 from vidur_env.hardware import DEFAULT_MAX_TOKENS, plan_memory
 from vidur_env.replica import Replica, make_replica
 from vidur_env.request_table import RequestTable
@@ -43,8 +44,10 @@ Router = Callable[["ClusterSimulator", int], int]
 """A routing policy: given the simulator (at the arrival time) and the request id, a replica id."""
 
 
-class SimulationError(RuntimeError):
-    """The simulation cannot proceed (for example a request that can never fit in memory)."""
+class SimulationError(ConfigError, RuntimeError):
+    """The simulation cannot proceed with this input (for example a request that can never fit
+    in memory): a user error (:class:`~vidur_env.errors.ConfigError`), and still the
+    RuntimeError it always was, for callers that catch that."""
 
 
 def build_time_models(cluster: ClusterConfig) -> list[ExecutionTimeModel]:

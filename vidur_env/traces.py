@@ -56,7 +56,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from vidur_env.errors import setting
+from vidur_env.errors import ConfigError, setting
 from vidur_env.kv_cache import BLOCK_SIZE as CACHE_BLOCK_TOKENS
 
 PathLike = Union[str, Path]
@@ -92,7 +92,7 @@ _AZURE_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,9
 accepts, so the column is parsed by NumPy at nanosecond resolution (up to 9 digits)."""
 
 
-class TraceFormatError(ValueError):
+class TraceFormatError(ConfigError):
     """A trace that cannot be read. The message is ``file:line: field: problem``."""
 
     def __init__(self, path: PathLike, line: int, field: Optional[str], problem: str) -> None:
@@ -222,9 +222,9 @@ def read_trace(path: PathLike, fmt: str = "auto", zero_tokens: str = "error") ->
         tokens are handled (``WorkloadConfig.trace_zero_tokens``, ``--trace-zero-tokens``). Negative counts, non-integers and decreasing times always raise.
     """
     if fmt not in FORMATS + ("auto",):
-        raise ValueError(f"trace format must be one of {FORMATS + ('auto',)}, got {fmt!r}")
+        raise ConfigError(f"trace format must be one of {FORMATS + ('auto',)}, got {fmt!r}")
     if zero_tokens not in ZERO_TOKEN_POLICIES:
-        raise ValueError(f"zero_tokens must be one of {ZERO_TOKEN_POLICIES}, got {zero_tokens!r}")
+        raise ConfigError(f"zero_tokens must be one of {ZERO_TOKEN_POLICIES}, got {zero_tokens!r}")
     path = trace_path(path)
     if fmt == "auto":
         fmt = detect_format(path)

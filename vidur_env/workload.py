@@ -33,7 +33,7 @@ from typing import Optional
 
 import numpy as np
 
-from vidur_env.errors import setting
+from vidur_env.errors import ConfigError, setting
 from vidur_env.hardware import DEFAULT_MAX_TOKENS
 from vidur_env.sessions import SessionConfig, SessionConfigError, generate_sessions
 from vidur_env.traces import FORMATS, SAMPLE_TRACES, ZERO_TOKEN_POLICIES, Trace, read_trace, trace_path
@@ -71,7 +71,7 @@ class Requests:
         return len(self.arrived_at)
 
 
-class WorkloadConfigError(ValueError):
+class WorkloadConfigError(ConfigError):
     """A :class:`WorkloadConfig` field with an unusable value; the message names the field."""
 
 
