@@ -28,8 +28,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from sb3_klppo.errors import ConfigError
 
-class BehaviourCloningError(ValueError):
+
+class BehaviourCloningError(ConfigError):
     """Invalid behaviour-cloning input; the message names the offending argument."""
 
 

@@ -22,6 +22,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 TARGET_KL_ACTIONS = ("warn", "adapt", "stop")
+"""What :class:`TargetKLMonitor` does when the update's KL passes the target (the config's
+``target_kl_action`` choices); the first is the default."""
 CSV_FIELDS = (
     "approx_kl",
     "kl_penalty",
@@ -107,7 +109,7 @@ class TargetKLMonitor(UpdateEndCallback):
     :param verbose: Verbosity level: 0 for no output, 1 for info messages
     """
 
-    def __init__(self, target_kl: float, action: str = "warn", patience: int = 3, verbose: int = 0):
+    def __init__(self, target_kl: float, action: str = TARGET_KL_ACTIONS[0], patience: int = 3, verbose: int = 0):
         super().__init__(verbose)
         if not (math.isfinite(target_kl) and target_kl > 0):
             raise ValueError(f"target_kl must be a finite number > 0, got {target_kl!r}")

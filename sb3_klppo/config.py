@@ -30,13 +30,13 @@ from typing import Any
 
 import yaml
 
+from sb3_klppo.callbacks import TARGET_KL_ACTIONS
+from sb3_klppo.errors import ConfigError
+from sb3_klppo.klppo import DEFAULT_KL_ESTIMATOR, KL_ESTIMATORS
+
 DEFAULT_ENV_ID = "vidur_env:VidurRouting-v0"
 YAML_SUFFIXES = (".yaml", ".yml")
 """Config file suffixes read as YAML; any other is read as JSON."""
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and where it came from."""
 
 
 def knob(
@@ -118,7 +118,7 @@ class KLRegularizationConfig:
     """approx_kl an update should stay below (monitoring threshold); null disables the monitor."""
     kl_coef: float = knob(0.1, ge=0)
     """Weight of the penalty on KL(pi_old || pi_theta), the drift from the rollout policy."""
-    kl_estimator: str = knob("k1_clamped", choices=("k1_clamped", "k3", "exact"))
+    kl_estimator: str = knob(DEFAULT_KL_ESTIMATOR, choices=tuple(KL_ESTIMATORS))
     """Estimator of that KL: k1_clamped, k3 or exact."""
     kl_ref_coef_initial: float = knob(0.5, ge=0)
     """Weight of KL(pi_theta || pi_ref) towards the warm-start policy at gradient step 0."""
@@ -166,7 +166,7 @@ class MonitoringConfig:
     """Write progress.csv (SB3's logger) and kl_stats.csv (one row per update)."""
     log_interval: int = knob(1, ge=1)
     """Rollouts between SB3 logger dumps."""
-    target_kl_action: str = knob("warn", choices=("warn", "adapt", "stop"))
+    target_kl_action: str = knob(TARGET_KL_ACTIONS[0], choices=TARGET_KL_ACTIONS)
     """On approx_kl > target_kl: warn, adapt kl_coef, or stop training."""
     target_kl_patience: int = knob(3, ge=1)
     """Consecutive exceedances before target_kl_action=stop ends training."""
@@ -490,8 +490,9 @@ def config_from_dict(data: Any, source: str = "<dict>", lines: KeyLines = no_lin
     return _build(TrainConfig, data, None, source, lines)
 
 
-class RepeatedKeyError(ValueError):
-    """A JSON object names one key twice (the message is the key)."""
+class RepeatedKeyError(ConfigError):
+    """A JSON object names one key twice (the message is the key; turned into a ConfigError
+    naming the file before it reaches a user)."""
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import math
 import pathlib
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -34,9 +34,9 @@ from stable_baselines3.common.type_aliases import GymEnv, Schedule, TensorDict
 from stable_baselines3.common.utils import explained_variance, get_device
 from torch.nn import functional as F
 
+from sb3_klppo.errors import ConfigError
 from sb3_klppo.policies import ReplicaSetPolicy
 
-KL_ESTIMATORS = ("k1_clamped", "k3", "exact")
 REFERENCE_ATTR = "reference_policy"
 REFERENCE_FILE = "reference_policy.pt"
 """Zip member of the reference's state dict: not ``*.pth``, so SB3's loader (and PPO.load) skips it."""
@@ -46,7 +46,7 @@ SelfKLPPO = TypeVar("SelfKLPPO", bound="KLPPO")
 LOGGED_STATS = ("kl_penalty", "kl_coef", "ref_kl", "ref_kl_coef", "entropy", "entropy_penalty", "entropy_warmup_coef")
 
 
-class KLPPOArgumentError(ValueError):
+class KLPPOArgumentError(ConfigError):
     """A KLPPO argument or reference policy is invalid; the message names the offending field."""
 
 
@@ -100,32 +100,55 @@ def reference_kl(dist: Distribution, ref_dist: Distribution) -> th.Tensor:
     return distribution_kl(dist, ref_dist).mean()
 
 
+def _k1_clamped_kl(logp_old: th.Tensor, logp_new: th.Tensor, old_dist: Distribution | None,
+                   new_dist: Distribution | None) -> th.Tensor:
+    """``mean(logp_old - logp_new).clamp(min=0)``: the mean of the naive estimator can be negative
+    on a finite batch; the clamp keeps the penalty from becoming a bonus."""
+    return th.mean(logp_old - logp_new).clamp(min=0.0)
+
+
+def _k3_kl(logp_old: th.Tensor, logp_new: th.Tensor, old_dist: Distribution | None,
+           new_dist: Distribution | None) -> th.Tensor:
+    """``mean((r - 1) - log r)`` with ``r = pi_theta / pi_old``, unbiased and non-negative per sample
+    (http://joschu.net/blog/kl-approx.html); the same formula as SB3's ``approx_kl``."""
+    log_ratio = logp_new - logp_old
+    return th.mean(th.exp(log_ratio) - 1.0 - log_ratio)
+
+
+def _exact_kl(logp_old: th.Tensor, logp_new: th.Tensor, old_dist: Distribution | None,
+              new_dist: Distribution | None) -> th.Tensor:
+    """Mean analytic ``KL(pi_old || pi_theta)`` per state; needs both distributions."""
+    if old_dist is None or new_dist is None:
+        raise KLPPOArgumentError("kl_estimator='exact' needs both old_dist and new_dist")
+    return distribution_kl(old_dist, new_dist).mean()
+
+
+KLEstimator = Callable[[th.Tensor, th.Tensor, Distribution | None, Distribution | None], th.Tensor]
+"""(logp_old, logp_new, old_dist, new_dist) -> minibatch estimate of ``KL(pi_old || pi_theta)``."""
+
+KL_ESTIMATORS: dict[str, KLEstimator] = {"k1_clamped": _k1_clamped_kl, "k3": _k3_kl, "exact": _exact_kl}
+"""The KL estimators by the name ``kl_estimator`` takes; the first is the default. The config's
+choices and KLPPO's argument check read this table, so a new estimator is one function and one
+entry here."""
+DEFAULT_KL_ESTIMATOR = next(iter(KL_ESTIMATORS))
+
+
 def kl_penalty(
     logp_old: th.Tensor,
     logp_new: th.Tensor,
-    estimator: str = "k1_clamped",
+    estimator: str = DEFAULT_KL_ESTIMATOR,
     old_dist: Distribution | None = None,
     new_dist: Distribution | None = None,
 ) -> th.Tensor:
-    """Estimate of ``KL(pi_old || pi_theta)`` on a minibatch (the quantity ``kl_coef`` multiplies).
-
-    - ``"k1_clamped"``: ``mean(logp_old - logp_new).clamp(min=0)``; the mean of the naive estimator
-      can be negative on a finite batch, the clamp keeps the penalty from becoming a bonus.
-    - ``"k3"``: ``mean((r - 1) - log r)`` with ``r = pi_theta / pi_old``, unbiased and non-negative
-      per sample (http://joschu.net/blog/kl-approx.html); the same formula as SB3's ``approx_kl``.
-    - ``"exact"``: mean analytic ``KL(pi_old || pi_theta)`` per state; needs ``old_dist`` and
-      ``new_dist``.
-    """
-    if estimator == "k1_clamped":
-        return th.mean(logp_old - logp_new).clamp(min=0.0)
-    if estimator == "k3":
-        log_ratio = logp_new - logp_old
-        return th.mean(th.exp(log_ratio) - 1.0 - log_ratio)
-    if estimator == "exact":
-        if old_dist is None or new_dist is None:
-            raise KLPPOArgumentError("kl_estimator='exact' needs both old_dist and new_dist")
-        return distribution_kl(old_dist, new_dist).mean()
-    raise KLPPOArgumentError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+    """Estimate of ``KL(pi_old || pi_theta)`` on a minibatch (the quantity ``kl_coef`` multiplies),
+    by the function :data:`KL_ESTIMATORS` holds under ``estimator``: ``"k1_clamped"`` (the naive
+    estimator's mean, clamped at 0), ``"k3"`` (``mean((r - 1) - log r)``) or ``"exact"`` (analytic,
+    from ``old_dist`` and ``new_dist``); each function's docstring says why."""
+    try:
+        estimate = KL_ESTIMATORS[estimator]
+    except KeyError:
+        raise KLPPOArgumentError(f"kl_estimator must be one of {tuple(KL_ESTIMATORS)}, got {estimator!r}") from None
+    return estimate(logp_old, logp_new, old_dist, new_dist)
 
 
 def entropy_floor_penalty(entropy: th.Tensor, entropy_min: float, coef: float) -> th.Tensor:
@@ -337,7 +360,7 @@ class KLPPO(PPO):
         seed: int | None = None,
         device: th.device | str = "auto",
         kl_coef: float = 0.0,
-        kl_estimator: str = "k1_clamped",
+        kl_estimator: str = DEFAULT_KL_ESTIMATOR,
         kl_ref_coef_initial: float = 0.0,
         kl_ref_coef_final: float = 0.0,
         kl_ref_decay_steps: int = 0,
@@ -789,7 +812,7 @@ def _check_arguments(
 ) -> None:
     """Reject invalid KLPPO arguments by name; warn about settings that silently do nothing."""
     if kl_estimator not in KL_ESTIMATORS:
-        raise KLPPOArgumentError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
+        raise KLPPOArgumentError(f"kl_estimator must be one of {tuple(KL_ESTIMATORS)}, got {kl_estimator!r}")
     non_negative = {
         "kl_coef": kl_coef,
         "kl_ref_coef_initial": kl_ref_coef_initial,

@@ -25,11 +25,13 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
+from sb3_klppo.errors import ConfigError
+
 
 DEFAULT_NET_ARCH: dict[str, list[int]] = {"pi": [64, 64], "vf": [64, 64]}
 
 
-class ReplicaSetPolicyError(ValueError):
+class ReplicaSetPolicyError(ConfigError):
     """The spaces or the architecture do not fit a set-structured policy; the message says which."""
 
 

@@ -1,9 +1,16 @@
 """Model/device registries and Vidur's memory planner."""
 from __future__ import annotations
 
+import inspect
+from dataclasses import fields
+
 import pytest
 
+from vidur_env.cluster import ClusterSimulator
+from vidur_env.config import ReplicaConfig
 from vidur_env.hardware import DEVICES, MODELS, ModelSpec, UnknownSpecError, get_device, get_model, plan_memory
+from vidur_env.schedulers import SchedulerLimits
+from vidur_env.workload import WorkloadConfig
 
 
 @pytest.mark.parametrize(
@@ -111,3 +118,20 @@ def test_model_spec_validation() -> None:
                                                  ("llama-3-8b", 8192), ("llama-3-70b", 8192)])
 def test_models_know_their_context_length(model: str, context: int) -> None:
     assert get_model(model).max_context == context
+
+
+def test_every_layer_defaults_to_the_same_request_and_replica_limits() -> None:
+    """The workload's cut, the planner's request slot, Orca's reservation and the cluster's
+    request check agree on max_tokens, and a replica config's batching knobs on the
+    scheduler's, when nobody sets them (each default is written once)."""
+    planner = inspect.signature(plan_memory).parameters
+    limits = SchedulerLimits(num_blocks=1, max_batch_size=1)
+    assert {WorkloadConfig().max_tokens, planner["max_tokens"].default, limits.max_tokens,
+            inspect.signature(ClusterSimulator).parameters["max_tokens"].default} == {4096}
+    replica = ReplicaConfig()
+    shared = {f.name for f in fields(SchedulerLimits)} & {f.name for f in fields(ReplicaConfig)}
+    assert shared == {"batch_size_cap", "chunk_size", "max_tokens_in_batch", "vllm_batch_rule", "num_blocks",
+                      "watermark_fraction", "prefix_caching"}
+    assert all(getattr(replica, name) == getattr(limits, name) for name in shared - {"num_blocks"})
+    assert (replica.batch_size_cap, replica.memory_margin_fraction) == (
+        planner["batch_size_cap"].default, planner["memory_margin_fraction"].default)

@@ -28,7 +28,10 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import Logger
 
 from sb3_klppo import KLPPO
+from sb3_klppo.config import all_knobs
 from sb3_klppo.klppo import (
+    DEFAULT_KL_ESTIMATOR,
+    KL_ESTIMATORS,
     KLPPOArgumentError,
     distribution_kl,
     entropy_floor_penalty,
@@ -148,6 +151,16 @@ def test_exact_penalty_is_the_categorical_kl():
     with pytest.raises(KLPPOArgumentError, match="kl_estimator"):
         kl_penalty(unused, unused, "k2")
 
+
+
+def test_an_estimator_is_one_registry_entry_that_the_config_and_kl_penalty_read(monkeypatch):
+    knob = next(k for k in all_knobs() if k.name == "kl_estimator")
+    assert knob.field.metadata["choices"] == tuple(KL_ESTIMATORS)
+    assert knob.field.default == DEFAULT_KL_ESTIMATOR == "k1_clamped"
+    monkeypatch.setitem(KL_ESTIMATORS, "half_k1", lambda old, new, *_: th.mean(old - new) / 2)
+    logp_old, logp_new = th.tensor([-0.5, -1.0]), th.tensor([-0.7, -1.5])
+    assert kl_penalty(logp_old, logp_new, "half_k1").item() == pytest.approx(0.175)
+    assert KLPPO("MlpPolicy", "CartPole-v1", kl_estimator="half_k1", n_steps=16, batch_size=8).kl_estimator == "half_k1"
 
 def test_multidiscrete_kl_sums_the_components():
     dist = MultiCategoricalDistribution([2, 3]).proba_distribution(th.tensor([[0.0, 1.0, 0.0, 0.0, 3.0]]))

@@ -19,27 +19,25 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from vidur_env.cluster import SimulationError
-from vidur_env.config import (
-    KEYINGS, SCHEDULER_NAMES, UNSET, VLLM_BATCH_RULES, ConfigError, load_replica_configs, python_spelling, spell_settings_with,
-)
+from vidur_env.config import SCHEDULER_NAMES, VLLM_BATCH_RULES, load_replica_configs
+from vidur_env.errors import UNSET, ConfigError, python_spelling, spell_settings_with
 from vidur_env.evaluation import evaluate, load_model
-from vidur_env.hardware import UnknownSpecError
-from vidur_env.metrics import CSV_LAYOUTS, write_json
+from vidur_env.hardware import DEVICES
+from vidur_env.metrics import CSV_LAYOUTS, DEFAULT_CSV_LAYOUT, write_json
 from vidur_env.reward import DEFAULT_REWARD, REWARDS
 from vidur_env.routers import ROUTERS, load_only_routers
 from vidur_env.cache_view import CACHE_VIEWS
 from vidur_env.env import OUTPUT_PREDICTORS
 from vidur_env.scenarios import DEFAULT_SCENARIO, SCENARIOS, named_scenario, registered_scenario
 from vidur_env.simulation import Scenario, run_simulation
-from vidur_env.time_model import TimeModelError
-from vidur_env.traces import FORMATS as TRACE_FORMATS
-from vidur_env.traces import SAMPLE_TRACES, ZERO_TOKEN_POLICIES, TraceFormatError
-from vidur_env.workload import (
-    ARRIVALS, LENGTHS, WorkloadConfig, WorkloadConfigError, generate_requests, uses_trace,
-)
+from vidur_env.time_model import KEYINGS
+from vidur_env.traces import FORMAT_CHOICES as TRACE_FORMAT_CHOICES
+from vidur_env.traces import SAMPLE_TRACES, ZERO_TOKEN_POLICIES
+from vidur_env.workload import ARRIVALS, LENGTHS, WorkloadConfig, generate_requests, uses_trace
 
-USER_ERRORS = (ConfigError, UnknownSpecError, TimeModelError, TraceFormatError, WorkloadConfigError, SimulationError, OSError)
+USER_ERRORS = (ConfigError, OSError)
+"""What a subcommand reports in one line with exit status 2: every vidur_env user error (one
+family, rooted in :class:`~vidur_env.errors.ConfigError`) and unreadable or unwritable files."""
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -80,7 +78,8 @@ def add_scenario_arguments(parser: argparse.ArgumentParser, base: Scenario) -> N
     cluster.add_argument("--replicas", dest="num_replicas", type=int, default=cluster_base.num_replicas, metavar="N",
                          help="number of identical replicas (default %(default)s)")
     cluster.add_argument("--model", default=replica.model, help="model name or alias (default %(default)s)")
-    cluster.add_argument("--device", default=replica.device, help="a100 or h100 (default %(default)s)")
+    cluster.add_argument("--device", default=replica.device,
+                         help=f"GPU type: {', '.join(DEVICES)} (default %(default)s)")
     cluster.add_argument("--tp", dest="tensor_parallel", type=int, default=replica.tensor_parallel, metavar="N",
                          help="tensor-parallel degree (default %(default)s)")
     cluster.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=replica.scheduler,
@@ -106,7 +105,7 @@ def add_scenario_arguments(parser: argparse.ArgumentParser, base: Scenario) -> N
                            "the output's out_of_grid_lookups)")
     grid.add_argument("--extrapolate", dest="extrapolate", action="store_true", default=cluster_base.extrapolate,
                       help="deprecated, does nothing: extrapolation is the default now; accepted so old commands run")
-    cluster.add_argument("--keying", choices=KEYINGS, default=cluster_base.keying,
+    cluster.add_argument("--keying", choices=tuple(KEYINGS), default=cluster_base.keying,
                          help="time-lookup keys of Vidur main (vidur) or of the 0.0.26 PyPI build (vidur_pypi; "
                               "default %(default)s)")
     cluster.add_argument("--kv-granularity", type=int, default=cluster_base.kv_granularity, metavar="TOKENS",
@@ -114,7 +113,8 @@ def add_scenario_arguments(parser: argparse.ArgumentParser, base: Scenario) -> N
                               "default: the keying's build default, 64 for vidur, 256 for vidur_pypi)")
     cluster.add_argument("--vllm-batch-rule", choices=VLLM_BATCH_RULES, default=replica.vllm_batch_rule,
                          help="vLLM prefill batch limit: padded (Vidur main: batch length x longest prompt <= "
-                              "4096) or sum (Vidur 0.0.26: sum of prompts <= 4096); default %(default)s")
+                              f"{replica.max_tokens_in_batch}) or sum (Vidur 0.0.26: sum of prompts <= "
+                              f"{replica.max_tokens_in_batch}); default %(default)s")
     work = parser.add_argument_group("workload")
     work.add_argument("--num-requests", type=int, default=None,
                       help=f"requests to simulate (default {work_base.num_requests}; with --trace: every row)")
@@ -131,7 +131,8 @@ def add_scenario_arguments(parser: argparse.ArgumentParser, base: Scenario) -> N
     work.add_argument("--trace", default=work_base.trace,
                       help="trace file (Vidur CSV, Vidur lengths CSV, Azure CSV or Mooncake JSONL), or the name of a "
                            f"trace shipped with the package: {', '.join(SAMPLE_TRACES)}")
-    work.add_argument("--trace-format", choices=("auto", *TRACE_FORMATS), default=work_base.trace_format)
+    work.add_argument("--trace-format", choices=TRACE_FORMAT_CHOICES, default=work_base.trace_format,
+                      help="format of --trace (default %(default)s: detected from the header or first line)")
     work.add_argument("--trace-zero-tokens", choices=ZERO_TOKEN_POLICIES, default=work_base.trace_zero_tokens,
                       help="trace rows with 0 prompt or output tokens: error (default), drop them, or clip to 1 token")
     work.add_argument("--trace-offset", type=trace_offset, default=work_base.trace_offset, metavar="ROW|random",
@@ -260,7 +261,7 @@ def build_parser(scenario: str = DEFAULT_SCENARIO) -> argparse.ArgumentParser:
     simulate.add_argument("--output-json", default=None, help="also write the aggregate metrics here")
     simulate.add_argument("--output-csv", default=None,
                           help="write per-request metrics here (header as Vidur's request_metrics.csv by default)")
-    simulate.add_argument("--csv-columns", choices=tuple(CSV_LAYOUTS), default="vidur",
+    simulate.add_argument("--csv-columns", choices=tuple(CSV_LAYOUTS), default=DEFAULT_CSV_LAYOUT,
                           help="--output-csv layout: vidur (Vidur's request_metrics.csv column names and order, the "
                                "columns this simulator computes) or full (adds replica ids and raw timestamps, "
                                "snake_case attribute names)")

@@ -23,7 +23,8 @@ from typing import Callable, Protocol
 import numpy as np
 
 from vidur_env.config import ClusterConfig, ReplicaConfig
-from vidur_env.hardware import plan_memory
+from vidur_env.errors import ConfigError
+from vidur_env.hardware import DEFAULT_MAX_TOKENS, plan_memory
 from vidur_env.replica import Replica, make_replica
 from vidur_env.request_table import RequestTable
 from vidur_env.schedulers import SchedulerLimits
@@ -43,8 +44,10 @@ Router = Callable[["ClusterSimulator", int], int]
 """A routing policy: given the simulator (at the arrival time) and the request id, a replica id."""
 
 
-class SimulationError(RuntimeError):
-    """The simulation cannot proceed (for example a request that can never fit in memory)."""
+class SimulationError(ConfigError, RuntimeError):
+    """The simulation cannot proceed with this input (for example a request that can never fit
+    in memory): a user error (:class:`~vidur_env.errors.ConfigError`), and still the
+    RuntimeError it always was, for callers that catch that."""
 
 
 def build_time_models(cluster: ClusterConfig) -> list[ExecutionTimeModel]:
@@ -105,7 +108,7 @@ class ClusterSimulator:
         cluster: ClusterConfig,
         requests: RequestArrays,
         *,
-        max_tokens: int = 4096,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         time_models: list[ExecutionTimeModel] | None = None,
     ) -> None:
         cluster.validate()

@@ -1,74 +1,31 @@
 """Typed configuration of a simulated cluster: one source of truth for the CLI and the env.
 
-Also how error messages name a setting: :func:`setting` spells a config field the way the user
-sets it on the interface in use (``trace_zero_tokens='drop'`` in Python, ``--trace-zero-tokens
-drop`` on the command line), so that advice never points at an option the user does not have.
+Its errors are :class:`~vidur_env.errors.ConfigError` (imported here, where most callers look
+for it), the root of every vidur_env user error; advice in them names settings with
+:func:`~vidur_env.errors.setting`.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from vidur_env.hardware import UnknownSpecError, get_device, get_model
-from vidur_env.schedulers import SCHEDULER_NAMES
+from vidur_env.errors import ConfigError, setting
+from vidur_env.hardware import DEFAULT_BATCH_SIZE_CAP, DEFAULT_MEMORY_MARGIN_FRACTION, UnknownSpecError, get_device, get_model
+from vidur_env.schedulers import SCHEDULER_NAMES, VLLM_BATCH_RULES, SchedulerLimits
 from vidur_env.schedulers.orca import PREFIX_CACHING_NOTE
+from vidur_env.time_model import DEFAULT_KEYING, KEYINGS
 
-KEYINGS = ("vidur", "vidur_pypi")
-VLLM_BATCH_RULES = ("padded", "sum")
-"""vLLM's prefill-batch token rules: Vidur main's padded (batch length x longest prompt) and 0.0.26's sum."""
 TIME_MODEL_SOURCES = ("builtin", "profiled")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Naming settings in advice
-
-UNSET = object()
-"""``value`` of :func:`setting` when only the setting's name is wanted."""
-
-Spelling = Callable[[str, Any], str]
-"""(config field name, value or UNSET) -> how a user writes that setting."""
-
-
-def python_spelling(name: str, value: Any = UNSET) -> str:
-    """The keyword-argument spelling: ``num_requests`` or ``num_requests=None``."""
-    return name if value is UNSET else f"{name}={value!r}"
-
-
-_SPELLING: ContextVar[Spelling] = ContextVar("setting_spelling", default=python_spelling)
-
-
-def setting(name: str, value: Any = UNSET) -> str:
-    """How the user sets config field ``name`` (to ``value``) on the interface in use.
-
-    Error messages build their advice with this, so a command-line user reads ``--max-tokens``
-    where a Python user reads ``max_tokens``; see :func:`spell_settings_with`.
-    """
-    return _SPELLING.get()(name, value)
-
-
-@contextmanager
-def spell_settings_with(spelling: Spelling) -> Iterator[None]:
-    """Name settings with ``spelling`` in the errors raised inside the block (a CLI passes its flags)."""
-    token = _SPELLING.set(spelling)
-    try:
-        yield
-    finally:
-        _SPELLING.reset(token)
 
 
 @dataclass(frozen=True)
 class ReplicaConfig:
     """One replica: the model it serves, on which device, and how it batches.
 
-    Defaults are Vidur's: Llama-2-7B on an A100 with TP1 and the Sarathi scheduler.
+    Defaults are Vidur's: Llama-2-7B on an A100 with TP1 and the Sarathi scheduler (the first
+    of the scheduler registry); the batching and KV knobs default to :class:`SchedulerLimits`'s
+    values and the planner's to :mod:`vidur_env.hardware`'s, so each default is written once.
     """
 
     model: str = "meta-llama/Llama-2-7b-hf"
@@ -77,23 +34,23 @@ class ReplicaConfig:
     """GPU type: ``a100`` or ``h100`` (80 GB)."""
     tensor_parallel: int = 1
     """Tensor-parallel degree (GPUs per replica). Pipeline parallelism is not modelled."""
-    scheduler: str = "sarathi"
+    scheduler: str = SCHEDULER_NAMES[0]
     """Batching scheduler: ``sarathi`` (chunked prefill), ``vllm`` or ``orca``."""
-    chunk_size: int = 512
+    chunk_size: int = SchedulerLimits.chunk_size
     """Sarathi's token budget per iteration."""
-    batch_size_cap: int = 128
+    batch_size_cap: int = DEFAULT_BATCH_SIZE_CAP
     """Most requests a replica holds in KV at once."""
-    max_tokens_in_batch: int = 4096
+    max_tokens_in_batch: int = SchedulerLimits.max_tokens_in_batch
     """vLLM's token limit of one prefill batch."""
-    vllm_batch_rule: str = "padded"
+    vllm_batch_rule: str = SchedulerLimits.vllm_batch_rule
     """``padded`` (Vidur main: batch length x longest prompt) or ``sum`` (Vidur 0.0.26)."""
     num_blocks: int | None = None
     """KV blocks of 16 tokens; None derives it with Vidur's memory planner."""
-    memory_margin_fraction: float = 0.1
+    memory_margin_fraction: float = DEFAULT_MEMORY_MARGIN_FRACTION
     """Share of GPU memory the planner keeps free of weights and KV."""
-    watermark_fraction: float = 0.01
+    watermark_fraction: float = SchedulerLimits.watermark_fraction
     """Share of KV blocks kept free when admitting a new request."""
-    prefix_caching: bool = False
+    prefix_caching: bool = SchedulerLimits.prefix_caching
     """vLLM's automatic prefix caching: full KV blocks are shared between requests with the
     same prefix (their ``block_hashes``); sarathi and vllm only. Off reproduces Vidur."""
 
@@ -149,7 +106,7 @@ class ClusterConfig:
     """``builtin`` (calibrated presets shipped with the package) or ``profiled`` (Vidur CSVs)."""
     profiling_dir: str | None = None
     """Directory in Vidur's profiling layout, for ``time_model='profiled'``."""
-    keying: str = "vidur"
+    keying: str = DEFAULT_KEYING
     """How iteration times are keyed: ``vidur`` (main branch) or ``vidur_pypi`` (0.0.26 build)."""
     kv_granularity: int | None = None
     """KV rounding of the attention lookups in tokens (Vidur's ``kv_cache_prediction_granularity``);

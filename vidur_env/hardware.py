@@ -9,9 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil
 
+from vidur_env.errors import ConfigError
 from vidur_env.kv_cache import BLOCK_SIZE
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE_CAP",
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_MEMORY_MARGIN_FRACTION",
     "DEVICES",
     "MODELS",
     "DeviceSpec",
@@ -25,8 +29,18 @@ __all__ = [
 
 BYTES_PER_PARAM = 2  # fp16 weights and KV cache, as in Vidur
 
+DEFAULT_MAX_TOKENS = 4096
+"""Vidur's ``max_tokens``, the longest request (prompt + output tokens): the workload's cut
+(``WorkloadConfig.max_tokens``), the KV one request slot of the memory planner holds, and what
+Orca reserves per request. Named once here, the lowest module every user of it imports; not a
+model's context length (``ModelSpec.max_context``), which is a fact of each model."""
+DEFAULT_BATCH_SIZE_CAP = 128
+"""Vidur's ``batch_size_cap``: the most requests a replica holds in KV at once."""
+DEFAULT_MEMORY_MARGIN_FRACTION = 0.1
+"""Vidur's share of GPU memory the planner keeps free of weights and KV."""
 
-class UnknownSpecError(ValueError):
+
+class UnknownSpecError(ConfigError):
     """A model or device name that is not in the registry."""
 
 
@@ -69,9 +83,9 @@ class ModelSpec:
         for field_name in ("num_layers", "hidden_size", "num_q_heads", "num_kv_heads", "ffn_size", "max_context"):
             value = getattr(self, field_name)
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"ModelSpec {self.name!r}: {field_name} must be a positive int, got {value!r}")
+                raise ConfigError(f"ModelSpec {self.name!r}: {field_name} must be a positive int, got {value!r}")
         if self.hidden_size % self.num_q_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"ModelSpec {self.name!r}: hidden_size {self.hidden_size} is not a multiple of "
                 f"num_q_heads {self.num_q_heads}"
             )
@@ -112,15 +126,15 @@ class ModelSpec:
     def check_parallelism(self, tp: int, pipeline_stages: int = 1) -> None:
         """Raise if the model cannot be split this way (Vidur asserts the same divisibilities)."""
         if not isinstance(tp, int) or tp <= 0:
-            raise ValueError(f"tensor parallel degree must be a positive int, got {tp!r}")
+            raise ConfigError(f"tensor parallel degree must be a positive int, got {tp!r}")
         if not isinstance(pipeline_stages, int) or pipeline_stages <= 0:
-            raise ValueError(f"pipeline_stages must be a positive int, got {pipeline_stages!r}")
+            raise ConfigError(f"pipeline_stages must be a positive int, got {pipeline_stages!r}")
         if self.num_q_heads % tp:
-            raise ValueError(f"{self.name}: num_q_heads {self.num_q_heads} is not divisible by tp={tp}")
+            raise ConfigError(f"{self.name}: num_q_heads {self.num_q_heads} is not divisible by tp={tp}")
         if self.hidden_size % tp:
-            raise ValueError(f"{self.name}: hidden_size {self.hidden_size} is not divisible by tp={tp}")
+            raise ConfigError(f"{self.name}: hidden_size {self.hidden_size} is not divisible by tp={tp}")
         if self.num_layers % pipeline_stages:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.name}: num_layers {self.num_layers} is not divisible by pipeline_stages={pipeline_stages}"
             )
 
@@ -216,10 +230,10 @@ def plan_memory(
     device: DeviceSpec | str,
     tp: int,
     *,
-    max_tokens: int = 4096,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
     block_size: int = BLOCK_SIZE,
-    batch_size_cap: int = 128,
-    memory_margin_fraction: float = 0.1,
+    batch_size_cap: int = DEFAULT_BATCH_SIZE_CAP,
+    memory_margin_fraction: float = DEFAULT_MEMORY_MARGIN_FRACTION,
     pipeline_stages: int = 1,
 ) -> MemoryPlan:
     """KV-cache blocks and batch-size limit of one replica, exactly as Vidur's main branch plans them.
@@ -236,16 +250,16 @@ def plan_memory(
     limits = (("max_tokens", max_tokens), ("block_size", block_size), ("batch_size_cap", batch_size_cap))
     for field_name, value in limits:
         if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{field_name} must be a positive int, got {value!r}")
+            raise ConfigError(f"{field_name} must be a positive int, got {value!r}")
     if not 0 <= memory_margin_fraction < 1:
-        raise ValueError(f"memory_margin_fraction must be in [0, 1), got {memory_margin_fraction!r}")
+        raise ConfigError(f"memory_margin_fraction must be in [0, 1), got {memory_margin_fraction!r}")
 
     available = device.memory_gb * 1024**3 * (1 - memory_margin_fraction)
     weights = BYTES_PER_PARAM * model.params_per_layer(tp) * (model.num_layers // pipeline_stages)
     kv_bytes_per_token = model.kv_bytes_per_token_per_layer(tp) * model.num_layers
     planner_batch = int((available - weights) // (kv_bytes_per_token * max_tokens))
     if planner_batch <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"{model.name} at tp={tp}, pipeline_stages={pipeline_stages} leaves no room on a {device.name} "
             f"({device.memory_gb} GB) for even one request of max_tokens={max_tokens}"
         )

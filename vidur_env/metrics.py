@@ -61,6 +61,8 @@ CSV_LAYOUTS = {
     "full": {name: name for name in FULL_CSV_COLUMNS},
 }
 """Column layouts of :meth:`RequestMetrics.write_csv`: header -> attribute."""
+DEFAULT_CSV_LAYOUT = "vidur"
+"""Vidur's ``request_metrics.csv`` names and order, so its tools read the file."""
 
 
 def summarize(values: np.ndarray) -> dict[str, float]:
@@ -160,7 +162,7 @@ class RequestMetrics:
         """Prompt tokens / output tokens as the request arrived."""
         return self.num_prefill_tokens / self.num_decode_tokens
 
-    def write_csv(self, path: str | Path, layout: str = "vidur") -> None:
+    def write_csv(self, path: str | Path, layout: str = DEFAULT_CSV_LAYOUT) -> None:
         """One row per completed request, in a layout of :data:`CSV_LAYOUTS`: ``vidur`` writes
         Vidur's request_metrics.csv header (so scripts reading Vidur's files read ours), ``full``
         adds replica ids and raw timestamps under our attribute names. With prefix caching,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from vidur_env.cache_routers import CACHE_ROUTERS
+from vidur_env.errors import ConfigError
 from vidur_env.observation import (
     EXPECTED_OUTPUT_TOKENS, ObservationView, decode_observation, queued_work_seconds, request_seconds,
 )
@@ -272,7 +273,7 @@ def make_router(name: str) -> Router:
     try:
         return ROUTERS[name]()
     except KeyError:
-        raise ValueError(f"unknown router {name!r}; choose from {', '.join(sorted(ROUTERS))}") from None
+        raise ConfigError(f"unknown router {name!r}; choose from {', '.join(sorted(ROUTERS))}") from None
 
 
 class RouterPolicy:

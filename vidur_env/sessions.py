@@ -28,13 +28,14 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from vidur_env.errors import ConfigError
 from vidur_env.kv_cache import BLOCK_SIZE as BLOCK_TOKENS
 
 KEY_STRIDE = 1 << 32
 """Keys of stream s are ``s * KEY_STRIDE + block index``: streams never share a key."""
 
 
-class SessionConfigError(ValueError):
+class SessionConfigError(ConfigError):
     """A :class:`SessionConfig` knob with an unusable value; ``field`` names it."""
 
     def __init__(self, field: str, problem: str) -> None:

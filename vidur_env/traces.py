@@ -56,17 +56,22 @@ from typing import Optional, Union
 
 import numpy as np
 
-from vidur_env.config import setting
+from vidur_env.errors import ConfigError, setting
 from vidur_env.kv_cache import BLOCK_SIZE as CACHE_BLOCK_TOKENS
 
 PathLike = Union[str, Path]
 
 FORMATS = ("vidur", "vidur_lengths", "azure", "mooncake")
-"""Trace formats :func:`read_trace` understands (plus ``"auto"``)."""
+"""Trace formats :func:`read_trace` understands (plus :data:`AUTO_FORMAT`)."""
+AUTO_FORMAT = "auto"
+"""The format setting that detects the format from the file's header or first line (the default)."""
+FORMAT_CHOICES = (*FORMATS, AUTO_FORMAT)
+"""What a format setting accepts: ``read_trace``'s ``fmt``, ``WorkloadConfig.trace_format``, ``--trace-format``."""
 
 ZERO_TOKEN_POLICIES = ("error", "drop", "clip")
 """What to do with rows whose prompt or output has 0 tokens: raise, drop them, or raise them to 1
-(Vidur's replay clips to 1 silently; here the choice is explicit and the count is reported)."""
+(Vidur's replay clips to 1 silently; here the choice is explicit and the count is reported). The
+first is the default."""
 
 SAMPLE_TRACES = {"sample": "sample_trace.csv"}
 """Traces shipped in ``vidur_env/data``, by the name that selects them (``--trace sample``)."""
@@ -92,7 +97,7 @@ _AZURE_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,9
 accepts, so the column is parsed by NumPy at nanosecond resolution (up to 9 digits)."""
 
 
-class TraceFormatError(ValueError):
+class TraceFormatError(ConfigError):
     """A trace that cannot be read. The message is ``file:line: field: problem``."""
 
     def __init__(self, path: PathLike, line: int, field: Optional[str], problem: str) -> None:
@@ -213,20 +218,20 @@ def detect_format(path: PathLike) -> str:
     )
 
 
-def read_trace(path: PathLike, fmt: str = "auto", zero_tokens: str = "error") -> Trace:
+def read_trace(path: PathLike, fmt: str = AUTO_FORMAT, zero_tokens: str = ZERO_TOKEN_POLICIES[0]) -> Trace:
     """Read a trace file of format ``fmt`` (see module docstring) into a :class:`Trace`.
 
     :param path: the trace file, or the name of a shipped trace (:func:`trace_path`).
-    :param fmt: one of :data:`FORMATS` or ``"auto"``.
+    :param fmt: one of :data:`FORMAT_CHOICES`.
     :param zero_tokens: one of :data:`ZERO_TOKEN_POLICIES`; how rows with 0 prompt or output
         tokens are handled (``WorkloadConfig.trace_zero_tokens``, ``--trace-zero-tokens``). Negative counts, non-integers and decreasing times always raise.
     """
-    if fmt not in FORMATS + ("auto",):
-        raise ValueError(f"trace format must be one of {FORMATS + ('auto',)}, got {fmt!r}")
+    if fmt not in FORMAT_CHOICES:
+        raise ConfigError(f"trace format must be one of {FORMAT_CHOICES}, got {fmt!r}")
     if zero_tokens not in ZERO_TOKEN_POLICIES:
-        raise ValueError(f"zero_tokens must be one of {ZERO_TOKEN_POLICIES}, got {zero_tokens!r}")
+        raise ConfigError(f"zero_tokens must be one of {ZERO_TOKEN_POLICIES}, got {zero_tokens!r}")
     path = trace_path(path)
-    if fmt == "auto":
+    if fmt == AUTO_FORMAT:
         fmt = detect_format(path)
     return _build_trace(path, fmt, _read_columns(path, fmt), zero_tokens)
 

@@ -33,9 +33,10 @@ from typing import Optional
 
 import numpy as np
 
-from vidur_env.config import setting
+from vidur_env.errors import ConfigError, setting
+from vidur_env.hardware import DEFAULT_MAX_TOKENS
 from vidur_env.sessions import SessionConfig, SessionConfigError, generate_sessions
-from vidur_env.traces import FORMATS, SAMPLE_TRACES, ZERO_TOKEN_POLICIES, Trace, read_trace, trace_path
+from vidur_env.traces import AUTO_FORMAT, FORMAT_CHOICES, SAMPLE_TRACES, ZERO_TOKEN_POLICIES, Trace, read_trace, trace_path
 
 ARRIVALS = ("poisson", "gamma", "static", "trace")
 """Arrival processes :attr:`WorkloadConfig.arrival` accepts."""
@@ -70,7 +71,7 @@ class Requests:
         return len(self.arrived_at)
 
 
-class WorkloadConfigError(ValueError):
+class WorkloadConfigError(ConfigError):
     """A :class:`WorkloadConfig` field with an unusable value; the message names the field."""
 
 
@@ -122,9 +123,9 @@ class WorkloadConfig:
     ``offset .. offset + num_requests - 1``, times shifted so that the first of them arrives at
     the trace's first time stamp. ``"random"`` draws the offset uniformly from the generator on
     every call (a new window of the trace per RL episode, reproducible by seed)."""
-    trace_format: str = "auto"
+    trace_format: str = AUTO_FORMAT
     """Trace format: auto | vidur | vidur_lengths | azure | mooncake (see vidur_env.traces)."""
-    trace_zero_tokens: str = "error"
+    trace_zero_tokens: str = ZERO_TOKEN_POLICIES[0]
     """Trace rows with 0 prompt or output tokens: error | drop | clip (to 1); dropped or
     clipped rows are counted in a warning."""
     time_scale: float = 1.0
@@ -138,7 +139,7 @@ class WorkloadConfig:
     decode_scale: float = 1.0
     """Multiplies output lengths like ``prefill_scale`` (Vidur's decode_scale_factor). Used by
     lengths=trace and default."""
-    max_tokens: int = 4096
+    max_tokens: int = DEFAULT_MAX_TOKENS
     """Largest prompt + output of a request (Vidur's max_tokens): longer sampled or trace
     requests are cut (and counted in :attr:`Requests.num_cut`), fixed/uniform/zipf settings
     beyond it are rejected."""
@@ -616,7 +617,7 @@ def _check_choices(config: WorkloadConfig) -> None:
     for field, choices in (
         ("arrival", ARRIVALS),
         ("lengths", LENGTHS),
-        ("trace_format", FORMATS + ("auto",)),
+        ("trace_format", FORMAT_CHOICES),
         ("trace_zero_tokens", ZERO_TOKEN_POLICIES),
     ):
         value = getattr(config, field)

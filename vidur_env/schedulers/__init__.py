@@ -6,7 +6,7 @@ optionally, ``steady_run``), plus one line in ``SCHEDULERS``.
 """
 from __future__ import annotations
 
-from vidur_env.schedulers.base import Batch, ReplicaScheduler, SchedulerLimits, SteadyRun
+from vidur_env.schedulers.base import VLLM_BATCH_RULES, Batch, ReplicaScheduler, SchedulerLimits, SteadyRun
 from vidur_env.schedulers.orca import OrcaScheduler
 from vidur_env.schedulers.sarathi import SarathiScheduler
 from vidur_env.schedulers.vllm import VLLMScheduler
@@ -19,5 +19,5 @@ SCHEDULERS: dict[str, type[ReplicaScheduler]] = {
 """Schedulers by the name configs and flags use; the first is the default."""
 SCHEDULER_NAMES = tuple(SCHEDULERS)
 
-__all__ = ["SCHEDULERS", "SCHEDULER_NAMES", "Batch", "OrcaScheduler", "ReplicaScheduler", "SarathiScheduler",
+__all__ = ["SCHEDULERS", "SCHEDULER_NAMES", "VLLM_BATCH_RULES", "Batch", "OrcaScheduler", "ReplicaScheduler", "SarathiScheduler",
            "SchedulerLimits", "SteadyRun", "VLLMScheduler"]

@@ -49,6 +49,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from vidur_env.decode_set import DecodeSet
+from vidur_env.hardware import DEFAULT_BATCH_SIZE_CAP, DEFAULT_MAX_TOKENS
 from vidur_env.kv_cache import KVCache, PrefixKVCache
 from vidur_env.replica_stats import ReplicaStats
 from vidur_env.request_table import UNSET, RequestTable
@@ -63,21 +64,27 @@ budget (``gated``), whether that partial is the head of the queue, which the run
 iteration admits)."""
 
 
+VLLM_BATCH_RULES = ("padded", "sum")
+"""vLLM's prefill-batch token rules (:attr:`SchedulerLimits.vllm_batch_rule`): Vidur main's padded
+(batch length x longest prompt) and 0.0.26's sum."""
+
+
 @dataclass(frozen=True)
 class SchedulerLimits:
-    """Knobs of a replica's batching scheduler and KV cache, with Vidur's defaults."""
+    """Knobs of a replica's batching scheduler and KV cache, with Vidur's defaults (which
+    :class:`~vidur_env.config.ReplicaConfig` takes from here)."""
 
     num_blocks: int
     max_batch_size: int
     """Request slots from the memory planner (used by Orca)."""
-    batch_size_cap: int = 128
+    batch_size_cap: int = DEFAULT_BATCH_SIZE_CAP
     chunk_size: int = 512
     """Sarathi's token budget per iteration."""
     max_tokens_in_batch: int = 4096
     """vLLM's limit on the tokens of one prefill batch."""
-    vllm_batch_rule: str = "padded"
+    vllm_batch_rule: str = VLLM_BATCH_RULES[0]
     """'padded': Vidur main, batch_len * longest prompt <= limit; 'sum': Vidur 0.0.26, sum of prompts."""
-    max_tokens: int = 4096
+    max_tokens: int = DEFAULT_MAX_TOKENS
     """Longest request; Orca reserves this many tokens of KV per request at admission."""
     watermark_fraction: float = 0.01
     prefix_caching: bool = False

@@ -5,12 +5,13 @@ One interface (:class:`ExecutionTimeModel.iteration_time`), two sources:
 :func:`profiled_time_model` (interpolation over Vidur-format CSVs). See ``base`` for the keying
 rules (``"vidur"`` main branch, ``"vidur_pypi"`` PyPI 0.0.26 build).
 """
-from .base import KEYINGS, ExecutionTimeModel, VidurOverheads
+from .base import DEFAULT_KEYING, KEYINGS, ExecutionTimeModel, VidurOverheads
 from .builtin import BuiltinTimeModel, builtin_time_model
 from .errors import OutOfGridError, ProfileDataError, TimeModelError
 from .profiled import ProfiledTimeModel, profiled_time_model
 
 __all__ = [
+    "DEFAULT_KEYING",
     "KEYINGS",
     "BuiltinTimeModel",
     "ExecutionTimeModel",

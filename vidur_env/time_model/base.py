@@ -39,10 +39,13 @@ from dataclasses import dataclass
 from ..hardware import DeviceSpec, ModelSpec
 from .errors import TimeModelError
 
-__all__ = ["KEYINGS", "ExecutionTimeModel", "VidurOverheads"]
+__all__ = ["DEFAULT_KEYING", "KEYINGS", "ExecutionTimeModel", "VidurOverheads"]
 
 KEYINGS = {"vidur": 64, "vidur_pypi": 256}
-"""Supported keyings and their default KV rounding granularity (tokens)."""
+"""Supported keyings and their default KV rounding granularity (tokens): the one list that
+``ClusterConfig.keying`` and ``--keying`` choose from."""
+DEFAULT_KEYING = "vidur"
+"""Vidur's main branch, what VIDUR_SEMANTICS.md describes."""
 
 PYPI_PREFILL_CHUNK_MULTIPLE = 32
 """The PyPI build rounds each prefill chunk up to a multiple of 32 before its lookup."""
@@ -93,7 +96,7 @@ class ExecutionTimeModel(ABC):
         device: DeviceSpec,
         tp: int,
         *,
-        keying: str = "vidur",
+        keying: str = DEFAULT_KEYING,
         pipeline_stages: int = 1,
         kv_granularity: int | None = None,
         overheads: VidurOverheads = VidurOverheads(),

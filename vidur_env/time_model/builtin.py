@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..hardware import DeviceSpec, ModelSpec, get_device, get_model
-from .base import ExecutionTimeModel, VidurOverheads
+from .base import DEFAULT_KEYING, ExecutionTimeModel, VidurOverheads
 from .errors import TimeModelError
 from .interpolation import Curve1D
 
@@ -141,7 +141,7 @@ def builtin_time_model(
     model: ModelSpec | str,
     device: DeviceSpec | str,
     tp: int,
-    keying: str = "vidur",
+    keying: str = DEFAULT_KEYING,
     *,
     pipeline_stages: int = 1,
     network_device: str | None = None,

@@ -1,8 +1,11 @@
-"""Errors raised by the execution-time model (all ValueErrors, so bad input never ends in a bare traceback)."""
+"""Errors raised by the execution-time model: vidur_env user errors (:class:`ConfigError`, a
+ValueError), so bad input never ends in a bare traceback."""
 from __future__ import annotations
 
+from ..errors import ConfigError
 
-class TimeModelError(ValueError):
+
+class TimeModelError(ConfigError):
     """Base class of every execution-time model error."""
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Mapping, Sequence
 
-from ..config import setting
+from ..errors import setting
 from .errors import OutOfGridError, TimeModelError
 
 

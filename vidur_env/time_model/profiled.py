@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..hardware import DeviceSpec, ModelSpec, get_device, get_model
-from .base import ExecutionTimeModel, VidurOverheads
+from .base import DEFAULT_KEYING, ExecutionTimeModel, VidurOverheads
 from .errors import TimeModelError
 from .interpolation import ABOVE_GRID, Curve1D, RowGrid2D
 from .profiles import RowCurves, all_reduce_profile, attention_profile, linear_ops_profile, profile_paths
@@ -129,7 +129,7 @@ def profiled_time_model(
     device: DeviceSpec | str,
     tp: int,
     network_device: str | None = None,
-    keying: str = "vidur",
+    keying: str = DEFAULT_KEYING,
     *,
     extrapolate: bool = True,
     above_grid: str = "clamp",
