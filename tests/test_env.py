@@ -112,6 +112,20 @@ def test_ttft_reward_returns_minus_total_ttft():
     assert sum(rewards) == pytest.approx(-info["request_metrics"].prefill_e2e_time.sum() / 0.1, rel=1e-9)
 
 
+@pytest.mark.parametrize("weight", [0.0, 10.0, 25.0])
+def test_latency_ttft_reward_returns_minus_e2e_plus_weighted_ttft(weight):
+    env = VidurRoutingEnv(**SMALL, reward="latency_ttft", ttft_weight=weight, reward_scale=2.0)
+    _, rewards, info = run_episode(env, random_policy(3))
+    m = info["request_metrics"]
+    expected = -(m.request_e2e_time.sum() + weight * m.prefill_e2e_time.sum()) / 2.0
+    assert sum(rewards) == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_negative_ttft_weight_is_named():
+    with pytest.raises(ConfigError, match="ttft_weight: must be a finite number >= 0"):
+        VidurRoutingEnv(**SMALL, reward="latency_ttft", ttft_weight=-1)
+
+
 def test_slo_reward_counts_misses_at_completion():
     env = VidurRoutingEnv(**SMALL, reward="slo", slo_ttft_s=0.2, slo_e2e_s=5.0)
     _, rewards, info = run_episode(env, random_policy(2))

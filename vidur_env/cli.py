@@ -24,7 +24,7 @@ from vidur_env.errors import UNSET, ConfigError, python_spelling, spell_settings
 from vidur_env.evaluation import evaluate, load_model
 from vidur_env.hardware import DEVICES
 from vidur_env.metrics import CSV_LAYOUTS, DEFAULT_CSV_LAYOUT, write_json
-from vidur_env.reward import DEFAULT_REWARD, REWARDS
+from vidur_env.reward import DEFAULT_REWARD, REWARDS, RewardSettings
 from vidur_env.routers import ROUTERS, load_only_routers
 from vidur_env.cache_view import CACHE_VIEWS
 from vidur_env.env import OUTPUT_PREDICTORS
@@ -308,6 +308,8 @@ def add_evaluate_parser(commands: argparse._SubParsersAction, base: Scenario) ->
                                       "and/or --slo-e2e)")
     evaluate_parser.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO in seconds (reward slo)")
     evaluate_parser.add_argument("--slo-e2e", type=float, default=None, help="E2E SLO in seconds (reward slo)")
+    evaluate_parser.add_argument("--ttft-weight", type=float, default=RewardSettings.ttft_weight,
+                                 help="weight of TTFT in reward latency_ttft (default %(default)s)")
     evaluate_parser.add_argument("--obs-refresh-ms", type=float, default=None,
                                  help="observation staleness, as the agent was trained with (default: the scenario's, "
                                       "0 = fresh unless it sets one)")
@@ -344,6 +346,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "scenario": scenario,
         "num_requests": episode_requests,
         "reward": args.reward, "slo_ttft_s": args.slo_ttft, "slo_e2e_s": args.slo_e2e,
+        "ttft_weight": args.ttft_weight,
         "obs_refresh_ms": observation.get("obs_refresh_ms", 0.0) if args.obs_refresh_ms is None else args.obs_refresh_ms,
         "cache_view": None if cache_view == "none" else cache_view,
         "output_predictor": args.output_predictor, "predictor_error": args.predictor_error,

@@ -100,6 +100,9 @@ class VidurRoutingEnv(gym.Env):
       fixed draw of the workload, so a step's reward is about minus the mean slowdown.
     - ``"ttft"``: the same with the number of requests still waiting for their first token;
       return ``-sum(TTFT) / reward_scale``, default scale the mean isolated TTFT.
+    - ``"latency_ttft"``: the latency reward plus ``ttft_weight`` (default 10) times the ttft
+      area, both over the latency scale: return ``-(sum(E2E) + w sum(TTFT)) / reward_scale``,
+      for routers judged on time to first token as well as E2E.
     - ``"slo"``: minus the number of requests completing in the step that miss the SLO
       (TTFT above ``slo_ttft_s`` or E2E above ``slo_e2e_s``; at least one is required), over
       ``reward_scale`` (default 1); the return is minus the number of misses.
@@ -158,7 +161,7 @@ class VidurRoutingEnv(gym.Env):
       for every episode from the env's generator (uniform over the rows that leave
       ``num_requests`` requests), so that training on a long trace with, say,
       ``num_requests=512, trace_offset="random"`` sees all of it, reproducibly by seed.
-    - ``reward``, ``reward_scale``, ``slo_ttft_s``, ``slo_e2e_s``: see Rewards.
+    - ``reward``, ``reward_scale``, ``slo_ttft_s``, ``slo_e2e_s``, ``ttft_weight``: see Rewards.
     - ``traffic``: training randomisation, a :class:`vidur_env.scenarios.TrafficRange` or a
       dict of its ranges (``load``, ``cv``, ``length_scale``): every episode draws its load
       level (arrival rate from the capacity measured for the drawn lengths), Gamma burstiness
@@ -197,6 +200,7 @@ class VidurRoutingEnv(gym.Env):
         reward_scale: float | None = None,
         slo_ttft_s: float | None = None,
         slo_e2e_s: float | None = None,
+        ttft_weight: float = RewardSettings.ttft_weight,
         obs_refresh_ms: float | None = None,
         output_predictor: str = "none",
         predictor_error: float = 0.5,
@@ -226,7 +230,7 @@ class VidurRoutingEnv(gym.Env):
         self.scenario.validate()
         self.reward_class: type[Reward] = reward_class(reward)
         self.reward_kind = self.reward_class.name
-        self.reward_settings = RewardSettings(slo_ttft_s, slo_e2e_s)
+        self.reward_settings = RewardSettings(slo_ttft_s, slo_e2e_s, ttft_weight)
         self.reward_class.check(self.reward_settings)
         check_options(num_requests, reward_scale, obs_refresh_ms, max_queue, render_mode)
         self.render_mode = render_mode

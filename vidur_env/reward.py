@@ -40,12 +40,17 @@ class RewardSettings:
 
     slo_ttft_s: float | None = None
     slo_e2e_s: float | None = None
+    ttft_weight: float = 10.0
+    """Weight of the TTFT area in the ``latency_ttft`` reward (E2E area weighs 1)."""
 
     def __post_init__(self) -> None:
         for name in ("slo_ttft_s", "slo_e2e_s"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"VidurRoutingEnv.{name}: must be a positive number of seconds, got {value!r}")
+        weight = self.ttft_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+            raise ConfigError(f"VidurRoutingEnv.ttft_weight: must be a finite number >= 0, got {weight!r}")
 
 
 class Reward(ABC):
@@ -216,6 +221,36 @@ class TTFTReward(LatencyReward):
     scale_by = "ttft"
     count_stat = "num_first_tokens"
     time_sum_stat = "first_token_time_sum"
+
+
+@register_reward
+class LatencyTTFTReward(Reward):
+    """The ``latency`` reward plus ``ttft_weight`` times the ``ttft`` area, both over the E2E
+    scale (reward="latency_ttft"): the return is ``-(sum(E2E) + w sum(TTFT)) / scale``.
+
+    Why: TTFT is a tenth of E2E or less, so under the latency reward a router that halves
+    queueing for the first token gains almost nothing; the weight makes time to first token
+    count as production SLOs do, while E2E still holds the rest.
+    """
+
+    name = "latency_ttft"
+    scale_by = "e2e"
+
+    def __init__(self, table: "RequestTable", replicas: Sequence["Replica"], scale: float,
+                 settings: RewardSettings = RewardSettings()) -> None:
+        self.e2e = LatencyReward(table, replicas, scale, settings)
+        self.ttft = TTFTReward(table, replicas, scale, settings)
+        self.weight = settings.ttft_weight
+
+    def add(self, rid: int, replica: int) -> None:
+        self.e2e.add(rid, replica)
+        self.ttft.add(rid, replica)
+
+    def step(self, t: float) -> float:
+        return self.e2e.step(t) + self.weight * self.ttft.step(t)
+
+    def finish(self) -> float:
+        return self.e2e.finish() + self.weight * self.ttft.finish()
 
 
 @register_reward

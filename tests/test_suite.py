@@ -1,0 +1,93 @@
+"""The scenario suite: flags and errors, the report's verdicts, and one tiny run end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sb3_klppo import suite as suite_module
+from sb3_klppo.cli import main
+from sb3_klppo.suite import heuristics_for, replay_kwargs
+from sb3_klppo.suite_report import FIGURES, verdict
+from vidur_env.routers import load_only_routers
+from vidur_env.simulation import cluster_capacity
+from vidur_env.traces import read_trace
+
+TINY = ["--set", "ppo.total_timesteps=128", "--set", "ppo.n_envs=2", "--set", "ppo.n_steps=32",
+        "--set", "ppo.batch_size=32", "--set", "ppo.n_epochs=1", "--set", "warm_start.n_samples=64",
+        "--set", "warm_start.bc_epochs=1", "--set", "monitoring.tensorboard=false",
+        "--episodes", "2", "--teacher-episodes", "1", "--episode-requests", "24"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--scenarios", "nope"], "--scenarios: scenario: unknown name 'nope'"),
+    (["--seeds", "0"], "--seeds: must be at least 1"),
+    (["--episodes", "1"], "--episodes: must be at least 2"),
+    (["--set", "ppo.gamma"], "--set 'ppo.gamma': expected KEY=VALUE"),
+    (["--set", "ppo.nope=1"], "unknown config key 'ppo.nope'"),
+    (["--replay", "missing.csv"], "--replay: no trace file at missing.csv"),
+])
+def test_bad_suite_flags_exit_2_with_one_line(tmp_path, capsys, flags, message):
+    assert main(["suite", "--output-dir", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "suite.json").exists()
+
+
+def test_cache_aware_routers_join_only_where_requests_share_prefixes_and_observations_are_fresh():
+    assert heuristics_for("default") == load_only_routers() == heuristics_for("stale1000")
+    prefix = heuristics_for("prefix")
+    assert set(load_only_routers()) < set(prefix) and "dynamo_kv" in prefix and "consistent_hash" in prefix
+
+
+def fake_result(trained_pct: dict[str, tuple[float, float]]) -> dict:
+    """A scenario result whose trained-vs-best differences are the given (mean, half width) pairs."""
+    best = {f: "lwl" for f in FIGURES}
+    paired = {row: {"lwl": {f: {"mean_pct": m, "half_width_pct": h,
+                                "verdict": "better" if m + h < 0 else "worse" if m - h > 0 else "tie"}
+                            for f, (m, h) in trained_pct.items()}} for row in ("trained", "trained_sampled")}
+    return {"best_heuristic": best, "paired": paired}
+
+
+@pytest.mark.parametrize("diffs, expected", [
+    ({"e2e_mean": (0.5, 1), "e2e_p99": (-1, 2), "ttft_mean": (-12, 3), "ttft_p99": (-8, 9)}, "win (TTFT mean)"),
+    ({"e2e_mean": (0.5, 1), "e2e_p99": (-1, 2), "ttft_mean": (-12, 13), "ttft_p99": (-8, 9)}, "no 10% win"),
+    ({"e2e_mean": (2.5, 1), "e2e_p99": (-1, 2), "ttft_mean": (-12, 3), "ttft_p99": (-8, 9)}, "worse by more than 2%"),
+])
+def test_a_win_needs_ten_percent_with_the_interval_off_zero_and_nothing_two_percent_worse(diffs, expected):
+    assert verdict(fake_result(diffs)).startswith(expected)
+
+
+def test_a_replay_runs_at_the_asked_fraction_of_capacity():
+    trace = "sample"
+    kwargs = replay_kwargs("hetero", trace, 0.8, 20)
+    rows = read_trace(trace)
+    rate = (len(rows) - 1) / float(rows.arrived_at[-1] - rows.arrived_at[0])
+    workload = kwargs["workload"]
+    capacity = cluster_capacity(kwargs["cluster"], workload)
+    assert rate / workload.time_scale == pytest.approx(0.8 * capacity)
+    assert workload.trace_offset == "random" and kwargs["num_requests"] == 20
+
+
+def test_a_tiny_suite_writes_its_tables_and_resumes_without_retraining(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "suite"
+    assert main(["suite", "--scenarios", "hetero", "--seeds", "2", "--output-dir", str(out), *TINY]) == 0, \
+        capsys.readouterr().err
+    data = json.loads((out / "suite.json").read_text())
+    result = data["scenarios"]["hetero"]
+    policies = result["policies"]
+    assert {"trained", "trained_sampled", "lower_bound", *load_only_routers()} == set(policies)
+    assert all(set(FIGURES) <= set(row) for row in policies.values())
+    assert result["teacher"] in load_only_routers() and len(result["run_dirs"]) == 2
+    paired = result["paired"]["trained"]["least_work_left"]["ttft_p99"]
+    assert paired["episodes"] == 2 and np.isfinite(paired["mean_pct"])
+    assert all(len(result["per_seed_vs_best_pct"][f]) == 2 for f in FIGURES)
+    markdown = (out / "suite.md").read_text()
+    assert "| hetero |" in markdown and (out / "suite.png").stat().st_size > 0
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("a finished scenario was trained again")
+    monkeypatch.setattr(suite_module, "run_scenario", no_training)
+    assert main(["suite", "--scenarios", "hetero", "--seeds", "2", "--output-dir", str(out), *TINY]) == 0
+    assert json.loads((out / "suite.json").read_text())["scenarios"]["hetero"] == result
