@@ -443,14 +443,14 @@ class DecisionCountReward(Reward):
 
 
 def test_a_reward_registered_in_one_class_is_chosen_by_name(monkeypatch):
-    with pytest.raises(ConfigError, match="must be one of latency, ttft, slo"):
+    with pytest.raises(ConfigError, match=f"must be one of {', '.join(REWARDS)}$"):
         VidurRoutingEnv(reward="decisions", **SMALL)
     monkeypatch.setitem(REWARDS, "decisions", DecisionCountReward)
     env = VidurRoutingEnv(reward="decisions", **SMALL)
     assert env.reward_scale == 1.0 and env.reward_kind == "decisions"
     _, rewards, _ = run_episode(env)
     assert rewards == [-1.0] * SMALL["num_requests"]
-    with pytest.raises(ConfigError, match="must be one of latency, ttft, slo, decisions"):
+    with pytest.raises(ConfigError, match="must be one of latency, ttft, latency_ttft, slo, decisions"):
         VidurRoutingEnv(reward="decision", **SMALL)
 
 
