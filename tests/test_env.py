@@ -443,7 +443,7 @@ class DecisionCountReward(Reward):
 
 
 def test_a_reward_registered_in_one_class_is_chosen_by_name(monkeypatch):
-    with pytest.raises(ConfigError, match=f"must be one of {', '.join(REWARDS)}$"):
+    with pytest.raises(ConfigError, match=f"must be one of {', '.join(REWARDS)} "):
         VidurRoutingEnv(reward="decisions", **SMALL)
     monkeypatch.setitem(REWARDS, "decisions", DecisionCountReward)
     env = VidurRoutingEnv(reward="decisions", **SMALL)
