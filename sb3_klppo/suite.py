@@ -184,7 +184,7 @@ def train_one(config: str | None, overrides: dict[str, Any]) -> str:
     return str(run_dir)
 
 
-def training_overrides(settings: SuiteSettings, name: str, teacher: str, seed: int) -> dict[str, Any]:
+def training_overrides(settings: SuiteSettings, name: str, teacher: str | None, seed: int) -> dict[str, Any]:
     """The base config's overrides for scenario ``name``'s run with ``seed``: its training
     distribution, the teacher, its own directory, no evaluation or curve (the suite evaluates)."""
     overrides = dict(settings.overrides)
@@ -194,12 +194,12 @@ def training_overrides(settings: SuiteSettings, name: str, teacher: str, seed: i
         "number_runs": False, "overwrite": True, "evaluation.enabled": False, "monitoring.curve_every": 0,
         "monitoring.progress_bar": False, "monitoring.verbose": 0,
     })
-    if "warm_start.expert" not in dict(settings.overrides):
+    if teacher is not None and "warm_start.expert" not in dict(settings.overrides):
         overrides["warm_start.expert"] = teacher
     return overrides
 
 
-def train_seeds(settings: SuiteSettings, name: str, teacher: str) -> tuple[list[str], list[float]]:
+def train_seeds(settings: SuiteSettings, name: str, teacher: str | None) -> tuple[list[str], list[float]]:
     """Train every seed (``--jobs`` at once); the run directories and each run's seconds."""
     base_seed = resolve_config(settings.config, dict(settings.overrides)).seed
     jobs = [training_overrides(settings, name, teacher, base_seed + k) for k in range(settings.seeds)]
@@ -292,7 +292,9 @@ def run_scenario(settings: SuiteSettings, name: str) -> dict[str, Any]:
 
     heuristics = heuristics_for(name)
     base = resolve_config(settings.config, dict(settings.overrides))
-    if "warm_start.expert" in dict(settings.overrides) or not base.warm_start.enabled:
+    if not base.warm_start.enabled:
+        teacher, teacher_figures = None, {}
+    elif "warm_start.expert" in dict(settings.overrides):
         teacher, teacher_figures = base.warm_start.expert, {}
     else:
         teacher, teacher_figures = choose_teacher(settings, name, heuristics)

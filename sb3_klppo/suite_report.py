@@ -97,7 +97,7 @@ def markdown(results: dict[str, Any], settings: dict[str, Any]) -> str:
              "![suite](suite.png)", "", "| scenario | teacher | verdict | training s/seed |", "|---|---|---|---|"]
     for name, result in results.items():
         seconds = sum(result["training_seconds"]) / len(result["training_seconds"])
-        lines.append(f"| {name} | {result['teacher']} | {verdict(result)} | {seconds:.0f} |")
+        lines.append(f"| {name} | {result['teacher'] or 'none (no warm start)'} | {verdict(result)} | {seconds:.0f} |")
     for name, result in results.items():
         lines += ["", f"## {name}", "", result["description"] + ".", "", f"Simulated: {result['simulated']}.", "",
                   *policy_table(result), "", *comparison_table(result)]
