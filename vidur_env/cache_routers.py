@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -80,6 +81,34 @@ def match_fraction(matched_blocks: int, prefill: int) -> float:
     return min(BLOCK_TOKENS * matched_blocks, prefill) / max(prefill, 1)
 
 
+class SimulatorSignals(Signals):
+    """:class:`Signals` read from the simulator and a cache view on demand, once each: a rule
+    pays only for what it reads (most never read the occupancy, SGLang's only below its cache
+    threshold), and routing is on the hot path of every simulation with a cache router."""
+
+    def __init__(self, sim: "ClusterSimulator", view: CacheView, prefill: int, matches: list[int]) -> None:
+        # not the dataclass's __init__: the fields are the cached properties below (which write
+        # the instance dict directly, so the frozen dataclass lets them)
+        self.__dict__.update(replicas=sim.replicas, view=view, prefill=prefill, matches=matches)
+
+    @cached_property
+    def match(self) -> list[float]:
+        prefill = self.prefill
+        return [match_fraction(m, prefill) for m in self.matches]
+
+    @cached_property
+    def occupancy(self) -> list[float]:
+        return [min(cached / r.num_blocks, 1.0) for cached, r in zip(self.view.cached_all(), self.replicas)]
+
+    @cached_property
+    def load(self) -> list[int]:
+        return [load(r) for r in self.replicas]
+
+    @cached_property
+    def kv_utilization(self) -> list[float]:
+        return [r.kv_utilization for r in self.replicas]
+
+
 class CacheAwareRouter(Router):
     """Base class: builds the cache view at the first decision of an episode, asks
     :meth:`decide`, and records the routed prompt blocks in the view. From observations
@@ -104,14 +133,7 @@ class CacheAwareRouter(Router):
 
     def decide(self, sim: "ClusterSimulator", rid: int, matches: list[int]) -> int:
         """The replica for request ``rid``, ``matches[i]`` of whose prompt blocks are cached at replica i."""
-        prefill = sim.table.orig_prefill[rid]
-        replicas = sim.replicas
-        return self.rule(Signals(
-            match=[match_fraction(m, prefill) for m in matches],
-            occupancy=[min(self.view.cached(i) / r.num_blocks, 1.0) for i, r in enumerate(replicas)],
-            load=[load(r) for r in replicas],
-            kv_utilization=[r.kv_utilization for r in replicas],
-        ))
+        return self.rule(SimulatorSignals(sim, self.view, sim.table.orig_prefill[rid], matches))
 
     def rule(self, signals: Signals) -> int:
         """The replica the router's rule picks."""
