@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from functools import cached_property
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -82,31 +81,28 @@ def match_fraction(matched_blocks: int, prefill: int) -> float:
 
 
 class SimulatorSignals(Signals):
-    """:class:`Signals` read from the simulator and a cache view on demand, once each: a rule
-    pays only for what it reads (most never read the occupancy, SGLang's only below its cache
-    threshold), and routing is on the hot path of every simulation with a cache router."""
+    """:class:`Signals` read from the simulator and a cache view: the match and the load, which
+    every rule weighs, at once; the occupancy and the KV utilisation when a rule first reads
+    them (most never read the occupancy, SGLang only below its cache threshold), as routing is
+    on the hot path of every simulation with a cache router."""
 
     def __init__(self, sim: "ClusterSimulator", view: CacheView, prefill: int, matches: list[int]) -> None:
-        # not the dataclass's __init__: the fields are the cached properties below (which write
-        # the instance dict directly, so the frozen dataclass lets them)
-        self.__dict__.update(replicas=sim.replicas, view=view, prefill=prefill, matches=matches)
+        # not the dataclass's __init__ (frozen): the fields go to the instance dict directly
+        replicas = sim.replicas
+        self.__dict__.update(replicas=replicas, view=view,
+                             match=[match_fraction(m, prefill) for m in matches],
+                             load=[load(r) for r in replicas])
 
-    @cached_property
-    def match(self) -> list[float]:
-        prefill = self.prefill
-        return [match_fraction(m, prefill) for m in self.matches]
-
-    @cached_property
-    def occupancy(self) -> list[float]:
-        return [min(cached / r.num_blocks, 1.0) for cached, r in zip(self.view.cached_all(), self.replicas)]
-
-    @cached_property
-    def load(self) -> list[int]:
-        return [load(r) for r in self.replicas]
-
-    @cached_property
-    def kv_utilization(self) -> list[float]:
-        return [r.kv_utilization for r in self.replicas]
+    def __getattr__(self, name: str) -> list[float]:
+        """The occupancy or KV utilisation, computed at the first read (later reads find it)."""
+        if name == "occupancy":
+            value = [min(cached / r.num_blocks, 1.0) for cached, r in zip(self.view.cached_all(), self.replicas)]
+        elif name == "kv_utilization":
+            value = [r.kv_utilization for r in self.replicas]
+        else:
+            raise AttributeError(name)
+        self.__dict__[name] = value
+        return value
 
 
 class CacheAwareRouter(Router):
