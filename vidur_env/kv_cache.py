@@ -27,7 +27,7 @@ block past the prompt, so :class:`GroupGrowth` holds as it is.
 """
 from __future__ import annotations
 
-from itertools import repeat
+from itertools import repeat, takewhile
 from math import inf
 
 from vidur_env.request_table import RequestTable
@@ -241,13 +241,7 @@ class PrefixKVCache(KVCache):
 
     def match_blocks(self, hashes: tuple[int, ...]) -> int:
         self._evict()
-        states = self.states
-        hits = 0
-        for h in hashes:
-            if h not in states:
-                break
-            hits += 1
-        return hits
+        return len(list(takewhile(self.states.__contains__, hashes)))  # in C: every routing decision asks
 
     def _hits(self, rid: int) -> tuple[int, int]:
         """Blocks ``rid`` (holding none) would hit at admission, and how many of them are
