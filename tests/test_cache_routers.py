@@ -90,6 +90,22 @@ def test_prefix_index_evicts_exactly_the_least_recent_keys_over_many_records():
     assert len(index.log_keys[0]) - index.front[0] <= 2 * capacity + 30  # the read part of the log is dropped
 
 
+def test_prefix_index_keeps_a_key_recorded_twice_at_its_most_recent_place():
+    """One stamp per recorded run: a key twice in one prompt must still leave the LRU order
+    where a stamp per key would put it (its first place in the prompt, the most recent)."""
+    from collections import OrderedDict
+
+    index, reference = PrefixIndex([4]), OrderedDict()
+    for keys in ((1, 2, 1, 3), (7, 8), (9,)):
+        index.record(0, keys)
+        for key in reversed(keys):
+            reference[key] = None
+            reference.move_to_end(key)
+        while len(reference) > 4:
+            reference.popitem(last=False)
+        assert set(index.blocks[0]) == set(reference)
+
+
 def test_sglang_takes_the_best_match_above_the_threshold():
     sim = cluster([replica(cached=KEYS[:2]), replica(cached=KEYS[:4], running=3), replica()], KEYS)
     assert route("sglang_cache_aware_precise", sim) == 1  # 4/10 >= 0.3

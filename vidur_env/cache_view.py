@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 from vidur_env.kv_cache import BLOCK_SIZE as BLOCK_TOKENS
-from vidur_env.stamp_log import drop_oldest
+from vidur_env.stamp_log import drop_oldest, stamp
 
 if TYPE_CHECKING:
     from vidur_env.cluster import ClusterSimulator
@@ -40,18 +40,21 @@ class PrefixIndex:
     property of keys, a replica holding key i holds keys 0..i too, and :meth:`match` finds
     the longest indexed prefix by binary search.
 
-    Recency is a stamp per key plus a log of (key, stamp) in stamp order, read from a front
-    position (:mod:`vidur_env.stamp_log`): recording and evicting work on whole slices of keys
-    in C, as a prompt's hundreds of keys are stamped again at every request of its session.
+    Recency is one stamp per recorded request, written for each of its keys, plus a log of the
+    recorded runs of keys in stamp order, read from a front position
+    (:mod:`vidur_env.stamp_log`): recording and evicting work on whole runs of keys in C, as a
+    prompt's hundreds of keys are stamped again at every request of its session.
     """
 
     def __init__(self, capacities: Sequence[int]) -> None:
         self.capacities = list(capacities)
         self.blocks: list[dict[int, int]] = [{} for _ in self.capacities]
-        self.log_keys: list[list[int]] = [[] for _ in self.capacities]
+        self.log_keys: list[list[Sequence[int]]] = [[] for _ in self.capacities]
         self.log_stamps: list[list[int]] = [[] for _ in self.capacities]
+        """Per replica, the recorded runs of keys (newest first) and their stamps, oldest first."""
         self.front = [0] * len(self.capacities)
-        """Per replica, the first log entry not yet read by eviction."""
+        self.offset = [0] * len(self.capacities)
+        """Per replica, the first run not yet read by eviction and its keys already read."""
         self.clock = 0
 
     def match(self, replica: int, keys: tuple[int, ...]) -> int:
@@ -74,14 +77,11 @@ class PrefixIndex:
         """``keys`` were sent to ``replica``: stamp them (the first most recent), evicting the
         least recently stamped keys beyond the capacity."""
         held, log_keys, log_stamps = self.blocks[replica], self.log_keys[replica], self.log_stamps[replica]
-        newest_first = keys[::-1]
-        stamps = list(range(self.clock, self.clock + len(keys)))  # one int object per stamp, twice held
-        self.clock += len(keys)
-        held.update(zip(newest_first, stamps))
-        log_keys.extend(newest_first)
-        log_stamps.extend(stamps)
+        self.clock += 1
+        stamp(held, log_keys, log_stamps, keys[::-1], self.clock)
         excess = len(held) - self.capacities[replica]
-        self.front[replica] = drop_oldest(held, log_keys, log_stamps, self.front[replica], excess)
+        self.front[replica], self.offset[replica] = drop_oldest(held, log_keys, log_stamps, self.front[replica],
+                                                                self.offset[replica], excess)
 
     def size(self, replica: int) -> int:
         """Blocks indexed at ``replica`` (SGLang's tree size)."""

@@ -31,7 +31,7 @@ from itertools import repeat, takewhile
 from math import inf
 
 from vidur_env.request_table import RequestTable
-from vidur_env.stamp_log import drop_oldest
+from vidur_env.stamp_log import drop_oldest, live_keys, stamp
 
 BLOCK_SIZE = 16
 """Tokens per KV block (Vidur's ``block_size``)."""
@@ -190,10 +190,11 @@ class PrefixKVCache(KVCache):
         """Cached blocks no request references (they count as free)."""
         self._clock = -1
         """The next release stamp."""
-        self._log_keys: list[int] = []
+        self._log_runs: list[list[int]] = []
         self._log_stamps: list[int] = []
-        self._log_front = 0
-        """Releases in stamp order (the eviction order; stale entries skipped) from this entry on."""
+        self._log_front = self._log_offset = 0
+        """Releases in stamp order (the eviction order; stale keys skipped), read from this run
+        on, its first keys already read."""
         self.refs: dict[int, list[int | None]] = {}
         """Per allocated request, its blocks in order from the first: the hash of a cached block
         it references, or None for a private one (computed, but its content was cached elsewhere);
@@ -201,8 +202,8 @@ class PrefixKVCache(KVCache):
         self._version = 0
         """Bumped whenever a block becomes cached, referenced, unreferenced or evicted."""
         self._memo: tuple[int, int, list[int], int] = (-1, -1, [], 0)
-        """(rid, version, states of the hit blocks, referenced hits) of the last lookup: the head of a queue is
-        asked at every batch formation."""
+        """(rid, version, states of the hit blocks, referenced hits) of the last lookup: the
+        head of a queue is asked at every batch formation."""
 
     @property
     def ref_counts(self) -> dict[int, int]:
@@ -212,8 +213,7 @@ class PrefixKVCache(KVCache):
     @property
     def evictable(self) -> list[int]:
         """Unreferenced cached blocks by hash, least recently released first (the eviction order)."""
-        front, states = self._log_front, self.states
-        return [h for h, stamp in zip(self._log_keys[front:], self._log_stamps[front:]) if states.get(h) == stamp]
+        return live_keys(self.states, self._log_runs, self._log_stamps, self._log_front, self._log_offset)
 
     @property
     def cached_blocks(self) -> int:  # type: ignore[override]
@@ -225,18 +225,16 @@ class PrefixKVCache(KVCache):
         excess = self.allocated_blocks + self.num_evictable - self.num_blocks
         if excess <= 0:
             return
-        self._log_front = drop_oldest(self.states, self._log_keys, self._log_stamps, self._log_front, excess)
+        self._log_front, self._log_offset = drop_oldest(self.states, self._log_runs, self._log_stamps,
+                                                        self._log_front, self._log_offset, excess)
         self.num_evictable -= excess
         self.evictions += excess
         self._version += 1
 
     def _release(self, hashes: list[int]) -> None:
         """No request references ``hashes`` any more: they join the eviction order, in this order."""
-        stamps = list(range(self._clock, self._clock - len(hashes), -1))  # one int object per stamp, twice held
-        self._clock -= len(hashes)
-        self.states.update(zip(hashes, stamps))
-        self._log_keys.extend(hashes)
-        self._log_stamps.extend(stamps)
+        stamp(self.states, self._log_runs, self._log_stamps, hashes, self._clock)
+        self._clock -= 1
         self.num_evictable += len(hashes)
 
     def match_blocks(self, hashes: tuple[int, ...]) -> int:
