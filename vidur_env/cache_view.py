@@ -69,10 +69,6 @@ class PrefixIndex:
                 hi = mid - 1
         return lo
 
-    def cached_all(self) -> list[int]:
-        """:meth:`cached` at every replica."""
-        return [self.cached(i) for i in range(len(self.replicas))]
-
     def record(self, replica: int, keys: tuple[int, ...]) -> None:
         """``keys`` were sent to ``replica``: stamp them (the first most recent), evicting the
         least recently stamped keys beyond the capacity."""
