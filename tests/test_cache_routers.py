@@ -2,6 +2,8 @@
 the prefix-caching read API), their approximate index, and runs on a session workload."""
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +15,7 @@ from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig
 from vidur_env.env import VidurRoutingEnv
 from vidur_env.routers import RouterPolicy, make_router
 from vidur_env.sessions import SessionConfig
-from vidur_env.simulation import Scenario, run_simulation
+from vidur_env.simulation import Scenario, named_scenario, run_simulation
 from vidur_env.workload import WorkloadConfig
 
 
@@ -86,6 +88,22 @@ def test_prefix_index_evicts_exactly_the_least_recent_keys_over_many_records():
         assert set(index.blocks[0]) == set(reference)
         assert index.match(0, keys) == len(keys)
     assert len(index.log_keys[0]) - index.front[0] <= 2 * capacity + 30  # the read part of the log is dropped
+
+
+def test_prefix_index_keeps_a_key_recorded_twice_at_its_most_recent_place():
+    """One stamp per recorded run: a key twice in one prompt must still leave the LRU order
+    where a stamp per key would put it (its first place in the prompt, the most recent)."""
+    from collections import OrderedDict
+
+    index, reference = PrefixIndex([4]), OrderedDict()
+    for keys in ((1, 2, 1, 3), (7, 8), (9,)):
+        index.record(0, keys)
+        for key in reversed(keys):
+            reference[key] = None
+            reference.move_to_end(key)
+        while len(reference) > 4:
+            reference.popitem(last=False)
+        assert set(index.blocks[0]) == set(reference)
 
 
 def test_sglang_takes_the_best_match_above_the_threshold():
@@ -283,3 +301,51 @@ def test_env_cache_view_is_validated_and_optional():
     assert VidurRoutingEnv(num_replicas=2, num_requests=5, cache_view="precise", output_predictor="oracle").observation_space.shape == (2, 18)
     with pytest.raises(ConfigError, match="cache_view: must be None, 'approximate' or 'precise'"):
         VidurRoutingEnv(num_replicas=2, num_requests=5, cache_view="exact")
+
+
+def decisions_digest(name: str, num_blocks: int | None) -> str:
+    """sha256 of a small ``prefix`` run routed by ``name``: every request's replica, cached
+    tokens, restarts and completion time (so the caches' content is pinned with the decisions)."""
+    base = named_scenario("prefix")
+    scenario = replace(base, workload=replace(base.workload, num_requests=400),
+                       cluster=replace(base.cluster, replica=replace(base.cluster.replica, num_blocks=num_blocks)))
+    table = run_simulation(scenario, name, seed=2).simulator.table
+    columns = (table.replica, table.cached_tokens, table.restarts, table.completed_at)
+    return hashlib.sha256(repr([list(column) for column in columns]).encode()).hexdigest()
+
+
+PINNED_DECISIONS = {
+    "aibrix_prefix": ["516be500f7e0f79798b97bf260264873d0fb6ab6f93422e6c0e197258bbe90d1",
+                     "65e71f89f6ffc8222156fef46dba1ea7dc6691fcfe0d5329974dc73249275619"],
+    "aibrix_prefix_precise": ["802277a416700a542f121858d7ec83d234d663542b4533ddc80c93e8ca011854",
+                             "aa9b4cb65f1739a1801558fe2fadea527e6567c61c2ebabb5576e1b33ba819cb"],
+    "consistent_hash": ["4379c19c58579e0e4ae6ff00c7a80fca723042e7cc0fdd20797cb7a6fd80f922",
+                       "76d3a69fe392215eb4cf4ee35af260fd478d8f6826b154486bbf4d683665867d"],
+    "dynamo_kv": ["f1200bfe196d36bd5962d9bd566bff9899a76ce020825c7726e502ac50b87e36",
+                 "f79acc70c545d908f4f1e627907f50e3de83a3e679bb0ee564fa4a15194902e7"],
+    "dynamo_kv_approximate": ["eebc45402fc9846c30966ff762541fafd084a3b7c482e67abb3546692465fcf9",
+                             "9c69af204a5808b7b3d966e1c2bab318ba18fe86d3c211103155a14a5978e14c"],
+    "llmd_scorer": ["f0a78e01b95e6b29c8a4d7a3719a8d4d0c516f7a2a353c34f65204eed836277c",
+                   "15cbebbc96f6aedce9ae099baf511922ee5e511f7133c66e2ed7378131031502"],
+    "llmd_scorer_approximate": ["c8b02b141d9cd2c7993f241021a7d061e10059abc2a569c590ca35a10060037e",
+                               "a6aa3d9658cadf993a0bb4681f4f1a946e7f714bd3b6dba011d9a590dcbc16d3"],
+    "sglang_cache_aware": ["00bf0feedb672cc2493877fb6bfbaa935f0810406d096f3e2cdf2f16b095dd4c",
+                          "f220859ec9c910c68b368315bbd119a7cc8399728c29b5ffef273ecb86fcf8e2"],
+    "sglang_cache_aware_precise": ["1888e098b452a50c29d2fc5c6e625904fe25ca4e030189470867d38aa35c6a99",
+                                  "464df238d2269e8a68c417ebd13a122105a9531bb619c259e2c07ac06991773c"],
+    "vllm_prefix": ["2038855d8e324efe15d76def5215084d99e300efd97fa2c50ab5cccb4bd0970a",
+                   "cd046c715930b60c3c14e0c00894436869d4ca0e03cb88fe5f3f6b868f3627f8"],
+    "vllm_prefix_precise": ["2038855d8e324efe15d76def5215084d99e300efd97fa2c50ab5cccb4bd0970a",
+                           "5fb6c68030ad650e071a8f6f1090e5a15c1114d984beaf5fc30e31f3389f8f37"],
+    "round_robin": ["36079d71175505b6661d6f97a2cdd47dd175a4b188906c87178489fa09b14079",
+                   "99d0a98e3d9bdd27b428f286248d16e1dcd501cd12fabb1e481af6964847c13f"],
+}
+""":func:`decisions_digest` per cache router (and round robin, pinning the replicas' caches
+alone), with the scenario's KV capacity (None) and with 600 blocks per replica (evictions in
+the caches and the approximate index, and preemptions), computed at commit d4417a3, before the
+cache path was optimised: a faster cache path must route and cache alike."""
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_DECISIONS))
+def test_cache_routers_decide_as_pinned(name):
+    assert [decisions_digest(name, blocks) for blocks in (None, 600)] == PINNED_DECISIONS[name]

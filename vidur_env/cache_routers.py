@@ -80,6 +80,31 @@ def match_fraction(matched_blocks: int, prefill: int) -> float:
     return min(BLOCK_TOKENS * matched_blocks, prefill) / max(prefill, 1)
 
 
+class SimulatorSignals(Signals):
+    """:class:`Signals` read from the simulator and a cache view: the match and the load, which
+    every rule weighs, at once; the occupancy and the KV utilisation when a rule first reads
+    them (most never read the occupancy, SGLang only below its cache threshold), as routing is
+    on the hot path of every simulation with a cache router."""
+
+    def __init__(self, sim: "ClusterSimulator", view: CacheView, prefill: int, matches: list[int]) -> None:
+        # not the dataclass's __init__ (frozen): the fields go to the instance dict directly
+        replicas = sim.replicas
+        self.__dict__.update(replicas=replicas, view=view,
+                             match=[match_fraction(m, prefill) for m in matches],
+                             load=[load(r) for r in replicas])
+
+    def __getattr__(self, name: str) -> list[float]:
+        """The occupancy or KV utilisation, computed at the first read (later reads find it)."""
+        if name == "occupancy":
+            value = [min(cached / r.num_blocks, 1.0) for cached, r in zip(self.view.cached_all(), self.replicas)]
+        elif name == "kv_utilization":
+            value = [r.kv_utilization for r in self.replicas]
+        else:
+            raise AttributeError(name)
+        self.__dict__[name] = value
+        return value
+
+
 class CacheAwareRouter(Router):
     """Base class: builds the cache view at the first decision of an episode, asks
     :meth:`decide`, and records the routed prompt blocks in the view. From observations
@@ -107,14 +132,7 @@ class CacheAwareRouter(Router):
 
     def decide(self, sim: "ClusterSimulator", rid: int, matches: list[int]) -> int:
         """The replica for request ``rid``, ``matches[i]`` of whose prompt blocks are cached at replica i."""
-        prefill = sim.table.orig_prefill[rid]
-        replicas = sim.replicas
-        return self.rule(Signals(
-            match=[match_fraction(m, prefill) for m in matches],
-            occupancy=[min(self.view.cached(i) / r.num_blocks, 1.0) for i, r in enumerate(replicas)],
-            load=[load(r) for r in replicas],
-            kv_utilization=[r.kv_utilization for r in replicas],
-        ))
+        return self.rule(SimulatorSignals(sim, self.view, sim.table.orig_prefill[rid], matches))
 
     def rule(self, signals: Signals) -> int:
         """The replica the router's rule picks."""

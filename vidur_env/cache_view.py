@@ -10,12 +10,10 @@
 """
 from __future__ import annotations
 
-from collections import deque
-from itertools import compress
-from operator import eq
 from typing import TYPE_CHECKING, Sequence
 
 from vidur_env.kv_cache import BLOCK_SIZE as BLOCK_TOKENS
+from vidur_env.stamp_log import drop_oldest, stamp
 
 if TYPE_CHECKING:
     from vidur_env.cluster import ClusterSimulator
@@ -42,19 +40,21 @@ class PrefixIndex:
     property of keys, a replica holding key i holds keys 0..i too, and :meth:`match` finds
     the longest indexed prefix by binary search.
 
-    Recency is a stamp per key plus a log of (key, stamp) in stamp order, read from a front
-    position; an entry whose key was stamped again later is stale and skipped. Recording and
-    evicting work on whole slices of keys in C (no Python step per key): a prompt's hundreds
-    of keys are stamped again at every request of its session.
+    Recency is one stamp per recorded request, written for each of its keys, plus a log of the
+    recorded runs of keys in stamp order, read from a front position
+    (:mod:`vidur_env.stamp_log`): recording and evicting work on whole runs of keys in C, as a
+    prompt's hundreds of keys are stamped again at every request of its session.
     """
 
     def __init__(self, capacities: Sequence[int]) -> None:
         self.capacities = list(capacities)
         self.blocks: list[dict[int, int]] = [{} for _ in self.capacities]
-        self.log_keys: list[list[int]] = [[] for _ in self.capacities]
+        self.log_keys: list[list[Sequence[int]]] = [[] for _ in self.capacities]
         self.log_stamps: list[list[int]] = [[] for _ in self.capacities]
+        """Per replica, the recorded runs of keys (newest first) and their stamps, oldest first."""
         self.front = [0] * len(self.capacities)
-        """Per replica, the first log entry not yet read by eviction."""
+        self.offset = [0] * len(self.capacities)
+        """Per replica, the first run not yet read by eviction and its keys already read."""
         self.clock = 0
 
     def match(self, replica: int, keys: tuple[int, ...]) -> int:
@@ -73,25 +73,11 @@ class PrefixIndex:
         """``keys`` were sent to ``replica``: stamp them (the first most recent), evicting the
         least recently stamped keys beyond the capacity."""
         held, log_keys, log_stamps = self.blocks[replica], self.log_keys[replica], self.log_stamps[replica]
-        newest_first = keys[::-1]
-        stamps = range(self.clock, self.clock + len(keys))
-        self.clock += len(keys)
-        held.update(zip(newest_first, stamps))
-        log_keys.extend(newest_first)
-        log_stamps.extend(stamps)
-        front = self.front[replica]
+        self.clock += 1
+        stamp(held, log_keys, log_stamps, keys[::-1], self.clock)
         excess = len(held) - self.capacities[replica]
-        while excess > 0:  # the next `excess` entries hold at most `excess` live keys: none evicted too many
-            end = front + excess
-            oldest = log_keys[front:end]
-            live = list(map(eq, map(held.get, oldest), log_stamps[front:end]))
-            deque(map(held.__delitem__, compress(oldest, live)), maxlen=0)
-            excess -= live.count(True)
-            front = end
-        if 2 * front > len(log_keys):  # drop the read half of the log (amortised O(1) per entry)
-            del log_keys[:front], log_stamps[:front]
-            front = 0
-        self.front[replica] = front
+        self.front[replica], self.offset[replica] = drop_oldest(held, log_keys, log_stamps, self.front[replica],
+                                                                self.offset[replica], excess)
 
     def size(self, replica: int) -> int:
         """Blocks indexed at ``replica`` (SGLang's tree size)."""
@@ -124,14 +110,23 @@ class CacheView:
         return match_blocks(keys) if match_blocks is not None else 0
 
     def matches(self, keys: tuple[int, ...]) -> list[int]:
-        """:meth:`match` at every replica."""
-        return [self.match(i, keys) for i in range(len(self.replicas))]
+        """:meth:`match` at every replica (the mode tested once: every routing decision asks)."""
+        if not keys:
+            return [0] * len(self.replicas)
+        if self.index is not None:
+            return [self.index.match(i, keys) for i in range(len(self.replicas))]
+        return [match_blocks(keys) if (match_blocks := getattr(r.kv, "match_blocks", None)) is not None else 0
+                for r in self.replicas]
 
     def cached(self, replica: int) -> int:
         """Blocks believed to hold cached content at ``replica``."""
         if self.index is not None:
             return self.index.size(replica)
         return getattr(self.replicas[replica].kv, "cached_blocks", 0)
+
+    def cached_all(self) -> list[int]:
+        """:meth:`cached` at every replica."""
+        return [self.cached(i) for i in range(len(self.replicas))]
 
     def record(self, replica: int, keys: tuple[int, ...]) -> None:
         if self.index is not None and keys:

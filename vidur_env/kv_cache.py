@@ -27,11 +27,11 @@ block past the prompt, so :class:`GroupGrowth` holds as it is.
 """
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from itertools import repeat
+from itertools import repeat, takewhile
 from math import inf
 
 from vidur_env.request_table import RequestTable
+from vidur_env.stamp_log import drop_oldest, live_keys, stamp
 
 BLOCK_SIZE = 16
 """Tokens per KV block (Vidur's ``block_size``)."""
@@ -182,64 +182,91 @@ class PrefixKVCache(KVCache):
     def __init__(self, table: RequestTable, num_blocks: int, watermark_fraction: float) -> None:
         super().__init__(table, num_blocks, watermark_fraction)
         self.table = table
-        self.ref_counts: dict[int, int] = {}
-        """Hash -> requests referencing the cached block (always positive)."""
-        self.evictable: OrderedDict[int, None] = OrderedDict()
-        """Unreferenced cached blocks by hash, least recently released first (the eviction order;
-        an OrderedDict pops its oldest entry in O(1), a dict's oldest takes a scan of deleted slots)."""
+        self.states: dict[int, int] = {}
+        """Hash -> the cached block's state: the requests referencing it (positive), or, when
+        none does, its release stamp (negative, decreasing with time): one dict, so a lookup is
+        one probe, and an unreferenced block's stamp orders eviction (:mod:`vidur_env.stamp_log`)."""
+        self.num_evictable = 0
+        """Cached blocks no request references (they count as free)."""
+        self._clock = -1
+        """The next release stamp."""
+        self._log_runs: list[list[int]] = []
+        self._log_stamps: list[int] = []
+        self._log_front = self._log_offset = 0
+        """Releases in stamp order (the eviction order; stale keys skipped), read from this run
+        on, its first keys already read."""
         self.refs: dict[int, list[int | None]] = {}
         """Per allocated request, its blocks in order from the first: the hash of a cached block
         it references, or None for a private one (computed, but its content was cached elsewhere);
         blocks past the list are private too."""
         self._version = 0
         """Bumped whenever a block becomes cached, referenced, unreferenced or evicted."""
-        self._memo: tuple[int, int, int, int] = (-1, -1, 0, 0)
-        """(rid, version, hits, referenced hits) of the last lookup: the head of a queue is
-        asked at every batch formation."""
+        self._memo: tuple[int, int, list[int], int] = (-1, -1, [], 0)
+        """(rid, version, states of the hit blocks, referenced hits) of the last lookup: the
+        head of a queue is asked at every batch formation."""
+
+    @property
+    def ref_counts(self) -> dict[int, int]:
+        """Hash -> requests referencing the cached block, for the referenced blocks."""
+        return {h: state for h, state in self.states.items() if state > 0}
+
+    @property
+    def evictable(self) -> list[int]:
+        """Unreferenced cached blocks by hash, least recently released first (the eviction order)."""
+        return live_keys(self.states, self._log_runs, self._log_stamps, self._log_front, self._log_offset)
 
     @property
     def cached_blocks(self) -> int:  # type: ignore[override]
         self._evict()
-        return len(self.ref_counts) + len(self.evictable)
+        return len(self.states)
 
     def _evict(self) -> None:
         """Evict least-recently-released blocks until referenced plus cached blocks fit."""
-        excess = self.allocated_blocks + len(self.evictable) - self.num_blocks
+        excess = self.allocated_blocks + self.num_evictable - self.num_blocks
         if excess <= 0:
             return
-        deque(map(self.evictable.popitem, repeat(False, excess)), maxlen=0)  # popitem(last=False), looped in C
+        self._log_front, self._log_offset = drop_oldest(self.states, self._log_runs, self._log_stamps,
+                                                        self._log_front, self._log_offset, excess)
+        self.num_evictable -= excess
         self.evictions += excess
         self._version += 1
 
+    def _release(self, hashes: list[int]) -> None:
+        """No request references ``hashes`` any more: they join the eviction order, in this order."""
+        stamp(self.states, self._log_runs, self._log_stamps, hashes, self._clock)
+        self._clock -= 1
+        self.num_evictable += len(hashes)
+
     def match_blocks(self, hashes: tuple[int, ...]) -> int:
         self._evict()
-        ref_counts, evictable = self.ref_counts, self.evictable
-        hits = 0
-        for h in hashes:
-            if h not in ref_counts and h not in evictable:
-                break
-            hits += 1
-        return hits
+        return len(list(takewhile(self.states.__contains__, hashes)))  # in C: every routing decision asks
 
     def _hits(self, rid: int) -> tuple[int, int]:
         """Blocks ``rid`` (holding none) would hit at admission, and how many of them are
         referenced now (the others come out of the free pool)."""
+        hit_states, referenced = self._lookup(rid)
+        return len(hit_states), referenced
+
+    def _lookup(self, rid: int) -> tuple[list[int], int]:
+        """The states of the blocks ``rid`` (holding none) would hit at admission and how many
+        are referenced: read once per cache version (a miss ends the hits) and kept for the
+        admission, which updates them."""
         self._evict()
         memo = self._memo
         if memo[0] == rid and memo[1] == self._version:
             return memo[2], memo[3]
         hashes = self.table.block_hashes[rid]
-        hits = referenced = 0
+        hit_states: list[int] = []
         if hashes is not None:
-            ref_counts, evictable = self.ref_counts, self.evictable
+            get, append = self.states.get, hit_states.append
             for h in hashes[: max(self.prompt[rid] - 1, 0) // BLOCK_SIZE]:
-                if h in ref_counts:
-                    referenced += 1
-                elif h not in evictable:
+                state = get(h)
+                if state is None:
                     break
-                hits += 1
-        self._memo = (rid, self._version, hits, referenced)
-        return hits, referenced
+                append(state)
+        referenced = len(hit_states) - [state > 0 for state in hit_states].count(False)
+        self._memo = (rid, self._version, hit_states, referenced)
+        return hit_states, referenced
 
     def hit_tokens_at_admission(self, rid: int) -> int:
         """Prompt tokens ``rid`` (holding none) would take from the cache if admitted now."""
@@ -254,17 +281,14 @@ class PrefixKVCache(KVCache):
         needed, with the ``pending`` growth counted as allocated already, as a formation has it)
         and mark the hit tokens processed."""
         self.allocated_blocks += pending
-        hits, referenced = self._hits(rid)
+        hit_states, referenced = self._lookup(rid)
+        hits = len(hit_states)
         refs: list[int | None] = []
         if hits:
             refs = list(self.table.block_hashes[rid][:hits])
-            ref_counts, evictable = self.ref_counts, self.evictable
-            for h in refs:
-                if h in ref_counts:
-                    ref_counts[h] += 1
-                else:
-                    del evictable[h]
-                    ref_counts[h] = 1
+            # a count goes up by one, a release stamp (negative) becomes 1
+            self.states.update(zip(refs, [state + 1 if state > 0 else 1 for state in hit_states]))
+            self.num_evictable -= hits - referenced
             self._version += 1
             self.processed[rid] = hits * BLOCK_SIZE
             self.table.cached_tokens[rid] += hits * BLOCK_SIZE
@@ -291,17 +315,17 @@ class PrefixKVCache(KVCache):
         end = min(len(hashes), kv_tokens // BLOCK_SIZE, self.blocks[rid])
         if end <= len(refs):
             return
-        ref_counts, evictable = self.ref_counts, self.evictable
+        states = self.states
         new = hashes[len(refs):end]
-        if ref_counts.keys().isdisjoint(new) and evictable.keys().isdisjoint(new):  # the usual case
-            ref_counts.update(dict.fromkeys(new, 1))
+        if states.keys().isdisjoint(new):  # the usual case
+            states.update(zip(new, repeat(1)))
             refs.extend(new)
         else:
             for h in new:
-                if h in ref_counts or h in evictable:
+                if h in states:
                     refs.append(None)
                 else:
-                    ref_counts[h] = 1
+                    states[h] = 1
                     refs.append(h)
         self._version += 1
 
@@ -312,21 +336,19 @@ class PrefixKVCache(KVCache):
         self._register(rid, self.processed[rid] - self.table.prefill_done[rid])  # the last token has no KV yet
         refs = self.refs.pop(rid)
         tail_first = [h for h in reversed(refs) if h is not None] if None in refs else refs[::-1]
-        counts = list(map(self.ref_counts.pop, tail_first))
+        states = self.states
+        counts = list(map(states.__getitem__, tail_first))
         shared = len(tail_first)
-        if counts.count(1) == shared:  # the usual case: no other request holds any of them
-            self.evictable.update(dict.fromkeys(tail_first))
-            released = shared
+        last = counts.count(1)
+        if counts[:last].count(1) == last:  # the usual case: held by others (if any) only the head, a shared prefix
+            released = tail_first[:last]
+            states.update(zip(tail_first[last:], [count - 1 for count in counts[last:]]))
         else:
-            released = 0
-            for h, count in zip(tail_first, counts):
-                if count > 1:
-                    self.ref_counts[h] = count - 1
-                else:
-                    self.evictable[h] = None
-                    released += 1
+            released = [h for h, count in zip(tail_first, counts) if count == 1]
+            states.update([(h, count - 1) for h, count in zip(tail_first, counts) if count > 1])
+        self._release(released)
         self._version += 1
-        self.allocated_blocks -= released + self.blocks[rid] - shared
+        self.allocated_blocks -= len(released) + self.blocks[rid] - shared
         self.blocks[rid] = 0
         self.num_allocated_requests -= 1
 

@@ -117,18 +117,27 @@ class _Turn:
 
 
 def _session(config: SessionConfig, index: int, start: float, max_tokens: int,
-             rng: np.random.Generator) -> list[_Turn]:
-    """The turns of session ``index`` starting at ``start``."""
+             rng: np.random.Generator, system_keys: dict[int, tuple[int, ...]]) -> list[_Turn]:
+    """The turns of session ``index`` starting at ``start``.
+
+    ``system_keys``: the system prompts' keys drawn so far, by system prompt. A turn's keys
+    reuse the int objects of the system prompt's and of the session's earlier turns, so the
+    prefix caches' dicts, filled from earlier requests' keys, find them by identity (a
+    lookup then skips comparing values: the cache path is mostly such lookups)."""
     system = int(rng.choice(config.num_system_prompts, p=config.popularity()))
     turns = int(rng.geometric(1.0 / config.mean_turns))
     stream = config.num_system_prompts + index
-    context, now, out = config.system_prompt_tokens, start, []
+    tokens = config.system_prompt_tokens
+    known = system_keys.setdefault(system, stream_keys(system, stream, tokens, tokens // BLOCK_TOKENS))
+    context, now, out = tokens, start, []
     for _ in range(turns):
         prompt = context + int(rng.geometric(1.0 / config.user_tokens_mean))
         answer = int(rng.geometric(1.0 / config.output_tokens_mean))
         if prompt + answer > max_tokens:
             break
-        keys = stream_keys(system, stream, config.system_prompt_tokens, (prompt + answer) // BLOCK_TOKENS)
+        num_blocks = (prompt + answer) // BLOCK_TOKENS
+        known += stream_keys(system, stream, tokens, num_blocks)[len(known):]
+        keys = known[:num_blocks]
         out.append(_Turn(now, prompt, answer, keys))
         context = prompt + answer
         now += float(rng.exponential(config.think_time_s))
@@ -146,12 +155,13 @@ def generate_sessions(
     """
     config.validate(max_tokens)
     turns: list[_Turn] = []
+    system_keys: dict[int, tuple[int, ...]] = {}
     start, index = 0.0, 0
     while True:
         start += float(rng.exponential(1.0 / starts_per_s))
         if len(turns) >= num_requests and sum(t.arrived_at < start for t in turns) >= num_requests:
             break
-        turns.extend(_session(config, index, start, max_tokens, rng))
+        turns.extend(_session(config, index, start, max_tokens, rng, system_keys))
         index += 1
     turns.sort(key=lambda t: t.arrived_at)
     chosen = turns[:num_requests]
