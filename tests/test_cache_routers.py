@@ -15,7 +15,8 @@ from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig
 from vidur_env.env import VidurRoutingEnv
 from vidur_env.routers import RouterPolicy, make_router
 from vidur_env.sessions import SessionConfig
-from vidur_env.simulation import Scenario, named_scenario, run_simulation
+from vidur_env.scenarios import named_scenario
+from vidur_env.simulation import Scenario, run_simulation
 from vidur_env.workload import WorkloadConfig
 
 
