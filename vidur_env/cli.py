@@ -12,15 +12,18 @@ import argparse
 import json
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NoReturn
 
 import numpy as np
 
 from vidur_env.config import SCHEDULER_NAMES, VLLM_BATCH_RULES, load_replica_configs
-from vidur_env.errors import UNSET, ConfigError, python_spelling, spell_settings_with
+from vidur_env.config_flags import FieldFlag, add_field_flags, field_values, typed_spellings
+from vidur_env.errors import UNSET, ConfigError, Spelling, python_spelling, spell_settings_with
 from vidur_env.evaluation import evaluate, load_model
 from vidur_env.hardware import DEVICES
 from vidur_env.metrics import CSV_LAYOUTS, DEFAULT_CSV_LAYOUT, write_json
@@ -63,41 +66,71 @@ def trace_offset(text: str) -> int | str:
     return text if text == "random" else non_negative_int(text)
 
 
+CLUSTER_FLAGS = (
+    FieldFlag("num_replicas", aliases=("--replicas",)),
+    FieldFlag("profiling_dir", metavar="DIR", note="Giving it switches to the profiled time model."),
+    FieldFlag("keying", choices=tuple(KEYINGS)),
+    FieldFlag("kv_granularity", metavar="TOKENS"),
+)
+"""The :class:`ClusterConfig` fields that are flags (see :mod:`vidur_env.config_flags`)."""
+
+REPLICA_FLAGS = (
+    FieldFlag("model", metavar="NAME"),
+    FieldFlag("device", metavar="NAME", note=f"Known: {', '.join(DEVICES)}."),
+    FieldFlag("tensor_parallel", aliases=("--tp",)),
+    FieldFlag("scheduler", choices=SCHEDULER_NAMES),
+    FieldFlag("chunk_size"),
+    FieldFlag("batch_size_cap"),
+    FieldFlag("max_tokens_in_batch"),
+    FieldFlag("vllm_batch_rule", choices=VLLM_BATCH_RULES),
+    FieldFlag("num_blocks"),
+    FieldFlag("memory_margin_fraction"),
+    FieldFlag("watermark_fraction"),
+    FieldFlag("prefix_caching"),
+)
+"""The :class:`ReplicaConfig` fields that are flags, for every replica of a homogeneous cluster."""
+
+WORKLOAD_FLAGS = (
+    FieldFlag("cv"),
+    FieldFlag("poisson_clip"),
+    FieldFlag("prefill_tokens"),
+    FieldFlag("decode_tokens"),
+    FieldFlag("min_tokens"),
+    FieldFlag("max_tokens_uniform"),
+    FieldFlag("prefill_to_decode_ratio"),
+    FieldFlag("zipf_theta"),
+    FieldFlag("zipf_scramble"),
+    FieldFlag("trace", metavar="FILE",
+              note=f"Giving it sets --arrival and --lengths to trace unless they are given. Shipped traces: "
+                   f"{', '.join(SAMPLE_TRACES)}."),
+    FieldFlag("trace_format", choices=TRACE_FORMAT_CHOICES),
+    FieldFlag("trace_zero_tokens", choices=ZERO_TOKEN_POLICIES),
+    FieldFlag("trace_offset", metavar="ROW|random", parse=trace_offset),
+    FieldFlag("time_scale"),
+    FieldFlag("prefill_scale"),
+    FieldFlag("decode_scale"),
+    FieldFlag("max_tokens"),
+    FieldFlag("allow_beyond_context"),
+)
+"""The :class:`WorkloadConfig` fields that are flags; ``num_requests``, ``arrival``,
+``lengths`` and ``qps`` have flags of their own in :func:`add_scenario_arguments`."""
+
+
 def add_scenario_arguments(parser: argparse.ArgumentParser, base: Scenario) -> None:
     """Flags describing the cluster, the workload and the load level (shared by subcommands).
 
-    A flag's ``dest`` is the config field it sets, so error advice can name the flag
-    (:func:`flag_spelling`), and its default is that field's value in ``base`` (the scenario
-    ``--scenario`` names), so a flag given overrides the scenario and one left out keeps it."""
-    replica, cluster_base, work_base = base.cluster.replica, base.cluster, base.workload
+    Most are config fields (:data:`CLUSTER_FLAGS`, :data:`REPLICA_FLAGS`,
+    :data:`WORKLOAD_FLAGS`), named, typed and documented by their dataclass. A flag's ``dest``
+    is the config field it sets, so error advice can name the flag (:func:`flag_spelling`), and
+    its default is that field's value in ``base`` (the scenario ``--scenario`` names), so a flag
+    given overrides the scenario and one left out keeps it."""
+    cluster_base, work_base = base.cluster, base.workload
     parser.add_argument("--scenario", choices=tuple(SCENARIOS), default=DEFAULT_SCENARIO,
                         help="a registered scenario the other flags start from (default %(default)s; "
                              "flags given override its values): "
                              + "; ".join(f"{name}: {entry.description}" for name, entry in SCENARIOS.items()).replace("%", "%%"))
     cluster = parser.add_argument_group("cluster")
-    cluster.add_argument("--replicas", dest="num_replicas", type=int, default=cluster_base.num_replicas, metavar="N",
-                         help="number of identical replicas (default %(default)s)")
-    cluster.add_argument("--model", default=replica.model, help="model name or alias (default %(default)s)")
-    cluster.add_argument("--device", default=replica.device,
-                         help=f"GPU type: {', '.join(DEVICES)} (default %(default)s)")
-    cluster.add_argument("--tp", dest="tensor_parallel", type=int, default=replica.tensor_parallel, metavar="N",
-                         help="tensor-parallel degree (default %(default)s)")
-    cluster.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=replica.scheduler,
-                         help="replica batching scheduler (default %(default)s)")
-    cluster.add_argument("--chunk-size", type=int, default=replica.chunk_size,
-                         help="Sarathi token budget per iteration (default %(default)s)")
-    cluster.add_argument("--batch-size-cap", type=int, default=replica.batch_size_cap,
-                         help="most requests a replica holds at once (default %(default)s)")
-    cluster.add_argument("--num-blocks", type=int, default=replica.num_blocks,
-                         help="KV blocks per replica (default: Vidur's memory planner)")
-    cluster.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=replica.prefix_caching,
-                         help="vLLM's automatic prefix caching on every replica (sarathi, vllm; default: the "
-                              "scenario's, off in the default scenario as in Vidur)")
-    cluster.add_argument("--replica-config", default=None, metavar="FILE",
-                         help="heterogeneous cluster: JSON list of replica objects (model, device, tensor_parallel, "
-                              "scheduler, ...); overrides --replicas and the per-replica flags")
-    cluster.add_argument("--profiling-dir", default=cluster_base.profiling_dir,
-                         help="use Vidur-format profiling CSVs from this directory instead of the built-in time model")
+    add_field_flags(cluster, cluster_base, CLUSTER_FLAGS)
     grid = cluster.add_mutually_exclusive_group()
     grid.add_argument("--strict-grid", dest="extrapolate", action="store_false", default=cluster_base.extrapolate,
                       help="with --profiling-dir: a lookup outside the profiled grid is an error (default: it takes "
@@ -105,16 +138,10 @@ def add_scenario_arguments(parser: argparse.ArgumentParser, base: Scenario) -> N
                            "the output's out_of_grid_lookups)")
     grid.add_argument("--extrapolate", dest="extrapolate", action="store_true", default=cluster_base.extrapolate,
                       help="deprecated, does nothing: extrapolation is the default now; accepted so old commands run")
-    cluster.add_argument("--keying", choices=tuple(KEYINGS), default=cluster_base.keying,
-                         help="time-lookup keys of Vidur main (vidur) or of the 0.0.26 PyPI build (vidur_pypi; "
-                              "default %(default)s)")
-    cluster.add_argument("--kv-granularity", type=int, default=cluster_base.kv_granularity, metavar="TOKENS",
-                         help="KV rounding of attention lookups (Vidur's kv_cache_prediction_granularity; "
-                              "default: the keying's build default, 64 for vidur, 256 for vidur_pypi)")
-    cluster.add_argument("--vllm-batch-rule", choices=VLLM_BATCH_RULES, default=replica.vllm_batch_rule,
-                         help="vLLM prefill batch limit: padded (Vidur main: batch length x longest prompt <= "
-                              f"{replica.max_tokens_in_batch}) or sum (Vidur 0.0.26: sum of prompts <= "
-                              f"{replica.max_tokens_in_batch}); default %(default)s")
+    add_field_flags(cluster, cluster_base.replica, REPLICA_FLAGS)
+    cluster.add_argument("--replica-config", default=None, metavar="FILE",
+                         help="heterogeneous cluster: JSON list of replica objects (model, device, tensor_parallel, "
+                              "scheduler, ...); overrides --num-replicas and the per-replica flags")
     work = parser.add_argument_group("workload")
     work.add_argument("--num-requests", type=int, default=None,
                       help=f"requests to simulate (default {work_base.num_requests}; with --trace: every row)")
@@ -124,31 +151,10 @@ def add_scenario_arguments(parser: argparse.ArgumentParser, base: Scenario) -> N
                       help="arrival rate as a fraction of measured cluster capacity (poisson/gamma; "
                            "default %(default)s)")
     work.add_argument("--qps", type=float, default=None, help="arrival rate in requests/s (overrides --load)")
-    work.add_argument("--cv", type=float, default=None, help="coefficient of variation of Gamma inter-arrivals")
     work.add_argument("--lengths", choices=LENGTHS, default=None,
                       help=f"request length distribution (default {work_base.lengths}: the embedded "
                            "conversation-trace fit, or trace with --trace)")
-    work.add_argument("--trace", default=work_base.trace,
-                      help="trace file (Vidur CSV, Vidur lengths CSV, Azure CSV or Mooncake JSONL), or the name of a "
-                           f"trace shipped with the package: {', '.join(SAMPLE_TRACES)}")
-    work.add_argument("--trace-format", choices=TRACE_FORMAT_CHOICES, default=work_base.trace_format,
-                      help="format of --trace (default %(default)s: detected from the header or first line)")
-    work.add_argument("--trace-zero-tokens", choices=ZERO_TOKEN_POLICIES, default=work_base.trace_zero_tokens,
-                      help="trace rows with 0 prompt or output tokens: error (default), drop them, or clip to 1 token")
-    work.add_argument("--trace-offset", type=trace_offset, default=work_base.trace_offset, metavar="ROW|random",
-                      help="replay from this trace row on (times shifted to start where the trace starts); "
-                           "'random' draws the row with --seed (default %(default)s)")
-    work.add_argument("--time-scale", type=float, default=work_base.time_scale,
-                      help="multiply trace inter-arrival times by this")
-    work.add_argument("--prefill-scale", type=float, default=work_base.prefill_scale,
-                      help="multiply trace prompt lengths by this")
-    work.add_argument("--decode-scale", type=float, default=work_base.decode_scale,
-                      help="multiply trace output lengths by this")
-    work.add_argument("--max-tokens", type=int, default=work_base.max_tokens,
-                      help="longest request (prompt + output); longer ones are cut as in Vidur, and counted "
-                           "(default %(default)s; at most the model's context length)")
-    work.add_argument("--allow-beyond-context", action="store_true", default=work_base.allow_beyond_context,
-                      help="accept a --max-tokens above the model's context length")
+    add_field_flags(work, work_base, WORKLOAD_FLAGS)
 
 
 def scenario_from_args(args: argparse.Namespace) -> Scenario:
@@ -156,32 +162,20 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     the dataclasses). Every flag's default is the scenario's value, so this changes only what
     was given, and keeps what no flag reaches (e.g. the ``prefix`` scenario's sessions)."""
     base = named_scenario(args.scenario)
-    replica = replace(
-        base.cluster.replica, model=args.model, device=args.device, tensor_parallel=args.tensor_parallel,
-        scheduler=args.scheduler, chunk_size=args.chunk_size, batch_size_cap=args.batch_size_cap,
-        num_blocks=args.num_blocks, prefix_caching=args.prefix_caching, vllm_batch_rule=args.vllm_batch_rule,
-    )
+    replica = replace(base.cluster.replica, **field_values(args, REPLICA_FLAGS))
     cluster = replace(
-        base.cluster, num_replicas=args.num_replicas, replica=replica,
+        base.cluster, replica=replica, extrapolate=args.extrapolate, **field_values(args, CLUSTER_FLAGS),
         replicas=load_replica_configs(args.replica_config) if args.replica_config else base.cluster.replicas,
-        profiling_dir=args.profiling_dir, keying=args.keying, kv_granularity=args.kv_granularity,
-        extrapolate=args.extrapolate,
     )
     if args.profiling_dir != base.cluster.profiling_dir:
         cluster = replace(cluster, time_model="profiled" if args.profiling_dir else "builtin")
-    workload = replace(
-        base.workload, max_tokens=args.max_tokens, allow_beyond_context=args.allow_beyond_context,
-        time_scale=args.time_scale, prefill_scale=args.prefill_scale, decode_scale=args.decode_scale,
-        trace_zero_tokens=args.trace_zero_tokens, trace_offset=args.trace_offset, trace_format=args.trace_format,
-    )
+    workload = replace(base.workload, **field_values(args, WORKLOAD_FLAGS))
     if args.trace != base.workload.trace:
-        workload = replace(workload, trace=args.trace, arrival="trace", lengths="trace")
+        workload = replace(workload, arrival="trace", lengths="trace")
     if args.arrival:
         workload = replace(workload, arrival=args.arrival)
     if args.lengths:
         workload = replace(workload, lengths=args.lengths)
-    if args.cv is not None:
-        workload = replace(workload, cv=args.cv)
     if args.num_requests is not None:
         workload = replace(workload, num_requests=args.num_requests)
     elif uses_trace(workload):
@@ -265,7 +259,7 @@ def build_parser(scenario: str = DEFAULT_SCENARIO) -> argparse.ArgumentParser:
                           help="--output-csv layout: vidur (Vidur's request_metrics.csv column names and order, the "
                                "columns this simulator computes) or full (adds replica ids and raw timestamps, "
                                "snake_case attribute names)")
-    simulate.set_defaults(handler=cmd_simulate, spelling=flag_spelling(simulate))
+    simulate.set_defaults(handler=cmd_simulate, spelling_for=partial(flag_spelling, simulate))
     add_evaluate_parser(commands, base)
     return parser
 
@@ -324,7 +318,7 @@ def add_evaluate_parser(commands: argparse._SubParsersAction, base: Scenario) ->
     evaluate_parser.add_argument("--stochastic", action="store_true", help="sample the model's actions")
     evaluate_parser.add_argument("--output-dir", default=".",
                                  help="where evaluation.json and latency_cdf.png are written (default: .)")
-    evaluate_parser.set_defaults(handler=cmd_evaluate, spelling=flag_spelling(evaluate_parser))
+    evaluate_parser.set_defaults(handler=cmd_evaluate, spelling_for=partial(flag_spelling, evaluate_parser))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -362,11 +356,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def flag_spelling(parser: argparse.ArgumentParser) -> Callable[[str, Any], str]:
-    """How ``parser``'s user sets a config field: the flag whose ``dest`` is the field.
+def flag_spelling(parser: argparse.ArgumentParser, typed: Mapping[str, str] = MappingProxyType({})) -> Spelling:
+    """How ``parser``'s user sets a config field: the flag whose ``dest`` is the field, spelled as
+    the user typed it (``typed``: dest -> spelling, for flags with aliases) or by its field name.
 
     ``max_tokens`` -> ``--max-tokens``; ``num_requests=None`` (the flag's default) ->
-    ``--num-requests left out``; ``extrapolate=True`` -> ``--strict-grid left out``; a field
+    ``--num-requests left out``; ``extrapolate=True`` -> ``--strict-grid left out``;
+    ``tensor_parallel`` -> ``--tp`` after ``--tp 3``, else ``--tensor-parallel``; a field
     without a flag keeps its Python spelling.
     """
     actions: dict[str, argparse.Action] = {}
@@ -379,7 +375,7 @@ def flag_spelling(parser: argparse.ArgumentParser) -> Callable[[str, Any], str]:
         action = actions.get(name)
         if action is None:
             return python_spelling(name, value)
-        flag = max(action.option_strings, key=len)
+        flag = typed.get(name) or max(action.option_strings, key=len)
         if isinstance(action, argparse.BooleanOptionalAction):
             flag = action.option_strings[0 if value is UNSET or value else 1]
         if value is UNSET:
@@ -401,7 +397,8 @@ def note_warning(message: Warning | str, *_: Any, **__: Any) -> None:
 def run_command(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a subcommand, turning user errors into a message and exit status 2 and warnings
     into one-line notes."""
-    spelling = getattr(args, "spelling", python_spelling)
+    spelling_for = getattr(args, "spelling_for", None)
+    spelling = python_spelling if spelling_for is None else spelling_for(typed_spellings(args))
     try:
         with spell_settings_with(spelling), warnings.catch_warnings():
             warnings.showwarning = note_warning

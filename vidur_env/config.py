@@ -31,7 +31,7 @@ class ReplicaConfig:
     model: str = "meta-llama/Llama-2-7b-hf"
     """Model name (Hugging Face id or a short alias such as ``llama-2-7b``)."""
     device: str = "a100"
-    """GPU type: ``a100`` or ``h100`` (80 GB)."""
+    """GPU type: a short name from :data:`vidur_env.hardware.DEVICES` (case-insensitive)."""
     tensor_parallel: int = 1
     """Tensor-parallel degree (GPUs per replica). Pipeline parallelism is not modelled."""
     scheduler: str = SCHEDULER_NAMES[0]
@@ -100,8 +100,12 @@ class ClusterConfig:
     """
 
     num_replicas: int = 4
+    """Number of identical replicas (copies of ``replica``); ignored when ``replicas`` lists them."""
     replica: ReplicaConfig = field(default_factory=ReplicaConfig)
+    """The replica a homogeneous cluster is made of."""
     replicas: tuple[ReplicaConfig, ...] | None = None
+    """The replicas of a heterogeneous cluster, one config each; None makes ``num_replicas``
+    copies of ``replica``."""
     time_model: str = "builtin"
     """``builtin`` (calibrated presets shipped with the package) or ``profiled`` (Vidur CSVs)."""
     profiling_dir: str | None = None
