@@ -66,15 +66,18 @@ class SuiteSettings:
     replay_requests: int = 512
     fresh: bool = False
     episode_requests: int | None = None
+    env_extra: tuple[tuple[str, Any], ...] = ()
 
     def env_kwargs(self, name: str, training: bool = False) -> dict[str, Any]:
         """The env kwargs of scenario ``name`` (its training distribution with ``training``), with
-        ``episode_requests`` decisions per episode when set."""
+        ``episode_requests`` decisions per episode when set and the ``--env-kwargs`` on top (the
+        same in training and evaluation, so an output predictor or cache view matches the model)."""
         from vidur_env.scenarios import registered_scenario
 
         kwargs = registered_scenario(name).env_kwargs(training)
         if self.episode_requests is not None:
             kwargs["num_requests"] = self.episode_requests
+        kwargs.update(self.env_extra)
         return kwargs
 
 
@@ -101,6 +104,9 @@ def add_suite_parser(commands: Any) -> None:
     suite.add_argument("--replay-requests", type=int, default=512, help="requests per replay episode (default 512)")
     suite.add_argument("--episode-requests", type=int, default=None,
                        help="decisions per episode in training and evaluation (default: the scenario's)")
+    suite.add_argument("--env-kwargs", default="{}", metavar="JSON",
+                       help='env keywords over each scenario\'s, in training and evaluation, e.g. '
+                            '\'{"reward": "latency_ttft", "ttft_weight": 30}\' or \'{"output_predictor": "noisy"}\'')
     suite.add_argument("--fresh", action="store_true", help="rerun scenarios that already have results")
 
 
@@ -124,6 +130,13 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
             raise ConfigError(f"{flag}: must be at least {least}, got {value}")
     if not 0 < args.replay_load < 1.5:
         raise ConfigError(f"--replay-load: must be in (0, 1.5), got {args.replay_load}")
+    try:
+        env_extra = json.loads(args.env_kwargs)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--env-kwargs: not JSON ({error.msg} at character {error.pos})") from None
+    if not isinstance(env_extra, dict) or {"scenario", "traffic"} & set(env_extra):
+        raise ConfigError("--env-kwargs: expected a JSON object of env keywords other than scenario and traffic "
+                          "(the suite sets those)")
     overrides = []
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -132,8 +145,10 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
         overrides.append((key.strip(), value))
     settings = SuiteSettings(scenarios, args.seeds, pathlib.Path(args.output_dir), args.config, tuple(overrides),
                              args.episodes, args.teacher_episodes, args.jobs, args.replay, args.replay_load,
-                             args.replay_requests, args.fresh, args.episode_requests)
+                             args.replay_requests, args.fresh, args.episode_requests, tuple(env_extra.items()))
     resolve_config(settings.config, dict(settings.overrides))  # a bad key or value fails before any training
+    for name in scenarios:  # so does a bad env keyword
+        make_env(settings.env_kwargs(name, training=True))
     if args.replay and not pathlib.Path(args.replay).is_file():
         raise ConfigError(f"--replay: no trace file at {args.replay}")
     return settings
@@ -142,6 +157,13 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
 # ---------------------------------------------------------------------------------------------
 # One scenario: teacher, training, evaluation
 # ---------------------------------------------------------------------------------------------
+
+
+def make_env(kwargs: dict[str, Any]):
+    """The routing env for ``kwargs`` (a bad keyword raises vidur_env's ConfigError, a ValueError)."""
+    from vidur_env.env import VidurRoutingEnv
+
+    return VidurRoutingEnv(**kwargs)
 
 
 def heuristics_for(name: str) -> list[str]:
@@ -333,7 +355,7 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(finite(results[name]), indent=2))
     meta = {"seeds": settings.seeds, "episodes": settings.episodes, "config": settings.config,
-            "overrides": dict(settings.overrides)}
+            "overrides": dict(settings.overrides), "env_kwargs": dict(settings.env_extra)}
     write_suite(settings.output_dir, results, meta)
     return results
 

@@ -93,7 +93,8 @@ def markdown(results: dict[str, Any], settings: dict[str, Any]) -> str:
              "episode (negative: the trained router is better), with 95% t intervals; the trained figure of "
              "an episode is the mean over seeds. A difference whose interval includes 0 is a tie.",
              f"Base config: {settings['config'] or 'built-in defaults'}; overrides: "
-             f"{json.dumps(settings['overrides']) if settings['overrides'] else 'none'}.", "",
+             f"{json.dumps(settings['overrides']) if settings['overrides'] else 'none'}; env keywords: "
+             f"{json.dumps(settings.get('env_kwargs')) if settings.get('env_kwargs') else 'as registered'}.", "",
              "![suite](suite.png)", "", "| scenario | teacher | verdict | training s/seed |", "|---|---|---|---|"]
     for name, result in results.items():
         seconds = sum(result["training_seconds"]) / len(result["training_seconds"])

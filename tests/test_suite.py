@@ -27,6 +27,9 @@ TINY = ["--set", "ppo.total_timesteps=128", "--set", "ppo.n_envs=2", "--set", "p
     (["--set", "ppo.gamma"], "--set 'ppo.gamma': expected KEY=VALUE"),
     (["--set", "ppo.nope=1"], "unknown config key 'ppo.nope'"),
     (["--replay", "missing.csv"], "--replay: no trace file at missing.csv"),
+    (["--env-kwargs", "{"], "--env-kwargs: not JSON"),
+    (["--env-kwargs", '{"scenario": "x"}'], "--env-kwargs: expected a JSON object of env keywords other than"),
+    (["--env-kwargs", '{"reward": "nope"}'], "reward: must be one of"),
 ])
 def test_bad_suite_flags_exit_2_with_one_line(tmp_path, capsys, flags, message):
     assert main(["suite", "--output-dir", str(tmp_path), *flags]) == 2
