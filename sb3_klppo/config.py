@@ -29,10 +29,14 @@ from functools import cache, partial
 from typing import Any
 
 import yaml
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from sb3_klppo.callbacks import TARGET_KL_ACTIONS
 from sb3_klppo.errors import ConfigError
 from sb3_klppo.klppo import DEFAULT_KL_ESTIMATOR, KL_ESTIMATORS
+
+VEC_ENV_CLASSES: dict[str, type[VecEnv]] = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
+"""SB3's vectorised-env class for each ``ppo.vec_env`` choice (the first is the default)."""
 
 DEFAULT_ENV_ID = "vidur_env:VidurRouting-v0"
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -82,7 +86,7 @@ class PPOConfig:
     """Environment steps (routing decisions) of PPO training, summed over envs."""
     n_envs: int = knob(8, ge=1)
     """Environment copies stepped together (see vec_env)."""
-    vec_env: str = knob("dummy", choices=("dummy", "subproc"))
+    vec_env: str = knob(next(iter(VEC_ENV_CLASSES)), choices=tuple(VEC_ENV_CLASSES))
     """How the copies run: dummy (one process, in turn; SB3's DummyVecEnv) or subproc (one process
     each, in parallel; SB3's SubprocVecEnv, worth it when an env step costs more than the
     inter-process round trip)."""

@@ -45,7 +45,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from sb3_klppo import report
 from sb3_klppo.behaviour_cloning import BCReport, behaviour_clone
@@ -57,6 +57,7 @@ from sb3_klppo.callbacks import (
     TargetKLMonitor,
 )
 from sb3_klppo.config import (
+    VEC_ENV_CLASSES,
     ConfigError,
     Knob,
     TrainConfig,
@@ -185,10 +186,6 @@ def preflight(config: TrainConfig) -> None:
             check_router_names(evaluation_routers(config))
         except ValueError as error:
             raise ConfigError(f"evaluation.routers: {error}") from None
-
-
-VEC_ENV_CLASSES: dict[str, type[VecEnv]] = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
-"""SB3's vectorised-env class for each ``ppo.vec_env`` choice."""
 
 
 def make_vec_env(config: TrainConfig, seed: int, progress: JobProgress | None = None) -> VecEnv:

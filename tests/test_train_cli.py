@@ -329,7 +329,7 @@ def test_every_vec_env_choice_has_a_class():
     from dataclasses import fields
 
     from sb3_klppo.config import PPOConfig
-    from sb3_klppo.pipeline import VEC_ENV_CLASSES
+    from sb3_klppo.config import VEC_ENV_CLASSES
 
     choices = next(f for f in fields(PPOConfig) if f.name == "vec_env").metadata["choices"]
     assert set(choices) == set(VEC_ENV_CLASSES)

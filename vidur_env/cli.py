@@ -28,7 +28,7 @@ from vidur_env.evaluation import evaluate, load_model
 from vidur_env.hardware import DEVICES
 from vidur_env.metrics import CSV_LAYOUTS, DEFAULT_CSV_LAYOUT, write_json
 from vidur_env.reward import DEFAULT_REWARD, REWARDS, RewardSettings
-from vidur_env.routers import ROUTERS, load_only_routers
+from vidur_env.routers import DEFAULT_ROUTER, ROUTERS, load_only_routers
 from vidur_env.cache_view import CACHE_VIEWS
 from vidur_env.env import OUTPUT_PREDICTORS
 from vidur_env.scenarios import DEFAULT_SCENARIO, SCENARIOS, named_scenario, registered_scenario
@@ -250,7 +250,7 @@ def build_parser(scenario: str = DEFAULT_SCENARIO) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     simulate = commands.add_parser("simulate", help="simulate a cluster with a heuristic router; print metrics as JSON")
     add_scenario_arguments(simulate, base)
-    simulate.add_argument("--router", choices=sorted(ROUTERS), default="round_robin", help="routing policy")
+    simulate.add_argument("--router", choices=sorted(ROUTERS), default=DEFAULT_ROUTER, help="routing policy")
     simulate.add_argument("--seed", type=non_negative_int, default=0, help="seed of the workload draw and random routers")
     simulate.add_argument("--output-json", default=None, help="also write the aggregate metrics here")
     simulate.add_argument("--output-csv", default=None,

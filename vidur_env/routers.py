@@ -261,6 +261,10 @@ ROUTERS: dict[str, type[Router]] = {
 ROUTERS.update(CACHE_ROUTERS)
 
 
+DEFAULT_ROUTER = RoundRobin.name
+"""The router ``simulate`` and :func:`vidur_env.simulation.run_simulation` use unless told (Vidur's default)."""
+
+
 def load_only_routers() -> list[str]:
     """Every registered router that is not cache-aware, in registry order: the default comparison
     set of ``evaluate`` and of the training job's evaluation (the cache-aware routers need prefix

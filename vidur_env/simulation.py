@@ -13,7 +13,7 @@ from vidur_env.config import (
 from vidur_env.hardware import get_model, plan_memory
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
 from vidur_env.reward import Reward, isolated_latencies
-from vidur_env.routers import Router, make_router
+from vidur_env.routers import DEFAULT_ROUTER, Router, make_router
 from vidur_env.time_model import ExecutionTimeModel
 from vidur_env.workload import Requests, WorkloadConfig, generate_requests, trace_rows
 
@@ -268,7 +268,7 @@ class SimulationResult:
     metrics: dict[str, Any]
 
 
-def run_simulation(scenario: Scenario, router: str | Router = "round_robin", seed: int = 0,
+def run_simulation(scenario: Scenario, router: str | Router = DEFAULT_ROUTER, seed: int = 0,
                    requests: Requests | None = None,
                    time_models: list[ExecutionTimeModel] | None = None) -> SimulationResult:
     """Generate the workload (or use ``requests``), route it, drain, and compute the metrics.
