@@ -253,7 +253,7 @@ def episode_table(env_kwargs: dict, heuristics: Sequence[str], models: Sequence[
 
     result = evaluate(env_kwargs, heuristics, episodes=episodes, seed=seed)
     per_episode = {name: {f: list(result.episodes[name][f]) for f in FIGURES} for name in heuristics}
-    rows = {name: {f: result.rows[name][f] for f in FIGURES} for name in [*heuristics, "lower_bound"]}
+    rows = {name: {f: result.rows[name][f] for f in FIGURES} for name in result.rows}
     per_seed: dict[str, list[dict[str, list[float]]]] = {TRAINED: [], SAMPLED: []}
     for row_name, deterministic in ((TRAINED, True), (SAMPLED, False)):
         pooled = []

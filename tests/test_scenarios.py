@@ -146,3 +146,9 @@ def test_the_harness_runs_cache_aware_routers_on_the_live_simulator_like_simulat
 def test_live_routers_are_refused_with_stale_observations():
     with pytest.raises(ConfigError, match="decides on the live simulator"):
         evaluate({"scenario": "stale100", "num_requests": 10}, ["sglang_cache_aware"], episodes=1)
+
+
+def test_no_lower_bound_row_where_prefix_caching_makes_it_no_bound():
+    prefix = evaluate({"scenario": "prefix", "num_requests": 30}, ["round_robin"], episodes=1)
+    default = evaluate({"scenario": "default", "num_requests": 30}, ["round_robin"], episodes=1)
+    assert "lower_bound" not in prefix.rows and "lower_bound" in default.rows

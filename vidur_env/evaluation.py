@@ -4,7 +4,9 @@ Every policy runs full episodes of the routing env; episode ``k`` is reset with 
 ``seed + k`` for every policy (common random numbers), so all policies route the same
 requests. Per-request E2E and TTFT are pooled over episodes. The ``lower_bound`` row serves
 every request alone on its fastest replica (:func:`vidur_env.reward.isolated_latencies`):
-no router can beat it, and the gap to it is the queueing and batching a router caused.
+no router can beat it, and the gap to it is the queueing and batching a router caused. With
+prefix caching on it is no bound (a cached prompt prefills faster than alone on an empty
+replica), so the row is left out there.
 
 Besides the pooled rows, every policy's per-episode figures are kept, so two policies are
 compared episode by episode (:meth:`EvaluationResult.compare`, a paired t interval).
@@ -266,7 +268,8 @@ def evaluate(env_kwargs: dict, routers: Sequence[str], *, model=None, model_name
     :param episodes: episodes per policy.
     :param seed: seed of episode 0 (workload draws and the routers' generators).
     :param deterministic: passed to ``model.predict``.
-    :param lower_bound: add the no-queueing ``lower_bound`` row.
+    :param lower_bound: add the no-queueing ``lower_bound`` row (never with prefix caching on,
+        where serving a request alone without its cached prefix bounds nothing).
     :param progress: told the routing decisions of every finished episode (e.g. a bar's update).
     """
     names = check_router_names(routers)
@@ -291,7 +294,7 @@ def evaluate(env_kwargs: dict, routers: Sequence[str], *, model=None, model_name
     if model is not None:
         runs[model_name] = run_episodes(env, model_predictor(model, env, deterministic), episodes, seed,
                                         progress=progress)
-    if lower_bound:
+    if lower_bound and not any(spec.prefix_caching for spec in env.cluster.replica_configs):
         runs[LOWER_BOUND] = lower_bound_episodes(env, episodes, seed)
     rows = {name: pooled_row(run) for name, run in runs.items()}
     per_episode = {name: episode_figures(run) for name, run in runs.items()}
