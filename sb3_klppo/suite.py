@@ -258,6 +258,7 @@ def episode_table(env_kwargs: dict, heuristics: Sequence[str], models: Sequence[
     for row_name, deterministic in ((TRAINED, True), (SAMPLED, False)):
         pooled = []
         for model in models:
+            model.set_random_seed(seed)  # sampled actions reproducible by the evaluation seed
             run = evaluate(env_kwargs, [], model=model, model_name=row_name, episodes=episodes, seed=seed,
                            deterministic=deterministic, lower_bound=False)
             per_seed[row_name].append({f: list(run.episodes[row_name][f]) for f in FIGURES})
