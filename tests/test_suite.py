@@ -94,3 +94,14 @@ def test_a_tiny_suite_writes_its_tables_and_resumes_without_retraining(tmp_path,
     monkeypatch.setattr(suite_module, "run_scenario", no_training)
     assert main(["suite", "--scenarios", "hetero", "--seeds", "2", "--output-dir", str(out), *TINY]) == 0
     assert json.loads((out / "suite.json").read_text())["scenarios"]["hetero"] == result
+
+
+def test_the_same_seeds_give_the_same_suite(tmp_path, capsys):
+    results = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert main(["suite", "--scenarios", "default", "--seeds", "1", "--output-dir", str(out), *TINY]) == 0
+        results.append(json.loads((out / "suite.json").read_text())["scenarios"]["default"])
+    capsys.readouterr()
+    for key in ("policies", "paired", "teacher", "episodes"):
+        assert results[0][key] == results[1][key], key
