@@ -149,9 +149,24 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
     resolve_config(settings.config, dict(settings.overrides))  # a bad key or value fails before any training
     for name in scenarios:  # so does a bad env keyword
         make_env(settings.env_kwargs(name, training=True))
-    if args.replay and not pathlib.Path(args.replay).is_file():
-        raise ConfigError(f"--replay: no trace file at {args.replay}")
+    if args.replay:
+        check_replay(args.replay)
     return settings
+
+
+def check_replay(trace: str) -> None:
+    """The replay trace must exist, parse and carry arrival times (a rate to scale)."""
+    from vidur_env.traces import read_trace
+
+    if not pathlib.Path(trace).is_file():
+        raise ConfigError(f"--replay: no trace file at {trace}")
+    try:
+        rows = read_trace(trace)
+    except ValueError as error:
+        raise ConfigError(f"--replay: {error}") from None
+    if rows.arrived_at is None or len(rows) < 2:
+        raise ConfigError(f"--replay: {trace} has no arrival times (a length-only trace or a single row); "
+                          "give a trace with time stamps")
 
 
 # ---------------------------------------------------------------------------------------------

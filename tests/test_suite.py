@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from vidur_env.routers import load_only_routers
 from vidur_env.simulation import cluster_capacity
 from vidur_env.traces import read_trace
 
+LENGTHS_ONLY = Path(__file__).parent / "fixtures" / "vidur_lengths.csv"
 TINY = ["--set", "ppo.total_timesteps=128", "--set", "ppo.n_envs=2", "--set", "ppo.n_steps=32",
         "--set", "ppo.batch_size=32", "--set", "ppo.n_epochs=1", "--set", "warm_start.n_samples=64",
         "--set", "warm_start.bc_epochs=1", "--set", "monitoring.tensorboard=false",
@@ -27,6 +29,7 @@ TINY = ["--set", "ppo.total_timesteps=128", "--set", "ppo.n_envs=2", "--set", "p
     (["--set", "ppo.gamma"], "--set 'ppo.gamma': expected KEY=VALUE"),
     (["--set", "ppo.nope=1"], "unknown config key 'ppo.nope'"),
     (["--replay", "missing.csv"], "--replay: no trace file at missing.csv"),
+    (["--replay", str(LENGTHS_ONLY)], "has no arrival times"),
     (["--env-kwargs", "{"], "--env-kwargs: not JSON"),
     (["--env-kwargs", '{"scenario": "x"}'], "--env-kwargs: expected a JSON object of env keywords other than"),
     (["--env-kwargs", '{"reward": "nope"}'], "reward: must be one of"),
