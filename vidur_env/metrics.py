@@ -124,7 +124,7 @@ class RequestMetrics:
         rows = slice(None) if done.size == stop - start else done
         col = lambda values, dtype=float: _window(values, dtype, start, stop)[rows]  # noqa: E731
         return cls(
-            request_id=done + start,
+            request_id=done + start if start else done,
             replica_id=col(table.replica, int),
             arrived_at=col(table.arrived_at),
             num_prefill_tokens=col(table.orig_prefill, int),

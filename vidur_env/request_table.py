@@ -64,13 +64,18 @@ class ColumnMaker:
 
 def typed_column(code: str, value: np.ndarray | float | int | bool, n: int) -> array:
     """An :class:`array.array` of type ``code``: ``value``'s elements, or ``n`` copies of it.
-    A value the type cannot hold raises OverflowError (NumPy's cast would wrap it)."""
+    Filled through a NumPy view, so no temporary copy of a long column is made; a count the
+    type cannot hold raises OverflowError (NumPy's cast would wrap it)."""
     if not isinstance(value, np.ndarray):
         return array(code, [value]) * n
-    cast = value.astype(np.dtype(code))
-    if not np.array_equal(cast, value):
-        raise OverflowError(f"a value does not fit in array type {code!r}")
-    return array(code, cast.tobytes())
+    dtype = np.dtype(code)
+    if dtype.kind == "i" and value.size:
+        limits = np.iinfo(dtype)
+        if value.min() < limits.min or value.max() > limits.max:
+            raise OverflowError(f"a value does not fit in array type {code!r} ({limits.min} to {limits.max})")
+    column = array(code, [0]) * n
+    np.asarray(column)[:] = value
+    return column
 
 
 class NoBlockHashes(Sequence):
