@@ -5,12 +5,13 @@ request id are the fastest containers CPython offers for that access pattern (Nu
 indexing is several times slower), and they make the end-of-run metrics a single array
 conversion instead of a walk over per-request objects.
 
-A list costs about 36 bytes a request per column (an 8-byte slot and a boxed number), some
-350 bytes a request over the table, which is what limits a trace's length. A *compact* table
-holds the same columns in :class:`array.array` (4 or 8 bytes an element, :data:`COMPACT_TYPES`):
-the same indexing from Python, the same values read back, about 70 bytes a request, and NumPy
-views them without a copy. Long traces use it (``simulate``); tests and the env keep lists,
-which compare equal to lists.
+A list costs 8 to 36 bytes a request per column (an 8-byte slot, and a boxed number unless
+shared), some 350 bytes a request over the table once a run is done, which is what limits a
+trace's length. A *compact* table holds the same columns in :class:`array.array` (4 or 8 bytes
+an element, :data:`COMPACT_TYPES`): the same indexing from Python, the same values read back,
+77 bytes a request, and NumPy views them without a copy, for a few percent of speed (boxing
+on every read). Long traces use it (``run_simulation``, hence ``simulate``); the env and other
+direct users of the simulator keep lists.
 """
 from __future__ import annotations
 

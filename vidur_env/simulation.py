@@ -283,7 +283,7 @@ def run_simulation(scenario: Scenario, router: str | Router = DEFAULT_ROUTER, se
     per-request CSV there in ``csv_layout`` while the run goes (:class:`CsvStream`; the
     same file :meth:`RequestMetrics.write_csv` writes afterwards).
 
-    The simulator holds its request table in typed arrays (``compact``), about 70 bytes a
+    The simulator holds its request table in typed arrays (``compact``), 77 bytes a
     request, so traces of millions of requests fit in memory; the metrics are views of it.
 
     Besides Vidur's metrics, the result reports what the run changed or guessed:
