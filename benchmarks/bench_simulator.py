@@ -3,11 +3,13 @@
 Default scenario: 4 replicas of Llama-2-7B on A100 (TP1), Sarathi (chunk 512), the embedded
 conversation-trace length distribution, Poisson arrivals at 85% of measured capacity, round
 robin. Prints the rate with the fast paths (grouped decodes, decode-run loop) on and off (same
-requests, same results), their ratio, and optionally a cProfile summary of where time goes.
+requests, same results), their ratio, the rate with the compact request table ``simulate``
+uses (typed arrays instead of lists, same results) beside the lists', and optionally a cProfile
+summary of where time goes.
 
-Each path runs ``--repeats`` times; the best run is the figure (the machine is a shared VM
-whose speed varies by up to 40% between runs, which only ever slows a run down) and the
-median is printed next to it.
+Each path runs ``--repeats`` times, the paths taking turns; the best run is the figure (the
+machine is a shared VM whose speed varies by up to 40% between runs, which only ever slows a
+run down) and the median is printed next to it.
 
     python benchmarks/bench_simulator.py [--requests 20000] [--repeats 5] [--scheduler sarathi] [--profile]
 """
@@ -29,8 +31,9 @@ from vidur_env.workload import generate_requests
 
 
 def decisions_per_second(scenario: Scenario, requests, time_models, fast_forward: bool = True,
-                         group_decodes: bool = True) -> tuple[float, ClusterSimulator]:
-    sim = ClusterSimulator(scenario.cluster, requests, max_tokens=scenario.workload.max_tokens, time_models=time_models)
+                         group_decodes: bool = True, compact: bool = False) -> tuple[float, ClusterSimulator]:
+    sim = ClusterSimulator(scenario.cluster, requests, max_tokens=scenario.workload.max_tokens, time_models=time_models,
+                           compact=compact)
     for replica in sim.replicas:
         replica.fast_forward = fast_forward
         replica.group_decodes = group_decodes
@@ -62,18 +65,24 @@ def main() -> None:
 
     warm, sim = decisions_per_second(scenario, requests, time_models)  # fills the time-model memo
 
-    def repeated(**paths: bool) -> tuple[float, float]:
-        rates = [decisions_per_second(scenario, requests, time_models, **paths)[0] for _ in range(args.repeats)]
-        return max(rates), float(np.median(rates))
+    def interleaved(*paths: dict[str, bool]) -> list[tuple[float, float]]:
+        """(best, median) rate of each path, the paths taking turns so load changes hit them alike."""
+        rates: list[list[float]] = [[] for _ in paths]
+        for _ in range(args.repeats):
+            for rate, path in zip(rates, paths):
+                rate.append(decisions_per_second(scenario, requests, time_models, **path)[0])
+        return [(max(rate), float(np.median(rate))) for rate in rates]
 
-    (fast, fast_median), (no_ff, no_ff_median), (exact, exact_median) = (
-        repeated(), repeated(fast_forward=False), repeated(fast_forward=False, group_decodes=False))
+    (fast, fast_median), (compact, compact_median), (no_ff, no_ff_median), (exact, exact_median) = interleaved(
+        {}, {"compact": True}, {"fast_forward": False}, {"fast_forward": False, "group_decodes": False})
     iterations = sum(r.stats.num_iterations for r in sim.replicas)
     busy = [r.stats.busy_time / max(sim.table.completed_at) for r in sim.replicas]
     print(f"replica busy fraction: {', '.join(f'{b:.2f}' for b in busy)}; "
           f"{iterations / len(requests):.1f} iterations per request")
     print(f"decisions/s (best of {args.repeats}, median in brackets)")
     print(f"  all fast paths      : {fast:,.0f} ({fast_median:,.0f}); first, cold-memo run: {warm:,.0f}")
+    print(f"  compact table       : {compact:,.0f} ({compact_median:,.0f}); {compact / fast:.2f}x the lists' "
+          f"(median {compact_median / fast_median:.2f}x), simulate's table")
     print(f"  no decode-run loop  : {no_ff:,.0f} ({no_ff_median:,.0f})")
     print(f"  per-request path    : {exact:,.0f} ({exact_median:,.0f}); Vidur's loop, no grouping")
     print(f"speed-up of the fast paths:  {fast / exact:.2f}x")

@@ -192,6 +192,13 @@ def test_an_output_path_in_a_missing_directory_fails_before_the_run(tmp_path, ca
     assert code == 2 and out == "" and err.startswith("error: --output-csv: directory")
 
 
+def test_an_unwritable_csv_is_a_one_line_error_naming_the_flag(tmp_path, capsys):
+    """The CSV is streamed while the run goes, so it is opened first: a directory there fails
+    with the flag's name and nothing on stdout."""
+    code, out, err = run_cli(SMALL + ["--output-csv", str(tmp_path)], capsys)
+    assert code == 2 and out == "" and err == f"error: --output-csv: cannot write {tmp_path} (Is a directory)\n"
+
+
 def test_zero_episode_requests_is_an_error_not_the_default(tmp_path, capsys):
     code, _, err = run_cli(["evaluate", "--num-requests", "8", "--episode-requests", "0", "--routers", "round_robin",
                             "--episodes", "1", "--output-dir", str(tmp_path)], capsys)

@@ -228,15 +228,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                           "which only routers reading the env's observations do; simulate routes on the live state. "
                           f"Run: python -m vidur_env evaluate --scenario {args.scenario}")
     scenario = scenario_from_args(args)
-    result = run_simulation(scenario, router=args.router, seed=args.seed)
+    try:  # the per-request CSV is written while the run goes
+        result = run_simulation(scenario, router=args.router, seed=args.seed, csv_path=args.output_csv,
+                                csv_layout=args.csv_columns)
+    except OSError as error:
+        if args.output_csv is None or error.filename != args.output_csv:
+            raise
+        raise ConfigError(f"--output-csv: cannot write {args.output_csv} ({error.strerror})") from None
     metrics = result.metrics
     note_cut_requests(metrics["requests_cut_to_max_tokens"], metrics["num_requests"], scenario.workload,
                       "", " (requests_cut_to_max_tokens in the JSON)")
     note_out_of_grid(result.metrics["out_of_grid_lookups"])
     if args.output_json:
         write_output("--output-json", args.output_json, lambda path: write_json(metrics, path))
-    if args.output_csv:
-        write_output("--output-csv", args.output_csv, lambda path: result.requests.write_csv(path, args.csv_columns))
     json.dump(result.metrics, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
@@ -254,7 +258,8 @@ def build_parser(scenario: str = DEFAULT_SCENARIO) -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=non_negative_int, default=0, help="seed of the workload draw and random routers")
     simulate.add_argument("--output-json", default=None, help="also write the aggregate metrics here")
     simulate.add_argument("--output-csv", default=None,
-                          help="write per-request metrics here (header as Vidur's request_metrics.csv by default)")
+                          help="write per-request metrics here, in request order, while the run goes (header as "
+                               "Vidur's request_metrics.csv by default)")
     simulate.add_argument("--csv-columns", choices=tuple(CSV_LAYOUTS), default=DEFAULT_CSV_LAYOUT,
                           help="--output-csv layout: vidur (Vidur's request_metrics.csv column names and order, the "
                                "columns this simulator computes) or full (adds replica ids and raw timestamps, "

@@ -101,6 +101,9 @@ class ClusterSimulator:
     :class:`~vidur_env.kv_cache.KVCache`), ``table`` (per-request columns), and ``round`` /
     ``changed`` (the number of dispatches so far, and the ids of the replicas whose state
     changed since the last one: the one dispatched to, then those advanced).
+
+    ``compact`` holds the table in typed arrays (:mod:`vidur_env.request_table`): about a
+    fifth of the memory of lists, the same results; for long traces.
     """
 
     def __init__(
@@ -110,11 +113,12 @@ class ClusterSimulator:
         *,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         time_models: list[ExecutionTimeModel] | None = None,
+        compact: bool = False,
     ) -> None:
         cluster.validate()
         self.cluster = cluster
         self.table = RequestTable(requests.arrived_at, requests.num_prefill_tokens, requests.num_decode_tokens,
-                                  getattr(requests, "block_hashes", None))
+                                  getattr(requests, "block_hashes", None), compact=compact)
         self._check_requests_fit(max_tokens)
         models = time_models if time_models is not None else build_time_models(cluster)
         self.replicas: list[Replica] = [
@@ -214,10 +218,10 @@ class ClusterSimulator:
     def drain(self) -> None:
         """Run until every routed request has completed."""
         self.advance_to(float("inf"))
-        stuck = [rid for rid in range(self.next_request) if self.table.completed_at[rid] < 0]
-        if stuck:
+        stuck = np.flatnonzero(np.asarray(self.table.completed_at)[: self.next_request] < 0)
+        if stuck.size:
             raise SimulationError(
-                f"{len(stuck)} request(s) can never be scheduled (first: {stuck[0]}); "
+                f"{stuck.size} request(s) can never be scheduled (first: {stuck[0]}); "
                 "the replica's KV cache is too small for them"
             )
 

@@ -3,18 +3,25 @@
 Names and definitions follow Vidur's ``MetricsStore``; as in Vidur, the normalised metrics
 divide by the request's *current* output count, which a restart lowers (the tokens decoded
 before a preemption become prompt).
+
+The per-request CSV can be written at the end (:meth:`RequestMetrics.write_csv`) or while the
+simulation runs (:class:`CsvStream`): rows are in request order, so a row is written once
+every earlier request has completed, and both give the same bytes.
 """
 from __future__ import annotations
 
 import csv
 import json
+import math
+from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from vidur_env.cluster import ClusterSimulator, ReplicaSummary, replica_summaries
+from vidur_env.request_table import RequestTable
 
 QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
 
@@ -93,14 +100,31 @@ class RequestMetrics:
     """Prompt tokens at completion (a restart turns processed output into prompt)."""
     prefix_caching: bool = field(default=False, repr=False)
     """Whether any replica caches prefixes: only then is :data:`CACHED_TOKENS_COLUMN` written."""
+    previous_arrival: float = field(default=math.nan, repr=False)
+    """Arrival time of the completed request before the first one here (NaN: none), from which
+    the first inter-arrival delay is measured when a run's rows come in parts."""
 
     @classmethod
     def from_simulator(cls, sim: ClusterSimulator) -> "RequestMetrics":
-        table = sim.table
-        done = np.flatnonzero(np.asarray(table.completed_at) >= 0)
-        col = lambda values, dtype=float: np.asarray(values, dtype=dtype)[done]  # noqa: E731
+        return cls.from_table(sim.table, prefix_caching=cls.caches_prefixes(sim))
+
+    @staticmethod
+    def caches_prefixes(sim: ClusterSimulator) -> bool:
+        """Whether any replica of ``sim`` caches prefixes (see :attr:`prefix_caching`)."""
+        return any(r.kv.prefix_caching for r in sim.replicas)
+
+    @classmethod
+    def from_table(cls, table: RequestTable, start: int = 0, stop: int | None = None, prefix_caching: bool = False,
+                   previous_arrival: float = math.nan) -> "RequestMetrics":
+        """The completed requests with ids in [``start``, ``stop``). When all of them completed,
+        the columns of a compact table are views of it, not copies (a long trace's metrics
+        need no second copy of its columns)."""
+        stop = len(table) if stop is None else stop
+        done = np.flatnonzero(_window(table.completed_at, float, start, stop) >= 0)
+        rows = slice(None) if done.size == stop - start else done
+        col = lambda values, dtype=float: _window(values, dtype, start, stop)[rows]  # noqa: E731
         return cls(
-            request_id=done,
+            request_id=done + start if start else done,
             replica_id=col(table.replica, int),
             arrived_at=col(table.arrived_at),
             num_prefill_tokens=col(table.orig_prefill, int),
@@ -112,7 +136,8 @@ class RequestMetrics:
             request_num_cached_tokens=col(table.cached_tokens, int),
             current_decode_tokens=col(table.decode, int),
             current_prefill_tokens=col(table.prefill, int),
-            prefix_caching=any(r.kv.prefix_caching for r in sim.replicas),
+            prefix_caching=prefix_caching,
+            previous_arrival=previous_arrival,
         )
 
     @property
@@ -150,7 +175,7 @@ class RequestMetrics:
     @property
     def request_inter_arrival_delay(self) -> np.ndarray:
         """Gap to the previous request's arrival; NaN (an empty cell, as in Vidur) for the first."""
-        return np.concatenate(([np.nan], np.diff(self.arrived_at)))
+        return np.diff(self.arrived_at, prepend=self.previous_arrival)
 
     @property
     def request_num_tokens(self) -> np.ndarray:
@@ -167,15 +192,75 @@ class RequestMetrics:
         Vidur's request_metrics.csv header (so scripts reading Vidur's files read ours), ``full``
         adds replica ids and raw timestamps under our attribute names. With prefix caching,
         both end with :data:`CACHED_TOKENS_COLUMN` (so files without it are as before)."""
-        columns = CSV_LAYOUTS[layout]
-        if self.prefix_caching:
-            columns = {**columns, CACHED_TOKENS_COLUMN: CACHED_TOKENS_COLUMN}
-        values = [np.asarray(getattr(self, name)) for name in columns.values()]
+        columns = csv_columns(layout, self.prefix_caching)
         with open(path, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(columns)
-            for row in zip(*values):
-                writer.writerow([_csv_cell(v) for v in row])
+            self.write_rows(writer, columns)
+
+    def write_rows(self, writer: Any, columns: dict[str, str]) -> None:
+        """The rows of ``columns`` (header -> attribute) to a ``csv.writer``, converted to Python
+        numbers a batch at a time (a NumPy scalar per cell costs several times more)."""
+        values = [np.asarray(getattr(self, name)) for name in columns.values()]
+        for start in range(0, len(self.request_id), CSV_BATCH_ROWS):
+            writer.writerows(zip(*(_csv_cells(column[start:start + CSV_BATCH_ROWS]) for column in values)))
+
+
+CSV_BATCH_ROWS = 4096
+"""Rows converted to Python numbers at once when writing the CSV."""
+
+
+def csv_columns(layout: str, prefix_caching: bool) -> dict[str, str]:
+    """The CSV header -> attribute of ``layout`` (:data:`CSV_LAYOUTS`), ending with
+    :data:`CACHED_TOKENS_COLUMN` when a replica caches prefixes."""
+    columns = CSV_LAYOUTS[layout]
+    return {**columns, CACHED_TOKENS_COLUMN: CACHED_TOKENS_COLUMN} if prefix_caching else columns
+
+
+class CsvStream:
+    """The per-request CSV of a running simulation, written as requests complete.
+
+    After each :meth:`write_completed`, the rows of every request before the first one still
+    in flight are on disk; a row waits only for the earlier requests (its place in the file),
+    so what is held back is bounded by the requests in flight, not by the trace. The file is
+    the one :meth:`RequestMetrics.write_csv` writes at the end of the run, byte for byte (every
+    request has completed by then); a run that fails leaves the rows written so far.
+    """
+
+    def __init__(self, path: str | Path, layout: str, prefix_caching: bool) -> None:
+        self.path = path
+        self.prefix_caching = prefix_caching
+        self.columns = csv_columns(layout, prefix_caching)
+        self.rows = 0
+        """Requests whose rows are written (the ids below this)."""
+        self._handle = open(path, "w", newline="")
+        self._writer = csv.writer(self._handle)
+        self._writer.writerow(self.columns)
+
+    def write_completed(self, table: RequestTable, routed: int) -> None:
+        """Write the rows of the requests from the first unwritten one up to (not including)
+        the first of the ``routed`` requests that has not completed."""
+        start = self.rows
+        pending = np.flatnonzero(_window(table.completed_at, float, start, routed) < 0)
+        stop = start + int(pending[0]) if pending.size else routed
+        if stop == start:
+            return
+        previous = table.arrived_at[start - 1] if start else math.nan
+        part = RequestMetrics.from_table(table, start, stop, self.prefix_caching, previous)
+        try:
+            part.write_rows(self._writer, self.columns)
+        except OSError as error:  # name the file, as open() does
+            raise OSError(error.errno, error.strerror, str(self.path)) from error
+        self.rows = stop
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "CsvStream":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def replica_report(summary: ReplicaSummary, makespan: float) -> dict[str, float]:
@@ -232,11 +317,22 @@ def add_prefix_cache_metrics(out: dict[str, Any], sim: ClusterSimulator) -> None
     out["prefix_cache_hit_rate"] = hits / prompts if prompts else 0.0
 
 
-def _csv_cell(value: np.generic) -> str | int:
-    """An integer as is, a float at full precision, NaN as an empty cell (as pandas writes it)."""
-    if isinstance(value, np.floating):
-        return "" if np.isnan(value) else repr(float(value))
-    return int(value)
+def _csv_cells(values: np.ndarray) -> list:
+    """A column's cells: integers as they are, floats at full precision (``csv`` writes a float's
+    ``repr``), NaN as an empty cell (as pandas writes it)."""
+    cells = values.tolist()
+    if values.dtype.kind == "f":
+        for i in np.flatnonzero(np.isnan(values)).tolist():
+            cells[i] = ""
+    return cells
+
+
+def _window(values: Sequence, dtype: type, start: int, stop: int) -> np.ndarray:
+    """``values[start:stop]`` as an array: a view of a typed array's memory (no copy), or the
+    conversion of a list's slice (to ``dtype``, as it always was)."""
+    if isinstance(values, array):
+        return np.asarray(values)[start:stop]
+    return np.asarray(values[start:stop], dtype=dtype)
 
 
 def write_json(metrics: dict[str, Any], path: str | Path) -> None:

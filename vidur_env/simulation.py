@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -11,7 +12,7 @@ from vidur_env.config import (
     ClusterConfig, ConfigError, ReplicaConfig, reject_unknown_keys, replica_config_from_dict, setting,
 )
 from vidur_env.hardware import get_model, plan_memory
-from vidur_env.metrics import RequestMetrics, aggregate_metrics
+from vidur_env.metrics import DEFAULT_CSV_LAYOUT, CsvStream, RequestMetrics, aggregate_metrics
 from vidur_env.reward import Reward, isolated_latencies
 from vidur_env.routers import DEFAULT_ROUTER, Router, make_router
 from vidur_env.time_model import ExecutionTimeModel
@@ -19,6 +20,8 @@ from vidur_env.workload import Requests, WorkloadConfig, generate_requests, trac
 
 DEFAULT_LOAD = 0.85
 """The default load level: arrivals at 85% of the cluster's measured capacity."""
+CSV_STREAM_REQUESTS = 16384
+"""Requests routed between two writes of completed rows when streaming the per-request CSV."""
 REFERENCE_SEED = 12345
 """Seed of the fixed workload draws a scenario is measured on (capacity probe, reward scale)."""
 CAPACITY_PROBE_REQUESTS = 256
@@ -113,10 +116,11 @@ class ResolvedScenario:
         """The fixed workload draw (seed :data:`REFERENCE_SEED`) a default reward scale is measured on."""
         return generate_requests(self.workload, np.random.default_rng(REFERENCE_SEED))
 
-    def simulator(self, requests: Requests) -> ClusterSimulator:
-        """A fresh simulator of the cluster for ``requests``."""
+    def simulator(self, requests: Requests, compact: bool = False) -> ClusterSimulator:
+        """A fresh simulator of the cluster for ``requests`` (``compact``: its request table in
+        typed arrays, see :class:`~vidur_env.cluster.ClusterSimulator`)."""
         return ClusterSimulator(self.cluster, requests, max_tokens=self.workload.max_tokens,
-                                time_models=self.time_models)
+                                time_models=self.time_models, compact=compact)
 
     def isolated_latencies(self, requests: Requests) -> tuple[np.ndarray, np.ndarray]:
         """(TTFT, E2E) of each request served alone on its fastest replica: the no-queueing bound."""
@@ -270,11 +274,17 @@ class SimulationResult:
 
 def run_simulation(scenario: Scenario, router: str | Router = DEFAULT_ROUTER, seed: int = 0,
                    requests: Requests | None = None,
-                   time_models: list[ExecutionTimeModel] | None = None) -> SimulationResult:
+                   time_models: list[ExecutionTimeModel] | None = None,
+                   csv_path: str | Path | None = None, csv_layout: str = DEFAULT_CSV_LAYOUT) -> SimulationResult:
     """Generate the workload (or use ``requests``), route it, drain, and compute the metrics.
 
     ``time_models`` (one per replica) replace the scenario's time source, e.g. a benchmark
-    timing iterations with another simulator's own predictions.
+    timing iterations with another simulator's own predictions. ``csv_path`` streams the
+    per-request CSV there in ``csv_layout`` while the run goes (:class:`CsvStream`; the
+    same file :meth:`RequestMetrics.write_csv` writes afterwards).
+
+    The simulator holds its request table in typed arrays (``compact``), 77 bytes a
+    request, so traces of millions of requests fit in memory; the metrics are views of it.
 
     Besides Vidur's metrics, the result reports what the run changed or guessed:
     ``requests_cut_to_max_tokens`` (requests shortened to fit ``max_tokens``) and
@@ -287,14 +297,24 @@ def run_simulation(scenario: Scenario, router: str | Router = DEFAULT_ROUTER, se
     rng = np.random.default_rng(seed)
     if requests is None:
         requests = generate_requests(workload, rng)
-    sim = resolved.simulator(requests)
+    num_cut = getattr(requests, "num_cut", 0)
+    sim = resolved.simulator(requests, compact=True)
+    del requests  # the table holds what the run needs; a generated workload's arrays go
     policy = make_router(router) if isinstance(router, str) else router
     policy.reset(sim.num_replicas, rng)
-    sim.run(policy)
+    if csv_path is None:
+        sim.run(policy)
+    else:
+        with CsvStream(csv_path, csv_layout, RequestMetrics.caches_prefixes(sim)) as stream:
+            while not sim.done_routing:
+                sim.route(policy, until=min(sim.next_request + CSV_STREAM_REQUESTS, sim.num_requests))
+                stream.write_completed(sim.table, sim.next_request)
+            sim.drain()
+            stream.write_completed(sim.table, sim.next_request)
     per_request = RequestMetrics.from_simulator(sim)
     metrics = aggregate_metrics(sim, per_request)
     metrics["arrival_rate"] = workload.qps if workload.arrival in ("poisson", "gamma") else None
-    metrics["requests_cut_to_max_tokens"] = getattr(requests, "num_cut", 0)
+    metrics["requests_cut_to_max_tokens"] = num_cut
     distinct_models = {id(model): model for model in time_models}.values()
     metrics["out_of_grid_lookups"] = sum(model.out_of_grid_lookups for model in distinct_models)
     return SimulationResult(sim, per_request, metrics)
