@@ -32,13 +32,15 @@ import json
 import pathlib
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from sb3_klppo.config import ConfigError
 from sb3_klppo.pipeline import resolve_config, run_training
 from sb3_klppo.suite_report import FIGURES, finite, write_suite
+from vidur_env.config_flags import FieldFlag, add_field_flags, field_values
+from vidur_env.scenarios import SCENARIOS
 
 TEACHER_SEED = 500
 """First seed of the episodes the teacher is chosen on (training traffic; neither training nor
@@ -50,23 +52,59 @@ TRAINED, SAMPLED = "trained", "trained_sampled"
 
 
 @dataclasses.dataclass(frozen=True)
+class SuiteArgs:
+    """The suite's arguments, as typed on the command line: each field is one flag of
+    ``python -m sb3_klppo suite`` (name, type, default and, from its docstring, help; see
+    :mod:`vidur_env.config_flags`), except ``--set``, which repeats."""
+
+    scenarios: Optional[str] = None
+    """Comma-separated registered scenarios; None: all of them, in registration order."""
+    seeds: int = 3
+    """Training seeds per scenario: the config's seed, +1, ..."""
+    output_dir: str = "runs/suite"
+    """The suite's directory: suite.json, suite.md, suite.png and a directory per scenario."""
+    config: Optional[str] = None
+    """Base JSON or YAML training config (None: the built-in defaults)."""
+    episodes: int = 10
+    """Held-out evaluation episodes per policy (at least 2, for an interval)."""
+    teacher_episodes: int = 4
+    """Episodes of the training traffic the teacher is chosen on."""
+    jobs: int = 1
+    """Training runs at once, in separate processes."""
+    replay: Optional[str] = None
+    """Also evaluate on a replay of this trace file (with time stamps) on the same cluster."""
+    replay_load: float = 0.8
+    """The replay's arrival rate as a fraction of the cluster's capacity for its lengths."""
+    replay_requests: int = 512
+    """Requests per replay episode (each from a random row of the trace)."""
+    episode_requests: Optional[int] = None
+    """Decisions per episode in training and evaluation (None: the scenario's)."""
+    env_kwargs: str = "{}"
+    """JSON object of env keywords over each scenario's, in training and evaluation, e.g.
+    {"reward": "latency_ttft", "ttft_weight": 30} or {"output_predictor": "noisy"}."""
+    fresh: bool = False
+    """Rerun scenarios whose results the directory already holds."""
+
+
+SUITE_FLAGS = tuple(
+    FieldFlag(name, note=f"Registered: {', '.join(SCENARIOS)}." if name == "scenarios" else "")
+    for name in SuiteArgs.__dataclass_fields__
+)
+"""Every field of :class:`SuiteArgs` is a flag."""
+
+
+@dataclasses.dataclass(frozen=True)
 class SuiteSettings:
-    """What the suite runs: the scenarios, seeds, episodes and the base training config."""
+    """What the suite runs: :class:`SuiteArgs` checked and parsed (names resolved, JSON read)."""
 
     scenarios: tuple[str, ...]
-    seeds: int
-    output_dir: pathlib.Path
-    config: str | None = None
+    args: SuiteArgs
     overrides: tuple[tuple[str, Any], ...] = ()
-    episodes: int = 10
-    teacher_episodes: int = 4
-    jobs: int = 1
-    replay: str | None = None
-    replay_load: float = 0.8
-    replay_requests: int = 512
-    fresh: bool = False
-    episode_requests: int | None = None
     env_extra: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def output_dir(self) -> pathlib.Path:
+        return pathlib.Path(self.args.output_dir)
 
     def env_kwargs(self, name: str, training: bool = False) -> dict[str, Any]:
         """The env kwargs of scenario ``name`` (its training distribution with ``training``), with
@@ -75,46 +113,28 @@ class SuiteSettings:
         from vidur_env.scenarios import registered_scenario
 
         kwargs = registered_scenario(name).env_kwargs(training)
-        if self.episode_requests is not None:
-            kwargs["num_requests"] = self.episode_requests
+        if self.args.episode_requests is not None:
+            kwargs["num_requests"] = self.args.episode_requests
         kwargs.update(self.env_extra)
         return kwargs
 
 
 def add_suite_parser(commands: Any) -> None:
     """The ``suite`` subcommand's arguments (``commands`` is the CLI's subparsers object)."""
-    from vidur_env.scenarios import SCENARIOS
-
     suite = commands.add_parser("suite", help="train and evaluate on registered scenarios; suite.json and suite.md")
-    suite.add_argument("--scenarios", default=",".join(SCENARIOS),
-                       help=f"comma-separated registered scenarios (default: all: {', '.join(SCENARIOS)})")
-    suite.add_argument("--seeds", type=int, default=3, help="training seeds per scenario: the config's seed, +1, ... (default 3)")
-    suite.add_argument("--output-dir", default="runs/suite", help="suite directory (default runs/suite)")
-    suite.add_argument("--config", help="base JSON or YAML training config (default: the built-in defaults)")
+    add_field_flags(suite, SuiteArgs(), SUITE_FLAGS)
     suite.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="config JSON key and value over the base config (as `train`'s flags read them), "
                             "e.g. ppo.total_timesteps=262144; repeat for more keys")
-    suite.add_argument("--episodes", type=int, default=10, help="held-out evaluation episodes per policy (default 10)")
-    suite.add_argument("--teacher-episodes", type=int, default=4,
-                       help="training-traffic episodes the teacher is chosen on (default 4)")
-    suite.add_argument("--jobs", type=int, default=1, help="training runs at once, in separate processes (default 1)")
-    suite.add_argument("--replay", metavar="TRACE", help="also evaluate on a replay of this trace (same cluster)")
-    suite.add_argument("--replay-load", type=float, default=0.8,
-                       help="the replay's arrival rate as a fraction of the cluster's capacity (default 0.8)")
-    suite.add_argument("--replay-requests", type=int, default=512, help="requests per replay episode (default 512)")
-    suite.add_argument("--episode-requests", type=int, default=None,
-                       help="decisions per episode in training and evaluation (default: the scenario's)")
-    suite.add_argument("--env-kwargs", default="{}", metavar="JSON",
-                       help='env keywords over each scenario\'s, in training and evaluation, e.g. '
-                            '\'{"reward": "latency_ttft", "ttft_weight": 30}\' or \'{"output_predictor": "noisy"}\'')
-    suite.add_argument("--fresh", action="store_true", help="rerun scenarios that already have results")
 
 
 def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
     """Checked settings from the parsed flags (a bad value raises :class:`ConfigError` naming its flag)."""
     from vidur_env.scenarios import registered_scenario
 
-    scenarios = tuple(name.strip() for name in args.scenarios.split(",") if name.strip())
+    given = SuiteArgs(**field_values(args, SUITE_FLAGS))
+    scenarios = tuple(SCENARIOS) if given.scenarios is None else tuple(
+        name.strip() for name in given.scenarios.split(",") if name.strip())
     if not scenarios:
         raise ConfigError("--scenarios: give at least one scenario name")
     for name in scenarios:
@@ -122,16 +142,16 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
             registered_scenario(name)
         except ValueError as error:
             raise ConfigError(f"--scenarios: {error}") from None
-    for flag, value, least in (("--seeds", args.seeds, 1), ("--episodes", args.episodes, 2),
-                               ("--teacher-episodes", args.teacher_episodes, 1), ("--jobs", args.jobs, 1),
-                               ("--replay-requests", args.replay_requests, 1),
-                               ("--episode-requests", args.episode_requests or 1, 1)):
+    for flag, value, least in (("--seeds", given.seeds, 1), ("--episodes", given.episodes, 2),
+                               ("--teacher-episodes", given.teacher_episodes, 1), ("--jobs", given.jobs, 1),
+                               ("--replay-requests", given.replay_requests, 1),
+                               ("--episode-requests", given.episode_requests or 1, 1)):
         if value < least:
             raise ConfigError(f"{flag}: must be at least {least}, got {value}")
-    if not 0 < args.replay_load < 1.5:
-        raise ConfigError(f"--replay-load: must be in (0, 1.5), got {args.replay_load}")
+    if not 0 < given.replay_load < 1.5:
+        raise ConfigError(f"--replay-load: must be in (0, 1.5), got {given.replay_load}")
     try:
-        env_extra = json.loads(args.env_kwargs)
+        env_extra = json.loads(given.env_kwargs)
     except json.JSONDecodeError as error:
         raise ConfigError(f"--env-kwargs: not JSON ({error.msg} at character {error.pos})") from None
     if not isinstance(env_extra, dict) or {"scenario", "traffic"} & set(env_extra):
@@ -143,14 +163,12 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
         if not sep:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         overrides.append((key.strip(), value))
-    settings = SuiteSettings(scenarios, args.seeds, pathlib.Path(args.output_dir), args.config, tuple(overrides),
-                             args.episodes, args.teacher_episodes, args.jobs, args.replay, args.replay_load,
-                             args.replay_requests, args.fresh, args.episode_requests, tuple(env_extra.items()))
-    resolve_config(settings.config, dict(settings.overrides))  # a bad key or value fails before any training
+    settings = SuiteSettings(scenarios, given, tuple(overrides), tuple(env_extra.items()))
+    resolve_config(given.config, dict(settings.overrides))  # a bad key or value fails before any training
     for name in scenarios:  # so does a bad env keyword
         make_env(settings.env_kwargs(name, training=True))
-    if args.replay:
-        check_replay(args.replay)
+    if given.replay:
+        check_replay(given.replay)
     return settings
 
 
@@ -207,7 +225,7 @@ def choose_teacher(settings: SuiteSettings, name: str, candidates: Sequence[str]
     for router in candidates:
         policy = RouterPolicy(router)
         try:
-            run = run_episodes(env, router_predictor(policy), settings.teacher_episodes, TEACHER_SEED,
+            run = run_episodes(env, router_predictor(policy), settings.args.teacher_episodes, TEACHER_SEED,
                                on_reset=policy.reset)
         except ValueError:  # needs what the observation does not carry
             continue
@@ -238,20 +256,20 @@ def training_overrides(settings: SuiteSettings, name: str, teacher: str | None, 
 
 def train_seeds(settings: SuiteSettings, name: str, teacher: str | None) -> tuple[list[str], list[float]]:
     """Train every seed (``--jobs`` at once); the run directories and each run's seconds."""
-    base_seed = resolve_config(settings.config, dict(settings.overrides)).seed
-    jobs = [training_overrides(settings, name, teacher, base_seed + k) for k in range(settings.seeds)]
+    base_seed = resolve_config(settings.args.config, dict(settings.overrides)).seed
+    jobs = [training_overrides(settings, name, teacher, base_seed + k) for k in range(settings.args.seeds)]
     started = time.perf_counter()
-    if settings.jobs == 1:
+    if settings.args.jobs == 1:
         dirs, seconds = [], []
         for overrides in jobs:
             start = time.perf_counter()
-            dirs.append(train_one(settings.config, overrides))
+            dirs.append(train_one(settings.args.config, overrides))
             seconds.append(time.perf_counter() - start)
         return dirs, seconds
-    with ProcessPoolExecutor(settings.jobs) as pool:
-        dirs = list(pool.map(train_one, [settings.config] * len(jobs), jobs))
+    with ProcessPoolExecutor(settings.args.jobs) as pool:
+        dirs = list(pool.map(train_one, [settings.args.config] * len(jobs), jobs))
     wall = time.perf_counter() - started
-    return dirs, [wall * settings.jobs / len(jobs)] * len(jobs)
+    return dirs, [wall * settings.args.jobs / len(jobs)] * len(jobs)
 
 
 def load_models(run_dirs: Sequence[str]) -> list[Any]:
@@ -329,7 +347,7 @@ def run_scenario(settings: SuiteSettings, name: str) -> dict[str, Any]:
     from vidur_env.scenarios import EVALUATION_SEED, registered_scenario
 
     heuristics = heuristics_for(name)
-    base = resolve_config(settings.config, dict(settings.overrides))
+    base = resolve_config(settings.args.config, dict(settings.overrides))
     if not base.warm_start.enabled:
         teacher, teacher_figures = None, {}
     elif "warm_start.expert" in dict(settings.overrides):
@@ -339,19 +357,20 @@ def run_scenario(settings: SuiteSettings, name: str) -> dict[str, Any]:
     run_dirs, seconds = train_seeds(settings, name, teacher)
     models = load_models(run_dirs)
     per_episode, rows, described = episode_table(settings.env_kwargs(name), heuristics, models,
-                                                 settings.episodes, EVALUATION_SEED)
+                                                 settings.args.episodes, EVALUATION_SEED)
     result: dict[str, Any] = {
         "description": registered_scenario(name).description, "simulated": described,
         "teacher": teacher, "teacher_e2e_mean": teacher_figures, "run_dirs": run_dirs,
         "training_seconds": seconds, "policies": rows, **comparisons(per_episode, heuristics, rows),
         "episodes": {k: v for k, v in per_episode.items() if k != "_seeds"},
     }
-    if settings.replay:
-        kwargs = replay_kwargs(name, settings.replay, settings.replay_load, settings.replay_requests)
+    given = settings.args
+    if given.replay:
+        kwargs = replay_kwargs(name, given.replay, given.replay_load, given.replay_requests)
         replay_heuristics = load_only_routers()
         replay_episodes, replay_rows, replay_described = episode_table(kwargs, replay_heuristics, models,
-                                                                        settings.episodes, EVALUATION_SEED)
-        result["replay"] = {"trace": settings.replay, "load": settings.replay_load, "simulated": replay_described,
+                                                                        given.episodes, EVALUATION_SEED)
+        result["replay"] = {"trace": given.replay, "load": given.replay_load, "simulated": replay_described,
                             "policies": replay_rows, **comparisons(replay_episodes, replay_heuristics, replay_rows)}
     return result
 
@@ -362,7 +381,7 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name in settings.scenarios:
         done = settings.output_dir / name / SCENARIO_FILE
-        if done.is_file() and not settings.fresh:
+        if done.is_file() and not settings.args.fresh:
             results[name] = json.loads(done.read_text())
             continue
         start = time.perf_counter()
@@ -370,7 +389,7 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
         results[name]["seconds"] = time.perf_counter() - start
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(finite(results[name]), indent=2))
-    meta = {"seeds": settings.seeds, "episodes": settings.episodes, "config": settings.config,
+    meta = {"seeds": settings.args.seeds, "episodes": settings.args.episodes, "config": settings.args.config,
             "overrides": dict(settings.overrides), "env_kwargs": dict(settings.env_extra)}
     write_suite(settings.output_dir, results, meta)
     return results

@@ -9,8 +9,9 @@ import pytest
 
 from sb3_klppo import suite as suite_module
 from sb3_klppo.cli import main
-from sb3_klppo.suite import heuristics_for, replay_kwargs
+from sb3_klppo.suite import SuiteArgs, heuristics_for, replay_kwargs
 from sb3_klppo.suite_report import FIGURES, verdict
+from vidur_env.config_flags import field_docs
 from vidur_env.routers import load_only_routers
 from vidur_env.simulation import cluster_capacity
 from vidur_env.traces import read_trace
@@ -108,3 +109,11 @@ def test_the_same_seeds_give_the_same_suite(tmp_path, capsys):
     capsys.readouterr()
     for key in ("policies", "paired", "teacher", "episodes"):
         assert results[0][key] == results[1][key], key
+
+
+def test_every_suite_argument_is_a_flag_with_its_docstring_as_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["suite", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, doc in field_docs(SuiteArgs).items():
+        assert f"--{name.replace('_', '-')}" in text and doc.split(".")[0] in text
