@@ -244,11 +244,13 @@ def test_router_policies_work_with_sb3_evaluate_policy():
 INDEXED_ROUTERS = ("lor", "jsq", "vllm_dp", "least_kv", "least_work_left", "speed_aware_lwl", "staleness_aware_lwl")
 
 
+@pytest.mark.parametrize("mixed", [True, False])
 @pytest.mark.parametrize("name", INDEXED_ROUTERS)
-def test_indexed_router_picks_what_the_scan_picks(name):
-    """At every decision of a random workload on 64 replicas (a fifth on faster devices, some idle, many
-    tied), the incremental index picks the replica the full scan picks, generator draws
-    included: both routers run on the same simulator with equally seeded generators."""
+def test_indexed_router_picks_what_the_scan_picks(name, mixed):
+    """At every decision of a random workload on 64 replicas (with ``mixed``, a fifth on faster
+    devices; some idle, many tied), the incremental index picks the replica the full scan picks,
+    generator draws included: both routers run on the same simulator with equally seeded
+    generators."""
     from dataclasses import replace as with_fields
 
     from vidur_env.config import ClusterConfig, ReplicaConfig
@@ -257,7 +259,7 @@ def test_indexed_router_picks_what_the_scan_picks(name):
     from vidur_env.workload import generate_requests
 
     a100, h100 = ReplicaConfig(), ReplicaConfig(device="h100")
-    cluster = ClusterConfig(replicas=tuple(h100 if i % 5 == 0 else a100 for i in range(64)))
+    cluster = ClusterConfig(replicas=tuple(h100 if mixed and i % 5 == 0 else a100 for i in range(64)))
     scenario = Scenario(cluster=cluster, load=0.9)
     scenario = with_fields(scenario, workload=with_fields(scenario.workload, num_requests=3000))
     models = build_time_models(cluster)

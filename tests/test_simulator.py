@@ -294,6 +294,39 @@ def test_fast_paths_change_no_result_with_two_hot_prefixes(scheduler):
     assert sum(slow.table.cached_tokens) > 0 and sum(slow.table.restarts) > 0
 
 
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+def test_one_iteration_resume_is_the_run_loop(scheduler, monkeypatch):
+    """In a large fleet most resumes finish one decode iteration and start the next
+    (:meth:`DecodeRuns.resume_decode`); that shortcut makes exactly the updates of the full
+    loop: same timestamps, same states at every decision, bit-identical running totals."""
+    from vidur_env.decode_runs import DecodeRuns
+
+    reqs = random_requests(1500, 7, qps=300.0, max_output=200)
+    model = builtin_time_model("meta-llama/Llama-2-7b-hf", "a100", 1)
+    shortcut = DecodeRuns.resume_decode
+    hits = []
+
+    def counted(self, now, horizon):
+        hits.append(shortcut(self, now, horizon))
+        return hits[-1]
+
+    def run(resume):
+        monkeypatch.setattr(DecodeRuns, "resume_decode", resume)
+        sim = ClusterSimulator(ClusterConfig(num_replicas=32, replica=ReplicaConfig(scheduler=scheduler)), reqs,
+                               time_models=[model] * 32)
+        recorder = StateRecorder("jsq", 32)
+        sim.run(recorder)
+        return sim, recorder.states
+
+    fast, fast_states = run(counted)
+    slow, slow_states = run(lambda self, now, horizon: False)
+    assert sum(hits) > 500, "the case must take the shortcut often"
+    for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts", "replica"):
+        assert getattr(fast.table, column) == getattr(slow.table, column), column
+    assert fast_states == slow_states
+    assert [a.stats for a in fast.replicas] == [b.stats for b in slow.replicas]
+
+
 class BatchRecorder(StateRecorder):
     """Records the ids of every replica's batch in flight at each decision."""
 

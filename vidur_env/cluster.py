@@ -16,7 +16,7 @@ Replica state changes only through :meth:`ClusterSimulator.advance_to` and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from heapq import heappop, heappush
+from heapq import heappop, heappush, heapreplace
 from math import inf
 from typing import Callable, Protocol
 
@@ -180,18 +180,23 @@ class ClusterSimulator:
         due, due_at, replicas, changed = self._due, self._due_at, self.replicas, self.changed
         not_yet = []
         while due and due[0][0] <= time:
-            entry = heappop(due)
-            i = entry[1]
-            if entry[0] != due_at[i]:
-                continue  # stale: the replica was requeued since
+            at, i = due[0]
+            if at != due_at[i]:
+                heappop(due)  # stale: the replica was requeued since
+                continue
             replica = replicas[i]
             if replica.batch_end <= time or replica.pending_at < time:
                 replica.advance_to(time)
                 changed.append(i)
-                due_at[i] = inf
-                self._queue(replica)
+                # requeued as by _queue, in one sift of the heap (in a large fleet most
+                # replicas advanced are still busy, so this runs at nearly every event)
+                at = due_at[i] = min(replica.batch_end, replica.pending_at)
+                if at != inf:
+                    heapreplace(due, (at, i))
+                else:
+                    heappop(due)
             else:
-                not_yet.append(entry)
+                not_yet.append(heappop(due))
         for entry in not_yet:
             heappush(due, entry)
         self.now = max(self.now, time)

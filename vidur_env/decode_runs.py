@@ -68,6 +68,34 @@ class DecodeRuns:
         return [rid for rid in running if rid != partial] + ([] if partial is None else [partial])
 
     # ------------------------------------------------------------------ loop
+    def resume_decode(self, now: float, horizon: float) -> bool:
+        """Resume the suspended run in the commonest case in a large fleet, where the horizons
+        are so close that every iteration is its own step: the iteration in flight (decodes
+        only) has ended at ``now`` and the next one, the same batch with the same time, ends
+        after ``horizon``. Then this starts that iteration and stays suspended, with the very
+        updates :meth:`run` would make (its segment holds that one iteration, so its sums are
+        ``0.0 + x``, i.e. ``x``), without :meth:`run`'s setup. Returns False, having changed
+        nothing, in any other case."""
+        suspended = self.suspended
+        if suspended.queue_changed or suspended.run[0] is not None or now >= horizon:
+            return False
+        scheduler, decoding, kv_cache, _, stats, phase, mask, _, _, _, limit = self._loop_constants
+        tick = decoding.tick + 1
+        if tick >= suspended.same_until or tick >= decoding.next_completion():
+            return False
+        allocated = kv_cache.allocated_blocks + phase[tick & mask]
+        d = suspended.decode_time
+        end = now + d
+        if allocated > limit or end <= horizon:
+            return False
+        decoding.tick = tick
+        kv_cache.allocated_blocks = allocated
+        n = decoding.size
+        stats.record(1, n, n, 0, d, allocated * d, allocated)
+        scheduler.batch_lazy = True
+        suspended.end = end
+        return True
+
     def run(self, now: float, horizon: float, run: SteadyRun | None = None) -> float:
         """Run iterations of the steady batch ``run`` from ``now`` in a tight loop; with
         ``run`` None, resume the suspended run, whose iteration in flight has ended at ``now``.

@@ -116,6 +116,9 @@ class Replica:
                 now = self.batch_end
                 self.batch_end = inf
                 if runs.suspended is not None:
+                    if runs.resume_decode(now, horizon):
+                        self.batch_end = runs.suspended.end
+                        return
                     now = runs.run(now, horizon)
                     if runs.suspended is not None:
                         self.batch_end = runs.suspended.end

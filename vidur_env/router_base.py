@@ -119,13 +119,27 @@ class ScoreIndex:
         """The least score."""
         return self.order[0][0]
 
-    def at_most(self, limit: float, offset: float = 0.0) -> list[int]:
-        """Replicas whose ``score + offset <= limit``, computed on those very floats (a bisection
-        on ``limit - offset`` corrected by the exact test at its edge)."""
+    def count_at_most(self, limit: float, offset: float = 0.0) -> int:
+        """How many replicas have ``score + offset <= limit``, computed on those very floats (a
+        bisection on ``limit - offset`` corrected by the exact test at its edge)."""
         order = self.order
         k = order.bisect_right((limit - offset, inf))
         while k < len(order) and order[k][0] + offset <= limit:
             k += 1
         while k > 0 and order[k - 1][0] + offset > limit:
             k -= 1
-        return [i for _, i in order.islice(0, k)]
+        return k
+
+    def at_most(self, limit: float, offset: float = 0.0) -> list[int]:
+        """Replicas whose ``score + offset <= limit`` (see :meth:`count_at_most`)."""
+        return [i for _, i in self.order.islice(0, self.count_at_most(limit, offset))]
+
+    def ascending_ids(self, k: int) -> bool:
+        """Whether the ``k`` least-scored replicas all score the same, so that they are in the
+        order of their ids and :meth:`nth` reads the sorted list of their ids in O(log N)."""
+        order = self.order
+        return order[0][0] == order[k - 1][0]
+
+    def nth(self, j: int) -> int:
+        """The replica ``j``-th in (score, id) order."""
+        return self.order[j][1]

@@ -195,6 +195,13 @@ class SpeedAwareLeastWorkLeft(Router):
             offsets.append((index, request_seconds(prompt, output, self.costs_by_model[model])))
         least = min(index.least() + offset for index, offset in offsets)
         limit = least + TIE_TOLERANCE * abs(least)  # argmin_random's tie rule, on the same floats
+        if len(offsets) == 1:
+            # a large fleet ties many idle replicas at the same score: draw among them without
+            # listing them (``rng.choice(k)`` draws as ``rng.choice`` of a k-element array)
+            index, offset = offsets[0]
+            k = index.count_at_most(limit, offset)
+            if index.ascending_ids(k):
+                return index.nth(0 if k == 1 else int(self.rng.choice(k)))
         tied = sorted(i for index, offset in offsets for i in index.at_most(limit, offset))
         return tied[0] if len(tied) == 1 else int(self.rng.choice(np.asarray(tied)))
 
