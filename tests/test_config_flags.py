@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import pytest
 
 from vidur_env import cli
-from vidur_env.cli import CLUSTER_FLAGS, REPLICA_FLAGS, WORKLOAD_FLAGS, build_parser, main, scenario_from_args
+from vidur_env.cli import (
+    CLUSTER_FLAGS, REPLICA_FLAGS, WORKLOAD_FLAGS, EvaluateArgs, build_parser, main, scenario_from_args,
+)
 from vidur_env.config import TIME_MODEL_SOURCES, ClusterConfig, ReplicaConfig
 from vidur_env.config_flags import DEFAULT_NOTE, FieldFlag, add_field_flags, field_docs, optional_inner
 from vidur_env.scenarios import SCENARIOS, named_scenario
@@ -138,3 +140,18 @@ class Undocumented:
 def test_a_field_without_help_or_without_a_parser_is_refused_when_the_parser_is_built(name, message):
     with pytest.raises(TypeError, match=message.replace("|", r"\|").replace("(", r"\(").replace(")", r"\)")):
         add_field_flags(argparse.ArgumentParser(), Undocumented(), (FieldFlag("documented"), FieldFlag(name)))
+
+
+def test_evaluates_own_flags_come_from_evaluate_args_with_their_docstrings(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, doc in field_docs(EvaluateArgs).items():
+        assert f"--{name.replace('_', '-')}" in text and doc.split(" (")[0].split(".")[0] in text, name
+
+
+def test_slo_flags_are_named_like_the_env_keywords_with_the_old_spellings_kept():
+    parser = build_parser()
+    new = parser.parse_args(["evaluate", "--slo-ttft-s", "0.5", "--slo-e2e-s", "9"])
+    old = parser.parse_args(["evaluate", "--slo-ttft", "0.5", "--slo-e2e", "9"])
+    assert (new.slo_ttft_s, new.slo_e2e_s) == (old.slo_ttft_s, old.slo_e2e_s) == (0.5, 9.0)

@@ -13,24 +13,24 @@ import json
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Optional
 
 import numpy as np
 
+from vidur_env.cache_view import CACHE_VIEWS
 from vidur_env.config import SCHEDULER_NAMES, VLLM_BATCH_RULES, load_replica_configs
 from vidur_env.config_flags import FieldFlag, add_field_flags, field_values, typed_spellings
 from vidur_env.errors import UNSET, ConfigError, Spelling, python_spelling, spell_settings_with
+from vidur_env.env import OUTPUT_PREDICTORS
 from vidur_env.evaluation import evaluate, load_model
 from vidur_env.hardware import DEVICES
 from vidur_env.metrics import CSV_LAYOUTS, DEFAULT_CSV_LAYOUT, write_json
 from vidur_env.reward import DEFAULT_REWARD, REWARDS, RewardSettings
 from vidur_env.routers import DEFAULT_ROUTER, ROUTERS, load_only_routers
-from vidur_env.cache_view import CACHE_VIEWS
-from vidur_env.env import OUTPUT_PREDICTORS
 from vidur_env.scenarios import DEFAULT_SCENARIO, SCENARIOS, named_scenario, registered_scenario
 from vidur_env.simulation import Scenario, run_simulation
 from vidur_env.time_model import KEYINGS
@@ -279,8 +279,64 @@ def scenario_named_in(argv: Sequence[str]) -> str:
     return name if name in SCENARIOS else DEFAULT_SCENARIO
 
 
-DEFAULT_EVAL_ROUTERS = ",".join(load_only_routers())
-"""Every registered load-only router, comma-separated (see :func:`vidur_env.routers.load_only_routers`)."""
+@dataclass(frozen=True)
+class EvaluateArgs:
+    """``evaluate``'s own arguments beyond the scenario's (each field one flag, see
+    :mod:`vidur_env.config_flags`); the env's keywords keep their names here."""
+
+    routers: str = ",".join(load_only_routers())
+    """Comma-separated router names (default: every registered load-only router)."""
+    agent: Optional[str] = None
+    """Also evaluate this trained SB3 model zip (see --algorithm)."""
+    algorithm: Optional[str] = None
+    """SB3 class that loads the agent, as MODULE:CLASS, e.g. sb3_klppo:KLPPO (None: sb3_contrib's
+    MaskablePPO if it accepts the zip, else stable_baselines3's PPO)."""
+    agent_name: Optional[str] = None
+    """Row name of the agent (None: the zip's file stem)."""
+    episodes: int = 3
+    """Episodes per policy."""
+    seed: int = 0
+    """Episode k uses seed S+k for every policy (an integer >= 0)."""
+    episode_requests: Optional[int] = None
+    """Routing decisions per episode, the env's num_requests (None: --num-requests)."""
+    reward: str = DEFAULT_REWARD
+    """Reward whose return is reported (slo needs --slo-ttft-s and/or --slo-e2e-s)."""
+    slo_ttft_s: Optional[float] = None
+    """TTFT SLO in seconds (reward slo)."""
+    slo_e2e_s: Optional[float] = None
+    """E2E SLO in seconds (reward slo)."""
+    ttft_weight: float = RewardSettings.ttft_weight
+    """Weight of TTFT in reward latency_ttft."""
+    obs_refresh_ms: Optional[float] = None
+    """Observation staleness, as the agent was trained with (None: the scenario's, 0 = fresh
+    unless it sets one)."""
+    cache_view: str = "auto"
+    """Cache columns of the observation, as the agent was trained with (auto: the scenario's,
+    none unless it sets one)."""
+    output_predictor: str = OUTPUT_PREDICTORS[0]
+    """What observations say of a request's output length: nothing, the truth or a noisy prediction."""
+    predictor_error: float = 0.5
+    """Log-normal sigma of the noisy output predictor."""
+    stochastic: bool = False
+    """Sample the agent's actions instead of taking the most likely."""
+    output_dir: str = "."
+    """Where evaluation.json and latency_cdf.png are written."""
+
+
+def evaluate_flags() -> tuple[FieldFlag, ...]:
+    """Every field of :class:`EvaluateArgs` as a flag named like the env's keyword (``--slo-ttft``
+    and ``--slo-e2e`` stay accepted), choices read from the registries when the parser is built."""
+    return (
+        FieldFlag("routers", note=f"Registered: {', '.join(sorted(ROUTERS))}."),
+        FieldFlag("agent", metavar="PATH.zip"), FieldFlag("algorithm", metavar="MODULE:CLASS"),
+        FieldFlag("agent_name"), FieldFlag("episodes"), FieldFlag("seed", parse=non_negative_int, metavar="N"),
+        FieldFlag("episode_requests"), FieldFlag("reward", choices=tuple(REWARDS)),
+        FieldFlag("slo_ttft_s", aliases=("--slo-ttft",)), FieldFlag("slo_e2e_s", aliases=("--slo-e2e",)),
+        FieldFlag("ttft_weight"), FieldFlag("obs_refresh_ms"),
+        FieldFlag("cache_view", choices=("auto", "none", *CACHE_VIEWS)),
+        FieldFlag("output_predictor", choices=OUTPUT_PREDICTORS), FieldFlag("predictor_error"),
+        FieldFlag("stochastic"), FieldFlag("output_dir"),
+    )
 
 
 def add_evaluate_parser(commands: argparse._SubParsersAction, base: Scenario) -> None:
@@ -289,40 +345,7 @@ def add_evaluate_parser(commands: argparse._SubParsersAction, base: Scenario) ->
     evaluate_parser = commands.add_parser(
         "evaluate", help="compare routers (and a trained SB3 agent) on the same workloads; table, JSON, CDF plot")
     add_scenario_arguments(evaluate_parser, base)
-    evaluate_parser.add_argument("--routers", default=DEFAULT_EVAL_ROUTERS,
-                                 help=f"comma-separated router names (default: {DEFAULT_EVAL_ROUTERS}; from {', '.join(sorted(ROUTERS))})")
-    evaluate_parser.add_argument("--agent", default=None, metavar="PATH.zip",
-                                 help="also evaluate this trained SB3 model zip (see --algorithm)")
-    evaluate_parser.add_argument("--algorithm", default=None, metavar="MODULE:CLASS",
-                                 help="SB3 class that loads the model, e.g. sb3_klppo:KLPPO "
-                                      "(default: sb3_contrib:MaskablePPO if it accepts the zip, else stable_baselines3:PPO)")
-    evaluate_parser.add_argument("--agent-name", default=None, help="row name of the agent (default: file stem)")
-    evaluate_parser.add_argument("--episodes", type=int, default=3, help="episodes per policy (default 3)")
-    evaluate_parser.add_argument("--seed", type=non_negative_int, default=0,
-                                 help="episode k uses seed S+k for every policy")
-    evaluate_parser.add_argument("--episode-requests", type=int, default=None,
-                                 help="routing decisions per episode (default: --num-requests)")
-    evaluate_parser.add_argument("--reward", choices=tuple(REWARDS), default=DEFAULT_REWARD,
-                                 help="reward whose return is reported (default %(default)s; slo needs --slo-ttft "
-                                      "and/or --slo-e2e)")
-    evaluate_parser.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO in seconds (reward slo)")
-    evaluate_parser.add_argument("--slo-e2e", type=float, default=None, help="E2E SLO in seconds (reward slo)")
-    evaluate_parser.add_argument("--ttft-weight", type=float, default=RewardSettings.ttft_weight,
-                                 help="weight of TTFT in reward latency_ttft (default %(default)s)")
-    evaluate_parser.add_argument("--obs-refresh-ms", type=float, default=None,
-                                 help="observation staleness, as the agent was trained with (default: the scenario's, "
-                                      "0 = fresh unless it sets one)")
-    evaluate_parser.add_argument("--cache-view", choices=("auto", "none", *CACHE_VIEWS), default="auto",
-                                 help="cache columns of the observation, as the agent was trained with (default auto: "
-                                      "the scenario's, none unless it sets one)")
-    evaluate_parser.add_argument("--output-predictor", choices=OUTPUT_PREDICTORS, default="none",
-                                 help="what observations say of a request's output length: nothing, the truth or "
-                                      "a noisy prediction (default %(default)s)")
-    evaluate_parser.add_argument("--predictor-error", type=float, default=0.5,
-                                 help="log-normal sigma of --output-predictor noisy (default %(default)s)")
-    evaluate_parser.add_argument("--stochastic", action="store_true", help="sample the model's actions")
-    evaluate_parser.add_argument("--output-dir", default=".",
-                                 help="where evaluation.json and latency_cdf.png are written (default: .)")
+    add_field_flags(evaluate_parser.add_argument_group("evaluation"), EvaluateArgs(), evaluate_flags())
     evaluate_parser.set_defaults(handler=cmd_evaluate, spelling_for=partial(flag_spelling, evaluate_parser))
 
 
@@ -344,7 +367,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     env_kwargs = {
         "scenario": scenario,
         "num_requests": episode_requests,
-        "reward": args.reward, "slo_ttft_s": args.slo_ttft, "slo_e2e_s": args.slo_e2e,
+        "reward": args.reward, "slo_ttft_s": args.slo_ttft_s, "slo_e2e_s": args.slo_e2e_s,
         "ttft_weight": args.ttft_weight,
         "obs_refresh_ms": observation.get("obs_refresh_ms", 0.0) if args.obs_refresh_ms is None else args.obs_refresh_ms,
         "cache_view": None if cache_view == "none" else cache_view,
