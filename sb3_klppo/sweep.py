@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from vidur_env.config_flags import FieldFlag, add_field_flags
 
 from sb3_klppo.config import ConfigError
 from sb3_klppo.sweep_plan import METRIC_MODES, SweepPlan, make_plan, preflight_all
@@ -39,24 +42,50 @@ EXIT_FAILED_TRIALS = 1
 """Exit status when the sweep finished but some trial failed (2 stays for user errors)."""
 
 
+SEARCHES = ("grid", "optuna")
+"""How configurations are chosen: every grid point, or Optuna's TPE sampling of them."""
+
+
+@dataclass(frozen=True)
+class SweepArgs:
+    """The sweep's arguments, as typed on the command line: each field is one flag of
+    ``python -m sb3_klppo sweep`` (see :mod:`vidur_env.config_flags`), except ``--grid``, which
+    repeats."""
+
+    config: Optional[str] = None
+    """Base JSON or YAML config file (None: the built-in defaults)."""
+    seeds: int = 3
+    """Seeds per configuration: the config's seed, +1, ..."""
+    search: str = SEARCHES[0]
+    """Every grid point (grid), or Optuna's TPE sampling --trials of them (optuna)."""
+    trials: Optional[int] = None
+    """Configurations Optuna samples (each run with every seed)."""
+    metric: str = next(iter(METRIC_MODES))
+    """Evaluation metric that ranks configurations and drives Optuna."""
+    output_dir: Optional[str] = None
+    """Sweep directory (None: the config's output_dir + '_sweep')."""
+    address: Optional[str] = None
+    """Existing Ray cluster to run on (None: start a local Ray)."""
+    num_cpus: Optional[int] = None
+    """CPUs of the local Ray (None: all cores)."""
+    cpus_per_trial: Optional[float] = None
+    """CPUs reserved per trial (None: the config's torch_threads)."""
+    max_concurrent: int = 0
+    """Trials at once (0: as CPUs allow)."""
+
+
+def sweep_flags() -> tuple[FieldFlag, ...]:
+    """Every field of :class:`SweepArgs` as a flag (choices from :data:`SEARCHES` and :data:`METRIC_MODES`)."""
+    choices = {"search": SEARCHES, "metric": tuple(METRIC_MODES)}
+    return tuple(FieldFlag(name, choices=choices.get(name)) for name in SweepArgs.__dataclass_fields__)
+
+
 def add_sweep_parser(commands: Any) -> None:
     """The ``sweep`` subcommand's arguments (``commands`` is the CLI's subparsers object)."""
     sweep = commands.add_parser("sweep", help="train every (configuration, seed) on Ray Tune and aggregate over seeds")
-    sweep.add_argument("--config", help="base JSON or YAML config file (default: the built-in defaults)")
-    sweep.add_argument("--seeds", type=int, default=3, help="seeds per configuration: the config's seed, +1, ... (default 3)")
+    add_field_flags(sweep, SweepArgs(), sweep_flags())
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                        help="config JSON key and its values (KEY=[JSON,...] for lists and objects); repeat for more keys")
-    sweep.add_argument("--search", choices=("grid", "optuna"), default="grid",
-                       help="every grid point (default), or Optuna's TPE sampling --trials of them")
-    sweep.add_argument("--trials", type=int, help="configurations Optuna samples (each run with every seed)")
-    sweep.add_argument("--metric", choices=tuple(METRIC_MODES), default="e2e_mean", metavar="NAME",
-                       help="evaluation metric that ranks configurations and drives Optuna: "
-                            f"{', '.join(METRIC_MODES)} (default e2e_mean)")
-    sweep.add_argument("--output-dir", help="sweep directory (default: the config's output_dir + '_sweep')")
-    sweep.add_argument("--address", help="existing Ray cluster to run on (default: start a local Ray)")
-    sweep.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all cores)")
-    sweep.add_argument("--cpus-per-trial", type=float, help="CPUs reserved per trial (default: the config's torch_threads)")
-    sweep.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default: as CPUs allow)")
 
 
 def check_arguments(args: argparse.Namespace, plan: SweepPlan) -> None:

@@ -288,3 +288,14 @@ def test_optuna_search_samples_configurations_and_resumes_its_study(local_ray, t
     records = {path: path.stat().st_mtime_ns for path in (out / "trials").glob("*.json")}
     assert main(argv) == 0  # the study already has its 2 samples: nothing runs again
     assert {path: path.stat().st_mtime_ns for path in (out / "trials").glob("*.json")} == records
+
+
+def test_every_sweep_argument_is_a_flag_with_its_docstring_as_help(capsys):
+    from sb3_klppo.sweep import SweepArgs
+    from vidur_env.config_flags import field_docs
+
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, doc in field_docs(SweepArgs).items():
+        assert f"--{name.replace('_', '-')}" in text and doc.split(" (")[0] in text, name
