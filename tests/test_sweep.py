@@ -13,9 +13,11 @@ import pytest
 from sb3_klppo.cli import main
 from sb3_klppo.config import ConfigError, TrainConfig
 from sb3_klppo.pipeline import model_metrics, override, resolve_config, run_training
+from sb3_klppo.sweep import SweepArgs
 from sb3_klppo.sweep_plan import METRIC_MODES, make_plan, parse_grid
 from sb3_klppo.sweep_report import estimate, paired_comparison, paired_p_value, write_report
 from sb3_klppo.sweep_trials import OK, trial_record, write_record
+from vidur_env.config_flags import field_docs
 from vidur_env.student_t import t_central_mass, t_critical
 
 # A few hundred env steps per trial: 2 updates of 2 envs x 64 steps, a one-episode evaluation.
@@ -291,9 +293,6 @@ def test_optuna_search_samples_configurations_and_resumes_its_study(local_ray, t
 
 
 def test_every_sweep_argument_is_a_flag_with_its_docstring_as_help(capsys):
-    from sb3_klppo.sweep import SweepArgs
-    from vidur_env.config_flags import field_docs
-
     with pytest.raises(SystemExit):
         main(["sweep", "--help"])
     text = " ".join(capsys.readouterr().out.split())
