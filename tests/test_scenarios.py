@@ -152,3 +152,25 @@ def test_no_lower_bound_row_where_prefix_caching_makes_it_no_bound():
     prefix = evaluate({"scenario": "prefix", "num_requests": 30}, ["round_robin"], episodes=1)
     default = evaluate({"scenario": "default", "num_requests": 30}, ["round_robin"], episodes=1)
     assert "lower_bound" not in prefix.rows and "lower_bound" in default.rows
+
+
+def test_keyed_traffic_keeps_the_prefix_keys_of_a_drawn_fraction_of_requests_reproducibly():
+    def kept(seed: int) -> list[bool]:
+        env = VidurRoutingEnv(scenario="prefix", num_requests=300, traffic={"load": None, "cv": None,
+                                                                           "length_scale": None, "keyed": [0.2, 0.4]})
+        env.reset(seed=seed)
+        return [keys is not None for keys in env.requests.block_hashes]
+    assert kept(3) == kept(3) and kept(3) != kept(4)
+    assert 0.1 < np.mean(kept(3)) < 0.5
+    nominal = VidurRoutingEnv(scenario="prefix", num_requests=300)
+    nominal.reset(seed=3)
+    assert all(keys is not None for keys in nominal.requests.block_hashes)
+
+
+@pytest.mark.parametrize("traffic, match", [
+    ({"keyed": [0.5, 1.5]}, "traffic.keyed: must be null or \\[low, high\\] with 0 <= low <= high <= 1"),
+    ({"keyed": [0.0, 1.0]}, "traffic.keyed: only session or trace requests carry prefix keys"),
+])
+def test_bad_keyed_ranges_are_named(traffic, match):
+    with pytest.raises(ConfigError, match=match):
+        VidurRoutingEnv(num_replicas=2, num_requests=5, traffic=traffic)

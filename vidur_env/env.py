@@ -163,9 +163,10 @@ class VidurRoutingEnv(gym.Env):
       ``num_requests=512, trace_offset="random"`` sees all of it, reproducibly by seed.
     - ``reward``, ``reward_scale``, ``slo_ttft_s``, ``slo_e2e_s``, ``ttft_weight``: see Rewards.
     - ``traffic``: training randomisation, a :class:`vidur_env.scenarios.TrafficRange` or a
-      dict of its ranges (``load``, ``cv``, ``length_scale``): every episode draws its load
-      level (arrival rate from the capacity measured for the drawn lengths), Gamma burstiness
-      and a length scale (log-uniform on a grid, :data:`vidur_env.scenarios.LENGTH_SCALE_STEPS`). Default None: the nominal
+      dict of its ranges (``load``, ``cv``, ``length_scale``, ``keyed``): every episode draws its
+      load level (arrival rate from the capacity measured for the drawn lengths), Gamma
+      burstiness, a length scale (log-uniform on a grid, :data:`vidur_env.scenarios.LENGTH_SCALE_STEPS`)
+      and the fraction of requests that keep their prefix keys. Default None: the nominal
       traffic every episode.
     - ``obs_refresh_ms``: observation staleness (0: fresh; default None: the registered
       scenario's, else 0).
@@ -273,6 +274,8 @@ class VidurRoutingEnv(gym.Env):
         super().reset(seed=seed)
         self.requests = self.resolved.reference_requests() if self.fixed_trace else generate_requests(
             self._episode_workload(), self.np_random)
+        if self.traffic is not None:
+            self.requests = self.traffic.strip_keys(self.requests, self.np_random)
         sim = self.resolved.simulator(self.requests)
         self.simulator = sim
         self._prefill = sim.table.orig_prefill

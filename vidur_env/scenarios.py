@@ -21,7 +21,7 @@ import numpy as np
 from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig
 from vidur_env.sessions import SessionConfig
 from vidur_env.simulation import Scenario
-from vidur_env.workload import WorkloadConfig
+from vidur_env.workload import Requests, WorkloadConfig
 
 LENGTH_SCALE_STEPS = 16
 """Length scales are drawn on this many log-spaced steps of their range (plus one), so that
@@ -42,26 +42,31 @@ class TrafficRange:
     to a Gamma process with that coefficient of variation (1: Poisson-like; 4: bursts), drawn
     uniformly. ``length_scale`` multiplies prompt and output lengths alike (log-uniform on
     :data:`LENGTH_SCALE_STEPS` + 1 points), for
-    the conversation-fit and trace length distributions. A trace replay keeps its own times
-    and lengths; train on it with ``trace_offset="random"`` instead.
+    the conversation-fit and trace length distributions. ``keyed`` (for workloads whose requests
+    carry prefix keys: sessions, hashed traces) is the fraction of requests that keep them,
+    drawn uniformly; the others have no prefix identity, as in a trace without hashes, so a
+    cache-aware policy also sees traffic its cache cannot help. A trace replay keeps its own
+    times and lengths; train on it with ``trace_offset="random"`` instead.
     """
 
     load: tuple[float, float] | None = (0.6, 0.95)
     cv: tuple[float, float] | None = (1.0, 4.0)
     length_scale: tuple[float, float] | None = (0.7, 1.4)
+    keyed: tuple[float, float] | None = None
 
     def validate(self, where: str = "traffic") -> None:
         """Raise :class:`ConfigError` naming the first range that is not ``(low, high)`` with
         ``0 < low <= high``."""
-        for name in ("load", "cv", "length_scale"):
+        for name in ("load", "cv", "length_scale", "keyed"):
             bounds = getattr(self, name)
             if bounds is None:
                 continue
             ok = (isinstance(bounds, (tuple, list)) and len(bounds) == 2
                   and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
-                  and 0 < bounds[0] <= bounds[1])
+                  and (0 <= bounds[0] <= bounds[1] <= 1 if name == "keyed" else 0 < bounds[0] <= bounds[1]))
             if not ok:
-                raise ConfigError(f"{where}.{name}: must be null or [low, high] with 0 < low <= high, got {bounds!r}")
+                rule = "0 <= low <= high <= 1" if name == "keyed" else "0 < low <= high"
+                raise ConfigError(f"{where}.{name}: must be null or [low, high] with {rule}, got {bounds!r}")
 
     def applies_to(self, workload: WorkloadConfig, where: str = "traffic") -> None:
         """Raise :class:`ConfigError` when a range cannot vary ``workload`` (a trace replay's
@@ -75,6 +80,8 @@ class TrafficRange:
                                               or workload.sessions is not None):
             raise ConfigError(f"{where}.length_scale: scales the default and trace length distributions only, not "
                               f"{'sessions' if workload.sessions is not None else workload.lengths!r}; set it to null")
+        if self.keyed is not None and workload.sessions is None and workload.lengths != "trace":
+            raise ConfigError(f"{where}.keyed: only session or trace requests carry prefix keys; set it to null")
 
     def draw(self, workload: WorkloadConfig, load: float | None, rng: np.random.Generator
              ) -> tuple[WorkloadConfig, float | None]:
@@ -91,6 +98,15 @@ class TrafficRange:
             workload = replace(workload, prefill_scale=workload.prefill_scale * scale,
                                decode_scale=workload.decode_scale * scale)
         return workload, load
+
+    def strip_keys(self, requests: Requests, rng: np.random.Generator) -> Requests:
+        """``requests`` with the prefix keys of all but a ``keyed`` fraction (drawn from ``rng``,
+        then each request kept with that probability) removed."""
+        if self.keyed is None or requests.block_hashes is None:
+            return requests
+        keep = rng.random(len(requests)) < rng.uniform(*self.keyed)
+        hashes = [keys if kept else None for keys, kept in zip(requests.block_hashes, keep.tolist())]
+        return replace(requests, block_hashes=hashes)
 
     @classmethod
     def from_value(cls, value: Any, where: str = "traffic") -> TrafficRange | None:
@@ -214,4 +230,4 @@ register_scenario(RegisteredScenario(
     "prefix", "multi-turn sessions on Zipf-popular shared system prompts, 4 x Llama-3.1-8B with prefix "
               "caching; routers see the replicas' real caches (cache_view precise)",
     prefix_scenario, observation={"cache_view": "precise"},
-    traffic=TrafficRange(cv=None, length_scale=None)))
+    traffic=TrafficRange(cv=None, length_scale=None, keyed=(0.0, 1.0))))
