@@ -174,3 +174,13 @@ def test_keyed_traffic_keeps_the_prefix_keys_of_a_drawn_fraction_of_requests_rep
 def test_bad_keyed_ranges_are_named(traffic, match):
     with pytest.raises(ConfigError, match=match):
         VidurRoutingEnv(num_replicas=2, num_requests=5, traffic=traffic)
+
+
+def test_training_traffic_keeps_a_given_arrival_rate_when_it_draws_no_load():
+    env = VidurRoutingEnv(num_replicas=2, num_requests=20, qps=5.0,
+                          traffic={"load": None, "cv": None, "length_scale": [0.7, 1.4]})
+    env.reset(seed=0)
+    fixed = VidurRoutingEnv(num_replicas=2, num_requests=20, qps=5.0)
+    fixed.reset(seed=0)
+    assert env.scenario.load is None and env.requests.arrived_at[-1] > 0
+    assert env.requests.num_decode_tokens.sum() != fixed.requests.num_decode_tokens.sum()

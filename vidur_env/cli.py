@@ -362,15 +362,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if first_episode.lengths == "trace":
         requests = generate_requests(first_episode, np.random.default_rng(args.seed))
         note_cut_requests(requests.num_cut, len(requests), first_episode, " of the first episode", "")
-    observation = registered_scenario(args.scenario).observation
-    cache_view = observation.get("cache_view") if args.cache_view == "auto" else args.cache_view
+    obs_refresh_ms, cache_view = registered_scenario(args.scenario).observation_settings(
+        args.obs_refresh_ms, None if args.cache_view == "none" else args.cache_view)
     env_kwargs = {
         "scenario": scenario,
         "num_requests": episode_requests,
         "reward": args.reward, "slo_ttft_s": args.slo_ttft_s, "slo_e2e_s": args.slo_e2e_s,
         "ttft_weight": args.ttft_weight,
-        "obs_refresh_ms": observation.get("obs_refresh_ms", 0.0) if args.obs_refresh_ms is None else args.obs_refresh_ms,
-        "cache_view": None if cache_view == "none" else cache_view,
+        "obs_refresh_ms": obs_refresh_ms, "cache_view": cache_view,
         "output_predictor": args.output_predictor, "predictor_error": args.predictor_error,
     }
     result = evaluate(env_kwargs, routers, model=model, model_name=model_name, episodes=args.episodes,

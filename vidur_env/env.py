@@ -17,7 +17,7 @@ from vidur_env.metrics import RequestMetrics, aggregate_metrics
 from vidur_env.observation import ObservationBuilder, ReplicaCosts, features
 from vidur_env.render import RENDER_MODES, render
 from vidur_env.reward import DEFAULT_REWARD, Reward, RewardSettings, reward_class
-from vidur_env.scenarios import RegisteredScenario, TrafficRange, registered_scenario
+from vidur_env.scenarios import TrafficRange, observation_settings, registered_scenario
 from vidur_env.simulation import Scenario, cluster_capacity, scenario_from_kwargs
 from vidur_env.workload import Requests, WorkloadConfig, generate_requests
 
@@ -211,11 +211,8 @@ class VidurRoutingEnv(gym.Env):
         **shortcuts: Any,
     ) -> None:
         entry = registered_scenario(scenario) if isinstance(scenario, str) else None
-        observed = dict(entry.observation) if entry is not None else {}
-        if obs_refresh_ms is None:
-            obs_refresh_ms = observed.get("obs_refresh_ms", 0.0)
-        if cache_view == "auto":
-            cache_view = observed.get("cache_view")
+        obs_refresh_ms, cache_view = observation_settings(entry.observation if entry else {}, obs_refresh_ms,
+                                                          cache_view)
         if cache_view is not None and cache_view not in CACHE_VIEWS:
             raise ConfigError(f"VidurRoutingEnv.cache_view: must be None, {' or '.join(map(repr, CACHE_VIEWS))} "
                               f"(or 'auto': the scenario's), got {cache_view!r}")
@@ -223,8 +220,6 @@ class VidurRoutingEnv(gym.Env):
         self.cache_view = cache_view
         self.output_predictor = output_predictor
         self.predictor_error = float(predictor_error)
-        self.registered: RegisteredScenario | None = entry
-        """The registry entry when ``scenario`` named one."""
         own_arguments = [name for name in inspect.signature(VidurRoutingEnv).parameters if name != "shortcuts"]
         self.scenario = scenario_from_kwargs(cluster, workload, load, entry.make() if entry else scenario,
                                              shortcuts, own_arguments)
@@ -312,8 +307,8 @@ class VidurRoutingEnv(gym.Env):
         if self.traffic is None:
             return self.workload
         workload, load = self.traffic.draw(self.workload, self.scenario.load, self.np_random)
-        if self.traffic.load is None and self.traffic.length_scale is None:
-            return workload
+        if load is None or (self.traffic.load is None and self.traffic.length_scale is None):
+            return workload  # the arrival rate stays the workload's (given as qps, or unchanged)
         key = (workload.prefill_scale, workload.decode_scale)
         if key not in self._capacity:
             self._capacity[key] = cluster_capacity(self.cluster, workload, self.time_models)

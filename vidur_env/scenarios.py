@@ -146,6 +146,11 @@ class RegisteredScenario:
     traffic: TrafficRange | None = field(default_factory=TrafficRange)
     """The training distribution (None: train on the nominal traffic)."""
 
+    def observation_settings(self, obs_refresh_ms: float | None, cache_view: str | None) -> tuple[float, str | None]:
+        """``(obs_refresh_ms, cache_view)`` as given, where None / ``"auto"`` take this
+        scenario's (fresh observations and no cache view unless it sets them)."""
+        return observation_settings(self.observation, obs_refresh_ms, cache_view)
+
     def env_kwargs(self, training: bool = False) -> dict[str, Any]:
         """Keyword arguments of the routing env for this scenario: nominal traffic, or with
         ``training`` the randomised traffic of :attr:`traffic`."""
@@ -153,6 +158,18 @@ class RegisteredScenario:
         if training and self.traffic is not None:
             kwargs["traffic"] = self.traffic.as_dict()
         return kwargs
+
+
+def observation_settings(observation: Mapping[str, Any], obs_refresh_ms: float | None,
+                         cache_view: str | None) -> tuple[float, str | None]:
+    """The env's ``(obs_refresh_ms, cache_view)``: the values given, where ``obs_refresh_ms=None``
+    and ``cache_view="auto"`` take ``observation``'s (a registered scenario's settings; fresh
+    and no cache view where it sets none). The env and ``evaluate`` both resolve them here."""
+    if obs_refresh_ms is None:
+        obs_refresh_ms = observation.get("obs_refresh_ms", 0.0)
+    if cache_view == "auto":
+        cache_view = observation.get("cache_view")
+    return obs_refresh_ms, cache_view
 
 
 SCENARIOS: dict[str, RegisteredScenario] = {}
