@@ -36,7 +36,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from sb3_klppo.config import ConfigError
+from sb3_klppo.config import ConfigError, TrainConfig
 from sb3_klppo.pipeline import resolve_config, run_training
 from sb3_klppo.suite_report import FIGURES, finite, write_suite
 from vidur_env.config_flags import FieldFlag, add_field_flags, field_values
@@ -99,6 +99,8 @@ class SuiteSettings:
 
     scenarios: tuple[str, ...]
     args: SuiteArgs
+    base: TrainConfig
+    """The training config every run starts from: ``--config`` with the ``--set`` overrides."""
     overrides: tuple[tuple[str, Any], ...] = ()
     env_extra: tuple[tuple[str, Any], ...] = ()
 
@@ -163,8 +165,8 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
         if not sep:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         overrides.append((key.strip(), value))
-    settings = SuiteSettings(scenarios, given, tuple(overrides), tuple(env_extra.items()))
-    resolve_config(given.config, dict(settings.overrides))  # a bad key or value fails before any training
+    base = resolve_config(given.config, dict(overrides))  # a bad key or value fails before any training
+    settings = SuiteSettings(scenarios, given, base, tuple(overrides), tuple(env_extra.items()))
     for name in scenarios:  # so does a bad env keyword
         make_env(settings.env_kwargs(name, training=True))
     if given.replay:
@@ -203,10 +205,9 @@ def heuristics_for(name: str) -> list[str]:
     """Every registered heuristic that means something on scenario ``name``: the load-only
     routers, plus the cache-aware ones where requests carry prefix keys and observations are
     fresh (they decide on the live simulator)."""
-    from vidur_env.env import VidurRoutingEnv
     from vidur_env.routers import ROUTERS, load_only_routers
 
-    env = VidurRoutingEnv(scenario=name, num_requests=1)
+    env = make_env({"scenario": name, "num_requests": 1})
     env.reset(seed=0)
     cache_aware = env.requests.block_hashes is not None and env.refresh_s == 0.0
     return load_only_routers() + ([r for r in ROUTERS if r not in load_only_routers()] if cache_aware else [])
@@ -216,11 +217,10 @@ def choose_teacher(settings: SuiteSettings, name: str, candidates: Sequence[str]
     """The candidate with the least mean E2E on the scenario's training traffic, each deciding
     from the env's observations as its clone will (a cache-aware router in the env's cache
     view); routers that cannot decide from observations are skipped. Also each one's figure."""
-    from vidur_env.env import VidurRoutingEnv
     from vidur_env.evaluation import router_predictor, run_episodes
     from vidur_env.routers import RouterPolicy
 
-    env = VidurRoutingEnv(**settings.env_kwargs(name, training=True))
+    env = make_env(settings.env_kwargs(name, training=True))
     figures = {}
     for router in candidates:
         policy = RouterPolicy(router)
@@ -233,10 +233,11 @@ def choose_teacher(settings: SuiteSettings, name: str, candidates: Sequence[str]
     return min(figures, key=figures.get), figures
 
 
-def train_one(config: str | None, overrides: dict[str, Any]) -> str:
-    """One training run (a worker process's job); the run directory."""
+def train_one(config: str | None, overrides: dict[str, Any]) -> tuple[str, float]:
+    """One training run (a worker process's job); the run directory and its seconds."""
+    start = time.perf_counter()
     run_dir, _ = run_training(config, overrides)
-    return str(run_dir)
+    return str(run_dir), time.perf_counter() - start
 
 
 def training_overrides(settings: SuiteSettings, name: str, teacher: str | None, seed: int) -> dict[str, Any]:
@@ -249,27 +250,21 @@ def training_overrides(settings: SuiteSettings, name: str, teacher: str | None, 
         "number_runs": False, "overwrite": True, "evaluation.enabled": False, "monitoring.curve_every": 0,
         "monitoring.progress_bar": False, "monitoring.verbose": 0,
     })
-    if teacher is not None and "warm_start.expert" not in dict(settings.overrides):
+    if teacher is not None:
         overrides["warm_start.expert"] = teacher
     return overrides
 
 
 def train_seeds(settings: SuiteSettings, name: str, teacher: str | None) -> tuple[list[str], list[float]]:
     """Train every seed (``--jobs`` at once); the run directories and each run's seconds."""
-    base_seed = resolve_config(settings.args.config, dict(settings.overrides)).seed
-    jobs = [training_overrides(settings, name, teacher, base_seed + k) for k in range(settings.args.seeds)]
-    started = time.perf_counter()
+    jobs = [training_overrides(settings, name, teacher, settings.base.seed + k) for k in range(settings.args.seeds)]
+    configs = [settings.args.config] * len(jobs)
     if settings.args.jobs == 1:
-        dirs, seconds = [], []
-        for overrides in jobs:
-            start = time.perf_counter()
-            dirs.append(train_one(settings.args.config, overrides))
-            seconds.append(time.perf_counter() - start)
-        return dirs, seconds
-    with ProcessPoolExecutor(settings.args.jobs) as pool:
-        dirs = list(pool.map(train_one, [settings.args.config] * len(jobs), jobs))
-    wall = time.perf_counter() - started
-    return dirs, [wall * settings.args.jobs / len(jobs)] * len(jobs)
+        runs = list(map(train_one, configs, jobs))
+    else:
+        with ProcessPoolExecutor(settings.args.jobs) as pool:
+            runs = list(pool.map(train_one, configs, jobs))
+    return [run_dir for run_dir, _ in runs], [seconds for _, seconds in runs]
 
 
 def load_models(run_dirs: Sequence[str]) -> list[Any]:
@@ -278,8 +273,20 @@ def load_models(run_dirs: Sequence[str]) -> list[Any]:
     return [KLPPO.load(pathlib.Path(d) / "model.zip", device="cpu") for d in run_dirs]
 
 
+@dataclasses.dataclass
+class EpisodeTable:
+    """One evaluation's figures: per policy and episode (the trained policy's the mean over its
+    models), pooled per policy, each model's own per-episode figures (deterministic), and the
+    harness's one-line description of what was simulated."""
+
+    per_episode: dict[str, dict[str, list[float]]]
+    rows: dict[str, dict[str, float]]
+    per_seed: list[dict[str, list[float]]]
+    described: str
+
+
 def episode_table(env_kwargs: dict, heuristics: Sequence[str], models: Sequence[Any], episodes: int,
-                  seed: int) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, float]], str]:
+                  seed: int) -> EpisodeTable:
     """Per-episode figures and pooled rows of the heuristics and of the trained policy
     (deterministic and sampled; each episode's figure the mean over the models), same episodes."""
     from vidur_env.evaluation import evaluate
@@ -298,24 +305,23 @@ def episode_table(env_kwargs: dict, heuristics: Sequence[str], models: Sequence[
             pooled.append(run.rows[row_name])
         per_episode[row_name] = {f: list(np.mean([s[f] for s in per_seed[row_name]], axis=0)) for f in FIGURES}
         rows[row_name] = {f: float(np.mean([p[f] for p in pooled])) for f in FIGURES}
-    per_episode["_seeds"] = per_seed[TRAINED]  # type: ignore[assignment]
-    return per_episode, rows, result.settings["scenario"]
+    return EpisodeTable(per_episode, rows, per_seed[TRAINED], result.settings["scenario"])
 
 
-def comparisons(per_episode: dict, heuristics: Sequence[str], rows: dict) -> dict[str, Any]:
+def comparisons(table: EpisodeTable, heuristics: Sequence[str]) -> dict[str, Any]:
     """Paired intervals of the trained policy (and its sampled form) against each heuristic, the
     best heuristic per figure, and each seed's difference to it."""
     from vidur_env.paired import paired_difference
 
+    per_episode, rows = table.per_episode, table.rows
     best = {f: min(heuristics, key=lambda h: rows[h][f]) for f in FIGURES}
     paired = {
         row: {h: {f: paired_difference(per_episode[row][f], per_episode[h][f]).as_dict() for f in FIGURES}
               for h in heuristics}
         for row in (TRAINED, SAMPLED)
     }
-    seeds = per_episode["_seeds"]
     per_seed = {f: [float(np.mean(100.0 * (np.asarray(s[f]) / np.asarray(per_episode[best[f]][f]) - 1.0)))
-                    for s in seeds] for f in FIGURES}
+                    for s in table.per_seed] for f in FIGURES}
     return {"best_heuristic": best, "paired": paired, "per_seed_vs_best_pct": per_seed}
 
 
@@ -347,31 +353,28 @@ def run_scenario(settings: SuiteSettings, name: str) -> dict[str, Any]:
     from vidur_env.scenarios import EVALUATION_SEED, registered_scenario
 
     heuristics = heuristics_for(name)
-    base = resolve_config(settings.args.config, dict(settings.overrides))
-    if not base.warm_start.enabled:
+    if not settings.base.warm_start.enabled:
         teacher, teacher_figures = None, {}
     elif "warm_start.expert" in dict(settings.overrides):
-        teacher, teacher_figures = base.warm_start.expert, {}
+        teacher, teacher_figures = settings.base.warm_start.expert, {}
     else:
         teacher, teacher_figures = choose_teacher(settings, name, heuristics)
     run_dirs, seconds = train_seeds(settings, name, teacher)
     models = load_models(run_dirs)
-    per_episode, rows, described = episode_table(settings.env_kwargs(name), heuristics, models,
-                                                 settings.args.episodes, EVALUATION_SEED)
+    table = episode_table(settings.env_kwargs(name), heuristics, models, settings.args.episodes, EVALUATION_SEED)
     result: dict[str, Any] = {
-        "description": registered_scenario(name).description, "simulated": described,
+        "description": registered_scenario(name).description, "simulated": table.described,
         "teacher": teacher, "teacher_e2e_mean": teacher_figures, "run_dirs": run_dirs,
-        "training_seconds": seconds, "policies": rows, **comparisons(per_episode, heuristics, rows),
-        "episodes": {k: v for k, v in per_episode.items() if k != "_seeds"},
+        "training_seconds": seconds, "policies": table.rows, **comparisons(table, heuristics),
+        "episodes": table.per_episode,
     }
     given = settings.args
     if given.replay:
         kwargs = replay_kwargs(name, given.replay, given.replay_load, given.replay_requests)
         replay_heuristics = load_only_routers()
-        replay_episodes, replay_rows, replay_described = episode_table(kwargs, replay_heuristics, models,
-                                                                        given.episodes, EVALUATION_SEED)
-        result["replay"] = {"trace": given.replay, "load": given.replay_load, "simulated": replay_described,
-                            "policies": replay_rows, **comparisons(replay_episodes, replay_heuristics, replay_rows)}
+        replay = episode_table(kwargs, replay_heuristics, models, given.episodes, EVALUATION_SEED)
+        result["replay"] = {"trace": given.replay, "load": given.replay_load, "simulated": replay.described,
+                            "policies": replay.rows, **comparisons(replay, replay_heuristics)}
     return result
 
 
