@@ -56,8 +56,8 @@ class TrafficRange:
 
     def validate(self, where: str = "traffic") -> None:
         """Raise :class:`ConfigError` naming the first range that is not ``(low, high)`` with
-        ``0 < low <= high``."""
-        for name in ("load", "cv", "length_scale", "keyed"):
+        ``0 < low <= high`` (for ``keyed``, a fraction: ``0 <= low <= high <= 1``)."""
+        for name in self.__dataclass_fields__:
             bounds = getattr(self, name)
             if bounds is None:
                 continue
@@ -128,8 +128,8 @@ class TrafficRange:
 
     def as_dict(self) -> dict[str, list[float] | None]:
         """The ranges as JSON-ready lists (the form configs and summaries carry)."""
-        return {name: None if bounds is None else list(bounds)
-                for name, bounds in ((n, getattr(self, n)) for n in self.__dataclass_fields__)}
+        return {name: None if getattr(self, name) is None else list(getattr(self, name))
+                for name in self.__dataclass_fields__}
 
 
 @dataclass(frozen=True)
