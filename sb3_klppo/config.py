@@ -86,6 +86,11 @@ class PPOConfig:
     """Environment steps (routing decisions) of PPO training, summed over envs."""
     n_envs: int = knob(8, ge=1)
     """Environment copies stepped together (see vec_env)."""
+    baseline_group: int = knob(1, ge=1)
+    """Envs that replay each training workload together, for an input-driven baseline: an
+    advantage is taken relative to the other members' at the same step, which cancels the
+    arrivals' share of the return's variance (sb3_klppo.input_baseline). Must divide n_envs;
+    1: off (SB3's GAE advantages)."""
     vec_env: str = knob(next(iter(VEC_ENV_CLASSES)), choices=tuple(VEC_ENV_CLASSES))
     """How the copies run: dummy (one process, in turn; SB3's DummyVecEnv) or subproc (one process
     each, in parallel; SB3's SubprocVecEnv, worth it when an env step costs more than the
@@ -273,7 +278,8 @@ class Knob:
 
 @cache
 def attribute_docs(cls: type) -> dict[str, str]:
-    """The first line of each field's attribute docstring (the string right after the field)."""
+    """Each field's attribute docstring (the string right after the field), as one line: its
+    whole text, so a help or table cell never stops mid-sentence."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body
     docs = {}
@@ -285,7 +291,7 @@ def attribute_docs(cls: type) -> dict[str, str]:
             and isinstance(following.value, ast.Constant)
             and isinstance(following.value.value, str)
         ):
-            docs[node.target.id] = following.value.value.strip().splitlines()[0]
+            docs[node.target.id] = " ".join(following.value.value.split())
     return docs
 
 

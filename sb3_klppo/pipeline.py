@@ -36,7 +36,7 @@ import pathlib
 import re
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -69,6 +69,7 @@ from sb3_klppo.config import (
     save_config,
     with_value,
 )
+from sb3_klppo.input_baseline import InputDrivenRolloutBuffer, SharedWorkloadSeed, check_group_size
 from sb3_klppo.klppo import KLPPO
 from sb3_klppo.progress import JobProgress, StepCounter
 from sb3_klppo.records import LearningCurve, RolloutRecorder, RunSummary, TrainingCallbacks, UpdateRecorder
@@ -188,21 +189,24 @@ def preflight(config: TrainConfig) -> None:
             raise ConfigError(f"evaluation.routers: {error}") from None
 
 
-def make_vec_env(config: TrainConfig, seed: int, progress: JobProgress | None = None) -> VecEnv:
+def make_vec_env(config: TrainConfig, seed: int, progress: JobProgress | None = None,
+                 group_size: int = 1) -> VecEnv:
     """``n_envs`` Monitor-wrapped copies of the configured env in a DummyVecEnv or SubprocVecEnv
-    (``ppo.vec_env``), seeded from ``seed``,
+    (``ppo.vec_env``), seeded from ``seed``, every ``group_size`` consecutive copies alike
+    (:class:`SharedWorkloadSeed`, for the input-driven baseline),
     counted by the job's progress bar when given, under a reward-only VecNormalize when
     ``ppo.normalize_reward`` is set.
 
     Monitor sits inside the normaliser, so logged episode returns stay in the env's units.
     """
-    env_id, kwargs = config.env.id, config.env.kwargs
+    env_id, kwargs, n_envs = config.env.id, config.env.kwargs, config.ppo.n_envs
+    check_group_size(group_size, n_envs)
 
-    def factory() -> gym.Env:
-        return Monitor(gym.make(env_id, **kwargs))
+    def factory(member: int) -> Callable[[], gym.Env]:
+        return lambda: Monitor(SharedWorkloadSeed(gym.make(env_id, **kwargs), member))
 
     try:
-        venv: VecEnv = VEC_ENV_CLASSES[config.ppo.vec_env]([factory] * config.ppo.n_envs)
+        venv: VecEnv = VEC_ENV_CLASSES[config.ppo.vec_env]([factory(i % group_size) for i in range(n_envs)])
     except (ImportError, gym.error.Error) as error:
         raise ConfigError(f"env.id {env_id!r}: {error}") from None
     except TypeError as error:
@@ -240,6 +244,9 @@ def klppo_kwargs(config: TrainConfig) -> dict[str, Any]:
     kl = dataclasses.asdict(config.kl_regularization)
     kl.pop("target_kl")
     ppo = {key: getattr(config.ppo, key) for key in RESUMABLE_PPO_KEYS}
+    if config.ppo.baseline_group > 1:
+        ppo["rollout_buffer_class"] = InputDrivenRolloutBuffer
+        ppo["rollout_buffer_kwargs"] = {"group_size": config.ppo.baseline_group}
     return {**ppo, **kl}
 
 
@@ -436,7 +443,7 @@ def run_job(config: TrainConfig, progress: JobProgress) -> RunSummary:
     notes: list[str] = []
 
     # Environment, model and run directory
-    venv = make_vec_env(config, seed=config.seed, progress=progress)
+    venv = make_vec_env(config, seed=config.seed, progress=progress, group_size=config.ppo.baseline_group)
     model = build_model(config, venv)
     env_seed = training_seed(config.seed, model.num_timesteps if config.resume else 0)
     curve_on = bool(config.monitoring.curve_every)

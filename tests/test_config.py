@@ -48,6 +48,13 @@ def test_every_knob_has_a_unique_flag_and_a_help_line():
     assert "`kl_regularization.kl_coef` | `--kl-coef`" in table
 
 
+def test_the_guides_knob_table_is_the_generated_one_with_whole_help_texts():
+    guide = (CONFIGS.parent / "docs" / "kl_regularization.md").read_text()
+    assert flag_table_markdown() in guide  # regenerate with `python -m sb3_klppo flags`
+    vec_env = next(k for k in all_knobs() if k.key == "ppo.vec_env")
+    assert vec_env.help.endswith("worth it when an env step costs more than the inter-process round trip).")
+
+
 @pytest.mark.parametrize("name", ["ppo_warmstart.json", "ppo_online.json"])
 def test_flags_round_trip(name):
     config = load_config(CONFIGS / name)
