@@ -468,3 +468,49 @@ def test_the_event_heap_leaves_no_replica_behind():
         sim.dispatch(int(rng.integers(sim.num_replicas)))
     sim.drain()
     assert (np.asarray(sim.table.completed_at) > 0).all()
+
+
+class LoadRecorder(StateRecorder):
+    """A load-only router recording the counts such a router may read, at each decision."""
+
+    FIELDS = ("num_waiting", "waiting_prompt_tokens", "num_allocated_requests")
+    reads_load_only = True
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+@pytest.mark.parametrize("router", ["jsq", "round_robin", "speed_aware_lwl"])
+def test_quiet_replicas_change_no_result(scheduler, router, monkeypatch):
+    """Under a load-only router a replica in a decode run goes quiet (skipped until its counts
+    may change or it gets a request) and is then brought through the arrivals it skipped:
+    the counts read at every decision, the decisions, every timestamp and every running total
+    (bit for bit) are those of advancing it at each arrival. Routing in two calls wakes every
+    quiet replica at the end of the first."""
+    from dataclasses import replace as with_fields
+
+    from vidur_env.cluster import build_time_models
+    from vidur_env.simulation import Scenario, resolve_workload
+    from vidur_env.workload import generate_requests
+
+    scenario = Scenario(load=0.9)
+    cluster = with_fields(scenario.cluster, num_replicas=32, replica=ReplicaConfig(scheduler=scheduler))
+    scenario = with_fields(scenario, cluster=cluster, workload=with_fields(scenario.workload, num_requests=3000))
+    models = build_time_models(cluster)
+    reqs = generate_requests(resolve_workload(scenario, models), np.random.default_rng(4))
+    catch_ups = []
+    catch_up = ClusterSimulator._catch_up
+    monkeypatch.setattr(ClusterSimulator, "_catch_up", lambda sim, i, end: catch_ups.append(i) or catch_up(sim, i, end))
+
+    def run(quiet):
+        monkeypatch.setattr(ClusterSimulator, "quiet_replicas", quiet)
+        sim = ClusterSimulator(cluster, reqs, max_tokens=scenario.workload.max_tokens, time_models=models)
+        recorder = LoadRecorder(router, 32)
+        sim.route(recorder, until=1000)
+        sim.run(recorder)
+        return sim, recorder.states
+
+    (quiet, quiet_states), (plain, plain_states) = run(True), run(False)
+    assert len(catch_ups) > 1000, "the case must leave replicas quiet often"
+    for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts", "replica"):
+        assert getattr(quiet.table, column) == getattr(plain.table, column), column
+    assert quiet_states == plain_states
+    assert [r.stats for r in quiet.replicas] == [r.stats for r in plain.replicas]

@@ -12,10 +12,20 @@ dispatched to since the last dispatch are listed in ``changed`` (with ``round`` 
 dispatches), so routers can rescore only those (:class:`vidur_env.router_base.ScoreIndex`).
 Replica state changes only through :meth:`ClusterSimulator.advance_to` and
 :meth:`ClusterSimulator.dispatch`.
+
+In a large fleet most of those events are one decode iteration of one replica, which changes
+no count a load-only router reads (``Router.reads_load_only``: queue, queued prompt tokens,
+requests holding KV). So while :meth:`ClusterSimulator.route` runs such a router, a replica
+left in a decode run that changes none of them goes *quiet*: it is queued at the time its
+counts may change (:meth:`~vidur_env.decode_runs.DecodeRuns.quiet_until`) and skipped until
+then, or until it gets a request, or the routing stops. Then it is brought through each
+arrival it skipped exactly as :meth:`advance_to` would have brought it at the time (the same
+calls, so the same timestamps and the same split of its running totals), and goes on.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from bisect import bisect_left, bisect_right
 from heapq import heappop, heappush, heapreplace
 from math import inf
 from typing import Callable, Protocol
@@ -102,9 +112,14 @@ class ClusterSimulator:
     ``changed`` (the number of dispatches so far, and the ids of the replicas whose state
     changed since the last one: the one dispatched to, then those advanced).
 
+    ``quiet_replicas`` (class switch) lets replicas go quiet under a load-only router (see
+    the module docstring); turning it off must not change any result.
+
     ``compact`` holds the table in typed arrays (:mod:`vidur_env.request_table`): about a
     fifth of the memory of lists, the same results; for long traces.
     """
+
+    quiet_replicas: bool = True
 
     def __init__(
         self,
@@ -134,6 +149,10 @@ class ClusterSimulator:
         self._due: list[tuple[float, int]] = []
         """Heap of (next event time, replica id); entries whose time is not ``_due_at`` are stale."""
         self.now = self.table.arrived_at[0] if len(self.table) else 0.0
+        self._quieting = False
+        """Whether replicas may go quiet (set by :meth:`route` for a load-only router)."""
+        self._quiet: dict[int, int] = {}
+        """The quiet replicas, each with the first arrival it skipped."""
 
     def _check_requests_fit(self, max_tokens: int) -> None:
         """Reject, naming the first offending request, lengths and arrival orders the
@@ -176,8 +195,9 @@ class ClusterSimulator:
 
         Only the replicas with an event by ``time`` are touched. One whose only event is a
         batch to form exactly at ``time`` is not due yet (an arrival at that instant may still
-        join it) and is queued again afterwards."""
-        due, due_at, replicas, changed = self._due, self._due_at, self.replicas, self.changed
+        join it) and is queued again afterwards. While :meth:`route` lets replicas go quiet,
+        ``time`` is the arrival of ``next_request``."""
+        due, due_at, replicas, changed, quiet = self._due, self._due_at, self.replicas, self.changed, self._quiet
         not_yet = []
         while due and due[0][0] <= time:
             at, i = due[0]
@@ -185,12 +205,19 @@ class ClusterSimulator:
                 heappop(due)  # stale: the replica was requeued since
                 continue
             replica = replicas[i]
+            if quiet and i in quiet:
+                self._catch_up(i, self.next_request)
             if replica.batch_end <= time or replica.pending_at < time:
                 replica.advance_to(time)
                 changed.append(i)
+                at = min(replica.batch_end, replica.pending_at)
+                if self._quieting and replica.runs.suspended is not None:
+                    until = replica.runs.quiet_until()
+                    if until is not None and until > at:
+                        at, quiet[i] = until, self.next_request + 1
                 # requeued as by _queue, in one sift of the heap (in a large fleet most
                 # replicas advanced are still busy, so this runs at nearly every event)
-                at = due_at[i] = min(replica.batch_end, replica.pending_at)
+                due_at[i] = at
                 if at != inf:
                     heapreplace(due, (at, i))
                 else:
@@ -200,6 +227,23 @@ class ClusterSimulator:
         for entry in not_yet:
             heappush(due, entry)
         self.now = max(self.now, time)
+
+    def _catch_up(self, i: int, end: int) -> None:
+        """Bring quiet replica ``i`` through the arrivals it skipped, up to request ``end``
+        (excluded), as :meth:`advance_to` would have brought it at each: at the first arrival
+        at or after its next event (after it, for a batch to form at that very instant)."""
+        start = self._quiet.pop(i)
+        replica, arrived = self.replicas[i], self.table.arrived_at
+        while True:
+            j = bisect_left(arrived, min(replica.batch_end, replica.pending_at), start, end)
+            if j == end:
+                return
+            horizon = arrived[j]
+            if replica.batch_end <= horizon or replica.pending_at < horizon:
+                replica.advance_to(horizon)
+                start = j + 1
+            else:
+                start = bisect_right(arrived, horizon, j, end)
 
     def advance_to_next_arrival(self) -> int:
         """Bring the cluster to the next request's arrival; return that request's id."""
@@ -212,6 +256,8 @@ class ClusterSimulator:
         if not 0 <= replica_id < self.num_replicas:
             raise ValueError(f"replica id {replica_id} out of range [0, {self.num_replicas})")
         rid = self.next_request
+        if replica_id in self._quiet:
+            self._catch_up(replica_id, rid + 1)  # this arrival too, as advance_to would have
         self.table.replica[rid] = replica_id
         replica = self.replicas[replica_id]
         replica.add_request(rid, self.table.arrived_at[rid])
@@ -235,10 +281,19 @@ class ClusterSimulator:
 
         Every replica with an event due is advanced to each arrival, whatever the router reads:
         advancing a replica through other horizons gives the same timestamps but may round its
-        running float totals (``block_time``) differently, and results must not change."""
+        running float totals (``block_time``) differently, and results must not change. A
+        load-only router (``router.reads_load_only``) lets replicas go quiet meanwhile (see the
+        module docstring); all are brought up to date before this returns."""
         end = self.num_requests if until is None else until
-        while self.next_request < end:
-            self.dispatch(router(self, self.advance_to_next_arrival()))
+        self._quieting = self.quiet_replicas and getattr(router, "reads_load_only", False)
+        try:
+            while self.next_request < end:
+                self.dispatch(router(self, self.advance_to_next_arrival()))
+        finally:
+            self._quieting = False
+            for i in list(self._quiet):
+                self._catch_up(i, self.next_request)
+                self._queue(self.replicas[i])
 
     def run(self, router: Router) -> None:
         """Route every request with ``router`` and drain the cluster."""

@@ -67,6 +67,34 @@ class DecodeRuns:
         running = self.scheduler.running
         return [rid for rid in running if rid != partial] + ([] if partial is None else [partial])
 
+    def quiet_until(self) -> float:
+        """Until when the suspended run keeps the replica's load counters (queue, requests
+        holding KV) as they are: it is a decode run (no partial prefill, nothing queued), so
+        its iterations repeat until one completes a member, whose end this returns, or the
+        block limit stops the loop before an iteration, whose start this returns. The times are
+        the loop's own float additions. None when the run is not such a decode run."""
+        suspended = self.suspended
+        scheduler, decoding, kv_cache, _, _, phase, mask, _, decode_run_time, _, limit = self._loop_constants
+        if suspended.queue_changed or suspended.run[0] is not None or scheduler.waiting:
+            return None
+        t = suspended.end
+        tick = decoding.tick + 1  # once the iteration in flight has ended
+        last = decoding.next_completion()
+        n, offset_sum = decoding.size, decoding.offset_sum
+        allocated = kv_cache.allocated_blocks
+        d, same_until = suspended.decode_time, suspended.same_until
+        while tick < last:
+            grow = phase[tick & mask]
+            if allocated + grow > limit:
+                break
+            if tick >= same_until:
+                d, span = decode_run_time(n, offset_sum + n * tick)
+                same_until = tick + span
+            allocated += grow
+            t = t + d
+            tick += 1
+        return t
+
     # ------------------------------------------------------------------ loop
     def resume_decode(self, now: float, horizon: float) -> bool:
         """Resume the suspended run in the commonest case in a large fleet, where the horizons

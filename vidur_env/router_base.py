@@ -26,6 +26,12 @@ class Router:
     """Decides from the live simulator even in the env (the evaluation harness then calls
     :meth:`choose`, not :meth:`choose_observed`): routers that keep state the observation does
     not carry, such as their own cache view. They need fresh observations to be compared fairly."""
+    reads_load_only: bool = False
+    """Decides on the simulator from each replica's load counts alone (``num_waiting``,
+    ``waiting_prompt_tokens``, ``num_allocated_requests``; its ``time_model``), never its batch
+    or KV: the cluster may then leave replicas whose decode runs change none of those counts
+    unadvanced until they do (:meth:`vidur_env.cluster.ClusterSimulator.route`), which must
+    not change any decision."""
     indexed: bool = True
     """Decide from incrementally kept scores (:class:`ScoreIndex`) where the router has them;
     turning it off (score every replica at every decision) must not change any decision."""

@@ -31,6 +31,7 @@ class RoundRobin(Router):
     """Request i goes to replica i mod N (Vidur's default)."""
 
     name = "round_robin"
+    reads_load_only = True
 
     def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
         super().reset(num_replicas, rng)
@@ -52,6 +53,7 @@ class RandomRouter(Router):
     """Uniformly random replica, drawn from the episode's generator."""
 
     name = "random"
+    reads_load_only = True
 
     def choose(self, sim: "ClusterSimulator", rid: int) -> int:
         return int(self.rng.integers(self.num_replicas))
@@ -93,6 +95,7 @@ class LeastOutstandingRequests(ScoreRouter):
     not counted, which skews load at moderate rates). Score: ``num_waiting``."""
 
     name = "lor"
+    reads_load_only = True
 
     def score(self, replica: "Replica") -> float:
         return replica.num_waiting
@@ -107,6 +110,7 @@ class JoinShortestQueue(ScoreRouter):
     batch in flight)."""
 
     name = "jsq"
+    reads_load_only = True
 
     def score(self, replica: "Replica") -> float:
         return replica.num_waiting + replica.num_allocated_requests
@@ -120,6 +124,7 @@ class VLLMDataParallel(ScoreRouter):
     Score: ``4 * num_waiting + num_allocated_requests``."""
 
     name = "vllm_dp"
+    reads_load_only = True
 
     def score(self, replica: "Replica") -> float:
         return 4 * replica.num_waiting + replica.num_allocated_requests
@@ -148,6 +153,7 @@ class LeastWorkLeft(ScoreRouter):
     ``time_model``, never a request's output length."""
 
     name = "least_work_left"
+    reads_load_only = True
 
     def score(self, replica: "Replica") -> float:
         return queued_work_seconds(replica, self.replica_costs(replica))
@@ -167,6 +173,7 @@ class SpeedAwareLeastWorkLeft(Router):
     Ties are broken at random with the router's generator (:func:`argmin_random`)."""
 
     name = "speed_aware_lwl"
+    reads_load_only = True
 
     def __init__(self, oracle: bool = False) -> None:
         self.oracle = oracle
@@ -243,6 +250,7 @@ class PowerOfTwo(Router):
     the one with fewer ``num_waiting + num_allocated_requests`` (ties to the lower index)."""
 
     name = "power_of_two"
+    reads_load_only = True
 
     def _pick(self, n: int, load: Callable[[int], float]) -> int:
         """Sample two replicas of ``n`` and take the less loaded; only those two are scored."""
