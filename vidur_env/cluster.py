@@ -25,7 +25,6 @@ calls, so the same timestamps and the same split of its running totals), and goe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from bisect import bisect_left, bisect_right
 from heapq import heappop, heappush, heapreplace
 from math import inf
 from typing import Callable, Protocol
@@ -230,20 +229,8 @@ class ClusterSimulator:
 
     def _catch_up(self, i: int, end: int) -> None:
         """Bring quiet replica ``i`` through the arrivals it skipped, up to request ``end``
-        (excluded), as :meth:`advance_to` would have brought it at each: at the first arrival
-        at or after its next event (after it, for a batch to form at that very instant)."""
-        start = self._quiet.pop(i)
-        replica, arrived = self.replicas[i], self.table.arrived_at
-        while True:
-            j = bisect_left(arrived, min(replica.batch_end, replica.pending_at), start, end)
-            if j == end:
-                return
-            horizon = arrived[j]
-            if replica.batch_end <= horizon or replica.pending_at < horizon:
-                replica.advance_to(horizon)
-                start = j + 1
-            else:
-                start = bisect_right(arrived, horizon, j, end)
+        (excluded), as :meth:`advance_to` would have brought it at each."""
+        self.replicas[i].advance_through(self.table.arrived_at, self._quiet.pop(i), end)
 
     def advance_to_next_arrival(self) -> int:
         """Bring the cluster to the next request's arrival; return that request's id."""

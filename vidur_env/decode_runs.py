@@ -19,6 +19,8 @@ per-request path: every timestamp, every stat, and the state a router sees at ea
 """
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vidur_env.schedulers.base import ReplicaScheduler, SteadyRun
@@ -67,15 +69,17 @@ class DecodeRuns:
         running = self.scheduler.running
         return [rid for rid in running if rid != partial] + ([] if partial is None else [partial])
 
-    def quiet_until(self) -> float:
-        """Until when the suspended run keeps the replica's load counters (queue, requests
-        holding KV) as they are: it is a decode run (no partial prefill, nothing queued), so
-        its iterations repeat until one completes a member, whose end this returns, or the
-        block limit stops the loop before an iteration, whose start this returns. The times are
-        the loop's own float additions. None when the run is not such a decode run."""
+    def quiet_until(self) -> float | None:
+        """Until when the suspended run keeps the replica's load counts (queue, queued prompt
+        tokens, requests holding KV) as they are, with nothing queued: its iterations go on
+        until one completes a request or finishes the partial prefill, whose end this returns,
+        or the block limit (or a token budget left over) stops the loop before an iteration,
+        whose start this returns. The times are the loop's own float additions, iteration by
+        iteration as in :meth:`run`. None while requests are queued."""
         suspended = self.suspended
-        scheduler, decoding, kv_cache, _, _, phase, mask, _, decode_run_time, _, limit = self._loop_constants
-        if suspended.queue_changed or suspended.run[0] is not None or scheduler.waiting:
+        (scheduler, decoding, kv_cache, table, _, phase, mask, iteration_time, decode_run_time, chunk_size,
+         limit) = self._loop_constants
+        if suspended.queue_changed or scheduler.waiting:
             return None
         t = suspended.end
         tick = decoding.tick + 1  # once the iteration in flight has ended
@@ -83,17 +87,86 @@ class DecodeRuns:
         n, offset_sum = decoding.size, decoding.offset_sum
         allocated = kv_cache.allocated_blocks
         d, same_until = suspended.decode_time, suspended.same_until
+        partial, gated, _ = suspended.run
+        if partial is not None:
+            prompt, done, budget = table.prefill[partial], table.processed[partial] + suspended.chunk, chunk_size - n
+            if done == prompt:
+                return t
         while tick < last:
             grow = phase[tick & mask]
             if allocated + grow > limit:
                 break
-            if tick >= same_until:
-                d, span = decode_run_time(n, offset_sum + n * tick)
-                same_until = tick + span
+            kv_tokens = offset_sum + n * tick
+            if partial is None:
+                if tick >= same_until:
+                    d, span = decode_run_time(n, kv_tokens)
+                    same_until = tick + span
+            else:
+                q = prompt - done if prompt - done < budget else budget
+                if gated and q < budget:
+                    break
+                d = (iteration_time(n + 1, kv_tokens + done, (), ()) if q == 1
+                     else iteration_time(n, kv_tokens, (q,), (done,)))
             allocated += grow
             t = t + d
             tick += 1
+            if partial is not None:
+                done += q
+                if done == prompt:
+                    break
         return t
+
+    def replay(self, horizons: Sequence[float], start: int, end: int) -> int:
+        """Take a suspended decode run through the horizons ``horizons[start:end]`` (arrivals of
+        requests routed elsewhere, non-decreasing) as :meth:`resume_decode` or :meth:`run`
+        would at each one at or after its iteration in flight ends: the same iterations and,
+        per horizon, the same record (that horizon's iterations, summed from 0.0 in order), in
+        one loop over horizons that reads the run's state once. Stops at the first horizon
+        where more than the decode set's iterations would happen (a completion, the block
+        limit, an iteration ending at the horizon's very instant) and returns its index, or
+        ``end``; the loop then takes that horizon as usual."""
+        suspended = self.suspended
+        if suspended.queue_changed or suspended.run[0] is not None:
+            return start
+        _, decoding, kv_cache, _, stats, phase, mask, _, decode_run_time, _, limit = self._loop_constants
+        n, offset_sum, last = decoding.size, decoding.offset_sum, decoding.next_completion()
+        tick, allocated = decoding.tick, kv_cache.allocated_blocks
+        t, d, same_until = suspended.end, suspended.decode_time, suspended.same_until
+        while True:
+            start = bisect_left(horizons, t, start, end)
+            if start == end:
+                break
+            horizon = horizons[start]
+            # the iteration in flight has ended at ``now``: run those that end by the horizon
+            # and start the next, as the loop would
+            now, k, grown, d_k, until_k = t, tick + 1, allocated, d, same_until
+            busy = block_time = 0.0
+            in_flight = False
+            while now < horizon and k < last:
+                grow = phase[k & mask]
+                if grown + grow > limit:
+                    break
+                if k >= until_k:
+                    d_k, span = decode_run_time(n, offset_sum + n * k)
+                    until_k = k + span
+                grown += grow
+                block_time += grown * d_k
+                busy += d_k
+                if now + d_k > horizon:
+                    in_flight = True
+                    break
+                now += d_k
+                k += 1
+            if not in_flight:
+                break  # not plain decode iterations: the loop's general path takes this horizon
+            iterations = k - tick
+            stats.record(iterations, n * iterations, n * iterations, 0, busy, block_time, grown)
+            tick, allocated, t, d, same_until = k, grown, now + d_k, d_k, until_k
+            start += 1
+        decoding.tick = tick
+        kv_cache.allocated_blocks = allocated
+        suspended.end, suspended.decode_time, suspended.same_until = t, d, same_until
+        return start
 
     # ------------------------------------------------------------------ loop
     def resume_decode(self, now: float, horizon: float) -> bool:
