@@ -39,6 +39,8 @@ class Suspended:
     decode_time: float
     same_until: int
     """The loop's cached decode-only iteration time and the tick until which it holds."""
+    completion: float
+    """The decode set's next completion tick (the set does not change while suspended)."""
     queue_changed: bool = False
     """A request was queued since: the run's premise is gone, so resuming only finishes the
     iteration in flight and hands the next formation back to the scheduler."""
@@ -83,7 +85,7 @@ class DecodeRuns:
             return None
         t = suspended.end
         tick = decoding.tick + 1  # once the iteration in flight has ended
-        last = decoding.next_completion()
+        last = suspended.completion
         n, offset_sum = decoding.size, decoding.offset_sum
         allocated = kv_cache.allocated_blocks
         d, same_until = suspended.decode_time, suspended.same_until
@@ -129,7 +131,7 @@ class DecodeRuns:
         if suspended.queue_changed or suspended.run[0] is not None:
             return start
         _, decoding, kv_cache, _, stats, phase, mask, _, decode_run_time, _, limit = self._loop_constants
-        n, offset_sum, last = decoding.size, decoding.offset_sum, decoding.next_completion()
+        n, offset_sum, last = decoding.size, decoding.offset_sum, suspended.completion
         tick, allocated = decoding.tick, kv_cache.allocated_blocks
         t, d, same_until = suspended.end, suspended.decode_time, suspended.same_until
         while True:
@@ -182,7 +184,7 @@ class DecodeRuns:
             return False
         scheduler, decoding, kv_cache, _, stats, phase, mask, _, _, _, limit = self._loop_constants
         tick = decoding.tick + 1
-        if tick >= suspended.same_until or tick >= decoding.next_completion():
+        if tick >= suspended.same_until or tick >= suspended.completion:
             return False
         allocated = kv_cache.allocated_blocks + phase[tick & mask]
         d = suspended.decode_time
@@ -296,7 +298,7 @@ class DecodeRuns:
                              tokens, busy, block_time, allocated)
             if in_flight:
                 scheduler.batch_lazy = True
-                self.suspended = Suspended(run, t + d, q, d if partial is None else 0.0, same_until)
+                self.suspended = Suspended(run, t + d, q, d if partial is None else 0.0, same_until, last)
                 return t
             if not (completed or prefilled) or scheduler.waiting:
                 return t
