@@ -474,7 +474,7 @@ class LoadRecorder(StateRecorder):
     """A load-only router recording the counts such a router may read, at each decision."""
 
     FIELDS = ("num_waiting", "waiting_prompt_tokens", "num_allocated_requests")
-    reads_load_only = True
+    tolerates_quiet = True
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
@@ -485,24 +485,14 @@ def test_quiet_replicas_change_no_result(scheduler, router, monkeypatch):
     the counts read at every decision, the decisions, every timestamp and every running total
     (bit for bit) are those of advancing it at each arrival. Routing in two calls wakes every
     quiet replica at the end of the first."""
-    from dataclasses import replace as with_fields
-
-    from vidur_env.cluster import build_time_models
-    from vidur_env.simulation import Scenario, resolve_workload
-    from vidur_env.workload import generate_requests
-
-    scenario = Scenario(load=0.9)
-    cluster = with_fields(scenario.cluster, num_replicas=32, replica=ReplicaConfig(scheduler=scheduler))
-    scenario = with_fields(scenario, cluster=cluster, workload=with_fields(scenario.workload, num_requests=3000))
-    models = build_time_models(cluster)
-    reqs = generate_requests(resolve_workload(scenario, models), np.random.default_rng(4))
+    cluster, reqs, max_tokens, models = quiet_case(scheduler)
     catch_ups = []
     catch_up = ClusterSimulator._catch_up
     monkeypatch.setattr(ClusterSimulator, "_catch_up", lambda sim, i, end: catch_ups.append(i) or catch_up(sim, i, end))
 
     def run(quiet):
         monkeypatch.setattr(ClusterSimulator, "quiet_replicas", quiet)
-        sim = ClusterSimulator(cluster, reqs, max_tokens=scenario.workload.max_tokens, time_models=models)
+        sim = ClusterSimulator(cluster, reqs, max_tokens=max_tokens, time_models=models)
         recorder = LoadRecorder(router, 32)
         sim.route(recorder, until=1000)
         sim.run(recorder)
@@ -510,7 +500,58 @@ def test_quiet_replicas_change_no_result(scheduler, router, monkeypatch):
 
     (quiet, quiet_states), (plain, plain_states) = run(True), run(False)
     assert len(catch_ups) > 1000, "the case must leave replicas quiet often"
-    for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts", "replica"):
-        assert getattr(quiet.table, column) == getattr(plain.table, column), column
+    assert_same_run(quiet, plain)
     assert quiet_states == plain_states
-    assert [r.stats for r in quiet.replicas] == [r.stats for r in plain.replicas]
+
+
+def assert_same_run(a: ClusterSimulator, b: ClusterSimulator) -> None:
+    """Same decisions, timestamps and running totals (bit for bit)."""
+    for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts", "replica"):
+        assert getattr(a.table, column) == getattr(b.table, column), column
+    assert [r.stats for r in a.replicas] == [r.stats for r in b.replicas]
+
+
+def quiet_case(scheduler: str, num_replicas: int = 32, num_requests: int = 3000):
+    """(cluster, requests, max_tokens, time models) of the default scenario at 90% load."""
+    from dataclasses import replace as with_fields
+
+    from vidur_env.cluster import build_time_models
+    from vidur_env.simulation import Scenario, resolve_workload
+    from vidur_env.workload import generate_requests
+
+    scenario = Scenario(load=0.9)
+    cluster = with_fields(scenario.cluster, num_replicas=num_replicas, replica=ReplicaConfig(scheduler=scheduler))
+    scenario = with_fields(scenario, cluster=cluster, workload=with_fields(scenario.workload, num_requests=num_requests))
+    models = build_time_models(cluster)
+    reqs = generate_requests(resolve_workload(scenario, models), np.random.default_rng(4))
+    return cluster, reqs, scenario.workload.max_tokens, models
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+def test_least_kv_wakes_the_quiet_replica_it_would_pick(scheduler, monkeypatch):
+    """least_kv reads KV, which a quiet replica does not keep current but only lets grow: its
+    index keeps a quiet replica's score as a lower bound and wakes the replica it would pick
+    until that one is awake. The decisions, timestamps and totals are those of advancing
+    every replica at every arrival, and the scan (which wakes nothing) does not let
+    replicas go quiet."""
+    cluster, reqs, max_tokens, models = quiet_case(scheduler)
+    wakes = []
+    wake = ClusterSimulator.wake
+    monkeypatch.setattr(ClusterSimulator, "wake", lambda sim, i: wakes.append(i) or wake(sim, i))
+
+    def run(quiet, indexed=True):
+        monkeypatch.setattr(ClusterSimulator, "quiet_replicas", quiet)
+        sim = ClusterSimulator(cluster, reqs, max_tokens=max_tokens, time_models=models)
+        router = make_router("least_kv")
+        router.indexed = indexed
+        router.reset(32, np.random.default_rng(0))
+        sim.route(router, until=1000)
+        sim.run(router)
+        return sim
+
+    quiet, plain = run(True), run(False)
+    assert len(wakes) > 100, "the case must wake quiet replicas"
+    assert_same_run(quiet, plain)
+    wakes.clear()
+    assert_same_run(run(True, indexed=False), plain)
+    assert not wakes

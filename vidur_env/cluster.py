@@ -13,14 +13,20 @@ dispatches), so routers can rescore only those (:class:`vidur_env.router_base.Sc
 Replica state changes only through :meth:`ClusterSimulator.advance_to` and
 :meth:`ClusterSimulator.dispatch`.
 
-In a large fleet most of those events are one decode iteration of one replica, which changes
-no count a load-only router reads (``Router.reads_load_only``: queue, queued prompt tokens,
-requests holding KV). So while :meth:`ClusterSimulator.route` runs such a router, a replica
-left in a decode run that changes none of them goes *quiet*: it is queued at the time its
-counts may change (:meth:`~vidur_env.decode_runs.DecodeRuns.quiet_until`) and skipped until
-then, or until it gets a request, or the routing stops. Then it is brought through each
-arrival it skipped exactly as :meth:`advance_to` would have brought it at the time (the same
-calls, so the same timestamps and the same split of its running totals), and goes on.
+In a large fleet most of those events are one iteration of one replica that changes no load
+count (queue, queued prompt tokens, requests holding KV), and each touches a replica that is
+cold in the CPU cache. So while :meth:`ClusterSimulator.route` runs a router that allows it
+(``Router.tolerates_quiet``: it reads only load counts, or wakes the replicas it reads more
+of), a replica whose batch in flight is a steady run with nothing queued goes *quiet*: it is
+queued at the time its counts may next change
+(:meth:`~vidur_env.decode_runs.DecodeRuns.quiet_until`: a completion, the end of a prefill, the
+block limit) and skipped until then, until it gets a request or is woken
+(:meth:`ClusterSimulator.wake`), or until the routing stops. Then it is brought through every
+arrival it skipped at which it had an event due
+(:meth:`~vidur_env.replica.Replica.advance_through`), as :meth:`ClusterSimulator.advance_to`
+would have brought it at the time: its running float totals are summed per arrival, so the
+arrivals must be the same ones for the results to be identical. A quiet replica is not listed
+in ``changed`` until it is brought up to date.
 """
 from __future__ import annotations
 
@@ -111,8 +117,8 @@ class ClusterSimulator:
     ``changed`` (the number of dispatches so far, and the ids of the replicas whose state
     changed since the last one: the one dispatched to, then those advanced).
 
-    ``quiet_replicas`` (class switch) lets replicas go quiet under a load-only router (see
-    the module docstring); turning it off must not change any result.
+    ``quiet_replicas`` (class switch) lets replicas go quiet under a router that tolerates it
+    (see the module docstring); turning it off must not change any result.
 
     ``compact`` holds the table in typed arrays (:mod:`vidur_env.request_table`): about a
     fifth of the memory of lists, the same results; for long traces.
@@ -149,9 +155,10 @@ class ClusterSimulator:
         """Heap of (next event time, replica id); entries whose time is not ``_due_at`` are stale."""
         self.now = self.table.arrived_at[0] if len(self.table) else 0.0
         self._quieting = False
-        """Whether replicas may go quiet (set by :meth:`route` for a load-only router)."""
-        self._quiet: dict[int, int] = {}
-        """The quiet replicas, each with the first arrival it skipped."""
+        """Whether replicas may go quiet (set by :meth:`route`)."""
+        self.quiet: dict[int, int] = {}
+        """The quiet replicas (read-only for routers: their load counts are exact, the rest of
+        their state is not), each with the first arrival it skipped."""
 
     def _check_requests_fit(self, max_tokens: int) -> None:
         """Reject, naming the first offending request, lengths and arrival orders the
@@ -196,7 +203,7 @@ class ClusterSimulator:
         batch to form exactly at ``time`` is not due yet (an arrival at that instant may still
         join it) and is queued again afterwards. While :meth:`route` lets replicas go quiet,
         ``time`` is the arrival of ``next_request``."""
-        due, due_at, replicas, changed, quiet = self._due, self._due_at, self.replicas, self.changed, self._quiet
+        due, due_at, replicas, changed, quiet = self._due, self._due_at, self.replicas, self.changed, self.quiet
         not_yet = []
         while due and due[0][0] <= time:
             at, i = due[0]
@@ -230,7 +237,14 @@ class ClusterSimulator:
     def _catch_up(self, i: int, end: int) -> None:
         """Bring quiet replica ``i`` through the arrivals it skipped, up to request ``end``
         (excluded), as :meth:`advance_to` would have brought it at each."""
-        self.replicas[i].advance_through(self.table.arrived_at, self._quiet.pop(i), end)
+        self.replicas[i].advance_through(self.table.arrived_at, self.quiet.pop(i), end)
+
+    def wake(self, i: int) -> None:
+        """Bring quiet replica ``i`` to the current arrival, as :meth:`advance_to` would have, for
+        a router that reads more than its load counts; it is listed in ``changed``."""
+        self._catch_up(i, self.next_request + 1)
+        self._queue(self.replicas[i])
+        self.changed.append(i)
 
     def advance_to_next_arrival(self) -> int:
         """Bring the cluster to the next request's arrival; return that request's id."""
@@ -243,7 +257,7 @@ class ClusterSimulator:
         if not 0 <= replica_id < self.num_replicas:
             raise ValueError(f"replica id {replica_id} out of range [0, {self.num_replicas})")
         rid = self.next_request
-        if replica_id in self._quiet:
+        if replica_id in self.quiet:
             self._catch_up(replica_id, rid + 1)  # this arrival too, as advance_to would have
         self.table.replica[rid] = replica_id
         replica = self.replicas[replica_id]
@@ -264,21 +278,17 @@ class ClusterSimulator:
             )
 
     def route(self, router: Router, until: int | None = None) -> None:
-        """Route the requests before ``until`` (default: all) with ``router``.
-
-        Every replica with an event due is advanced to each arrival, whatever the router reads:
-        advancing a replica through other horizons gives the same timestamps but may round its
-        running float totals (``block_time``) differently, and results must not change. A
-        load-only router (``router.reads_load_only``) lets replicas go quiet meanwhile (see the
-        module docstring); all are brought up to date before this returns."""
+        """Route the requests before ``until`` (default: all) with ``router``; if it tolerates
+        it (``router.tolerates_quiet``), replicas may go quiet meanwhile (see the module
+        docstring), and all are brought up to date before this returns."""
         end = self.num_requests if until is None else until
-        self._quieting = self.quiet_replicas and getattr(router, "reads_load_only", False)
+        self._quieting = self.quiet_replicas and getattr(router, "tolerates_quiet", False)
         try:
             while self.next_request < end:
                 self.dispatch(router(self, self.advance_to_next_arrival()))
         finally:
             self._quieting = False
-            for i in list(self._quiet):
+            for i in list(self.quiet):
                 self._catch_up(i, self.next_request)
                 self._queue(self.replicas[i])
 

@@ -31,7 +31,7 @@ class RoundRobin(Router):
     """Request i goes to replica i mod N (Vidur's default)."""
 
     name = "round_robin"
-    reads_load_only = True
+    tolerates_quiet = True
 
     def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
         super().reset(num_replicas, rng)
@@ -53,7 +53,7 @@ class RandomRouter(Router):
     """Uniformly random replica, drawn from the episode's generator."""
 
     name = "random"
-    reads_load_only = True
+    tolerates_quiet = True
 
     def choose(self, sim: "ClusterSimulator", rid: int) -> int:
         return int(self.rng.integers(self.num_replicas))
@@ -70,9 +70,12 @@ class ScoreRouter(Router):
     On the simulator the scores are kept in a :class:`ScoreIndex` (only changed replicas are
     rescored), so the score must depend only on the replica's state."""
 
+    grows_while_quiet: bool = False
+    """The score only grows while a replica is quiet (see :class:`ScoreIndex`)."""
+
     def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
         super().reset(num_replicas, rng)
-        self.index = ScoreIndex(self.score)
+        self.index = ScoreIndex(self.score, self.grows_while_quiet)
 
     def score(self, replica: "Replica") -> float:
         raise NotImplementedError
@@ -95,7 +98,7 @@ class LeastOutstandingRequests(ScoreRouter):
     not counted, which skews load at moderate rates). Score: ``num_waiting``."""
 
     name = "lor"
-    reads_load_only = True
+    tolerates_quiet = True
 
     def score(self, replica: "Replica") -> float:
         return replica.num_waiting
@@ -110,7 +113,7 @@ class JoinShortestQueue(ScoreRouter):
     batch in flight)."""
 
     name = "jsq"
-    reads_load_only = True
+    tolerates_quiet = True
 
     def score(self, replica: "Replica") -> float:
         return replica.num_waiting + replica.num_allocated_requests
@@ -124,7 +127,7 @@ class VLLMDataParallel(ScoreRouter):
     Score: ``4 * num_waiting + num_allocated_requests``."""
 
     name = "vllm_dp"
-    reads_load_only = True
+    tolerates_quiet = True
 
     def score(self, replica: "Replica") -> float:
         return 4 * replica.num_waiting + replica.num_allocated_requests
@@ -137,6 +140,11 @@ class LeastKV(ScoreRouter):
     """Lowest KV-cache utilisation. Score: ``allocated_blocks / num_blocks``."""
 
     name = "least_kv"
+    grows_while_quiet = True  # a quiet replica only takes blocks (its decodes grow)
+
+    @property
+    def tolerates_quiet(self) -> bool:
+        return self.indexed  # the scan reads every replica's KV
 
     def score(self, replica: "Replica") -> float:
         return replica.kv_utilization
@@ -153,7 +161,7 @@ class LeastWorkLeft(ScoreRouter):
     ``time_model``, never a request's output length."""
 
     name = "least_work_left"
-    reads_load_only = True
+    tolerates_quiet = True
 
     def score(self, replica: "Replica") -> float:
         return queued_work_seconds(replica, self.replica_costs(replica))
@@ -173,7 +181,7 @@ class SpeedAwareLeastWorkLeft(Router):
     Ties are broken at random with the router's generator (:func:`argmin_random`)."""
 
     name = "speed_aware_lwl"
-    reads_load_only = True
+    tolerates_quiet = True
 
     def __init__(self, oracle: bool = False) -> None:
         self.oracle = oracle
@@ -250,7 +258,7 @@ class PowerOfTwo(Router):
     the one with fewer ``num_waiting + num_allocated_requests`` (ties to the lower index)."""
 
     name = "power_of_two"
-    reads_load_only = True
+    tolerates_quiet = True
 
     def _pick(self, n: int, load: Callable[[int], float]) -> int:
         """Sample two replicas of ``n`` and take the less loaded; only those two are scored."""
