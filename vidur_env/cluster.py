@@ -16,17 +16,18 @@ Replica state changes only through :meth:`ClusterSimulator.advance_to` and
 In a large fleet most of those events are one iteration of one replica that changes no load
 count (queue, queued prompt tokens, requests holding KV), and each touches a replica that is
 cold in the CPU cache. So while :meth:`ClusterSimulator.route` runs a router that allows it
-(``Router.tolerates_quiet``: it reads only load counts, or wakes the replicas it reads more
-of), a replica whose batch in flight is a steady run with nothing queued goes *quiet*: it is
-queued at the time its counts may next change
-(:meth:`~vidur_env.decode_runs.DecodeRuns.quiet_until`: a completion, the end of a prefill, the
-block limit) and skipped until then, until it gets a request or is woken
-(:meth:`ClusterSimulator.wake`), or until the routing stops. Then it is brought through every
-arrival it skipped at which it had an event due
+(``Router.quiet``), replicas go *quiet*: they are skipped, and later brought through every
+arrival they skipped at which they had an event due
 (:meth:`~vidur_env.replica.Replica.advance_through`), as :meth:`ClusterSimulator.advance_to`
-would have brought it at the time: its running float totals are summed per arrival, so the
-arrivals must be the same ones for the results to be identical. A quiet replica is not listed
-in ``changed`` until it is brought up to date.
+would have brought them at the time (a replica's running float totals are summed per
+arrival, so the arrivals must be the same ones for the results to be identical). Under a
+router that reads load counts (``"steady"``), a replica whose batch in flight is a steady run
+with nothing queued goes quiet until its counts may next change
+(:meth:`~vidur_env.decode_runs.DecodeRuns.quiet_until`: a completion, the end of a prefill, the
+block limit), when the heap brings it back; under one that reads no replica unless it wakes it
+(``"any"``), every replica goes quiet after each event. A quiet replica also comes back when
+it gets a request, when the router wakes it (:meth:`ClusterSimulator.wake`), and when the
+routing stops; it is not listed in ``changed`` until then.
 """
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ class ClusterSimulator:
     ``changed`` (the number of dispatches so far, and the ids of the replicas whose state
     changed since the last one: the one dispatched to, then those advanced).
 
-    ``quiet_replicas`` (class switch) lets replicas go quiet under a router that tolerates it
+    ``quiet_replicas`` (class switch) lets replicas go quiet under a router that allows it
     (see the module docstring); turning it off must not change any result.
 
     ``compact`` holds the table in typed arrays (:mod:`vidur_env.request_table`): about a
@@ -154,8 +155,8 @@ class ClusterSimulator:
         self._due: list[tuple[float, int]] = []
         """Heap of (next event time, replica id); entries whose time is not ``_due_at`` are stale."""
         self.now = self.table.arrived_at[0] if len(self.table) else 0.0
-        self._quieting = False
-        """Whether replicas may go quiet (set by :meth:`route`)."""
+        self._quieting: str | None = None
+        """Which replicas may go quiet (the router's ``quiet``, set by :meth:`route`)."""
         self.quiet: dict[int, int] = {}
         """The quiet replicas (read-only for routers: their load counts are exact, the rest of
         their state is not), each with the first arrival it skipped."""
@@ -217,7 +218,9 @@ class ClusterSimulator:
                 replica.advance_to(time)
                 changed.append(i)
                 at = min(replica.batch_end, replica.pending_at)
-                if self._quieting and replica.runs.suspended is not None:
+                if self._quieting == "any":
+                    at, quiet[i] = inf, self.next_request + 1
+                elif self._quieting and replica.runs.suspended is not None:
                     until = replica.runs.quiet_until()
                     if until is not None and until > at:
                         at, quiet[i] = until, self.next_request + 1
@@ -241,7 +244,8 @@ class ClusterSimulator:
 
     def wake(self, i: int) -> None:
         """Bring quiet replica ``i`` to the current arrival, as :meth:`advance_to` would have, for
-        a router that reads more than its load counts; it is listed in ``changed``."""
+        a router about to read more of it than a quiet replica keeps exact; it is listed in
+        ``changed``."""
         self._catch_up(i, self.next_request + 1)
         self._queue(self.replicas[i])
         self.changed.append(i)
@@ -262,7 +266,11 @@ class ClusterSimulator:
         self.table.replica[rid] = replica_id
         replica = self.replicas[replica_id]
         replica.add_request(rid, self.table.arrived_at[rid])
-        self._queue(replica)
+        if self._quieting == "any":
+            self.quiet[replica_id] = rid + 1
+            self._due_at[replica_id] = inf  # its heap entries are stale
+        else:
+            self._queue(replica)
         self.next_request += 1
         self.round += 1
         self.changed = [replica_id]
@@ -278,19 +286,20 @@ class ClusterSimulator:
             )
 
     def route(self, router: Router, until: int | None = None) -> None:
-        """Route the requests before ``until`` (default: all) with ``router``; if it tolerates
-        it (``router.tolerates_quiet``), replicas may go quiet meanwhile (see the module
+        """Route the requests before ``until`` (default: all) with ``router``; if it allows
+        it (``router.quiet``), replicas may go quiet meanwhile (see the module
         docstring), and all are brought up to date before this returns."""
         end = self.num_requests if until is None else until
-        self._quieting = self.quiet_replicas and getattr(router, "tolerates_quiet", False)
+        self._quieting = getattr(router, "quiet", None) if self.quiet_replicas else None
         try:
             while self.next_request < end:
                 self.dispatch(router(self, self.advance_to_next_arrival()))
         finally:
-            self._quieting = False
+            self._quieting = None
             for i in list(self.quiet):
                 self._catch_up(i, self.next_request)
                 self._queue(self.replicas[i])
+                self.changed.append(i)
 
     def run(self, router: Router) -> None:
         """Route every request with ``router`` and drain the cluster."""

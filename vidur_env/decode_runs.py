@@ -23,6 +23,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vidur_env.kv_cache import BLOCK_SIZE
 from vidur_env.schedulers.base import ReplicaScheduler, SteadyRun
 from vidur_env.time_model import ExecutionTimeModel
 
@@ -74,10 +75,11 @@ class DecodeRuns:
     def quiet_until(self) -> float | None:
         """Until when the suspended run keeps the replica's load counts (queue, queued prompt
         tokens, requests holding KV) as they are, with nothing queued: its iterations go on
-        until one completes a request or finishes the partial prefill, whose end this returns,
-        or the block limit (or a token budget left over) stops the loop before an iteration,
-        whose start this returns. The times are the loop's own float additions, iteration by
-        iteration as in :meth:`run`. None while requests are queued."""
+        (a partial prefill's chunks, then, once its prompt is done, the decode set with it as
+        :meth:`run` goes on) until one completes a request, whose end this returns, or the block
+        limit (or a token budget left over) stops the loop before an iteration, whose start
+        this returns. The times are the loop's own float additions, iteration by iteration.
+        None while requests are queued."""
         suspended = self.suspended
         (scheduler, decoding, kv_cache, table, _, phase, mask, iteration_time, decode_run_time, chunk_size,
          limit) = self._loop_constants
@@ -89,33 +91,43 @@ class DecodeRuns:
         n, offset_sum = decoding.size, decoding.offset_sum
         allocated = kv_cache.allocated_blocks
         d, same_until = suspended.decode_time, suspended.same_until
+        joined = -1  # the growth phase of a request that joined the decode set here (-1: none)
         partial, gated, _ = suspended.run
         if partial is not None:
             prompt, done, budget = table.prefill[partial], table.processed[partial] + suspended.chunk, chunk_size - n
-            if done == prompt:
-                return t
-        while tick < last:
-            grow = phase[tick & mask]
-            if allocated + grow > limit:
-                break
-            kv_tokens = offset_sum + n * tick
-            if partial is None:
-                if tick >= same_until:
-                    d, span = decode_run_time(n, kv_tokens)
-                    same_until = tick + span
-            else:
+            while done != prompt:
+                grow = phase[tick & mask]
                 q = prompt - done if prompt - done < budget else budget
-                if gated and q < budget:
-                    break
+                if tick >= last or allocated + grow > limit or gated and q < budget:
+                    return t
+                kv_tokens = offset_sum + n * tick
                 d = (iteration_time(n + 1, kv_tokens + done, (), ()) if q == 1
                      else iteration_time(n, kv_tokens, (q,), (done,)))
+                allocated += grow
+                t = t + d
+                tick += 1
+                done += q
+            # the prompt is done at ``tick``: the request emits its first token and joins the
+            # decode set (ReplicaScheduler.advance_prefill, DecodeSet.join), unless that
+            # completes it or a member completes too, or prefix caching registers blocks
+            total = table.total[partial]
+            if tick >= last or total == prompt + 1 or kv_cache.prefix_caching:
+                return t
+            offset = prompt + 1 - tick
+            n, offset_sum, last = n + 1, offset_sum + offset, min(last, total - offset)
+            if decoding.growth.grows:
+                joined = (table.blocks[partial] * BLOCK_SIZE + 1 - offset) & mask
+            same_until = tick
+        while tick < last:
+            grow = phase[tick & mask] + ((tick & mask) == joined)
+            if allocated + grow > limit:
+                break
+            if tick >= same_until:
+                d, span = decode_run_time(n, offset_sum + n * tick)
+                same_until = tick + span
             allocated += grow
             t = t + d
             tick += 1
-            if partial is not None:
-                done += q
-                if done == prompt:
-                    break
         return t
 
     def replay(self, horizons: Sequence[float], start: int, end: int) -> int:

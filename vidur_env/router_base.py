@@ -26,13 +26,14 @@ class Router:
     """Decides from the live simulator even in the env (the evaluation harness then calls
     :meth:`choose`, not :meth:`choose_observed`): routers that keep state the observation does
     not carry, such as their own cache view. They need fresh observations to be compared fairly."""
-    tolerates_quiet: bool = False
-    """Decides on the simulator as well with replicas left quiet (:mod:`vidur_env.cluster`):
-    from each replica's load counts alone (``num_waiting``, ``waiting_prompt_tokens``,
-    ``num_allocated_requests``; its ``time_model``), which a quiet replica keeps exact, or
-    waking (:meth:`~vidur_env.cluster.ClusterSimulator.wake`) each quiet replica whose other
-    state it needs. The cluster then lets replicas go quiet, which must not change any
-    decision."""
+    quiet: str | None = None
+    """Which replicas the cluster may leave quiet (unadvanced, :mod:`vidur_env.cluster`) while
+    this router decides on the simulator: ``"steady"``, those whose load counts cannot change
+    (the router reads only ``num_waiting``, ``waiting_prompt_tokens``,
+    ``num_allocated_requests`` and ``time_model``, which a quiet replica keeps exact, or wakes
+    with :meth:`~vidur_env.cluster.ClusterSimulator.wake` each quiet replica whose other state
+    it needs); ``"any"``, every replica until it gets a request (the router wakes each replica
+    it reads); None, none. Must not change any decision."""
     indexed: bool = True
     """Decide from incrementally kept scores (:class:`ScoreIndex`) where the router has them;
     turning it off (score every replica at every decision) must not change any decision."""

@@ -31,7 +31,7 @@ class RoundRobin(Router):
     """Request i goes to replica i mod N (Vidur's default)."""
 
     name = "round_robin"
-    tolerates_quiet = True
+    quiet = "any"
 
     def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
         super().reset(num_replicas, rng)
@@ -53,7 +53,7 @@ class RandomRouter(Router):
     """Uniformly random replica, drawn from the episode's generator."""
 
     name = "random"
-    tolerates_quiet = True
+    quiet = "any"
 
     def choose(self, sim: "ClusterSimulator", rid: int) -> int:
         return int(self.rng.integers(self.num_replicas))
@@ -98,7 +98,7 @@ class LeastOutstandingRequests(ScoreRouter):
     not counted, which skews load at moderate rates). Score: ``num_waiting``."""
 
     name = "lor"
-    tolerates_quiet = True
+    quiet = "steady"
 
     def score(self, replica: "Replica") -> float:
         return replica.num_waiting
@@ -113,7 +113,7 @@ class JoinShortestQueue(ScoreRouter):
     batch in flight)."""
 
     name = "jsq"
-    tolerates_quiet = True
+    quiet = "steady"
 
     def score(self, replica: "Replica") -> float:
         return replica.num_waiting + replica.num_allocated_requests
@@ -127,7 +127,7 @@ class VLLMDataParallel(ScoreRouter):
     Score: ``4 * num_waiting + num_allocated_requests``."""
 
     name = "vllm_dp"
-    tolerates_quiet = True
+    quiet = "steady"
 
     def score(self, replica: "Replica") -> float:
         return 4 * replica.num_waiting + replica.num_allocated_requests
@@ -143,8 +143,8 @@ class LeastKV(ScoreRouter):
     grows_while_quiet = True  # a quiet replica only takes blocks (its decodes grow)
 
     @property
-    def tolerates_quiet(self) -> bool:
-        return self.indexed  # the scan reads every replica's KV
+    def quiet(self) -> str | None:
+        return "steady" if self.indexed else None  # the scan reads every replica's KV
 
     def score(self, replica: "Replica") -> float:
         return replica.kv_utilization
@@ -161,7 +161,7 @@ class LeastWorkLeft(ScoreRouter):
     ``time_model``, never a request's output length."""
 
     name = "least_work_left"
-    tolerates_quiet = True
+    quiet = "steady"
 
     def score(self, replica: "Replica") -> float:
         return queued_work_seconds(replica, self.replica_costs(replica))
@@ -181,7 +181,7 @@ class SpeedAwareLeastWorkLeft(Router):
     Ties are broken at random with the router's generator (:func:`argmin_random`)."""
 
     name = "speed_aware_lwl"
-    tolerates_quiet = True
+    quiet = "steady"
 
     def __init__(self, oracle: bool = False) -> None:
         self.oracle = oracle
@@ -258,7 +258,7 @@ class PowerOfTwo(Router):
     the one with fewer ``num_waiting + num_allocated_requests`` (ties to the lower index)."""
 
     name = "power_of_two"
-    tolerates_quiet = True
+    quiet = "any"
 
     def _pick(self, n: int, load: Callable[[int], float]) -> int:
         """Sample two replicas of ``n`` and take the less loaded; only those two are scored."""
@@ -269,7 +269,13 @@ class PowerOfTwo(Router):
 
     def choose(self, sim: "ClusterSimulator", rid: int) -> int:
         replicas = sim.replicas
-        return self._pick(len(replicas), lambda i: replicas[i].num_waiting + replicas[i].num_allocated_requests)
+
+        def load(i: int) -> int:
+            if i in getattr(sim, "quiet", ()):
+                sim.wake(i)
+            return replicas[i].num_waiting + replicas[i].num_allocated_requests
+
+        return self._pick(len(replicas), load)
 
     def choose_observed(self, view: ObservationView, row: int) -> int:
         loads = view.waiting[row] + view.running[row]
