@@ -212,11 +212,12 @@ class SpeedAwareLeastWorkLeft(Router):
         limit = least + TIE_TOLERANCE * abs(least)  # argmin_random's tie rule, on the same floats
         if len(offsets) == 1:
             # a large fleet ties many idle replicas at the same score: draw among them without
-            # listing them (``rng.choice(k)`` draws as ``rng.choice`` of a k-element array)
+            # listing them (numpy's ``rng.choice`` of k items draws ``rng.integers(k)``, which is
+            # several times faster to call)
             index, offset = offsets[0]
             k = index.count_at_most(limit, offset)
             if index.ascending_ids(k):
-                return index.nth(0 if k == 1 else int(self.rng.choice(k)))
+                return index.nth(0 if k == 1 else int(self.rng.integers(k)))
         tied = sorted(i for index, offset in offsets for i in index.at_most(limit, offset))
         return tied[0] if len(tied) == 1 else int(self.rng.choice(np.asarray(tied)))
 
