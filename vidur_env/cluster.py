@@ -214,6 +214,11 @@ class ClusterSimulator:
             replica = replicas[i]
             if quiet and i in quiet:
                 self._catch_up(i, self.next_request)
+                at = min(replica.batch_end, replica.pending_at)
+                if at > time:  # woken a little early (its time was a bound): requeued
+                    due_at[i] = at
+                    heapreplace(due, (at, i))
+                    continue
             if replica.batch_end <= time or replica.pending_at < time:
                 replica.advance_to(time)
                 changed.append(i)

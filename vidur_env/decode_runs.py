@@ -76,10 +76,11 @@ class DecodeRuns:
         """Until when the suspended run keeps the replica's load counts (queue, queued prompt
         tokens, requests holding KV) as they are, with nothing queued: its iterations go on
         (a partial prefill's chunks, then, once its prompt is done, the decode set with it as
-        :meth:`run` goes on) until one completes a request, whose end this returns, or the block
-        limit (or a token budget left over) stops the loop before an iteration, whose start
-        this returns. The times are the loop's own float additions, iteration by iteration.
-        None while requests are queued."""
+        :meth:`run` goes on) until one completes a request or the block limit (or a token
+        budget left over) stops the loop before an iteration. Returns a time at or before that:
+        the very end of the last chunk if it comes first, else a bound on the decode
+        iterations' times summed a span at a time (the limit is kept out of reach by counting
+        a block per member every ``BLOCK_SIZE`` ticks). None while requests are queued."""
         suspended = self.suspended
         (scheduler, decoding, kv_cache, table, _, phase, mask, iteration_time, decode_run_time, chunk_size,
          limit) = self._loop_constants
@@ -118,17 +119,23 @@ class DecodeRuns:
             if decoding.growth.grows:
                 joined = (table.blocks[partial] * BLOCK_SIZE + 1 - offset) & mask
             same_until = tick
+        # decode iterations: summed a span of equal times at a time, while the block limit is
+        # out of reach (each member takes a block every BLOCK_SIZE ticks)
+        growing = sum(phase) + (joined >= 0)
+        start = t
         while tick < last:
-            grow = phase[tick & mask] + ((tick & mask) == joined)
-            if allocated + grow > limit:
-                break
             if tick >= same_until:
                 d, span = decode_run_time(n, offset_sum + n * tick)
                 same_until = tick + span
-            allocated += grow
-            t = t + d
-            tick += 1
-        return t
+            ticks = min(last, same_until) - tick
+            allocated += growing * -(-ticks // BLOCK_SIZE)
+            if allocated > limit:
+                break  # the limit may stop the loop in this span: wake at its start
+            t += ticks * d
+            tick += ticks
+        # the loop adds one time per iteration, rounding each sum: its time can be below
+        # this estimate, never by a billionth of it (waking a replica early costs a look)
+        return t if t == start else t * (1 - 1e-9)
 
     def replay(self, horizons: Sequence[float], start: int, end: int) -> int:
         """Take a suspended decode run through the horizons ``horizons[start:end]`` (arrivals of
