@@ -569,3 +569,29 @@ def test_the_least_kv_scan_lets_no_replica_go_quiet(monkeypatch):
     router.indexed = False
     router.reset(32, np.random.default_rng(0))
     ClusterSimulator(cluster, reqs, max_tokens=max_tokens, time_models=models).run(router)
+
+
+def test_a_quiet_replica_woken_early_changes_no_result(monkeypatch):
+    """``quiet_until`` may answer early (it returns a bound): a replica woken before its load
+    counts change is brought up to date and requeued, and nothing else differs. Here every
+    answer is halfway between the batch in flight's end and the bound."""
+    from vidur_env.decode_runs import DecodeRuns
+
+    cluster, reqs, max_tokens, models = quiet_case("sarathi")
+    bound = DecodeRuns.quiet_until
+
+    def early(runs):
+        until = bound(runs)
+        return None if until is None else runs.suspended.end + (until - runs.suspended.end) / 2
+
+    def run(quiet):
+        monkeypatch.setattr(ClusterSimulator, "quiet_replicas", quiet)
+        sim = ClusterSimulator(cluster, reqs, max_tokens=max_tokens, time_models=models)
+        recorder = LoadRecorder("jsq", 32)
+        sim.run(recorder)
+        return sim, recorder.states
+
+    monkeypatch.setattr(DecodeRuns, "quiet_until", early)
+    (quiet, quiet_states), (plain, plain_states) = run(True), run(False)
+    assert_same_run(quiet, plain)
+    assert quiet_states == plain_states
