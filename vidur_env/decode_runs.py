@@ -14,6 +14,10 @@ resumes where it stopped, so the public state of the replica is exact at every a
 without re-forming the batch; :meth:`DecodeRuns.batch` is that batch as the general path
 would show it.
 
+For the cluster's quiet replicas (:mod:`vidur_env.cluster`) the module also says until when a
+suspended run leaves the load counts alone (:meth:`DecodeRuns.quiet_until`) and replays a
+decode run through the arrivals a quiet replica skipped (:meth:`DecodeRuns.replay`).
+
 ``tests/test_simulator.py::test_fast_paths_change_no_result`` holds this module to Vidur's
 per-request path: every timestamp, every stat, and the state a router sees at each decision.
 """
