@@ -33,7 +33,8 @@ class Router:
     ``num_allocated_requests`` and ``time_model``, which a quiet replica keeps exact, or wakes
     with :meth:`~vidur_env.cluster.ClusterSimulator.wake` each quiet replica whose other state
     it needs); ``"any"``, every replica until it gets a request (the router wakes each replica
-    it reads); None, none. Must not change any decision."""
+    it reads); None, none. Must not change any decision: a subclass that reads more than its
+    base class must set it back."""
     indexed: bool = True
     """Decide from incrementally kept scores (:class:`ScoreIndex`) where the router has them;
     turning it off (score every replica at every decision) must not change any decision."""
