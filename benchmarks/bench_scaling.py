@@ -6,7 +6,16 @@ the env's steps/s (random actions) at 64 and 256 replicas beside it. The figure 
 *marginal* rate: the first half of the requests fills the cluster untimed, the second half is
 timed (CPU time of this process), so the warm-up of an empty fleet does not flatter large
 fleets; routing goes through ``ClusterSimulator.route``, the path of ``simulate`` (routers
-that read few replicas advance only those; the drain is not counted). Runs are interleaved by router so a change of machine speed hits every size alike.
+that read few replicas advance only those; the drain is not counted). Runs are interleaved by
+router so a change of machine speed hits every size alike.
+
+Measured 2026-12-02 on the 2-core VM at load average 5-6 (other jobs running), four runs side
+by side with the version before quiet replicas: share of the 4-replica rate at 1,024 replicas
+36-49% for the worst router of a run (before: 18-24%); per router round_robin 58-65%, random
+54-63%, lor 49-70%, jsq 50-77%, power_of_two 49-76%, least_kv 48-68%, least_work_left 38-57%,
+vllm_dp 48-68%, speed_aware_lwl 38-51%, staleness_aware_lwl 36-57%. The 1,024-replica rates
+were 1.3-3.0x those before (lor 0.9-1.2x: its replicas keep queues, so few go quiet). One
+sample per cell: the 4-replica figure alone varies by up to 40% between runs at that load.
 
     python benchmarks/bench_scaling.py [--per-replica 40] [--min-requests 16000] [--sizes 4 64 256 1024]
 """

@@ -468,3 +468,130 @@ def test_the_event_heap_leaves_no_replica_behind():
         sim.dispatch(int(rng.integers(sim.num_replicas)))
     sim.drain()
     assert (np.asarray(sim.table.completed_at) > 0).all()
+
+
+class LoadRecorder(StateRecorder):
+    """A load-only router recording the counts such a router may read, at each decision."""
+
+    FIELDS = ("num_waiting", "waiting_prompt_tokens", "num_allocated_requests")
+    quiet = "steady"
+
+
+@pytest.mark.parametrize("num_blocks", [None, 400])
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+@pytest.mark.parametrize("router", ["jsq", "round_robin", "speed_aware_lwl"])
+def test_quiet_replicas_change_no_result(scheduler, router, num_blocks, monkeypatch):
+    """Under a load-only router a replica in a decode run goes quiet (skipped until its counts
+    may change or it gets a request) and is then brought through the arrivals it skipped:
+    the counts read at every decision, the decisions, every timestamp and every running total
+    (bit for bit) are those of advancing it at each arrival. Routing in two calls wakes every
+    quiet replica at the end of the first. With few KV blocks, windows end at the block limit
+    and requests are preempted."""
+    cluster, reqs, max_tokens, models = quiet_case(scheduler, num_blocks=num_blocks)
+    catch_ups = []
+    catch_up = ClusterSimulator._catch_up
+    monkeypatch.setattr(ClusterSimulator, "_catch_up", lambda sim, i, end: catch_ups.append(i) or catch_up(sim, i, end))
+
+    def run(quiet):
+        monkeypatch.setattr(ClusterSimulator, "quiet_replicas", quiet)
+        sim = ClusterSimulator(cluster, reqs, max_tokens=max_tokens, time_models=models)
+        recorder = LoadRecorder(router, 32)
+        sim.route(recorder, until=1000)
+        sim.run(recorder)
+        return sim, recorder.states
+
+    (quiet, quiet_states), (plain, plain_states) = run(True), run(False)
+    assert len(catch_ups) > 500, "the case must leave replicas quiet often"
+    if num_blocks is not None and scheduler != "orca":
+        assert sum(plain.table.restarts) > 0, "the case must exercise preemption"
+    assert_same_run(quiet, plain)
+    assert quiet_states == plain_states
+
+
+def assert_same_run(a: ClusterSimulator, b: ClusterSimulator) -> None:
+    """Same decisions, timestamps and running totals (bit for bit)."""
+    for column in ("scheduled_at", "prefill_completed_at", "completed_at", "restarts", "replica"):
+        assert getattr(a.table, column) == getattr(b.table, column), column
+    assert [r.stats for r in a.replicas] == [r.stats for r in b.replicas]
+
+
+def quiet_case(scheduler: str, num_replicas: int = 32, num_requests: int = 3000, num_blocks: int | None = None):
+    """(cluster, requests, max_tokens, time models) of the default scenario at 90% load (with
+    ``num_blocks``, that many KV blocks per replica)."""
+    from dataclasses import replace as with_fields
+
+    from vidur_env.cluster import build_time_models
+    from vidur_env.simulation import Scenario, resolve_workload
+    from vidur_env.workload import generate_requests
+
+    scenario = Scenario(load=0.9)
+    spec = ReplicaConfig(scheduler=scheduler, num_blocks=num_blocks)
+    cluster = with_fields(scenario.cluster, num_replicas=num_replicas, replica=spec)
+    scenario = with_fields(scenario, cluster=cluster, workload=with_fields(scenario.workload, num_requests=num_requests))
+    models = build_time_models(cluster)
+    reqs = generate_requests(resolve_workload(scenario, models), np.random.default_rng(4))
+    return cluster, reqs, scenario.workload.max_tokens, models
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+@pytest.mark.parametrize("router", ["least_kv", "round_robin", "random", "power_of_two"])
+def test_routers_that_read_more_than_load_counts_wake_quiet_replicas(scheduler, router, monkeypatch):
+    """least_kv reads KV, which a quiet replica does not keep current but only lets grow: its
+    index keeps a quiet replica's score as a lower bound and wakes the replica it would pick.
+    Round robin and random read no replica, so every replica stays quiet until it gets a
+    request; power of two wakes the two it samples. The decisions, timestamps and totals are
+    those of advancing every replica at every arrival."""
+    cluster, reqs, max_tokens, models = quiet_case(scheduler)
+    catch_ups = []
+    catch_up = ClusterSimulator._catch_up
+    monkeypatch.setattr(ClusterSimulator, "_catch_up", lambda sim, i, end: catch_ups.append(end) or catch_up(sim, i, end))
+
+    def run(quiet):
+        monkeypatch.setattr(ClusterSimulator, "quiet_replicas", quiet)
+        sim = ClusterSimulator(cluster, reqs, max_tokens=max_tokens, time_models=models)
+        policy = make_router(router)
+        policy.reset(32, np.random.default_rng(0))
+        for until in range(0, len(reqs.arrived_at), 100):  # each call ends waking every replica
+            sim.route(policy, until=until)
+        sim.run(policy)
+        return sim
+
+    quiet, plain = run(True), run(False)
+    assert len(catch_ups) > 1000, "the case must leave replicas quiet often"
+    assert_same_run(quiet, plain)
+
+
+def test_the_least_kv_scan_lets_no_replica_go_quiet(monkeypatch):
+    """Without its index least_kv reads every replica's KV, so no replica may go quiet."""
+    cluster, reqs, max_tokens, models = quiet_case("sarathi", num_requests=1000)
+    monkeypatch.setattr(ClusterSimulator, "_catch_up", lambda *args: pytest.fail("a replica went quiet"))
+    router = make_router("least_kv")
+    router.indexed = False
+    router.reset(32, np.random.default_rng(0))
+    ClusterSimulator(cluster, reqs, max_tokens=max_tokens, time_models=models).run(router)
+
+
+def test_a_quiet_replica_woken_early_changes_no_result(monkeypatch):
+    """``quiet_until`` may answer early (it returns a bound): a replica woken before its load
+    counts change is brought up to date and requeued, and nothing else differs. Here every
+    answer is halfway between the batch in flight's end and the bound."""
+    from vidur_env.decode_runs import DecodeRuns
+
+    cluster, reqs, max_tokens, models = quiet_case("sarathi")
+    bound = DecodeRuns.quiet_until
+
+    def early(runs):
+        until = bound(runs)
+        return None if until is None else runs.suspended.end + (until - runs.suspended.end) / 2
+
+    def run(quiet):
+        monkeypatch.setattr(ClusterSimulator, "quiet_replicas", quiet)
+        sim = ClusterSimulator(cluster, reqs, max_tokens=max_tokens, time_models=models)
+        recorder = LoadRecorder("jsq", 32)
+        sim.run(recorder)
+        return sim, recorder.states
+
+    monkeypatch.setattr(DecodeRuns, "quiet_until", early)
+    (quiet, quiet_states), (plain, plain_states) = run(True), run(False)
+    assert_same_run(quiet, plain)
+    assert quiet_states == plain_states

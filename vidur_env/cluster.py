@@ -12,6 +12,22 @@ dispatched to since the last dispatch are listed in ``changed`` (with ``round`` 
 dispatches), so routers can rescore only those (:class:`vidur_env.router_base.ScoreIndex`).
 Replica state changes only through :meth:`ClusterSimulator.advance_to` and
 :meth:`ClusterSimulator.dispatch`.
+
+In a large fleet most of those events are one iteration of one replica that changes no load
+count (queue, queued prompt tokens, requests holding KV), and each touches a replica that is
+cold in the CPU cache. So while :meth:`ClusterSimulator.route` runs a router that allows it
+(``Router.quiet``), replicas go *quiet*: they are skipped, and later brought through every
+arrival they skipped at which they had an event due
+(:meth:`~vidur_env.replica.Replica.advance_through`), as :meth:`ClusterSimulator.advance_to`
+would have brought them at the time (a replica's running float totals are summed per
+arrival, so the arrivals must be the same ones for the results to be identical). Under a
+router that reads load counts (``"steady"``), a replica whose batch in flight is a steady run
+with nothing queued goes quiet until its counts may next change
+(:meth:`~vidur_env.decode_runs.DecodeRuns.quiet_until`: a completion, the end of a prefill, the
+block limit), when the heap brings it back; under one that reads no replica unless it wakes it
+(``"any"``), every replica goes quiet after each event. A quiet replica also comes back when
+it gets a request, when the router wakes it (:meth:`ClusterSimulator.wake`), and when the
+routing stops; it is not listed in ``changed`` until then.
 """
 from __future__ import annotations
 
@@ -102,9 +118,14 @@ class ClusterSimulator:
     ``changed`` (the number of dispatches so far, and the ids of the replicas whose state
     changed since the last one: the one dispatched to, then those advanced).
 
+    ``quiet_replicas`` (class switch) lets replicas go quiet under a router that allows it
+    (see the module docstring); turning it off must not change any result.
+
     ``compact`` holds the table in typed arrays (:mod:`vidur_env.request_table`): about a
     fifth of the memory of lists, the same results; for long traces.
     """
+
+    quiet_replicas: bool = True
 
     def __init__(
         self,
@@ -134,6 +155,11 @@ class ClusterSimulator:
         self._due: list[tuple[float, int]] = []
         """Heap of (next event time, replica id); entries whose time is not ``_due_at`` are stale."""
         self.now = self.table.arrived_at[0] if len(self.table) else 0.0
+        self._quieting: str | None = None
+        """Which replicas may go quiet (the router's ``quiet``, set by :meth:`route`)."""
+        self.quiet: dict[int, int] = {}
+        """The quiet replicas (read-only for routers: their load counts are exact, the rest of
+        their state is not), each with the first arrival it skipped."""
 
     def _check_requests_fit(self, max_tokens: int) -> None:
         """Reject, naming the first offending request, lengths and arrival orders the
@@ -176,8 +202,9 @@ class ClusterSimulator:
 
         Only the replicas with an event by ``time`` are touched. One whose only event is a
         batch to form exactly at ``time`` is not due yet (an arrival at that instant may still
-        join it) and is queued again afterwards."""
-        due, due_at, replicas, changed = self._due, self._due_at, self.replicas, self.changed
+        join it) and is queued again afterwards. While :meth:`route` lets replicas go quiet,
+        ``time`` is the arrival of ``next_request``."""
+        due, due_at, replicas, changed, quiet = self._due, self._due_at, self.replicas, self.changed, self.quiet
         not_yet = []
         while due and due[0][0] <= time:
             at, i = due[0]
@@ -185,12 +212,26 @@ class ClusterSimulator:
                 heappop(due)  # stale: the replica was requeued since
                 continue
             replica = replicas[i]
+            if quiet and i in quiet:
+                self._catch_up(i, self.next_request)
+                at = min(replica.batch_end, replica.pending_at)
+                if at > time:  # woken a little early (its time was a bound): requeued
+                    due_at[i] = at
+                    heapreplace(due, (at, i))
+                    continue
             if replica.batch_end <= time or replica.pending_at < time:
                 replica.advance_to(time)
                 changed.append(i)
+                at = min(replica.batch_end, replica.pending_at)
+                if self._quieting == "any":
+                    at, quiet[i] = inf, self.next_request + 1
+                elif self._quieting and replica.runs.suspended is not None:
+                    until = replica.runs.quiet_until()
+                    if until is not None and until > at:
+                        at, quiet[i] = until, self.next_request + 1
                 # requeued as by _queue, in one sift of the heap (in a large fleet most
                 # replicas advanced are still busy, so this runs at nearly every event)
-                at = due_at[i] = min(replica.batch_end, replica.pending_at)
+                due_at[i] = at
                 if at != inf:
                     heapreplace(due, (at, i))
                 else:
@@ -200,6 +241,19 @@ class ClusterSimulator:
         for entry in not_yet:
             heappush(due, entry)
         self.now = max(self.now, time)
+
+    def _catch_up(self, i: int, end: int) -> None:
+        """Bring quiet replica ``i`` through the arrivals it skipped, up to request ``end``
+        (excluded), as :meth:`advance_to` would have brought it at each."""
+        self.replicas[i].advance_through(self.table.arrived_at, self.quiet.pop(i), end)
+
+    def wake(self, i: int) -> None:
+        """Bring quiet replica ``i`` to the current arrival, as :meth:`advance_to` would have, for
+        a router about to read more of it than a quiet replica keeps exact; it is listed in
+        ``changed``."""
+        self._catch_up(i, self.next_request + 1)
+        self._queue(self.replicas[i])
+        self.changed.append(i)
 
     def advance_to_next_arrival(self) -> int:
         """Bring the cluster to the next request's arrival; return that request's id."""
@@ -212,10 +266,16 @@ class ClusterSimulator:
         if not 0 <= replica_id < self.num_replicas:
             raise ValueError(f"replica id {replica_id} out of range [0, {self.num_replicas})")
         rid = self.next_request
+        if replica_id in self.quiet:
+            self._catch_up(replica_id, rid + 1)  # this arrival too, as advance_to would have
         self.table.replica[rid] = replica_id
         replica = self.replicas[replica_id]
         replica.add_request(rid, self.table.arrived_at[rid])
-        self._queue(replica)
+        if self._quieting == "any":
+            self.quiet[replica_id] = rid + 1
+            self._due_at[replica_id] = inf  # its heap entries are stale
+        else:
+            self._queue(replica)
         self.next_request += 1
         self.round += 1
         self.changed = [replica_id]
@@ -231,14 +291,20 @@ class ClusterSimulator:
             )
 
     def route(self, router: Router, until: int | None = None) -> None:
-        """Route the requests before ``until`` (default: all) with ``router``.
-
-        Every replica with an event due is advanced to each arrival, whatever the router reads:
-        advancing a replica through other horizons gives the same timestamps but may round its
-        running float totals (``block_time``) differently, and results must not change."""
+        """Route the requests before ``until`` (default: all) with ``router``; if it allows
+        it (``router.quiet``), replicas may go quiet meanwhile (see the module
+        docstring), and all are brought up to date before this returns."""
         end = self.num_requests if until is None else until
-        while self.next_request < end:
-            self.dispatch(router(self, self.advance_to_next_arrival()))
+        self._quieting = getattr(router, "quiet", None) if self.quiet_replicas else None
+        try:
+            while self.next_request < end:
+                self.dispatch(router(self, self.advance_to_next_arrival()))
+        finally:
+            self._quieting = None
+            for i in list(self.quiet):
+                self._catch_up(i, self.next_request)
+                self._queue(self.replicas[i])
+                self.changed.append(i)
 
     def run(self, router: Router) -> None:
         """Route every request with ``router`` and drain the cluster."""

@@ -14,13 +14,20 @@ resumes where it stopped, so the public state of the replica is exact at every a
 without re-forming the batch; :meth:`DecodeRuns.batch` is that batch as the general path
 would show it.
 
+For the cluster's quiet replicas (:mod:`vidur_env.cluster`) the module also says until when a
+suspended run leaves the load counts alone (:meth:`DecodeRuns.quiet_until`) and replays a
+decode run through the arrivals a quiet replica skipped (:meth:`DecodeRuns.replay`).
+
 ``tests/test_simulator.py::test_fast_paths_change_no_result`` holds this module to Vidur's
 per-request path: every timestamp, every stat, and the state a router sees at each decision.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vidur_env.kv_cache import BLOCK_SIZE
 from vidur_env.schedulers.base import ReplicaScheduler, SteadyRun
 from vidur_env.time_model import ExecutionTimeModel
 
@@ -37,6 +44,8 @@ class Suspended:
     decode_time: float
     same_until: int
     """The loop's cached decode-only iteration time and the tick until which it holds."""
+    completion: float
+    """The decode set's next completion tick (the set does not change while suspended)."""
     queue_changed: bool = False
     """A request was queued since: the run's premise is gone, so resuming only finishes the
     iteration in flight and hands the next formation back to the scheduler."""
@@ -67,6 +76,123 @@ class DecodeRuns:
         running = self.scheduler.running
         return [rid for rid in running if rid != partial] + ([] if partial is None else [partial])
 
+    def quiet_until(self) -> float | None:
+        """Until when the suspended run keeps the replica's load counts (queue, queued prompt
+        tokens, requests holding KV) as they are, with nothing queued: its iterations go on
+        (a partial prefill's chunks, then, once its prompt is done, the decode set with it as
+        :meth:`run` goes on) until one completes a request or the block limit (or a token
+        budget left over) stops the loop before an iteration. Returns a time at or before that:
+        the very end of the last chunk if it comes first, else a bound on the decode
+        iterations' times summed a span at a time (the limit is kept out of reach by counting
+        a block per member every ``BLOCK_SIZE`` ticks). None while requests are queued."""
+        suspended = self.suspended
+        (scheduler, decoding, kv_cache, table, _, phase, mask, iteration_time, decode_run_time, chunk_size,
+         limit) = self._loop_constants
+        if suspended.queue_changed or scheduler.waiting:
+            return None
+        t = suspended.end
+        tick = decoding.tick + 1  # once the iteration in flight has ended
+        last = suspended.completion
+        n, offset_sum = decoding.size, decoding.offset_sum
+        allocated = kv_cache.allocated_blocks
+        d, same_until = suspended.decode_time, suspended.same_until
+        joined = -1  # the growth phase of a request that joined the decode set here (-1: none)
+        partial, gated, _ = suspended.run
+        if partial is not None:
+            prompt, done, budget = table.prefill[partial], table.processed[partial] + suspended.chunk, chunk_size - n
+            while done != prompt:
+                grow = phase[tick & mask]
+                q = prompt - done if prompt - done < budget else budget
+                if tick >= last or allocated + grow > limit or gated and q < budget:
+                    return t
+                kv_tokens = offset_sum + n * tick
+                d = (iteration_time(n + 1, kv_tokens + done, (), ()) if q == 1
+                     else iteration_time(n, kv_tokens, (q,), (done,)))
+                allocated += grow
+                t = t + d
+                tick += 1
+                done += q
+            # the prompt is done at ``tick``: the request emits its first token and joins the
+            # decode set (ReplicaScheduler.advance_prefill, DecodeSet.join), unless that
+            # completes it or a member completes too, or prefix caching registers blocks
+            total = table.total[partial]
+            if tick >= last or total == prompt + 1 or kv_cache.prefix_caching:
+                return t
+            offset = prompt + 1 - tick
+            n, offset_sum, last = n + 1, offset_sum + offset, min(last, total - offset)
+            if decoding.growth.grows:
+                joined = (table.blocks[partial] * BLOCK_SIZE + 1 - offset) & mask
+            same_until = tick
+        # decode iterations: summed a span of equal times at a time, while the block limit is
+        # out of reach (each member takes a block every BLOCK_SIZE ticks)
+        growing = sum(phase) + (joined >= 0)
+        start = t
+        while tick < last:
+            if tick >= same_until:
+                d, span = decode_run_time(n, offset_sum + n * tick)
+                same_until = tick + span
+            ticks = min(last, same_until) - tick
+            allocated += growing * -(-ticks // BLOCK_SIZE)
+            if allocated > limit:
+                break  # the limit may stop the loop in this span: wake at its start
+            t += ticks * d
+            tick += ticks
+        # the loop adds one time per iteration, rounding each sum: its time can be below
+        # this estimate, never by a billionth of it (waking a replica early costs a look)
+        return t if t == start else t * (1 - 1e-9)
+
+    def replay(self, horizons: Sequence[float], start: int, end: int) -> int:
+        """Take a suspended decode run through the horizons ``horizons[start:end]`` (arrivals of
+        requests routed elsewhere, non-decreasing) as :meth:`resume_decode` or :meth:`run`
+        would at each one at or after its iteration in flight ends: the same iterations and,
+        per horizon, the same record (that horizon's iterations, summed from 0.0 in order), in
+        one loop over horizons that reads the run's state once. Stops at the first horizon
+        where more than the decode set's iterations would happen (a completion, the block
+        limit, an iteration ending at the horizon's very instant) and returns its index, or
+        ``end``; the loop then takes that horizon as usual."""
+        suspended = self.suspended
+        if suspended.queue_changed or suspended.run[0] is not None:
+            return start
+        _, decoding, kv_cache, _, stats, phase, mask, _, decode_run_time, _, limit = self._loop_constants
+        n, offset_sum, last = decoding.size, decoding.offset_sum, suspended.completion
+        tick, allocated = decoding.tick, kv_cache.allocated_blocks
+        t, d, same_until = suspended.end, suspended.decode_time, suspended.same_until
+        while True:
+            start = bisect_left(horizons, t, start, end)
+            if start == end:
+                break
+            horizon = horizons[start]
+            # the iteration in flight has ended at ``now``: run those that end by the horizon
+            # and start the next, as the loop would
+            now, k, grown, d_k, until_k = t, tick + 1, allocated, d, same_until
+            busy = block_time = 0.0
+            in_flight = False
+            while now < horizon and k < last:
+                grow = phase[k & mask]
+                if grown + grow > limit:
+                    break
+                if k >= until_k:
+                    d_k, span = decode_run_time(n, offset_sum + n * k)
+                    until_k = k + span
+                grown += grow
+                block_time += grown * d_k
+                busy += d_k
+                if now + d_k > horizon:
+                    in_flight = True
+                    break
+                now += d_k
+                k += 1
+            if not in_flight:
+                break  # not plain decode iterations: the loop's general path takes this horizon
+            iterations = k - tick
+            stats.record(iterations, n * iterations, n * iterations, 0, busy, block_time, grown)
+            tick, allocated, t, d, same_until = k, grown, now + d_k, d_k, until_k
+            start += 1
+        decoding.tick = tick
+        kv_cache.allocated_blocks = allocated
+        suspended.end, suspended.decode_time, suspended.same_until = t, d, same_until
+        return start
+
     # ------------------------------------------------------------------ loop
     def resume_decode(self, now: float, horizon: float) -> bool:
         """Resume the suspended run in the commonest case in a large fleet, where the horizons
@@ -81,7 +207,7 @@ class DecodeRuns:
             return False
         scheduler, decoding, kv_cache, _, stats, phase, mask, _, _, _, limit = self._loop_constants
         tick = decoding.tick + 1
-        if tick >= suspended.same_until or tick >= decoding.next_completion():
+        if tick >= suspended.same_until or tick >= suspended.completion:
             return False
         allocated = kv_cache.allocated_blocks + phase[tick & mask]
         d = suspended.decode_time
@@ -195,7 +321,7 @@ class DecodeRuns:
                              tokens, busy, block_time, allocated)
             if in_flight:
                 scheduler.batch_lazy = True
-                self.suspended = Suspended(run, t + d, q, d if partial is None else 0.0, same_until)
+                self.suspended = Suspended(run, t + d, q, d if partial is None else 0.0, same_until, last)
                 return t
             if not (completed or prefilled) or scheduler.waiting:
                 return t

@@ -9,6 +9,8 @@ the horizon.
 """
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
 from math import inf
 
 from vidur_env.decode_runs import DecodeRuns
@@ -146,6 +148,26 @@ class Replica:
                 self.pending_at = now
                 return
             self._start_batch(now)
+
+    def advance_through(self, horizons: Sequence[float], start: int, end: int) -> None:
+        """Advance to each of ``horizons[start:end]`` (non-decreasing) at which the replica has
+        an event due, as the cluster does at each arrival: at or after its next event (after
+        it, for a batch to form at that very instant). A suspended decode run goes through as
+        many as it can in one :meth:`~vidur_env.decode_runs.DecodeRuns.replay`."""
+        runs = self.runs
+        while True:
+            if runs.suspended is not None:
+                start = runs.replay(horizons, start, end)
+                self.batch_end = runs.suspended.end
+            j = bisect_left(horizons, min(self.batch_end, self.pending_at), start, end)
+            if j == end:
+                return
+            horizon = horizons[j]
+            if self.batch_end <= horizon or self.pending_at < horizon:
+                self.advance_to(horizon)
+                start = j + 1
+            else:
+                start = bisect_right(horizons, horizon, j, end)
 
     # ---------------------------------------------------------------- iterations
     def _start_batch(self, now: float) -> None:

@@ -26,6 +26,15 @@ class Router:
     """Decides from the live simulator even in the env (the evaluation harness then calls
     :meth:`choose`, not :meth:`choose_observed`): routers that keep state the observation does
     not carry, such as their own cache view. They need fresh observations to be compared fairly."""
+    quiet: str | None = None
+    """Which replicas the cluster may leave quiet (unadvanced, :mod:`vidur_env.cluster`) while
+    this router decides on the simulator: ``"steady"``, those whose load counts cannot change
+    (the router reads only ``num_waiting``, ``waiting_prompt_tokens``,
+    ``num_allocated_requests`` and ``time_model``, which a quiet replica keeps exact, or wakes
+    with :meth:`~vidur_env.cluster.ClusterSimulator.wake` each quiet replica whose other state
+    it needs); ``"any"``, every replica until it gets a request (the router wakes each replica
+    it reads); None, none. Must not change any decision: a subclass that reads more than its
+    base class must set it back."""
     indexed: bool = True
     """Decide from incrementally kept scores (:class:`ScoreIndex`) where the router has them;
     turning it off (score every replica at every decision) must not change any decision."""
@@ -87,8 +96,12 @@ class ScoreIndex:
     a skipped dispatch) rescores every replica, so it is exact as long as ``score`` depends
     only on the replica's state."""
 
-    def __init__(self, score: Callable[["Replica"], float]) -> None:
+    def __init__(self, score: Callable[["Replica"], float], grows_while_quiet: bool = False) -> None:
         self.score = score
+        self.grows_while_quiet = grows_while_quiet
+        """The score reads state a quiet replica does not keep current, and that state only
+        makes it grow: a quiet replica's score is then a lower bound, and :meth:`first` wakes
+        the replica it would pick until that one is not quiet (only :meth:`first` allows it)."""
         self.sim: "ClusterSimulator | None" = None
 
     def sync(self, sim: "ClusterSimulator") -> None:
@@ -113,7 +126,19 @@ class ScoreIndex:
 
     def first(self) -> int:
         """The replica with the least score, ties to the lowest index (as :func:`argmin_first`)."""
-        return self.order[0][1]
+        order = self.order
+        if self.grows_while_quiet:
+            sim = self.sim
+            quiet = getattr(sim, "quiet", ())
+            while order[0][1] in quiet:
+                # its true score is at least the bound, which is least: wake it and rescore
+                i = order[0][1]
+                sim.wake(i)
+                value = self.score(sim.replicas[i])
+                order.remove((self.scores[i], i))
+                order.add((value, i))
+                self.scores[i] = value
+        return order[0][1]
 
     def least(self) -> float:
         """The least score."""

@@ -31,6 +31,7 @@ class RoundRobin(Router):
     """Request i goes to replica i mod N (Vidur's default)."""
 
     name = "round_robin"
+    quiet = "any"
 
     def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
         super().reset(num_replicas, rng)
@@ -52,6 +53,7 @@ class RandomRouter(Router):
     """Uniformly random replica, drawn from the episode's generator."""
 
     name = "random"
+    quiet = "any"
 
     def choose(self, sim: "ClusterSimulator", rid: int) -> int:
         return int(self.rng.integers(self.num_replicas))
@@ -68,9 +70,12 @@ class ScoreRouter(Router):
     On the simulator the scores are kept in a :class:`ScoreIndex` (only changed replicas are
     rescored), so the score must depend only on the replica's state."""
 
+    grows_while_quiet: bool = False
+    """The score only grows while a replica is quiet (see :class:`ScoreIndex`)."""
+
     def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
         super().reset(num_replicas, rng)
-        self.index = ScoreIndex(self.score)
+        self.index = ScoreIndex(self.score, self.grows_while_quiet)
 
     def score(self, replica: "Replica") -> float:
         raise NotImplementedError
@@ -93,6 +98,7 @@ class LeastOutstandingRequests(ScoreRouter):
     not counted, which skews load at moderate rates). Score: ``num_waiting``."""
 
     name = "lor"
+    quiet = "steady"
 
     def score(self, replica: "Replica") -> float:
         return replica.num_waiting
@@ -107,6 +113,7 @@ class JoinShortestQueue(ScoreRouter):
     batch in flight)."""
 
     name = "jsq"
+    quiet = "steady"
 
     def score(self, replica: "Replica") -> float:
         return replica.num_waiting + replica.num_allocated_requests
@@ -120,6 +127,7 @@ class VLLMDataParallel(ScoreRouter):
     Score: ``4 * num_waiting + num_allocated_requests``."""
 
     name = "vllm_dp"
+    quiet = "steady"
 
     def score(self, replica: "Replica") -> float:
         return 4 * replica.num_waiting + replica.num_allocated_requests
@@ -132,6 +140,11 @@ class LeastKV(ScoreRouter):
     """Lowest KV-cache utilisation. Score: ``allocated_blocks / num_blocks``."""
 
     name = "least_kv"
+    grows_while_quiet = True  # a quiet replica only takes blocks (its decodes grow)
+
+    @property
+    def quiet(self) -> str | None:
+        return "steady" if self.indexed else None  # the scan reads every replica's KV
 
     def score(self, replica: "Replica") -> float:
         return replica.kv_utilization
@@ -148,6 +161,7 @@ class LeastWorkLeft(ScoreRouter):
     ``time_model``, never a request's output length."""
 
     name = "least_work_left"
+    quiet = "steady"
 
     def score(self, replica: "Replica") -> float:
         return queued_work_seconds(replica, self.replica_costs(replica))
@@ -167,6 +181,7 @@ class SpeedAwareLeastWorkLeft(Router):
     Ties are broken at random with the router's generator (:func:`argmin_random`)."""
 
     name = "speed_aware_lwl"
+    quiet = "steady"
 
     def __init__(self, oracle: bool = False) -> None:
         self.oracle = oracle
@@ -197,11 +212,12 @@ class SpeedAwareLeastWorkLeft(Router):
         limit = least + TIE_TOLERANCE * abs(least)  # argmin_random's tie rule, on the same floats
         if len(offsets) == 1:
             # a large fleet ties many idle replicas at the same score: draw among them without
-            # listing them (``rng.choice(k)`` draws as ``rng.choice`` of a k-element array)
+            # listing them (numpy's ``rng.choice`` of k items draws ``rng.integers(k)``, which is
+            # several times faster to call)
             index, offset = offsets[0]
             k = index.count_at_most(limit, offset)
             if index.ascending_ids(k):
-                return index.nth(0 if k == 1 else int(self.rng.choice(k)))
+                return index.nth(0 if k == 1 else int(self.rng.integers(k)))
         tied = sorted(i for index, offset in offsets for i in index.at_most(limit, offset))
         return tied[0] if len(tied) == 1 else int(self.rng.choice(np.asarray(tied)))
 
@@ -243,6 +259,7 @@ class PowerOfTwo(Router):
     the one with fewer ``num_waiting + num_allocated_requests`` (ties to the lower index)."""
 
     name = "power_of_two"
+    quiet = "any"
 
     def _pick(self, n: int, load: Callable[[int], float]) -> int:
         """Sample two replicas of ``n`` and take the less loaded; only those two are scored."""
@@ -253,7 +270,13 @@ class PowerOfTwo(Router):
 
     def choose(self, sim: "ClusterSimulator", rid: int) -> int:
         replicas = sim.replicas
-        return self._pick(len(replicas), lambda i: replicas[i].num_waiting + replicas[i].num_allocated_requests)
+
+        def load(i: int) -> int:
+            if i in getattr(sim, "quiet", ()):
+                sim.wake(i)
+            return replicas[i].num_waiting + replicas[i].num_allocated_requests
+
+        return self._pick(len(replicas), load)
 
     def choose_observed(self, view: ObservationView, row: int) -> int:
         loads = view.waiting[row] + view.running[row]
