@@ -488,9 +488,7 @@ def test_quiet_replicas_change_no_result(scheduler, router, num_blocks, monkeypa
     quiet replica at the end of the first. With few KV blocks, windows end at the block limit
     and requests are preempted."""
     cluster, reqs, max_tokens, models = quiet_case(scheduler, num_blocks=num_blocks)
-    catch_ups = []
-    catch_up = ClusterSimulator._catch_up
-    monkeypatch.setattr(ClusterSimulator, "_catch_up", lambda sim, i, end: catch_ups.append(i) or catch_up(sim, i, end))
+    catch_ups = count_catch_ups(monkeypatch)
 
     def run(quiet):
         monkeypatch.setattr(ClusterSimulator, "quiet_replicas", quiet)
@@ -506,6 +504,15 @@ def test_quiet_replicas_change_no_result(scheduler, router, num_blocks, monkeypa
         assert sum(plain.table.restarts) > 0, "the case must exercise preemption"
     assert_same_run(quiet, plain)
     assert quiet_states == plain_states
+
+
+def count_catch_ups(monkeypatch) -> list[int]:
+    """Patch the simulator to list the replica of every catch-up of a quiet replica (so a test
+    can check that its case leaves replicas quiet at all)."""
+    calls: list[int] = []
+    catch_up = ClusterSimulator._catch_up
+    monkeypatch.setattr(ClusterSimulator, "_catch_up", lambda sim, i, end: calls.append(i) or catch_up(sim, i, end))
+    return calls
 
 
 def assert_same_run(a: ClusterSimulator, b: ClusterSimulator) -> None:
@@ -542,9 +549,7 @@ def test_routers_that_read_more_than_load_counts_wake_quiet_replicas(scheduler, 
     request; power of two wakes the two it samples. The decisions, timestamps and totals are
     those of advancing every replica at every arrival."""
     cluster, reqs, max_tokens, models = quiet_case(scheduler)
-    catch_ups = []
-    catch_up = ClusterSimulator._catch_up
-    monkeypatch.setattr(ClusterSimulator, "_catch_up", lambda sim, i, end: catch_ups.append(end) or catch_up(sim, i, end))
+    catch_ups = count_catch_ups(monkeypatch)
 
     def run(quiet):
         monkeypatch.setattr(ClusterSimulator, "quiet_replicas", quiet)
