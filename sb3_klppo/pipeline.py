@@ -203,6 +203,8 @@ def make_vec_env(config: TrainConfig, seed: int, progress: JobProgress | None = 
     check_group_size(group_size, n_envs)
 
     def factory(member: int) -> Callable[[], gym.Env]:
+        if group_size == 1:  # no wrapper on the step path when nothing is shared
+            return lambda: Monitor(gym.make(env_id, **kwargs))
         return lambda: Monitor(SharedWorkloadSeed(gym.make(env_id, **kwargs), member))
 
     try:
