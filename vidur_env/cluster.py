@@ -251,7 +251,12 @@ class ClusterSimulator:
         """Bring quiet replica ``i`` to the current arrival, as :meth:`advance_to` would have, for
         a router about to read more of it than a quiet replica keeps exact; it is listed in
         ``changed``."""
-        self._catch_up(i, self.next_request + 1)
+        self._bring_back(i, self.next_request + 1)
+
+    def _bring_back(self, i: int, end: int) -> None:
+        """Catch quiet replica ``i`` up to request ``end`` (excluded), queue its next event and
+        list it in ``changed``: it is an ordinary replica again."""
+        self._catch_up(i, end)
         self._queue(self.replicas[i])
         self.changed.append(i)
 
@@ -302,9 +307,7 @@ class ClusterSimulator:
         finally:
             self._quieting = None
             for i in list(self.quiet):
-                self._catch_up(i, self.next_request)
-                self._queue(self.replicas[i])
-                self.changed.append(i)
+                self._bring_back(i, self.next_request)
 
     def run(self, router: Router) -> None:
         """Route every request with ``router`` and drain the cluster."""
