@@ -11,6 +11,7 @@ Figures come from KLPPO's ``last_update_stats`` when present, else from SB3's lo
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import pathlib
@@ -24,6 +25,9 @@ from stable_baselines3.common.callbacks import BaseCallback
 TARGET_KL_ACTIONS = ("warn", "adapt", "stop")
 """What :class:`TargetKLMonitor` does when the update's KL passes the target (the config's
 ``target_kl_action`` choices); the first is the default."""
+CURVE_FIGURES = {"e2e_mean": -1.0, "ttft_mean": -1.0, "return_mean": 1.0}
+"""Figures of each learning-curve point, with the sign that makes larger better: the names a run
+can keep its best policy by (the config's ``monitoring.keep_best`` choices)."""
 CSV_FIELDS = (
     "approx_kl",
     "kl_penalty",
@@ -239,24 +243,40 @@ class PeriodicEvaluation(UpdateEndCallback):
     means is the caller's: ``evaluate(model)`` returns named figures, kept in ``history`` with
     ``timesteps`` and ``updates``.
 
+    With ``keep_best`` it also does what SB3's ``EvalCallback`` does with a best-model path: the
+    policy's parameters at the best point by that figure (:data:`CURVE_FIGURES` says which way is
+    better) are kept, and put back into the model when training ends, so a run that drifts late
+    ends with its best evaluated policy, at worst the one it started from. The episodes are
+    the caller's, so this is model selection on them, never on the final evaluation's.
+
     :param evaluate: Runs the fixed episodes with the model; returns e.g. ``{"e2e_mean": ...}``.
     :param every: Updates between evaluations (>= 1).
+    :param keep_best: A figure of :data:`CURVE_FIGURES` to keep the best policy by, or None.
     :param verbose: Verbosity level: 0 for no output, 1 for info messages
     """
 
-    def __init__(self, evaluate: Callable[[BaseAlgorithm], dict[str, float]], every: int, verbose: int = 0):
+    def __init__(self, evaluate: Callable[[BaseAlgorithm], dict[str, float]], every: int,
+                 keep_best: str | None = None, verbose: int = 0):
         super().__init__(verbose)
         if every < 1:
             raise ValueError(f"every must be >= 1 update, got {every!r}")
+        if keep_best is not None and keep_best not in CURVE_FIGURES:
+            raise ValueError(f"keep_best must be one of {', '.join(CURVE_FIGURES)} or None, got {keep_best!r}")
         self.evaluate = evaluate
         self.every = int(every)
+        self.keep_best = keep_best
         self.history: list[dict[str, float]] = []
+        self.best_point: int | None = None
+        """Index into ``history`` of the kept policy (with ``keep_best``)."""
+        self._best_parameters: dict | None = None
         self._updates_seen = 0
 
     def _record(self) -> None:
         figures = self.evaluate(self.model)
         self.history.append({"timesteps": float(self.model.num_timesteps), "updates": float(self._updates_seen),
                              **figures})
+        if self.keep_best is not None:
+            self._keep_if_best(figures[self.keep_best] * CURVE_FIGURES[self.keep_best])
         for name, value in figures.items():
             self.logger.record(f"eval/{name}", value)
         if self.verbose >= 1:
@@ -272,7 +292,15 @@ class PeriodicEvaluation(UpdateEndCallback):
         if self._updates_seen % self.every == 0:
             self._record()
 
+    def _keep_if_best(self, score: float) -> None:
+        best = self.best_point
+        if best is None or score > self.history[best][self.keep_best] * CURVE_FIGURES[self.keep_best]:
+            self.best_point = len(self.history) - 1
+            self._best_parameters = copy.deepcopy(self.model.policy.state_dict())
+
     def _on_training_end(self) -> None:
         super()._on_training_end()
         if self.history[-1]["timesteps"] != self.model.num_timesteps:
             self._record()
+        if self._best_parameters is not None:
+            self.model.policy.load_state_dict(self._best_parameters)

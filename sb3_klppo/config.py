@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
-from sb3_klppo.callbacks import TARGET_KL_ACTIONS
+from sb3_klppo.callbacks import CURVE_FIGURES, TARGET_KL_ACTIONS
 from sb3_klppo.errors import ConfigError
 from sb3_klppo.klppo import DEFAULT_KL_ESTIMATOR, KL_ESTIMATORS
 
@@ -189,6 +189,10 @@ class MonitoringConfig:
     """PPO updates between learning-curve evaluations of the current policy (0: no curve)."""
     curve_episodes: int = knob(3, ge=1)
     """Episodes per learning-curve point, on the same fixed seeds every time (after the evaluation's)."""
+    keep_best: str | None = knob(None, choices=tuple(CURVE_FIGURES))
+    """End with the policy of the best learning-curve point by this figure (return_mean: higher is
+    better; e2e_mean, ttft_mean: lower), like SB3's EvalCallback best model; null: the last policy.
+    Chosen on the curve's episodes, never the evaluation's; needs curve_every > 0."""
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from sb3_klppo import report
 from sb3_klppo.behaviour_cloning import BCReport, behaviour_clone
 from sb3_klppo.callbacks import (
+    CURVE_FIGURES,
     KLStatsCSVCallback,
     PeriodicEvaluation,
     RefKLScheduleLogger,
@@ -177,6 +178,9 @@ def preflight(config: TrainConfig) -> None:
         raise ConfigError(f"resume: no saved model at {config.resume}")
     if config.warm_start.enabled and not config.resume:
         make_expert(config.warm_start.expert, config.seed)
+    if config.monitoring.keep_best is not None and not config.monitoring.curve_every:
+        raise ConfigError("monitoring.keep_best: the best policy is chosen on the learning curve; "
+                          "set monitoring.curve_every above 0 (--curve-every)")
     if config.evaluation.enabled:
         if not is_vidur_env(config):
             raise ConfigError(f"evaluation: the harness runs {VIDUR_ENV_NAME} only, not env.id {config.env.id!r}; "
@@ -359,10 +363,6 @@ def evaluate_model(config: TrainConfig, model: BaseAlgorithm, progress: JobProgr
                     progress=progress.advance)
 
 
-CURVE_FIGURES = ("e2e_mean", "ttft_mean", "return_mean")
-"""Figures of each learning-curve point (from the harness's row of the policy)."""
-
-
 class CurveRunner:
     """The learning curve's fixed episodes: seeds right after the final evaluation's, so neither
     the training nor the final evaluation workloads are reused; the teacher runs them once."""
@@ -477,7 +477,8 @@ def run_job(config: TrainConfig, progress: JobProgress) -> RunSummary:
     progress.phase("training")
     phase = time.perf_counter()
     runner = CurveRunner(config, progress) if curve_on else None
-    evaluator = PeriodicEvaluation(runner.policy, config.monitoring.curve_every) if runner else None
+    evaluator = PeriodicEvaluation(runner.policy, config.monitoring.curve_every,
+                                   keep_best=config.monitoring.keep_best) if runner else None
     curve = LearningCurve(evaluator.history, config.warm_start.expert, runner.reference(), runner.seeds()) \
         if runner and evaluator else None
     callbacks = make_callbacks(config, out, evaluator)
@@ -491,6 +492,11 @@ def run_job(config: TrainConfig, progress: JobProgress) -> RunSummary:
     timings["training"] = time.perf_counter() - phase - curve_seconds
     if runner:
         timings["learning_curve"] = curve_seconds
+    if evaluator and evaluator.best_point is not None:
+        kept = evaluator.history[evaluator.best_point]
+        notes.append(f"Model kept: the policy after {int(kept['timesteps'])} steps, the learning curve's best "
+                     f"{config.monitoring.keep_best} ({kept[config.monitoring.keep_best]:.4g}; "
+                     f"point {evaluator.best_point + 1} of {len(evaluator.history)}).")
     model.save(out / "model.zip")
     if isinstance(venv, VecNormalize):
         venv.save(str(reward_normalizer_path(out / "model.zip")))

@@ -242,14 +242,17 @@ def train_one(config: str | None, overrides: dict[str, Any]) -> tuple[str, float
 
 def training_overrides(settings: SuiteSettings, name: str, teacher: str | None, seed: int) -> dict[str, Any]:
     """The base config's overrides for scenario ``name``'s run with ``seed``: its training
-    distribution, the teacher, its own directory, no evaluation or curve (the suite evaluates)."""
+    distribution, the teacher, its own directory, no evaluation (the suite evaluates) and no
+    learning curve unless the run keeps its best policy by it (``monitoring.keep_best``)."""
     overrides = dict(settings.overrides)
     overrides.update({
         "env.kwargs": json.dumps(settings.env_kwargs(name, training=True)),
         "seed": seed, "output_dir": str(settings.output_dir / name / f"seed_{seed}"),
-        "number_runs": False, "overwrite": True, "evaluation.enabled": False, "monitoring.curve_every": 0,
+        "number_runs": False, "overwrite": True, "evaluation.enabled": False,
         "monitoring.progress_bar": False, "monitoring.verbose": 0,
     })
+    if settings.base.monitoring.keep_best is None:
+        overrides["monitoring.curve_every"] = 0
     if teacher is not None:
         overrides["warm_start.expert"] = teacher
     return overrides

@@ -182,6 +182,11 @@ def test_preflight_names_the_registry_when_the_expert_is_unknown():
         preflight(parse(["--expert", "fastest"]))
 
 
+def test_preflight_refuses_keeping_the_best_policy_without_a_learning_curve():
+    with pytest.raises(ConfigError, match=r"monitoring\.keep_best: .*curve_every above 0"):
+        preflight(parse(["--keep-best", "e2e_mean", "--curve-every", "0"]))
+
+
 # YAML configs
 
 

@@ -178,3 +178,31 @@ def test_periodic_evaluation_runs_before_training_every_k_updates_and_at_the_end
     assert [p["score"] for p in curve.history] == [1.0, 2.0, 3.0, 4.0]
     with pytest.raises(ValueError, match="every"):
         PeriodicEvaluation(evaluate, every=0)
+
+
+@pytest.mark.parametrize("figure, scores, best", [("e2e_mean", [3.0, 1.0, 2.0, 4.0], 1),
+                                                  ("return_mean", [3.0, 1.0, 2.0, 4.0], 3),
+                                                  ("ttft_mean", [1.0, 2.0, 3.0, 4.0], 0)])
+def test_keep_best_ends_with_the_parameters_of_the_best_curve_point(figure, scores, best):
+    from sb3_klppo.callbacks import PeriodicEvaluation
+
+    snapshots = []
+
+    def evaluate(model):
+        snapshots.append({k: v.clone() for k, v in model.policy.state_dict().items()})
+        return {"e2e_mean": 0.0, "ttft_mean": 0.0, "return_mean": 0.0, figure: scores[len(snapshots) - 1]}
+
+    curve = PeriodicEvaluation(evaluate, every=2, keep_best=figure)
+    model = KLPPO("MlpPolicy", "CartPole-v1", **{**FAST, "learning_rate": 1e-2})
+    model.learn(32 * 5, callback=curve)
+    assert curve.best_point == best
+    kept, last = model.policy.state_dict(), snapshots[-1]
+    assert all((kept[k] == snapshots[best][k]).all() for k in kept)
+    assert best == 3 or any((kept[k] != last[k]).any() for k in kept)  # training moved the policy
+
+
+def test_keep_best_names_a_curve_figure():
+    from sb3_klppo.callbacks import PeriodicEvaluation
+
+    with pytest.raises(ValueError, match="keep_best"):
+        PeriodicEvaluation(lambda model: {}, every=1, keep_best="score")

@@ -100,6 +100,18 @@ def test_a_tiny_suite_writes_its_tables_and_resumes_without_retraining(tmp_path,
     assert json.loads((out / "suite.json").read_text())["scenarios"]["hetero"] == result
 
 
+def test_a_suite_run_that_keeps_its_best_policy_chooses_it_on_its_own_curve(tmp_path, capsys):
+    out = tmp_path / "suite"
+    keep = ["--set", "monitoring.keep_best=return_mean", "--set", "monitoring.curve_episodes=1"]
+    assert main(["suite", "--scenarios", "default", "--seeds", "1", "--output-dir", str(out), *TINY, *keep]) == 0, \
+        capsys.readouterr().err
+    run_dir = Path(json.loads((out / "suite.json").read_text())["scenarios"]["default"]["run_dirs"][0])
+    curve = json.loads((run_dir / "summary.json").read_text())["learning_curve"]
+    best = max(range(len(curve["points"])), key=lambda i: curve["points"][i]["return_mean"])
+    assert len(curve["points"]) >= 2
+    assert f"point {best + 1} of {len(curve['points'])}" in (run_dir / "report.md").read_text()
+
+
 def test_the_same_seeds_give_the_same_suite(tmp_path, capsys):
     results = []
     for name in ("a", "b"):
