@@ -22,7 +22,8 @@ For each scenario of :data:`vidur_env.scenarios.SCENARIOS` asked for:
 
 Writes ``D/suite.json`` (:mod:`sb3_klppo.suite_report` documents the layout) and ``D/suite.md``
 with its plot. A scenario whose directory already holds a finished ``scenario.json`` is read
-back rather than run again (``--fresh`` reruns), so an interrupted suite resumes.
+back rather than run again (``--fresh`` reruns), so an interrupted suite resumes; a
+``--replay`` it does not hold yet is then run on its saved models, without training again.
 """
 from __future__ import annotations
 
@@ -352,7 +353,6 @@ def replay_kwargs(name: str, trace: str, load: float, requests: int) -> dict[str
 
 def run_scenario(settings: SuiteSettings, name: str) -> dict[str, Any]:
     """Teacher, training, evaluation (and replay) of one scenario; its part of suite.json."""
-    from vidur_env.routers import load_only_routers
     from vidur_env.scenarios import EVALUATION_SEED, registered_scenario
 
     heuristics = heuristics_for(name)
@@ -371,13 +371,39 @@ def run_scenario(settings: SuiteSettings, name: str) -> dict[str, Any]:
         "training_seconds": seconds, "policies": table.rows, **comparisons(table, heuristics),
         "episodes": table.per_episode,
     }
+    if settings.args.replay:
+        result["replay"] = replay_result(settings, name, models)
+    return result
+
+
+def replay_key(given: SuiteArgs) -> dict[str, Any]:
+    """What identifies a replay evaluation: trace, load, requests per episode and episodes."""
+    return {"trace": given.replay, "load": given.replay_load, "requests": given.replay_requests,
+            "episodes": given.episodes}
+
+
+def replay_result(settings: SuiteSettings, name: str, models: Sequence[Any]) -> dict[str, Any]:
+    """The trained models and the load-only heuristics on the ``--replay`` trace, on scenario
+    ``name``'s cluster; its part of the scenario's results."""
+    from vidur_env.routers import load_only_routers
+    from vidur_env.scenarios import EVALUATION_SEED
+
     given = settings.args
-    if given.replay:
-        kwargs = replay_kwargs(name, given.replay, given.replay_load, given.replay_requests)
-        replay_heuristics = load_only_routers()
-        replay = episode_table(kwargs, replay_heuristics, models, given.episodes, EVALUATION_SEED)
-        result["replay"] = {"trace": given.replay, "load": given.replay_load, "simulated": replay.described,
-                            "policies": replay.rows, **comparisons(replay, replay_heuristics)}
+    kwargs = replay_kwargs(name, given.replay, given.replay_load, given.replay_requests)
+    heuristics = load_only_routers()
+    replay = episode_table(kwargs, heuristics, models, given.episodes, EVALUATION_SEED)
+    return {**replay_key(given), "simulated": replay.described, "policies": replay.rows,
+            **comparisons(replay, heuristics)}
+
+
+def read_back(settings: SuiteSettings, name: str, done: pathlib.Path) -> dict[str, Any]:
+    """A finished scenario's results; a ``--replay`` they lack (or hold for other settings) is
+    run on its saved models, without training again, and added."""
+    result = json.loads(done.read_text())
+    if settings.args.replay and {k: result.get("replay", {}).get(k) for k in replay_key(settings.args)} \
+            != replay_key(settings.args):
+        result["replay"] = replay_result(settings, name, load_models(result["run_dirs"]))
+        done.write_text(json.dumps(finite(result), indent=2))
     return result
 
 
@@ -388,7 +414,7 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
     for name in settings.scenarios:
         done = settings.output_dir / name / SCENARIO_FILE
         if done.is_file() and not settings.args.fresh:
-            results[name] = json.loads(done.read_text())
+            results[name] = read_back(settings, name, done)
             continue
         start = time.perf_counter()
         results[name] = run_scenario(settings, name)

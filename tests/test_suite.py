@@ -17,6 +17,7 @@ from vidur_env.simulation import cluster_capacity
 from vidur_env.traces import read_trace
 
 LENGTHS_ONLY = Path(__file__).parent / "fixtures" / "vidur_lengths.csv"
+REPLAY = Path(__file__).parent / "fixtures" / "vidur_replay.csv"
 TINY = ["--set", "ppo.total_timesteps=128", "--set", "ppo.n_envs=2", "--set", "ppo.n_steps=32",
         "--set", "ppo.batch_size=32", "--set", "ppo.n_epochs=1", "--set", "warm_start.n_samples=64",
         "--set", "warm_start.bc_epochs=1", "--set", "monitoring.tensorboard=false",
@@ -98,6 +99,14 @@ def test_a_tiny_suite_writes_its_tables_and_resumes_without_retraining(tmp_path,
     monkeypatch.setattr(suite_module, "run_scenario", no_training)
     assert main(["suite", "--scenarios", "hetero", "--seeds", "2", "--output-dir", str(out), *TINY]) == 0
     assert json.loads((out / "suite.json").read_text())["scenarios"]["hetero"] == result
+
+    replay = ["--replay", str(REPLAY), "--replay-requests", "4"]
+    assert main(["suite", "--scenarios", "hetero", "--seeds", "2", "--output-dir", str(out), *TINY, *replay]) == 0
+    resumed = json.loads((out / "suite.json").read_text())["scenarios"]["hetero"]
+    assert {k: v for k, v in resumed.items() if k != "replay"} == result  # the saved models, not retrained
+    assert resumed["replay"]["trace"] == str(REPLAY) and resumed["replay"]["requests"] == 4
+    assert {"trained", *load_only_routers()} <= set(resumed["replay"]["policies"])
+    assert "### Replay of" in (out / "suite.md").read_text()
 
 
 def test_a_suite_run_that_keeps_its_best_policy_chooses_it_on_its_own_curve(tmp_path, capsys):
