@@ -81,8 +81,8 @@ class SuiteArgs:
     episode_requests: Optional[int] = None
     """Decisions per episode in training and evaluation (None: the scenario's)."""
     env_kwargs: str = "{}"
-    """JSON object of env keywords over each scenario's, in training and evaluation, e.g.
-    {"reward": "latency_ttft", "ttft_weight": 30} or {"output_predictor": "noisy"}."""
+    """JSON object of env keywords over each scenario's (and the config's env.kwargs), in training
+    and evaluation, e.g. {"reward": "latency_ttft", "ttft_weight": 30} or {"output_predictor": "noisy"}."""
     fresh: bool = False
     """Rerun scenarios whose results the directory already holds."""
 
@@ -111,13 +111,15 @@ class SuiteSettings:
 
     def env_kwargs(self, name: str, training: bool = False) -> dict[str, Any]:
         """The env kwargs of scenario ``name`` (its training distribution with ``training``), with
-        ``episode_requests`` decisions per episode when set and the ``--env-kwargs`` on top (the
-        same in training and evaluation, so an output predictor or cache view matches the model)."""
+        ``episode_requests`` decisions per episode when set, then the base config's
+        ``env.kwargs`` and the ``--env-kwargs`` on top (the same in training and evaluation, so a
+        reward, output predictor or cache view matches the model)."""
         from vidur_env.scenarios import registered_scenario
 
         kwargs = registered_scenario(name).env_kwargs(training)
         if self.args.episode_requests is not None:
             kwargs["num_requests"] = self.args.episode_requests
+        kwargs.update(self.base.env.kwargs)
         kwargs.update(self.env_extra)
         return kwargs
 
@@ -167,6 +169,9 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         overrides.append((key.strip(), value))
     base = resolve_config(given.config, dict(overrides))  # a bad key or value fails before any training
+    if {"scenario", "traffic"} & set(base.env.kwargs):
+        raise ConfigError("env.kwargs of the base config: the suite sets scenario and traffic per scenario; "
+                          "keep only other env keywords (a reward, an output predictor) there")
     settings = SuiteSettings(scenarios, given, base, tuple(overrides), tuple(env_extra.items()))
     for name in scenarios:  # so does a bad env keyword
         make_env(settings.env_kwargs(name, training=True))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sb3_klppo import suite as suite_module
-from sb3_klppo.cli import main
+from sb3_klppo.cli import build_parser, main
 from sb3_klppo.suite import SuiteArgs, heuristics_for, replay_kwargs
 from sb3_klppo.suite_report import FIGURES, verdict
 from vidur_env.config_flags import field_docs
@@ -16,6 +16,7 @@ from vidur_env.routers import load_only_routers
 from vidur_env.simulation import cluster_capacity
 from vidur_env.traces import read_trace
 
+CONFIGS = Path(__file__).parent.parent / "configs"
 LENGTHS_ONLY = Path(__file__).parent / "fixtures" / "vidur_lengths.csv"
 REPLAY = Path(__file__).parent / "fixtures" / "vidur_replay.csv"
 TINY = ["--set", "ppo.total_timesteps=128", "--set", "ppo.n_envs=2", "--set", "ppo.n_steps=32",
@@ -35,12 +36,22 @@ TINY = ["--set", "ppo.total_timesteps=128", "--set", "ppo.n_envs=2", "--set", "p
     (["--env-kwargs", "{"], "--env-kwargs: not JSON"),
     (["--env-kwargs", '{"scenario": "x"}'], "--env-kwargs: expected a JSON object of env keywords other than"),
     (["--env-kwargs", '{"reward": "nope"}'], "reward: must be one of"),
+    (["--set", 'env.kwargs={"scenario": "hetero"}'], "env.kwargs of the base config: the suite sets scenario"),
 ])
 def test_bad_suite_flags_exit_2_with_one_line(tmp_path, capsys, flags, message):
     assert main(["suite", "--output-dir", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "suite.json").exists()
+
+
+def test_the_config_env_keywords_reach_every_scenario_under_the_flag_ones():
+    args = build_parser().parse_args(["suite", "--config", str(CONFIGS / "ppo_ttft.json"),
+                                      "--env-kwargs", '{"ttft_weight": 3}'])
+    settings = suite_module.settings_from_args(args)
+    for training in (True, False):
+        kwargs = settings.env_kwargs("hetero", training)
+        assert kwargs["reward"] == "latency_ttft" and kwargs["ttft_weight"] == 3 and kwargs["scenario"] == "hetero"
 
 
 def test_cache_aware_routers_join_only_where_requests_share_prefixes_and_observations_are_fresh():
