@@ -176,12 +176,13 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
     for name in scenarios:  # so does a bad env keyword
         make_env(settings.env_kwargs(name, training=True))
     if given.replay:
-        check_replay(given.replay)
+        check_replay(given.replay, given.replay_requests)
     return settings
 
 
-def check_replay(trace: str) -> None:
-    """The replay trace must exist, parse and carry arrival times (a rate to scale)."""
+def check_replay(trace: str, requests: int) -> None:
+    """The replay trace must exist, parse, carry arrival times (a rate to scale) and hold the
+    ``--replay-requests`` of an episode."""
     from vidur_env.traces import read_trace
 
     if not pathlib.Path(trace).is_file():
@@ -193,6 +194,9 @@ def check_replay(trace: str) -> None:
     if rows.arrived_at is None or len(rows) < 2:
         raise ConfigError(f"--replay: {trace} has no arrival times (a length-only trace or a single row); "
                           "give a trace with time stamps")
+    if requests > len(rows):
+        raise ConfigError(f"--replay-requests: {requests} is more than the {len(rows)} rows of {trace}; "
+                          f"ask for at most {len(rows)}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ TINY = ["--set", "ppo.total_timesteps=128", "--set", "ppo.n_envs=2", "--set", "p
     (["--set", "ppo.nope=1"], "unknown config key 'ppo.nope'"),
     (["--replay", "missing.csv"], "--replay: no trace file at missing.csv"),
     (["--replay", str(LENGTHS_ONLY)], "has no arrival times"),
+    (["--replay", str(REPLAY), "--replay-requests", "6"], "--replay-requests: 6 is more than the 5 rows of"),
     (["--env-kwargs", "{"], "--env-kwargs: not JSON"),
     (["--env-kwargs", '{"scenario": "x"}'], "--env-kwargs: expected a JSON object of env keywords other than"),
     (["--env-kwargs", '{"reward": "nope"}'], "reward: must be one of"),
