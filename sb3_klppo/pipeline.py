@@ -492,7 +492,8 @@ def run_job(config: TrainConfig, progress: JobProgress) -> RunSummary:
     timings["training"] = time.perf_counter() - phase - curve_seconds
     if runner:
         timings["learning_curve"] = curve_seconds
-    if evaluator and evaluator.best_point is not None:
+    if curve and evaluator and evaluator.best_point is not None:
+        curve.kept = evaluator.best_point
         kept = evaluator.history[evaluator.best_point]
         notes.append(f"Model kept: the policy after {int(kept['timesteps'])} steps, the learning curve's best "
                      f"{config.monitoring.keep_best} ({kept[config.monitoring.keep_best]:.4g}; "

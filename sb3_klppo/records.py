@@ -81,13 +81,15 @@ class TrainingCallbacks:
 
 @dataclasses.dataclass
 class LearningCurve:
-    """The fixed-seed evaluations of the policy during training and the teacher's level on the same
-    seeds (None without a reference router)."""
+    """The fixed-seed evaluations of the policy during training, the teacher's level on the same
+    seeds (None without a reference router) and, with ``monitoring.keep_best``, the index of
+    the point whose policy the run kept."""
 
     points: list[dict[str, float]]
     reference_name: str | None
     reference: dict[str, float] | None
     seeds: list[int]
+    kept: int | None = None
 
 
 @dataclasses.dataclass

@@ -104,6 +104,10 @@ def plot_learning_curve(curve: LearningCurve, path: pathlib.Path) -> pathlib.Pat
     axes = figure.subplots(len(CURVE_PANELS), 1, sharex=True)
     for ax, (key, label) in zip(axes, CURVE_PANELS):
         ax.plot(*_series(curve.points, key), marker="o", label="trained policy")
+        if curve.kept is not None:
+            point = curve.points[curve.kept]
+            ax.plot([point["timesteps"]], [point[key]], marker="*", markersize=14, color="tab:green",
+                    linestyle="none", label="kept (monitoring.keep_best)")
         if curve.reference is not None:
             ax.axhline(curve.reference[key], color="tab:red", linestyle="--", label=f"{curve.reference_name} (same seeds)")
         ax.set_ylabel(label)
@@ -302,7 +306,7 @@ def summary_json(summary: RunSummary) -> dict[str, Any]:
         "rollouts": summary.callbacks.rollouts.history,
         "learning_curve": None if curve is None else {
             "seeds": curve.seeds, "points": curve.points, "reference_router": curve.reference_name,
-            "reference": curve.reference},
+            "reference": curve.reference, "kept_point": curve.kept},
         "evaluation": None if evaluation is None else evaluation.rows,
         "comparisons": None if evaluation is None else comparison_figures(
             evaluation, MODEL_NAME, _baselines(evaluation.rows)),

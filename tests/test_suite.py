@@ -129,7 +129,7 @@ def test_a_suite_run_that_keeps_its_best_policy_chooses_it_on_its_own_curve(tmp_
     run_dir = Path(json.loads((out / "suite.json").read_text())["scenarios"]["default"]["run_dirs"][0])
     curve = json.loads((run_dir / "summary.json").read_text())["learning_curve"]
     best = max(range(len(curve["points"])), key=lambda i: curve["points"][i]["return_mean"])
-    assert len(curve["points"]) >= 2
+    assert len(curve["points"]) >= 2 and curve["kept_point"] == best
     assert f"point {best + 1} of {len(curve['points'])}" in (run_dir / "report.md").read_text()
 
 
