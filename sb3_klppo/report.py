@@ -113,7 +113,7 @@ def plot_learning_curve(curve: LearningCurve, path: pathlib.Path) -> pathlib.Pat
         ax.set_ylabel(label)
         ax.legend(fontsize="small")
     seeds = f"seeds {curve.seeds[0]}..{curve.seeds[-1]}" if len(curve.seeds) > 1 else f"seed {curve.seeds[0]}"
-    axes[0].set_title(f"learning curve: fixed-seed evaluation ({len(curve.seeds)} episodes, {seeds})")
+    axes[0].set_title(f"learning curve: fixed-seed evaluation ({len(curve.seeds)} episode{'s' * (len(curve.seeds) > 1)}, {seeds})")
     axes[-1].set_xlabel("environment steps")
     return _save(figure, path)
 
