@@ -20,7 +20,9 @@ With nothing else running (load average under 1), the same day: two single-sampl
 worst share of 46% and 39%, a ``--repeats 3`` run (each cell its best of 3) 45%: round_robin
 63%, random 55%, lor 68%, jsq 45%, power_of_two 64%, least_kv 54%, least_work_left 50%,
 vllm_dp 50%, speed_aware_lwl 47%, staleness_aware_lwl 53%; env 5,836 steps/s at 64 replicas
-and 1,833 at 256.
+and 1,833 at 256. A session later (same simulator code, idle VM on a quieter host), three
+``--repeats 3`` runs gave a worst router of 53%, 61% and 53% (least_work_left 53-63%, jsq
+54-63%); the share depends on the host as much as on the code.
 
     python benchmarks/bench_scaling.py [--per-replica 40] [--min-requests 16000] [--sizes 4 64 256 1024]
         [--repeats 3]
