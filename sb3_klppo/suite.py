@@ -280,6 +280,15 @@ def train_seeds(settings: SuiteSettings, name: str, teacher: str | None) -> tupl
     return [run_dir for run_dir, _ in runs], [seconds for _, seconds in runs]
 
 
+def kept_steps(run_dirs: Sequence[str]) -> list[int] | None:
+    """Per run, the training steps of the policy it kept (``monitoring.keep_best``), read from
+    its summary.json; None when the runs kept their last policy."""
+    curves = [json.loads((pathlib.Path(d) / "summary.json").read_text())["learning_curve"] for d in run_dirs]
+    if any(curve is None or curve.get("kept_point") is None for curve in curves):
+        return None
+    return [int(curve["points"][curve["kept_point"]]["timesteps"]) for curve in curves]
+
+
 def load_models(run_dirs: Sequence[str]) -> list[Any]:
     from sb3_klppo.klppo import KLPPO
 
@@ -377,7 +386,8 @@ def run_scenario(settings: SuiteSettings, name: str) -> dict[str, Any]:
     result: dict[str, Any] = {
         "description": registered_scenario(name).description, "simulated": table.described,
         "teacher": teacher, "teacher_e2e_mean": teacher_figures, "run_dirs": run_dirs,
-        "training_seconds": seconds, "policies": table.rows, **comparisons(table, heuristics),
+        "training_seconds": seconds, "kept_steps": kept_steps(run_dirs), "policies": table.rows,
+        **comparisons(table, heuristics),
         "episodes": table.per_episode,
     }
     if settings.args.replay:

@@ -9,7 +9,8 @@
 - ``paired``: ``trained`` / ``trained_sampled`` -> heuristic -> figure -> the episode-paired
   relative difference (``mean_pct``, ``half_width_pct`` of the 95% t interval, ``verdict``);
 - ``per_seed_vs_best_pct``: figure -> each training seed's mean relative difference to the best;
-- ``teacher``, ``training_seconds`` (per seed), ``run_dirs``, ``episodes`` (per-episode figures),
+- ``teacher``, ``training_seconds`` (per seed), ``run_dirs``, ``kept_steps`` (per seed, the
+  training steps of the policy kept by ``monitoring.keep_best``; null without it), ``episodes`` (per-episode figures),
   and ``replay`` (the same comparison on a trace replay) when asked for.
 
 ``suite.md`` has one table per scenario and the verdict of issue 12's bar: a *win* is at least
@@ -100,8 +101,11 @@ def markdown(results: dict[str, Any], settings: dict[str, Any]) -> str:
         seconds = sum(result["training_seconds"]) / len(result["training_seconds"])
         lines.append(f"| {name} | {result['teacher'] or 'none (no warm start)'} | {verdict(result)} | {seconds:.0f} |")
     for name, result in results.items():
-        lines += ["", f"## {name}", "", result["description"] + ".", "", f"Simulated: {result['simulated']}.", "",
-                  *policy_table(result), "", *comparison_table(result)]
+        lines += ["", f"## {name}", "", result["description"] + ".", "", f"Simulated: {result['simulated']}.", ""]
+        if result.get("kept_steps"):
+            lines += ["Each seed ended with its best learning-curve policy (monitoring.keep_best), after "
+                      + ", ".join(f"{steps:,}" for steps in result["kept_steps"]) + " training steps.", ""]
+        lines += [*policy_table(result), "", *comparison_table(result)]
         if "replay" in result:
             replay = result["replay"]
             lines += ["", f"### Replay of {replay['trace']} at {replay['load']:g} of capacity", "",

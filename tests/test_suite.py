@@ -100,6 +100,7 @@ def test_a_tiny_suite_writes_its_tables_and_resumes_without_retraining(tmp_path,
     assert {"trained", "trained_sampled", "lower_bound", *load_only_routers()} == set(policies)
     assert all(set(FIGURES) <= set(row) for row in policies.values())
     assert result["teacher"] in load_only_routers() and len(result["run_dirs"]) == 2
+    assert result["kept_steps"] is None  # no monitoring.keep_best: each run kept its last policy
     paired = result["paired"]["trained"]["least_work_left"]["ttft_p99"]
     assert paired["episodes"] == 2 and np.isfinite(paired["mean_pct"])
     assert all(len(result["per_seed_vs_best_pct"][f]) == 2 for f in FIGURES)
@@ -126,11 +127,14 @@ def test_a_suite_run_that_keeps_its_best_policy_chooses_it_on_its_own_curve(tmp_
     keep = ["--set", "monitoring.keep_best=return_mean", "--set", "monitoring.curve_episodes=1"]
     assert main(["suite", "--scenarios", "default", "--seeds", "1", "--output-dir", str(out), *TINY, *keep]) == 0, \
         capsys.readouterr().err
-    run_dir = Path(json.loads((out / "suite.json").read_text())["scenarios"]["default"]["run_dirs"][0])
+    result = json.loads((out / "suite.json").read_text())["scenarios"]["default"]
+    run_dir = Path(result["run_dirs"][0])
     curve = json.loads((run_dir / "summary.json").read_text())["learning_curve"]
     best = max(range(len(curve["points"])), key=lambda i: curve["points"][i]["return_mean"])
     assert len(curve["points"]) >= 2 and curve["kept_point"] == best
     assert f"point {best + 1} of {len(curve['points'])}" in (run_dir / "report.md").read_text()
+    assert result["kept_steps"] == [int(curve["points"][best]["timesteps"])]
+    assert f"after {result['kept_steps'][0]:,} training steps" in (out / "suite.md").read_text()
 
 
 def test_the_same_seeds_give_the_same_suite(tmp_path, capsys):
