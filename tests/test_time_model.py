@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,13 @@ from vidur_env.time_model import (
     TimeModelError,
     VidurOverheads,
     builtin_time_model,
+    ForestTimeModel,
+    ProfiledTimeModel,
+    forest_time_model,
     profiled_time_model,
 )
+from vidur_env.time_model import forest_table
+from vidur_env.time_model.forest_table import ForestTable
 from vidur_env.workload import WorkloadConfig
 
 # ----------------------------------------------------------------------------------------- keying
@@ -417,6 +423,122 @@ def test_profiled_rejects_bad_all_reduce_times(tmp_path: Path) -> None:
     write_csv(path, rows)
     with pytest.raises(ProfileDataError, match=r"all_reduce\.csv, line 2, column 'time_stats\.all_reduce\.median'"):
         profiled_time_model(tmp_path, TINY, GPU, 2)
+
+
+# ----------------------------------------------------------------------------------------- forest
+
+
+def fitted_forest(features: np.ndarray, target: np.ndarray, seed: int = 0):
+    from sklearn.ensemble import RandomForestRegressor
+
+    return RandomForestRegressor(n_estimators=20, random_state=seed).fit(features.astype(np.float32), target)
+
+
+def test_forest_table_answers_exactly_what_the_forests_predict_inside_and_beyond_their_data() -> None:
+    """Summed forests tabulated on their split cells give predict()'s values at every key, including
+    float32-rounded keys near 2**24 (prefill attention keys on the squared chunk)."""
+    rng = np.random.default_rng(3)
+    chunk = rng.integers(1, 4097, size=80)
+    features = np.column_stack([rng.integers(0, 4097, size=80), chunk * chunk])
+    forests = [fitted_forest(features, rng.random(80), seed) for seed in (0, 1)]
+    table = ForestTable(forests, lows=features.min(axis=0), highs=features.max(axis=0), label="test")
+    keys = np.column_stack([rng.integers(-100, 9000, size=2000), rng.integers(1, 6000, size=2000) ** 2])
+    keys[:20, 1] = 2**24 - np.arange(20)  # where float32 spacing is 1 or 2
+    expected = sum(forest.predict(keys.astype(np.float32)) for forest in forests)
+    assert [table(int(a), int(b)) for a, b in keys] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert table.outside((-1, 4)) == 0 and table.outside((features[0, 0], 10**9)) == 1 and table.outside(features[0]) is None
+
+
+def test_forest_table_refuses_a_table_too_large_to_tabulate(monkeypatch) -> None:
+    monkeypatch.setattr(forest_table, "MAX_CELLS", 100)
+    features = np.arange(40.0).reshape(20, 2)
+    with pytest.raises(TimeModelError, match=r"op \(f\): the fitted forests have [\d,]+ constant pieces, more than "
+                                             r"the 100 .*profile_fit='interpolate'"):
+        ForestTable([fitted_forest(features, features[:, 0] ** 2)], lows=[0, 1], highs=[38, 39], label="op (f)")
+
+
+def write_stepped_mlp(root: Path) -> Path:
+    """Linear ops with a step: 1 ms per op up to 128 tokens, 1.5 ms from 136 on (as Vidur's A100 profile)."""
+    write_profiles(root)
+    rows = [mlp_row(tokens, 1.0 if tokens <= 128 else 1.5) for tokens in range(8, 257, 8)]
+    write_csv(root / "compute" / "gpu" / "test" / "tiny" / "mlp.csv", rows)
+    return root
+
+
+def test_forest_smooths_a_profile_step_that_interpolation_keeps(tmp_path: Path) -> None:
+    """Why the forest source is the default: a forest averages trees that saw different bootstrap
+    rows, so around a step it predicts between the two levels, as Vidur's do."""
+    root = write_stepped_mlp(tmp_path)
+    forest = forest_time_model(root, TINY, GPU, 1)
+    interpolated = profiled_time_model(root, TINY, GPU, 1)
+    assert interpolated.linear_ms(128) == pytest.approx(LINEAR_OPS * 1.0)
+    assert interpolated.linear_ms(136) == pytest.approx(LINEAR_OPS * 1.5)
+    assert LINEAR_OPS * 1.0 < forest.linear_ms(128) < forest.linear_ms(136) < LINEAR_OPS * 1.5
+    assert forest.linear_ms(8) == pytest.approx(LINEAR_OPS * 1.0) and forest.linear_ms(256) == pytest.approx(LINEAR_OPS * 1.5)
+
+
+def test_forest_model_is_seeded_and_fitted_once_per_files_and_seed(tmp_path: Path) -> None:
+    root = write_stepped_mlp(tmp_path)
+    first, again = forest_time_model(root, TINY, GPU, 1), forest_time_model(root, TINY, GPU, 1)
+    other = forest_time_model(root, TINY, GPU, 1, seed=7)
+    assert first._linear is again._linear  # one fit shared by every model built from the same files
+    tokens = range(8, 257, 4)
+    assert [first.linear_ms(t) for t in tokens] == [again.linear_ms(t) for t in tokens]
+    assert [first.linear_ms(t) for t in tokens] != [other.linear_ms(t) for t in tokens]
+    assert "forest time model" in first.describe() and "seed 7" in other.describe()
+
+
+def test_forest_model_counts_lookups_outside_the_profiled_range_or_refuses_them(tmp_path: Path) -> None:
+    root = write_profiles(tmp_path)
+    strict = forest_time_model(root, TINY, GPU, 1, extrapolate=False)
+    strict.iteration_time(2, 2 * 100, (), ())  # inside: batch 2, KV 128, 8 tokens
+    with pytest.raises(OutOfGridError, match=r"attn_decode at \(batch_size, kv_cache_size\) \(.*attention\.csv\): "
+                                             r"320 is outside the profiled range 64\.\.256.*extrapolate=True"):
+        strict.iteration_time(1, 300, (), ())
+    lenient = forest_time_model(root, TINY, GPU, 1)
+    lenient.iteration_time(1, 300, (), ())
+    lenient.iteration_time(1, 300, (), ())  # memoised: no second lookup
+    assert lenient.out_of_grid_lookups == 1 and strict.out_of_grid_lookups == 0
+    assert lenient.decode_attention_ms(1, 320) == lenient.decode_attention_ms(1, 256)  # flat beyond the data
+
+
+def test_forest_model_reads_tp_rows_and_all_reduce(tmp_path: Path) -> None:
+    model = forest_time_model(write_profiles(tmp_path), TINY, GPU, 2)
+    assert 0.018 <= model.all_reduce_ms(8) <= 0.074  # the devices_per_node=1 rows (5 ms) are filtered out
+    assert LINEAR_OPS * 0.004 <= model.linear_ms(16) <= LINEAR_OPS * 0.016  # TP2 rows only
+
+
+def test_forest_without_scikit_learn_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn.ensemble", None)
+    with pytest.raises(TimeModelError, match="needs scikit-learn .* profile_fit='interpolate'"):
+        forest_time_model(write_profiles(tmp_path), TINY, GPU, 1, seed=99)
+
+
+def test_profile_fit_and_forest_seed_are_checked_fields_and_flags(tmp_path: Path, capsys) -> None:
+    root = str(write_profiles(tmp_path))
+    assert ClusterConfig(time_model="profiled", profiling_dir=root).profile_fit == "forest"
+    with pytest.raises(ConfigError, match="cluster.profile_fit: must be one of forest, interpolate, got 'cubic'"):
+        ClusterConfig(time_model="profiled", profiling_dir=root, profile_fit="cubic").validate()
+    with pytest.raises(ConfigError, match="cluster.forest_seed: must be an integer >= 0, got -1"):
+        ClusterConfig(forest_seed=-1).validate()
+    args = build_parser().parse_args(["simulate", "--profiling-dir", root, "--profile-fit", "interpolate",
+                                      "--forest-seed", "3"])
+    cluster = scenario_from_args(args).cluster
+    assert (cluster.time_model, cluster.profile_fit, cluster.forest_seed) == ("profiled", "interpolate", 3)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["simulate", "--profiling-dir", root, "--profile-fit", "cubic"])
+    assert exit_info.value.code == 2
+    assert "--profile-fit: invalid choice: 'cubic'" in capsys.readouterr().err
+
+
+@pytest.mark.needs_shared_data
+@pytest.mark.parametrize("fit, source", [("forest", ForestTimeModel), ("interpolate", ProfiledTimeModel)])
+def test_profile_fit_chooses_the_time_source_of_every_replica(shared_data: Path, fit: str, source: type) -> None:
+    cluster = ClusterConfig(num_replicas=2, time_model="profiled", profiling_dir=str(shared_data / "profiling"),
+                            profile_fit=fit)
+    cluster.validate()
+    first, second = build_time_models(cluster)
+    assert isinstance(first, source) and first is second
 
 
 # ----------------------------------------------------------------------------------------- profiled (real data)

@@ -33,7 +33,7 @@ from vidur_env.reward import DEFAULT_REWARD, REWARDS, RewardSettings
 from vidur_env.routers import DEFAULT_ROUTER, ROUTERS, load_only_routers
 from vidur_env.scenarios import DEFAULT_SCENARIO, SCENARIOS, named_scenario, registered_scenario
 from vidur_env.simulation import Scenario, run_simulation
-from vidur_env.time_model import KEYINGS
+from vidur_env.time_model import KEYINGS, PROFILE_FITS
 from vidur_env.traces import FORMAT_CHOICES as TRACE_FORMAT_CHOICES
 from vidur_env.traces import SAMPLE_TRACES, ZERO_TOKEN_POLICIES
 from vidur_env.workload import ARRIVALS, LENGTHS, WorkloadConfig, generate_requests, uses_trace
@@ -69,6 +69,8 @@ def trace_offset(text: str) -> int | str:
 CLUSTER_FLAGS = (
     FieldFlag("num_replicas", aliases=("--replicas",)),
     FieldFlag("profiling_dir", metavar="DIR", note="Giving it switches to the profiled time model."),
+    FieldFlag("profile_fit", choices=PROFILE_FITS),
+    FieldFlag("forest_seed", parse=non_negative_int),
     FieldFlag("keying", choices=tuple(KEYINGS)),
     FieldFlag("kv_granularity", metavar="TOKENS"),
 )
@@ -133,9 +135,9 @@ def add_scenario_arguments(parser: argparse.ArgumentParser, base: Scenario) -> N
     add_field_flags(cluster, cluster_base, CLUSTER_FLAGS)
     grid = cluster.add_mutually_exclusive_group()
     grid.add_argument("--strict-grid", dest="extrapolate", action="store_false", default=cluster_base.extrapolate,
-                      help="with --profiling-dir: a lookup outside the profiled grid is an error (default: it takes "
-                           "the value at the grid's nearest end, as Vidur's random forests do, and is counted in "
-                           "the output's out_of_grid_lookups)")
+                      help="with --profiling-dir: a lookup outside the profiled grid is an error (default: it is "
+                           "answered, by the forests or by the grid's nearest value, and counted in the output's "
+                           "out_of_grid_lookups)")
     grid.add_argument("--extrapolate", dest="extrapolate", action="store_true", default=cluster_base.extrapolate,
                       help="deprecated, does nothing: extrapolation is the default now; accepted so old commands run")
     add_field_flags(cluster, cluster_base.replica, REPLICA_FLAGS)

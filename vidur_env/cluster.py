@@ -44,7 +44,7 @@ from vidur_env.hardware import DEFAULT_MAX_TOKENS, plan_memory
 from vidur_env.replica import Replica, make_replica
 from vidur_env.request_table import RequestTable
 from vidur_env.schedulers import SchedulerLimits
-from vidur_env.time_model import ExecutionTimeModel, builtin_time_model, profiled_time_model
+from vidur_env.time_model import ExecutionTimeModel, builtin_time_model, forest_time_model, profiled_time_model
 
 
 class RequestArrays(Protocol):
@@ -74,7 +74,12 @@ def build_time_models(cluster: ClusterConfig) -> list[ExecutionTimeModel]:
     for spec in cluster.replica_configs:
         key = (spec.model, spec.device, spec.tensor_parallel)
         if key not in cache:
-            if cluster.time_model == "profiled":
+            if cluster.time_model == "profiled" and cluster.profile_fit == "forest":
+                cache[key] = forest_time_model(
+                    cluster.profiling_dir, spec.model, spec.device, spec.tensor_parallel, keying=cluster.keying,
+                    kv_granularity=cluster.kv_granularity, extrapolate=cluster.extrapolate, seed=cluster.forest_seed,
+                )
+            elif cluster.time_model == "profiled":
                 cache[key] = profiled_time_model(
                     cluster.profiling_dir, spec.model, spec.device, spec.tensor_parallel,
                     keying=cluster.keying, kv_granularity=cluster.kv_granularity, extrapolate=cluster.extrapolate,

@@ -14,7 +14,7 @@ from vidur_env.errors import ConfigError, setting
 from vidur_env.hardware import DEFAULT_BATCH_SIZE_CAP, DEFAULT_MEMORY_MARGIN_FRACTION, UnknownSpecError, get_device, get_model
 from vidur_env.schedulers import SCHEDULER_NAMES, VLLM_BATCH_RULES, SchedulerLimits
 from vidur_env.schedulers.orca import PREFIX_CACHING_NOTE
-from vidur_env.time_model import DEFAULT_KEYING, KEYINGS
+from vidur_env.time_model import DEFAULT_KEYING, DEFAULT_PROFILE_FIT, KEYINGS, PROFILE_FITS
 
 TIME_MODEL_SOURCES = ("builtin", "profiled")
 
@@ -110,15 +110,21 @@ class ClusterConfig:
     """``builtin`` (calibrated presets shipped with the package) or ``profiled`` (Vidur CSVs)."""
     profiling_dir: str | None = None
     """Directory in Vidur's profiling layout, for ``time_model='profiled'``."""
+    profile_fit: str = DEFAULT_PROFILE_FIT
+    """How ``time_model='profiled'`` turns the CSVs into times: ``forest`` (random forests fitted
+    as Vidur main fits them, seeded; what Vidur's latencies near saturation need, see
+    ``time_model.forest``) or ``interpolate`` (linear between profiled points, no fitting)."""
+    forest_seed: int = 0
+    """Random state of the forests (``profile_fit='forest'``); Vidur itself fits unseeded."""
     keying: str = DEFAULT_KEYING
     """How iteration times are keyed: ``vidur`` (main branch) or ``vidur_pypi`` (0.0.26 build)."""
     kv_granularity: int | None = None
     """KV rounding of the attention lookups in tokens (Vidur's ``kv_cache_prediction_granularity``);
     None takes the keying's build default: 64 for ``vidur``, 256 for ``vidur_pypi``."""
     extrapolate: bool = True
-    """Profiled model only: a lookup outside the profiled grid takes the value at the grid's
-    nearest end, as Vidur's random forests predict there, and is counted in the metrics
-    (``out_of_grid_lookups``); False makes such a lookup an error."""
+    """Profiled model only: a lookup outside the profiled grid is answered (by the forests, flat
+    beyond their data, or by interpolation's value at the grid's nearest end) and counted in the
+    metrics (``out_of_grid_lookups``); False makes such a lookup an error."""
 
     @property
     def replica_configs(self) -> tuple[ReplicaConfig, ...]:
@@ -137,6 +143,10 @@ class ClusterConfig:
             raise ConfigError(f"cluster.time_model: must be one of {', '.join(TIME_MODEL_SOURCES)}, got {self.time_model!r}")
         if self.time_model == "profiled" and not self.profiling_dir:
             raise ConfigError("cluster.profiling_dir: required when time_model is 'profiled'")
+        if self.profile_fit not in PROFILE_FITS:
+            raise ConfigError(f"cluster.profile_fit: must be one of {', '.join(PROFILE_FITS)}, got {self.profile_fit!r}")
+        if isinstance(self.forest_seed, bool) or not isinstance(self.forest_seed, int) or self.forest_seed < 0:
+            raise ConfigError(f"cluster.forest_seed: must be an integer >= 0, got {self.forest_seed!r}")
         if self.keying not in KEYINGS:
             raise ConfigError(f"cluster.keying: must be one of {', '.join(KEYINGS)}, got {self.keying!r}")
         if self.kv_granularity is not None and (

@@ -1,9 +1,11 @@
 """Readers for Vidur-format profiling CSVs (mlp.csv, attention.csv, all_reduce.csv).
 
-They select the rows Vidur's predictor would train on (same model shape and TP filters) and
-average repeated measurements of one grid point. Both the profiled time model and the
-coefficient fitter (benchmarks/fit_time_model.py) read profiles through here, so they see the
-same numbers. Only the standard library and NumPy are used: no pandas at run time.
+They select the rows Vidur's predictor would train on (same model shape and TP filters). The
+``*_profile`` readers average repeated measurements of one grid point into curves (for
+interpolation); the ``*_rows`` readers keep every row, duplicates dropped as Vidur drops them,
+per op (a forest's training set). The time sources and the coefficient fitter
+(benchmarks/fit_time_model.py) all read profiles through here, so they see the same numbers.
+Only the standard library and NumPy are used: no pandas at run time.
 """
 from __future__ import annotations
 
@@ -19,9 +21,13 @@ from .errors import ProfileDataError
 
 __all__ = [
     "Curve",
+    "Rows",
     "RowCurves",
     "all_reduce_profile",
+    "all_reduce_rows",
     "attention_profile",
+    "attention_rows",
+    "linear_op_rows",
     "linear_ops_profile",
     "profile_paths",
 ]
@@ -31,6 +37,9 @@ Curve = tuple[np.ndarray, np.ndarray]
 
 RowCurves = dict[int, Curve]
 """A 2-D grid stored row by row: row value -> curve over the other axis."""
+
+Rows = tuple[np.ndarray, np.ndarray]
+"""(features, one row per measurement and one column per feature; time in ms of each row)."""
 
 LINEAR_OPS_REQUIRED = ("attn_pre_proj", "attn_post_proj", "attn_rope", "mlp_up_proj", "mlp_down_proj", "mlp_act")
 """Linear ops Vidur always adds per layer."""
@@ -128,6 +137,16 @@ def _select(table: Mapping[str, list[str]], path: Path, filters: Mapping[str, fl
     return mask
 
 
+def _first_occurrences(table: Mapping[str, list[str]]) -> np.ndarray:
+    """Boolean mask keeping the first of every set of identical rows (Vidur's ``drop_duplicates``)."""
+    seen: set[tuple[str, ...]] = set()
+    keep = []
+    for row in zip(*table.values()):
+        keep.append(row not in seen)
+        seen.add(row)
+    return np.array(keep, dtype=bool)
+
+
 def _mean_curve(x: np.ndarray, y: np.ndarray, path: Path, what: str) -> Curve:
     """Average repeated measurements at one x, dropping rows whose time is missing."""
     keep = ~np.isnan(y)
@@ -173,25 +192,43 @@ def _model_filters(model: ModelSpec, tp: int, *, mlp: bool) -> dict[str, float]:
     }
 
 
-def linear_ops_profile(path: Path | str, model: ModelSpec, tp: int) -> Curve:
-    """Per-layer time of all linear ops (sum of their medians, ms) against the batch token count."""
-    path = Path(path)
+def _linear_ops(path: Path, model: ModelSpec, tp: int, *, unique: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Token count and per-op median (ms) of every selected mlp.csv row (optional ops 0 when absent)."""
     table = _read_table(path)
     mask = _select(table, path, _model_filters(model, tp, mlp=True))
-    total = np.zeros(int(mask.sum()))
-    for op in LINEAR_OPS_REQUIRED:
-        total += _timing_column(table, path, f"time_stats.{op}.median")[mask]
+    if unique:
+        mask &= _first_occurrences(table)
+    ops = {op: _timing_column(table, path, f"time_stats.{op}.median")[mask] for op in LINEAR_OPS_REQUIRED}
     for op in LINEAR_OPS_OPTIONAL:
         if op == "post_attention_layernorm" and not model.post_attn_norm:
             continue
-        total += _timing_column(table, path, f"time_stats.{op}.median", missing_as_zero=True)[mask]
-    tokens = _column(table, path, "num_tokens")[mask]
-    return _mean_curve(tokens, total, path, "linear ops")
+        ops[op] = _timing_column(table, path, f"time_stats.{op}.median", missing_as_zero=True)[mask]
+    return _column(table, path, "num_tokens")[mask], ops
 
 
-def all_reduce_profile(path: Path | str, tp: int) -> Curve:
-    """All-reduce time (ms) against message size in bytes, for ``tp`` workers all on one node (Vidur's filter)."""
+def linear_ops_profile(path: Path | str, model: ModelSpec, tp: int) -> Curve:
+    """Per-layer time of all linear ops (sum of their medians, ms) against the batch token count."""
     path = Path(path)
+    tokens, ops = _linear_ops(path, model, tp, unique=False)
+    return _mean_curve(tokens, sum(ops.values()), path, "linear ops")
+
+
+def linear_op_rows(path: Path | str, model: ModelSpec, tp: int) -> dict[str, Rows]:
+    """Per linear op, its rows: features ``(num_tokens,)`` and the op's median in ms; rows whose
+    time is missing are left out."""
+    path = Path(path)
+    tokens, ops = _linear_ops(path, model, tp, unique=True)
+    rows = {}
+    for op, ms in ops.items():
+        keep = ~np.isnan(ms)
+        if not keep.any():
+            raise ProfileDataError(f"{path}: no timing values for {op}")
+        rows[op] = (tokens[keep, None], ms[keep])
+    return rows
+
+
+def _all_reduce(path: Path, tp: int, *, unique: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Message size (bytes) and time (ms) of every all-reduce row for ``tp`` workers on one node."""
     table = _read_table(path)
     if "collective" not in table:
         raise ProfileDataError(f"{path}: missing column 'collective'")
@@ -199,8 +236,52 @@ def all_reduce_profile(path: Path | str, tp: int) -> Curve:
     mask &= _select(table, path, {"num_workers": tp, "devices_per_node": tp})
     if not mask.any():
         raise ProfileDataError(f"{path}: no rows with collective=all_reduce, num_workers={tp}, devices_per_node={tp}")
-    sizes = _column(table, path, "size")[mask]
-    return _mean_curve(sizes, _timing_column(table, path, "time_stats.all_reduce.median")[mask], path, "all_reduce")
+    if unique:
+        mask &= _first_occurrences(table)
+    return _column(table, path, "size")[mask], _timing_column(table, path, "time_stats.all_reduce.median")[mask]
+
+
+def all_reduce_profile(path: Path | str, tp: int) -> Curve:
+    """All-reduce time (ms) against message size in bytes, for ``tp`` workers all on one node (Vidur's filter)."""
+    path = Path(path)
+    sizes, ms = _all_reduce(path, tp, unique=False)
+    return _mean_curve(sizes, ms, path, "all_reduce")
+
+
+def all_reduce_rows(path: Path | str, tp: int) -> Rows:
+    """All-reduce rows: features ``(size in bytes,)`` and time in ms (missing times left out)."""
+    path = Path(path)
+    sizes, ms = _all_reduce(path, tp, unique=True)
+    keep = ~np.isnan(ms)
+    if not keep.any():
+        raise ProfileDataError(f"{path}: no timing values for all_reduce")
+    return sizes[keep, None], ms[keep]
+
+
+def _attention(path: Path, model: ModelSpec, tp: int, block_size: int, *, unique: bool) -> dict[str, np.ndarray]:
+    """The selected attention.csv columns, with boolean masks ``decode`` (prefill_chunk_size 0,
+    as in Vidur) and ``prefill`` over them."""
+    table = _read_table(path)
+    filters = _model_filters(model, tp, mlp=False)
+    filters["block_size"] = block_size
+    mask = _select(table, path, filters)
+    if unique:
+        mask &= _first_occurrences(table)
+    chunk = _column(table, path, "prefill_chunk_size")
+    columns = {
+        "decode": mask & (chunk == 0),
+        "prefill": mask & (chunk > 0),
+        "chunk": chunk,
+        "kv": _column(table, path, "kv_cache_size"),
+        "batch": _column(table, path, "batch_size"),
+        "decode_ms": _timing_column(table, path, "time_stats.attn_decode.median"),
+        "prefill_ms": _timing_column(table, path, "time_stats.attn_prefill.median"),
+    }
+    if not columns["decode"].any() or not columns["prefill"].any():
+        raise ProfileDataError(
+            f"{path}: needs both decode (prefill_chunk_size=0) and prefill rows for {model.name}, tp={tp}"
+        )
+    return columns
 
 
 def attention_profile(
@@ -209,26 +290,28 @@ def attention_profile(
     """Decode and prefill attention grids (ms per layer).
 
     Decode rows are keyed by batch size with curves over the KV length; prefill rows by chunk
-    size with curves over the prior KV length. A row is a decode when its prefill_chunk_size
-    is 0, as in Vidur.
+    size with curves over the prior KV length.
     """
     path = Path(path)
-    table = _read_table(path)
-    filters = _model_filters(model, tp, mlp=False)
-    filters["block_size"] = block_size
-    mask = _select(table, path, filters)
-    chunk = _column(table, path, "prefill_chunk_size")
-    kv = _column(table, path, "kv_cache_size")
-    decode = mask & (chunk == 0)
-    prefill = mask & (chunk > 0)
-    if not decode.any() or not prefill.any():
-        raise ProfileDataError(
-            f"{path}: needs both decode (prefill_chunk_size=0) and prefill rows for {model.name}, tp={tp}"
-        )
-    decode_ms = _timing_column(table, path, "time_stats.attn_decode.median")
-    prefill_ms = _timing_column(table, path, "time_stats.attn_prefill.median")
-    batch = _column(table, path, "batch_size")
+    c = _attention(path, model, tp, block_size, unique=False)
+    decode, prefill = c["decode"], c["prefill"]
     return (
-        _rows(batch[decode], kv[decode], decode_ms[decode], path, "attn_decode"),
-        _rows(chunk[prefill], kv[prefill], prefill_ms[prefill], path, "attn_prefill"),
+        _rows(c["batch"][decode], c["kv"][decode], c["decode_ms"][decode], path, "attn_decode"),
+        _rows(c["chunk"][prefill], c["kv"][prefill], c["prefill_ms"][prefill], path, "attn_prefill"),
+    )
+
+
+def attention_rows(path: Path | str, model: ModelSpec, tp: int, block_size: int = 16) -> tuple[Rows, Rows]:
+    """Decode rows (features ``(batch_size, kv_cache_size)``) and prefill rows (features
+    ``(kv_cache_size, prefill_chunk_size)``), each with its time in ms; missing times left out."""
+    path = Path(path)
+    c = _attention(path, model, tp, block_size, unique=True)
+    decode = c["decode"] & ~np.isnan(c["decode_ms"])
+    prefill = c["prefill"] & ~np.isnan(c["prefill_ms"])
+    for op, picked in (("attn_decode", decode), ("attn_prefill", prefill)):
+        if not picked.any():
+            raise ProfileDataError(f"{path}: no timing values for {op}")
+    return (
+        (np.column_stack([c["batch"][decode], c["kv"][decode]]), c["decode_ms"][decode]),
+        (np.column_stack([c["kv"][prefill], c["chunk"][prefill]]), c["prefill_ms"][prefill]),
     )
