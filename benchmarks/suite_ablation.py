@@ -1,7 +1,7 @@
 """The KL ablation of docs/kl_regularization.md: several suites, one per setting, side by side.
 
 Each suite is a ``python -m sb3_klppo suite`` directory trained with one setting (the commands
-are in docs/kl_regularization.md, section 8); this prints, per scenario and setting, the
+are in docs/kl_regularization.md, section 7); this prints, per scenario and setting, the
 trained router against the best heuristic per figure (paired 95% intervals over the held-out
 episodes, the trained figure the mean over seeds), the spread of the seeds, and the verdict.
 
