@@ -31,18 +31,18 @@ left is ours to explain. It also prints the largest per-request difference. With
 reference's percentiles move for a given error in iteration times (near saturation, a 0.1%
 error can move TTFT by several %).
 
-Measured (3000 splitwise_conv requests, 4 x Llama-2-7B A100, round robin; references made with
-``vidur_reference.py --build main --vidur-source <checkout>`` and ``--build 0.0.26``): default
-flags against Vidur main are within 0.6% on every TTFT/E2E mean, p50, p99 for Sarathi at both
-loads and vLLM at moderate load; at high vLLM load TTFT mean +5.9% and p99 +12.3% (E2E within
-1.7%), where scaling Vidur main's own predicted times by 1.001 already moves its TTFT mean by
-3.1% and p99 by 7.3%, by 1.003 +9.1% and +13.6% (``--scale-predictions``). With Vidur's own predictions, vLLM matches main per request to 1e-13
-and every 0.0.26 run to 1e-12 (``--build-flags`` implied). The high-load vLLM gap is not the
-reference's own irreproducibility (Vidur fits its forests without a seed): ``forest_spread.py``
-refits them 7 times with new seeds, which moves that TTFT mean by 0.7% and p99 by 7.2%, while
-default flags stay +6.3% to +7.1% (mean) and +10.0% to +18.0% (p99) from every fit; most of it
-is the forests smoothing steps in the linear-op profile that interpolation keeps.
-
+Measured (3000 splitwise_conv requests, 4 x Llama-2-7B A100, round robin; Vidur main 7d47513
+run cold with ``vidur_reference.py --build main --vidur-source <checkout>``, its forests fitted
+in 15 minutes): default flags (forests, seed 0) are within 1.3% of Vidur main on every TTFT/E2E
+mean, p50 and p99 for Sarathi and vLLM at both loads (vLLM high TTFT mean +0.5%, p99 +1.1%).
+``--simulate-flags "--forest-seed N"`` for N = 1..4 gives a worst figure of 1.3%, 2.0%, 0.8% and
+5.3% (vLLM high TTFT p99): near saturation scaling Vidur's own predicted times by 1.001 moves
+its TTFT mean by 3% and p99 by 7% (``--scale-predictions``), and a forest's seed is a change of
+that order. ``--simulate-flags "--profile-fit interpolate"`` (interpolated profiles) gives vLLM
+high TTFT +6.7% (mean) and +13.7% (p99), everything else within 1.9%. With Vidur's own
+predictions, vLLM matches main per request to 1e-13 and Sarathi within 1.2% on every figure
+(per request up to 15% apart on a few requests: a scheduling difference), every 0.0.26 run to
+1e-12 (``--build-flags`` implied).
 ``--simulate-flags`` are passed to ``simulate`` unchanged. ``--time-model builtin`` leaves out
 ``--profiling-dir`` and compares our calibrated presets instead (a different attention source,
 so larger gaps are expected). The scheduler is the reference run's (``vidur_reference.py

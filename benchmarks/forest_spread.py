@@ -6,7 +6,8 @@ without a ``random_state``, so two cold caches hold different forests and differ
 times. Near saturation (vLLM at high load) TTFT is very sensitive to iteration times (scaling
 Vidur's predictions by 1.001 moves its TTFT mean by 3%, see ``fidelity_vs_vidur.py``), so the
 reference itself is only reproducible to within some spread. This script measures that spread,
-and places our default-flags result (interpolated profiles) inside it.
+and places our default-flags result (our own seeded forests, ``vidur_env.time_model.forest``,
+since they became the default; before, interpolated profiles) against it.
 
 What it does, without Vidur installed (scikit-learn is needed; ``pip install scikit-learn``):
 
@@ -25,7 +26,8 @@ What it does, without Vidur installed (scikit-learn is needed; ``pip install sci
    (with Vidur main's own files that path matches Vidur main per request to 1e-13).
 3. Replays the reference workloads (the first 3000 requests of splitwise_conv, arrivals scaled
    by 0.45 "moderate" and 0.28 "high", as ``vidur_reference.py``) through our simulator timed by
-   each fit, and once with default flags (``simulate --profiling-dir``), and prints TTFT
+   each fit, and once with default flags (``simulate --profiling-dir``; ``--simulate-flags``
+   adds flags, e.g. ``"--profile-fit interpolate"``), and prints TTFT
    (``prefill_e2e_time``) and E2E mean/p50/p99 per fit, the spread between fits (max/min - 1)
    and our default relative to the fits' mean and range.
 
@@ -42,7 +44,8 @@ which part our default's distance to the forests comes from.
     python benchmarks/forest_spread.py --fits 6 --work-dir /tmp/forest_spread --swaps
     python benchmarks/forest_spread.py --fits 7 --search every --work-dir /tmp/forest_spread --swaps
 
-Measured (7 fits, scikit-learn 1.9.1: seeds 0-5 with seed 0's hyperparameters, seed 6 with its
+Measured before the forests became the default, so "default flags" below are interpolated
+profiles, what ``--simulate-flags "--profile-fit interpolate"`` gives now (7 fits, scikit-learn 1.9.1: seeds 0-5 with seed 0's hyperparameters, seed 6 with its
 own search, which chose differently for 6 of the 11 forests): at high vLLM load the fits' TTFT
 mean spans 0.7% (0.1653-0.1665 s), p50 1.1%, p99 7.2% (1.129-1.210 s), E2E mean/p50/p99
 0.2-0.4%; at the other three settings every spread is within 2.6% (Sarathi high, TTFT p99). So
@@ -66,6 +69,7 @@ import importlib.util
 import json
 import os
 import pickle
+import shlex
 import sys
 import tempfile
 import time
@@ -244,8 +248,10 @@ def latency_stats(path: Path) -> dict[str, float]:
     return {f"{name} {stat}": summarize(metrics[name])[stat] for name in COMPARED for stat in STATS}
 
 
-def run_case(trace: Path, scheduler: str, profiling_dir: Path, fit_dirs: list[Path], work: Path) -> dict:
-    """Latency stats of one workload under every fit's predictions and under our default flags."""
+def run_case(trace: Path, scheduler: str, profiling_dir: Path, fit_dirs: list[Path], work: Path,
+             simulate_flags: list[str]) -> dict:
+    """Latency stats of one workload under every fit's predictions and under our default flags
+    (plus ``simulate_flags``)."""
     out = work / "ours.csv"
     argv = ["simulate", "--trace", str(trace), "--scheduler", scheduler, "--router", "round_robin",
             "--max-tokens", str(MAX_TOKENS), "--output-csv", str(out)]
@@ -253,7 +259,7 @@ def run_case(trace: Path, scheduler: str, profiling_dir: Path, fit_dirs: list[Pa
     for fit_dir in fit_dirs:
         simulate_with_predictions(argv, "main", fit_dir, out)
         fits.append(latency_stats(out))
-    run_cli(argv + ["--profiling-dir", str(profiling_dir)])
+    run_cli(argv + ["--profiling-dir", str(profiling_dir)] + simulate_flags)
     return {"fits": fits, "default": latency_stats(out)}
 
 
@@ -286,10 +292,12 @@ class MixedSource(ExecutionTimeModel):
 
 
 def run_swaps(trace: Path, scheduler: str, profiling_dir: Path, fit_dir: Path, work: Path) -> dict[str, dict]:
-    """Latency stats with each part of ``fit_dir``'s forest times replaced by our interpolated one."""
+    """Latency stats with each part of ``fit_dir``'s forest times replaced by our interpolated one,
+    and with all of them (``--profile-fit interpolate``)."""
     out = work / "ours.csv"
     argv = ["simulate", "--trace", str(trace), "--scheduler", scheduler, "--router", "round_robin",
-            "--max-tokens", str(MAX_TOKENS), "--output-csv", str(out), "--profiling-dir", str(profiling_dir)]
+            "--max-tokens", str(MAX_TOKENS), "--output-csv", str(out), "--profiling-dir", str(profiling_dir),
+            "--profile-fit", "interpolate"]
     swaps = {}
     for part in MixedSource.PARTS:
         def mixed(cluster: ClusterConfig) -> ExecutionTimeModel:
@@ -299,6 +307,8 @@ def run_swaps(trace: Path, scheduler: str, profiling_dir: Path, fit_dir: Path, w
 
         simulate_with_time_model(argv, mixed, out)
         swaps[part] = latency_stats(out)
+    run_cli(argv)
+    swaps["all"] = latency_stats(out)
     return swaps
 
 
@@ -306,9 +316,9 @@ def print_swaps(case: dict) -> None:
     """Each part's share: the stats with only that part interpolated, relative to the first fit."""
     first = case["fits"][0]
     print(f"{'only this part interpolated':<24}" + "".join(f"{part:>9}" for part in case["swaps"])
-          + f"{'all':>9}   (relative to fit 0)")
+          + "   (relative to fit 0)")
     for key in first:
-        row = [case["swaps"][part][key] for part in case["swaps"]] + [case["default"][key]]
+        row = [case["swaps"][part][key] for part in case["swaps"]]
         print(f"{key:<24}" + "".join(f"{value / first[key] - 1:>+9.1%}" for value in row))
 
 
@@ -348,6 +358,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "forest_spread",
                         help="where fits are kept and reused")
     parser.add_argument("--fit-only", action="store_true", help="make the fits, skip the simulations")
+    parser.add_argument("--simulate-flags", type=shlex.split, default=[],
+                        help="flags added to the default-flags run, e.g. \"--profile-fit interpolate\"")
     parser.add_argument("--swaps", action="store_true",
                         help="also replace one part (linear ops, decode or prefill attention) of the first fit's "
                              "times by our interpolation at a time, to see which part the default's distance comes from")
@@ -380,7 +392,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             write_trace(spec, trace)
             for scheduler in SCHEDULERS:
                 label = f"{scheduler}, {load} load (time scale {scale})"
-                results[label] = run_case(trace, scheduler, args.profiling_dir, fit_dirs, Path(work))
+                results[label] = run_case(trace, scheduler, args.profiling_dir, fit_dirs, Path(work), args.simulate_flags)
                 results[label]["spread"] = print_case(label, results[label])
                 if args.swaps:
                     results[label]["swaps"] = run_swaps(trace, scheduler, args.profiling_dir, fit_dirs[0], Path(work))

@@ -502,6 +502,16 @@ def test_forest_model_counts_lookups_outside_the_profiled_range_or_refuses_them(
     assert lenient.decode_attention_ms(1, 320) == lenient.decode_attention_ms(1, 256)  # flat beyond the data
 
 
+def test_forest_prefill_feature_follows_the_keyings_build(tmp_path: Path) -> None:
+    """Vidur main fits prefill attention on the squared chunk, the PyPI 0.0.26 build on the chunk."""
+    root = write_profiles(tmp_path)
+    main, pypi = forest_time_model(root, TINY, GPU, 1), forest_time_model(root, TINY, GPU, 1, keying="vidur_pypi")
+    assert "prefill_chunk_size**2" in main._prefill.label and "prefill_chunk_size)" in pypi._prefill.label
+    for model in (main, pypi):
+        assert prefill_ms(64, 0) <= model.prefill_attention_ms(0, 96) <= prefill_ms(128, 128)
+        assert model.out_of_grid_lookups == 0
+
+
 def test_forest_model_reads_tp_rows_and_all_reduce(tmp_path: Path) -> None:
     model = forest_time_model(write_profiles(tmp_path), TINY, GPU, 2)
     assert 0.018 <= model.all_reduce_ms(8) <= 0.074  # the devices_per_node=1 rows (5 ms) are filtered out
