@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import setting
 from ..hardware import DeviceSpec, ModelSpec, get_device, get_model
-from .base import DEFAULT_KEYING, ExecutionTimeModel, VidurOverheads
+from .base import ExecutionTimeModel
 from .errors import OutOfGridError, TimeModelError
 from .forest_table import ForestTable
 from .profiles import Rows, all_reduce_rows, attention_rows, linear_op_rows, profile_paths
@@ -181,32 +181,8 @@ class ForestTimeModel(ExecutionTimeModel):
 
 
 def forest_time_model(
-    profiling_dir: Path | str,
-    model: ModelSpec | str,
-    device: DeviceSpec | str,
-    tp: int,
-    network_device: str | None = None,
-    keying: str = DEFAULT_KEYING,
-    *,
-    seed: int = 0,
-    extrapolate: bool = True,
-    pipeline_stages: int = 1,
-    kv_granularity: int | None = None,
-    block_size: int = 16,
-    overheads: VidurOverheads = VidurOverheads(),
+    profiling_dir: Path | str, model: ModelSpec | str, device: DeviceSpec | str, tp: int, **kwargs: Any
 ) -> ForestTimeModel:
-    """Execution-time model of forests fitted on Vidur-format profiles under ``profiling_dir``; names or specs accepted."""
-    return ForestTimeModel(
-        profiling_dir,
-        get_model(model),
-        get_device(device),
-        tp,
-        network_device=network_device,
-        seed=seed,
-        extrapolate=extrapolate,
-        block_size=block_size,
-        keying=keying,
-        pipeline_stages=pipeline_stages,
-        kv_granularity=kv_granularity,
-        overheads=overheads,
-    )
+    """Execution-time model of forests fitted on Vidur-format profiles under ``profiling_dir``;
+    model and device by name or spec, keywords as :class:`ForestTimeModel`."""
+    return ForestTimeModel(profiling_dir, get_model(model), get_device(device), tp, **kwargs)
