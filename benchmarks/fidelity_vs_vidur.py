@@ -33,16 +33,16 @@ error can move TTFT by several %).
 
 Measured (3000 splitwise_conv requests, 4 x Llama-2-7B A100, round robin; Vidur main 7d47513
 run cold with ``vidur_reference.py --build main --vidur-source <checkout>``, its forests fitted
-in 15 minutes): default flags (forests, seed 0) are within 1.3% of Vidur main on every TTFT/E2E
+in 15 minutes): default flags (forests, seed 0) are within 1.2% of Vidur main on every TTFT/E2E
 mean, p50 and p99 for Sarathi and vLLM at both loads (vLLM high TTFT mean +0.5%, p99 +1.1%).
 ``--simulate-flags "--forest-seed N"`` for N = 1..4 gives a worst figure of 1.3%, 2.0%, 0.8% and
 5.3% (vLLM high TTFT p99): near saturation scaling Vidur's own predicted times by 1.001 moves
 its TTFT mean by 3% and p99 by 7% (``--scale-predictions``), and a forest's seed is a change of
 that order. ``--simulate-flags "--profile-fit interpolate"`` (interpolated profiles) gives vLLM
 high TTFT +6.7% (mean) and +13.7% (p99), everything else within 1.9%. With Vidur's own
-predictions, vLLM matches main per request to 1e-13 and Sarathi within 1.2% on every figure
-(per request up to 15% apart on a few requests: a scheduling difference), every 0.0.26 run to
-1e-12 (``--build-flags`` implied).
+predictions every main run matches per request to 4e-13 (Sarathi since a one-token last chunk is
+keyed as a prefill, as main's predictor does; before, a few requests were up to 15% apart),
+every 0.0.26 run to 1e-12 (``--build-flags`` implied).
 ``--simulate-flags`` are passed to ``simulate`` unchanged. ``--time-model builtin`` leaves out
 ``--profiling-dir`` and compares our calibrated presets instead (a different attention source,
 so larger gaps are expected). The scheduler is the reference run's (``vidur_reference.py

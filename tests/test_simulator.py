@@ -55,6 +55,29 @@ def simulate(reqs, *, replicas=1, scheduler="sarathi", router="round_robin", tim
     return sim
 
 
+class BatchLog(AffineTime):
+    """AffineTime that records the arguments of every iteration it times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[tuple] = []
+
+    def iteration_time(self, num_decodes, decode_kv_sum, prefill_chunks, prefill_kv) -> float:
+        self.batches.append((num_decodes, decode_kv_sum, tuple(prefill_chunks), tuple(prefill_kv)))
+        return super().iteration_time(num_decodes, decode_kv_sum, prefill_chunks, prefill_kv)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_one_token_last_chunk_reaches_the_time_model_as_a_prefill_chunk(fast):
+    """Beside one running decode, Sarathi's 512-token budget cuts a 512-token prompt into 511 + 1;
+    the last chunk goes to the time model as a prefill chunk beside that one decode (the keying
+    decides how to key it: Vidur main as a prefill, the PyPI build as a decode), on the fast
+    paths and off them."""
+    log = BatchLog()
+    simulate(requests([0.0, 0.001], [40, 512], [30, 3]), time_model=log, fast=fast)
+    assert log.batches[1:3] == [(1, 41, (511,), (0,)), (1, 42, (1,), (511,))]
+
+
 def random_requests(n, seed, qps=20.0, max_prompt=2000, max_output=400):
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / qps, size=n))

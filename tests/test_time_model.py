@@ -618,3 +618,14 @@ def test_run_simulation_times_iterations_with_the_time_models_it_is_given():
     fast = run_simulation(scenario, seed=1).metrics["request_e2e_time"]["mean"]
     given = run_simulation(scenario, seed=1, time_models=[slow, slow]).metrics["request_e2e_time"]["mean"]
     assert slow.calls and given > 2 * fast
+
+
+
+def test_a_one_token_chunk_is_a_prefill_under_vidur_main_and_a_decode_under_the_pypi_build():
+    """Vidur main's predictor asks ``is_prefill_complete`` (still False for a last chunk of one
+    token): a prefill at chunk 1. The PyPI build classifies by query length: a decode at KV + 1."""
+    main, pypi = RecordingModel(), RecordingModel(keying="vidur_pypi")
+    main.iteration_time(2, 2 * 100, (1,), (1001,))
+    pypi.iteration_time(2, 2 * 100, (1,), (1001,))
+    assert ("prefill", 1024, 1) in main.calls and ("decode", 2, 128) in main.calls
+    assert not any(call[0] == "prefill" for call in pypi.calls) and ("decode", 3, 512) in pypi.calls

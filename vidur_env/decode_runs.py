@@ -106,8 +106,7 @@ class DecodeRuns:
                 if tick >= last or allocated + grow > limit or gated and q < budget:
                     return t
                 kv_tokens = offset_sum + n * tick
-                d = (iteration_time(n + 1, kv_tokens + done, (), ()) if q == 1
-                     else iteration_time(n, kv_tokens, (q,), (done,)))
+                d = iteration_time(n, kv_tokens, (q,), (done,))
                 allocated += grow
                 t = t + d
                 tick += 1
@@ -288,8 +287,7 @@ class DecodeRuns:
                     if gated and q < budget:
                         break  # budget left over: the head of the queue could be admitted
                     # a one-token chunk is timed as a decode, as in the general path
-                    d = (iteration_time(n + 1, kv_tokens + done, (), ()) if q == 1
-                         else iteration_time(n, kv_tokens, (q,), (done,)))
+                    d = iteration_time(n, kv_tokens, (q,), (done,))
                 allocated += grow
                 block_time += allocated * d
                 busy += d

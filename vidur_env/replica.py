@@ -187,13 +187,8 @@ class Replica:
         for rid, q in zip(prefills, chunks):
             if scheduled_at[rid] == UNSET:
                 scheduled_at[rid] = now
-            # Vidur's time predictor classifies by query length: a 1-token chunk is a decode.
-            if q == 1:
-                num_decodes += 1
-                decode_kv += processed[rid]
-            else:
-                prefill_chunks.append(q)
-                prefill_kv.append(processed[rid])
+            prefill_chunks.append(q)
+            prefill_kv.append(processed[rid])
         duration = self.time_model.iteration_time(num_decodes, decode_kv, tuple(prefill_chunks), tuple(prefill_kv))
         self.batch_decodes = decodes
         self.batch_prefills = prefills

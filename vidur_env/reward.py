@@ -336,9 +336,7 @@ class IsolatedServiceTime:
         return total
 
     def _chunk_time(self, q: int, kv: int) -> float:
-        """One prefill chunk; a one-token chunk is timed as a decode, as the simulator does."""
-        if q == 1:
-            return self.model.iteration_time(1, kv, (), ())
+        """One prefill chunk, timed as the simulator does (the keying decides how a one-token chunk is keyed)."""
         return self.model.iteration_time(0, 0, (q,), (kv,))
 
     def latencies(self, prompts: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

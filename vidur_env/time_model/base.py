@@ -20,7 +20,9 @@ Keyings (``keying=``):
     decode KV = floor(mean of the decodes' processed tokens) rounded up to 64; all prefills
     looked up once, as an equivalent prefill at (sum of each prior KV rounded up to 64,
     round(sqrt(sum of squared chunks))); the GQA overhead (x1.1) applies to decode and to
-    prefill attention when that part holds more than one request.
+    prefill attention when that part holds more than one request. A request is a prefill until
+    its whole prompt is processed, so a one-token last chunk is a prefill (chunk 1), as main's
+    predictor decides by ``is_prefill_complete``.
 ``"vidur_pypi"`` (the PyPI 0.0.26 build)
     KV counts the tokens of this iteration too (processed + q) and is rounded up to 256 (its
     ``kv_cache_prediction_granularity`` default); decodes are the requests with exactly one
