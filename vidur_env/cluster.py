@@ -74,15 +74,15 @@ def build_time_models(cluster: ClusterConfig) -> list[ExecutionTimeModel]:
     for spec in cluster.replica_configs:
         key = (spec.model, spec.device, spec.tensor_parallel)
         if key not in cache:
-            if cluster.time_model == "profiled" and cluster.profile_fit == "forest":
-                cache[key] = forest_time_model(
-                    cluster.profiling_dir, spec.model, spec.device, spec.tensor_parallel, keying=cluster.keying,
-                    kv_granularity=cluster.kv_granularity, extrapolate=cluster.extrapolate, seed=cluster.forest_seed,
-                )
-            elif cluster.time_model == "profiled":
-                cache[key] = profiled_time_model(
+            if cluster.time_model == "profiled":
+                source = profiled_time_model
+                extra: dict = {}
+                if cluster.profile_fit == "forest":
+                    source, extra = forest_time_model, {"seed": cluster.forest_seed}
+                cache[key] = source(
                     cluster.profiling_dir, spec.model, spec.device, spec.tensor_parallel,
                     keying=cluster.keying, kv_granularity=cluster.kv_granularity, extrapolate=cluster.extrapolate,
+                    **extra,
                 )
             else:
                 cache[key] = builtin_time_model(

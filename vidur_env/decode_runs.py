@@ -286,7 +286,6 @@ class DecodeRuns:
                     q = prompt - done if prompt - done < budget else budget
                     if gated and q < budget:
                         break  # budget left over: the head of the queue could be admitted
-                    # a one-token chunk is timed as a decode, as in the general path
                     d = iteration_time(n, kv_tokens, (q,), (done,))
                 allocated += grow
                 block_time += allocated * d

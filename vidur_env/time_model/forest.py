@@ -154,11 +154,10 @@ class ForestTimeModel(ExecutionTimeModel):
         feature = table.outside(key)
         if feature is not None:
             if not self.extrapolate:
-                raise OutOfGridError(
-                    f"{table.label}: {key[feature]:g} is outside the profiled range {table.lows[feature]:g}.."
-                    f"{table.highs[feature]:g} (lookup at {', '.join(f'{v:g}' for v in key)}); with "
-                    f"{setting('extrapolate', True)} the forests answer there (flat beyond their data) and the "
-                    "lookup is counted"
+                raise OutOfGridError.outside(
+                    table.label, key[feature], table.lows[feature], table.highs[feature],
+                    where=f" (lookup at {', '.join(f'{v:g}' for v in key)})",
+                    answer="is answered by the forests (flat beyond their data)",
                 )
             self._off_grid += 1
         return table(*key)

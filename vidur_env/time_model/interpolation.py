@@ -19,16 +19,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Mapping, Sequence
 
-from ..errors import setting
 from .errors import OutOfGridError, TimeModelError
 
-
-def _out_of_grid(label: str, value: float, low: float, high: float, where: str = "") -> OutOfGridError:
-    return OutOfGridError(
-        f"{label}: {value:g} is outside the profiled range {low:g}..{high:g}{where}; with "
-        f"{setting('extrapolate', True)} such a lookup takes the value at the grid's nearest end (as "
-        "Vidur's random forests do) and is counted"
-    )
 
 __all__ = ["ABOVE_GRID", "Curve1D", "RowGrid2D"]
 
@@ -81,7 +73,7 @@ class Curve1D:
         xs, ys = self.xs, self.ys
         if x < xs[0] or x > xs[-1]:
             if not self.extrapolate:
-                raise _out_of_grid(self.label, x, xs[0], xs[-1])
+                raise OutOfGridError.outside(self.label, x, xs[0], xs[-1])
             self.off_grid += 1
             if x < xs[0] or len(xs) == 1 or not self.linear_above:
                 return ys[0] if x < xs[0] else ys[-1]
@@ -121,7 +113,7 @@ class RowGrid2D:
         values = self.row_values
         if row < values[0] or row > values[-1]:
             if not self.extrapolate:
-                raise _out_of_grid(self.label, row, values[0], values[-1], f" (lookup at {row:g}, {col:g})")
+                raise OutOfGridError.outside(self.label, row, values[0], values[-1], where=f" (lookup at {row:g}, {col:g})")
             self.off_grid += 1
             if row < values[0] or len(values) == 1 or not self.linear_above:
                 return self.curves[0 if row < values[0] else -1](col)

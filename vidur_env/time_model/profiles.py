@@ -147,6 +147,14 @@ def _first_occurrences(table: Mapping[str, list[str]]) -> np.ndarray:
     return np.array(keep, dtype=bool)
 
 
+def _measured(features: np.ndarray, ms: np.ndarray, path: Path, what: str) -> Rows:
+    """The rows whose time was measured (a forest's training set); an error if there are none."""
+    keep = ~np.isnan(ms)
+    if not keep.any():
+        raise ProfileDataError(f"{path}: no timing values for {what}")
+    return features[keep], ms[keep]
+
+
 def _mean_curve(x: np.ndarray, y: np.ndarray, path: Path, what: str) -> Curve:
     """Average repeated measurements at one x, dropping rows whose time is missing."""
     keep = ~np.isnan(y)
@@ -218,13 +226,7 @@ def linear_op_rows(path: Path | str, model: ModelSpec, tp: int) -> dict[str, Row
     time is missing are left out."""
     path = Path(path)
     tokens, ops = _linear_ops(path, model, tp, unique=True)
-    rows = {}
-    for op, ms in ops.items():
-        keep = ~np.isnan(ms)
-        if not keep.any():
-            raise ProfileDataError(f"{path}: no timing values for {op}")
-        rows[op] = (tokens[keep, None], ms[keep])
-    return rows
+    return {op: _measured(tokens[:, None], ms, path, op) for op, ms in ops.items()}
 
 
 def _all_reduce(path: Path, tp: int, *, unique: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -252,10 +254,7 @@ def all_reduce_rows(path: Path | str, tp: int) -> Rows:
     """All-reduce rows: features ``(size in bytes,)`` and time in ms (missing times left out)."""
     path = Path(path)
     sizes, ms = _all_reduce(path, tp, unique=True)
-    keep = ~np.isnan(ms)
-    if not keep.any():
-        raise ProfileDataError(f"{path}: no timing values for all_reduce")
-    return sizes[keep, None], ms[keep]
+    return _measured(sizes[:, None], ms, path, "all_reduce")
 
 
 def _attention(path: Path, model: ModelSpec, tp: int, block_size: int, *, unique: bool) -> dict[str, np.ndarray]:
@@ -306,12 +305,9 @@ def attention_rows(path: Path | str, model: ModelSpec, tp: int, block_size: int 
     ``(kv_cache_size, prefill_chunk_size)``), each with its time in ms; missing times left out."""
     path = Path(path)
     c = _attention(path, model, tp, block_size, unique=True)
-    decode = c["decode"] & ~np.isnan(c["decode_ms"])
-    prefill = c["prefill"] & ~np.isnan(c["prefill_ms"])
-    for op, picked in (("attn_decode", decode), ("attn_prefill", prefill)):
-        if not picked.any():
-            raise ProfileDataError(f"{path}: no timing values for {op}")
+    decode, prefill = c["decode"], c["prefill"]
     return (
-        (np.column_stack([c["batch"][decode], c["kv"][decode]]), c["decode_ms"][decode]),
-        (np.column_stack([c["kv"][prefill], c["chunk"][prefill]]), c["prefill_ms"][prefill]),
+        _measured(np.column_stack([c["batch"][decode], c["kv"][decode]]), c["decode_ms"][decode], path, "attn_decode"),
+        _measured(np.column_stack([c["kv"][prefill], c["chunk"][prefill]]), c["prefill_ms"][prefill], path,
+                  "attn_prefill"),
     )
