@@ -1,4 +1,5 @@
-"""Shared fixtures: locating the optional calibration data in ../shared/data; one torch thread."""
+"""Shared fixtures: locating the optional calibration data in ../shared/data; one torch thread;
+SB3's default log directory inside pytest's temporary tree."""
 from __future__ import annotations
 
 import os
@@ -41,3 +42,13 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n_threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def sb3_log_dir(tmp_path_factory):
+    """SB3 makes a log directory for every ``learn()`` without a configured logger, under the
+    system's temporary directory unless ``SB3_LOGDIR`` says where; the tests' go to pytest's
+    temporary tree, which pytest prunes, instead of piling up in /tmp."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3_logs")))
+        yield
