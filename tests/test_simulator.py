@@ -512,6 +512,7 @@ def test_quiet_replicas_change_no_result(scheduler, router, num_blocks, monkeypa
     and requests are preempted."""
     cluster, reqs, max_tokens, models = quiet_case(scheduler, num_blocks=num_blocks)
     catch_ups = count_catch_ups(monkeypatch)
+    chunk_replays = count_chunk_replays(monkeypatch)
 
     def run(quiet):
         monkeypatch.setattr(ClusterSimulator, "quiet_replicas", quiet)
@@ -523,6 +524,8 @@ def test_quiet_replicas_change_no_result(scheduler, router, num_blocks, monkeypa
 
     (quiet, quiet_states), (plain, plain_states) = run(True), run(False)
     assert len(catch_ups) > 500, "the case must leave replicas quiet often"
+    if scheduler == "sarathi":  # the only scheduler whose steady runs carry a partial prefill
+        assert sum(chunk_replays) > 300, "the case must replay prompt chunks of quiet replicas"
     if num_blocks is not None and scheduler != "orca":
         assert sum(plain.table.restarts) > 0, "the case must exercise preemption"
     assert_same_run(quiet, plain)
@@ -535,6 +538,23 @@ def count_catch_ups(monkeypatch) -> list[int]:
     calls: list[int] = []
     catch_up = ClusterSimulator._catch_up
     monkeypatch.setattr(ClusterSimulator, "_catch_up", lambda sim, i, end: calls.append(i) or catch_up(sim, i, end))
+    return calls
+
+
+def count_chunk_replays(monkeypatch) -> list[int]:
+    """Patch the decode-run loop to list, per replay of a run with a partial prefill, how many
+    horizons it took (so a test can check that its case replays prompt chunks at all)."""
+    from vidur_env.decode_runs import DecodeRuns
+
+    calls: list[int] = []
+    replay = DecodeRuns._replay_prefill
+
+    def counted(runs, horizons, start, end):
+        reached = replay(runs, horizons, start, end)
+        calls.append(reached - start)
+        return reached
+
+    monkeypatch.setattr(DecodeRuns, "_replay_prefill", counted)
     return calls
 
 

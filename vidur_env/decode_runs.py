@@ -16,7 +16,8 @@ would show it.
 
 For the cluster's quiet replicas (:mod:`vidur_env.cluster`) the module also says until when a
 suspended run leaves the load counts alone (:meth:`DecodeRuns.quiet_until`) and replays a
-decode run through the arrivals a quiet replica skipped (:meth:`DecodeRuns.replay`).
+run (its decode iterations, or a partial prefill's chunks beside them) through the arrivals a
+quiet replica skipped (:meth:`DecodeRuns.replay`).
 
 ``tests/test_simulator.py::test_fast_paths_change_no_result`` holds this module to Vidur's
 per-request path: every timestamp, every stat, and the state a router sees at each decision.
@@ -141,17 +142,20 @@ class DecodeRuns:
         return t if t == start else t * (1 - 1e-9)
 
     def replay(self, horizons: Sequence[float], start: int, end: int) -> int:
-        """Take a suspended decode run through the horizons ``horizons[start:end]`` (arrivals of
+        """Take a suspended run through the horizons ``horizons[start:end]`` (arrivals of
         requests routed elsewhere, non-decreasing) as :meth:`resume_decode` or :meth:`run`
         would at each one at or after its iteration in flight ends: the same iterations and,
         per horizon, the same record (that horizon's iterations, summed from 0.0 in order), in
         one loop over horizons that reads the run's state once. Stops at the first horizon
-        where more than the decode set's iterations would happen (a completion, the block
-        limit, an iteration ending at the horizon's very instant) and returns its index, or
-        ``end``; the loop then takes that horizon as usual."""
+        where more than the decode set's iterations (and a partial prefill's chunks) would
+        happen (a completion, the block limit, an iteration ending at the horizon's very
+        instant; see :meth:`_replay_prefill`) and returns its index, or ``end``; the loop then
+        takes that horizon as usual."""
         suspended = self.suspended
-        if suspended.queue_changed or suspended.run[0] is not None:
+        if suspended.queue_changed:
             return start
+        if suspended.run[0] is not None:
+            return self._replay_prefill(horizons, start, end)
         _, decoding, kv_cache, _, stats, phase, mask, _, decode_run_time, _, limit = self._loop_constants
         n, offset_sum, last = decoding.size, decoding.offset_sum, suspended.completion
         tick, allocated = decoding.tick, kv_cache.allocated_blocks
@@ -190,6 +194,66 @@ class DecodeRuns:
         decoding.tick = tick
         kv_cache.allocated_blocks = allocated
         suspended.end, suspended.decode_time, suspended.same_until = t, d, same_until
+        return start
+
+    def _replay_prefill(self, horizons: Sequence[float], start: int, end: int) -> int:
+        """:meth:`replay` of a run with a partial prefill: its chunks, each beside the decode
+        set, through the horizons, as :meth:`run` resumed at each would take them (a quiet
+        replica spends most of a prompt's chunks so in a large fleet). Also stops at the
+        horizon by which the prompt is done (the request then joins the decode set, which
+        only :meth:`run` does) and where the gate would stop an iteration (budget left over
+        for the head of the queue)."""
+        suspended = self.suspended
+        (scheduler, decoding, kv_cache, table, stats, phase, mask, iteration_time, _, chunk_size,
+         limit) = self._loop_constants
+        partial, gated, _ = suspended.run
+        n, offset_sum, last = decoding.size, decoding.offset_sum, suspended.completion
+        prompt, budget = table.prefill[partial], chunk_size - n
+        tick, allocated, t, chunk = decoding.tick, kv_cache.allocated_blocks, suspended.end, suspended.chunk
+        done = table.processed[partial]  # the prompt tokens of the iterations before the one in flight
+        moved = False
+        while True:
+            start = bisect_left(horizons, t, start, end)
+            if start == end:
+                break
+            horizon = horizons[start]
+            # the iteration in flight has ended at ``now`` with its chunk: run those that end
+            # by the horizon and start the next, as the loop would
+            now, k, grown, done_k = t, tick + 1, allocated, done + chunk
+            busy = block_time = 0.0
+            tokens = 0  # prompt tokens of the iterations started here
+            in_flight = False
+            while now < horizon and k < last and done_k != prompt:
+                grow = phase[k & mask]
+                q = prompt - done_k if prompt - done_k < budget else budget
+                if grown + grow > limit or gated and q < budget:
+                    break
+                d = iteration_time(n, offset_sum + n * k, (q,), (done_k,))
+                grown += grow
+                block_time += grown * d
+                busy += d
+                tokens += q
+                if now + d > horizon:
+                    in_flight = True
+                    break
+                now += d
+                k += 1
+                done_k += q
+            if not in_flight:
+                break  # more than chunks beside the decode set: the loop's general path takes this horizon
+            iterations = k - tick
+            stats.record(iterations, (n + 1) * iterations, n * iterations + tokens, tokens, busy, block_time, grown)
+            tick, allocated, t, done, chunk, moved = k, grown, now + d, done_k, q, True
+            start += 1
+        if moved:
+            decoding.tick = tick
+            kv_cache.allocated_blocks = allocated
+            table.processed[partial] = done
+            running = scheduler.running
+            if running[-1] != partial:  # batch order, as the loop's ``_apply`` leaves it
+                running.remove(partial)
+                running.append(partial)
+            suspended.end, suspended.chunk = t, chunk
         return start
 
     # ------------------------------------------------------------------ loop
