@@ -1,0 +1,93 @@
+"""A suite's trained routers on clusters they were not trained on: does a policy read the replicas'
+speeds from the observation, or did it learn its training cluster by heart?
+
+Training randomises load, burstiness and lengths (:class:`vidur_env.scenarios.TrafficRange`), not
+the cluster. The replica-set policy scores each replica from its own row (relative speed and KV
+size among the columns) with one shared network, so it is not tied to replica positions; this
+measures whether it is tied to its training *mix*. It loads the models a suite trained on
+``--source`` (its ``scenario.json`` names their run directories) and evaluates them, as the suite
+evaluates, on each target: the nominal traffic of a registered scenario (``--targets``), or the
+source scenario with its replicas' devices replaced (``--mixes``, e.g. ``a100,a100,a100,h100``),
+against every registered load-only heuristic on the same held-out episodes (paired 95% t
+intervals per figure against the best one, the trained figure the mean over the seeds;
+negative is better). Targets must have as many replicas as the source (the models' action space).
+
+    python benchmarks/cluster_transfer.py runs/suite --source hetero \\
+        --targets default mixed_tp --mixes a100,a100,a100,h100 a100,h100,h100,h100 [--episodes 40]
+
+Measured 2026-12-03 on the models of ``suite --config configs/ppo_ttft.json --seeds 3
+--episodes 40`` trained on ``hetero`` (2 x A100 + 2 x H100; on ``hetero`` itself -0.0% ± 0.1%,
++0.5% ± 1.0%, -11.0% ± 0.7%, -10.1% ± 2.4%), 40 episodes per target, E2E mean / E2E p99 /
+TTFT mean / TTFT p99 against the best heuristic per figure:
+
+    default (4 x A100)       -0.0% ± 0.0%  +0.9% ± 0.9%   -8.2% ± 0.8%  -5.3% ± 1.9%
+    mixed_tp                 -0.2% ± 0.2%  -1.1% ± 1.2%   -8.6% ± 0.8%  -8.4% ± 2.5%
+    a100,a100,a100,h100      -0.0% ± 0.1%  +2.0% ± 1.3%  -10.1% ± 0.8%  -6.0% ± 2.1%
+    a100,h100,h100,h100      -0.1% ± 0.1%  +0.4% ± 1.2%  -11.0% ± 0.8%  -6.9% ± 3.5%
+    h100,h100,h100,h100      +0.1% ± 0.0%  +1.5% ± 0.9%   -3.3% ± 0.6%  +1.0% ± 2.7%
+
+On clusters it never saw (other mixes, other TP degrees, one device only) the router keeps E2E
+within 2% and most of its TTFT gain; the gain shrinks on the cluster furthest from its
+training mix (4 x H100).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from sb3_klppo.suite import comparisons, episode_table, load_models
+from sb3_klppo.suite_report import FIGURES, TITLES, against_best, interval, verdict
+from vidur_env.routers import load_only_routers
+from vidur_env.scenarios import EVALUATION_SEED, registered_scenario
+
+
+def mix_kwargs(source: str, devices: list[str]) -> dict:
+    """Env kwargs of scenario ``source`` with replica ``i`` on ``devices[i]`` (the rest of its
+    replica config kept), at the scenario's nominal traffic and observation settings."""
+    entry = registered_scenario(source)
+    scenario = entry.make()
+    replicas = scenario.cluster.replica_configs
+    if len(devices) != len(replicas):
+        raise SystemExit(f"cluster_transfer.py: --mixes needs {len(replicas)} devices (the source's replicas), "
+                         f"got {len(devices)}")
+    cluster = dataclasses.replace(scenario.cluster, replicas=tuple(
+        dataclasses.replace(spec, device=device) for spec, device in zip(replicas, devices)))
+    return {"scenario": dataclasses.replace(scenario, cluster=cluster), **entry.observation}
+
+
+def judge(kwargs: dict, models: list, episodes: int) -> dict:
+    """The suite's evaluation of ``models`` under env ``kwargs``: figures and paired comparisons."""
+    heuristics = load_only_routers()
+    table = episode_table(kwargs, heuristics, models, episodes, EVALUATION_SEED)
+    return {"simulated": table.described, "policies": table.rows, **comparisons(table, heuristics)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suite_dir")
+    parser.add_argument("--source", default="hetero", help="the scenario whose trained models are moved")
+    parser.add_argument("--targets", nargs="*", default=["default", "mixed_tp"], help="registered scenarios")
+    parser.add_argument("--mixes", nargs="*", default=[], help="comma-separated device per replica")
+    parser.add_argument("--episodes", type=int, default=40)
+    args = parser.parse_args()
+    source = json.loads((Path(args.suite_dir) / args.source / "scenario.json").read_text())
+    models = load_models(source["run_dirs"])
+    base = {key: value for key, value in json.loads(
+        (Path(source["run_dirs"][0]) / "config_used.json").read_text())["env"]["kwargs"].items()
+        if key not in ("scenario", "traffic")}
+    targets = [(name, {**registered_scenario(name).env_kwargs(False), **base}) for name in args.targets]
+    targets += [(mix, {**mix_kwargs(args.source, mix.split(",")), **base}) for mix in args.mixes]
+    print(f"models trained on {args.source} ({len(models)} seeds), {args.episodes} held-out episodes per target")
+    print("| target | " + " | ".join(TITLES[f] for f in FIGURES) + " | verdict |")
+    print("|---|" + "---|" * len(FIGURES) + "---|")
+    for name, kwargs in targets:
+        result = judge(kwargs, models, args.episodes)
+        diffs = against_best(result)
+        cells = " | ".join(f"{interval(diffs[f])} ({diffs[f]['heuristic']})" for f in FIGURES)
+        print(f"| {name} | {cells} | {verdict(result)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
