@@ -22,7 +22,14 @@ worst share of 46% and 39%, a ``--repeats 3`` run (each cell its best of 3) 45%:
 vllm_dp 50%, speed_aware_lwl 47%, staleness_aware_lwl 53%; env 5,836 steps/s at 64 replicas
 and 1,833 at 256. A session later (same simulator code, idle VM on a quieter host), three
 ``--repeats 3`` runs gave a worst router of 53%, 61% and 53% (least_work_left 53-63%, jsq
-54-63%); the share depends on the host as much as on the code.
+54-63%); the share depends on the host as much as on the code. On 2026-12-03 one such run gave
+52% (least_work_left) before quiet replicas replayed a partial prefill's chunks
+(:meth:`vidur_env.decode_runs.DecodeRuns.replay`); after it, three ``--repeats 3`` runs on the
+idle VM gave a worst router of 56%, 59% and 61% (least_work_left 59-62%, vllm_dp 56-62%,
+speed_aware_lwl 56-65%, staleness_aware_lwl 60-65%, jsq 57-67%, the others 60-86%; env
+6,950-7,160 steps/s at 64 replicas, 2,310-2,410 at 256), and one run with the test suite
+running beside it (load average 2.4) 50% (least_work_left 50%, staleness_aware_lwl 53%,
+speed_aware_lwl 54%, the others 52-72%; env 4,250 and 1,613 steps/s).
 
     python benchmarks/bench_scaling.py [--per-replica 40] [--min-requests 16000] [--sizes 4 64 256 1024]
         [--repeats 3]
