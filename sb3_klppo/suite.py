@@ -8,7 +8,8 @@ For each scenario of :data:`vidur_env.scenarios.SCENARIOS` asked for:
    used by nothing else), among the routers that can decide from observations (cloning needs that).
 2. **Training**: one run of the training job (:func:`sb3_klppo.pipeline.run_training`) per seed,
    on the scenario's training distribution (randomised load, burstiness, lengths), each in
-   ``D/<scenario>/seed_<k>``; ``--jobs`` runs seeds in parallel processes.
+   ``D/<scenario>/seed_<k>``; ``--jobs`` runs seeds in parallel processes, ``--ray`` as Ray
+   tasks (on this machine or a cluster), the engine the sweep runs its trials on.
 3. **Evaluation** on the scenario's nominal traffic, episodes seeded from
    :data:`vidur_env.scenarios.EVALUATION_SEED` (never trained on): every registered heuristic
    that applies (the cache-aware ones where requests carry prefix keys) and each trained
@@ -74,7 +75,11 @@ class SuiteArgs:
     teacher_episodes: int = 4
     """Episodes of the training traffic the teacher is chosen on."""
     jobs: int = 1
-    """Training runs at once, in separate processes."""
+    """Training runs at once, in separate processes (with ``--ray local``, the local Ray's CPUs)."""
+    ray: Optional[str] = None
+    """Train the seeds as Ray tasks, one CPU each, on the Ray the sweep uses: ``local`` starts one
+    on this machine, ``auto`` or ``ray://HOST:10001`` joins a running cluster (whose nodes must
+    see the output directory). None: processes on this machine."""
     replay: Optional[str] = None
     """Also evaluate on a replay of this trace file (with time stamps) on the same cluster."""
     replay_load: float = 0.8
@@ -156,6 +161,11 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
                                ("--episode-requests", given.episode_requests or 1, 1)):
         if value < least:
             raise ConfigError(f"{flag}: must be at least {least}, got {value}")
+    if given.ray is not None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError("--ray: needs Ray: pip install 'vidur-env[sweep]'") from None
     if not 0 < given.replay_load < 1.5:
         raise ConfigError(f"--replay-load: must be in (0, 1.5), got {given.replay_load}")
     try:
@@ -275,12 +285,35 @@ def train_seeds(settings: SuiteSettings, name: str, teacher: str | None) -> tupl
     """Train every seed (``--jobs`` at once); the run directories and each run's seconds."""
     jobs = [training_overrides(settings, name, teacher, settings.base.seed + k) for k in range(settings.args.seeds)]
     configs = [settings.args.config] * len(jobs)
-    if settings.args.jobs == 1:
+    if settings.args.ray is not None:
+        runs = train_on_ray(settings.args.ray, settings.args.jobs, configs, jobs)
+    elif settings.args.jobs == 1:
         runs = list(map(train_one, configs, jobs))
     else:
         with ProcessPoolExecutor(settings.args.jobs) as pool:
             runs = list(pool.map(train_one, configs, jobs))
     return [run_dir for run_dir, _ in runs], [seconds for _, seconds in runs]
+
+
+def train_on_ray(address: str, num_cpus: int, configs: Sequence[str | None],
+                 jobs: Sequence[dict[str, Any]]) -> list[tuple[str, float]]:
+    """The training runs as Ray tasks of one CPU each, on the Ray the sweep connects to or
+    starts (:func:`sb3_klppo.sweep_tune.start_ray`; ``num_cpus`` for a local one). A Ray this
+    call started is shut down after; one already running is left to its owner."""
+    import ray
+
+    from sb3_klppo.sweep_tune import RayOptions, start_ray
+
+    # a worker need not start in this directory: the config and the run directories by full path
+    configs = [None if config is None else str(pathlib.Path(config).resolve()) for config in configs]
+    jobs = [{**overrides, "output_dir": str(pathlib.Path(overrides["output_dir"]).resolve())} for overrides in jobs]
+    started = start_ray(RayOptions(address=None if address == "local" else address, num_cpus=num_cpus))
+    try:
+        task = ray.remote(num_cpus=1)(train_one)
+        return ray.get([task.remote(config, overrides) for config, overrides in zip(configs, jobs)])
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def kept_steps(run_dirs: Sequence[str]) -> list[int] | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,25 @@ def test_every_suite_argument_is_a_flag_with_its_docstring_as_help(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for name, doc in field_docs(SuiteArgs).items():
         assert f"--{name.replace('_', '-')}" in text and doc.split(".")[0] in text
+
+
+def test_seeds_trained_as_ray_tasks_give_the_suite_trained_here(tmp_path, capsys):
+    """``--ray local`` hands each seed's training to a local Ray (the engine of the sweep), from
+    full paths, and the runs come out as those trained in this process."""
+    pytest.importorskip("ray")
+    results = []
+    for name, flags in (("here", []), ("ray", ["--ray", "local", "--jobs", "2"])):
+        out = tmp_path / name
+        assert main(["suite", "--scenarios", "default", "--seeds", "2", "--output-dir", str(out), *TINY, *flags]) == 0, \
+            capsys.readouterr().err
+        results.append(json.loads((out / "suite.json").read_text())["scenarios"]["default"])
+    assert all(Path(d).is_absolute() and (Path(d) / "model.zip").is_file() for d in results[1]["run_dirs"])
+    for key in ("policies", "paired", "teacher", "episodes"):
+        assert results[0][key] == results[1][key], key
+
+
+def test_ray_without_ray_installed_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes ``import ray`` fail
+    assert main(["suite", "--output-dir", str(tmp_path), "--ray", "local"]) == 2
+    err = capsys.readouterr().err
+    assert "--ray: needs Ray: pip install 'vidur-env[sweep]'" in err and err.count("\n") == 1
