@@ -70,8 +70,8 @@ class SuiteArgs:
     episodes: int = 40
     """Held-out evaluation episodes per policy (at least 2, for an interval). A p99 over one
     512-request episode swings by several percent, so 10 episodes leave intervals of about
-    ±2% on p99 E2E, wider than the 1% a tie with the teacher is judged against; 40 narrow
-    them to about ±1% for a few minutes of simulation per scenario."""
+    ±2% on p99 E2E, wider than a 1% margin to the best heuristic; 40 narrow them to about
+    ±1% for a few minutes of simulation per scenario."""
     teacher_episodes: int = 4
     """Episodes of the training traffic the teacher is chosen on."""
     jobs: int = 1
