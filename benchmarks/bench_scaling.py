@@ -29,7 +29,9 @@ idle VM gave a worst router of 56%, 59% and 61% (least_work_left 59-62%, vllm_dp
 speed_aware_lwl 56-65%, staleness_aware_lwl 60-65%, jsq 57-67%, the others 60-86%; env
 6,950-7,160 steps/s at 64 replicas, 2,310-2,410 at 256), and one run with the test suite
 running beside it (load average 2.4) 50% (least_work_left 50%, staleness_aware_lwl 53%,
-speed_aware_lwl 54%, the others 52-72%; env 4,250 and 1,613 steps/s).
+speed_aware_lwl 54%, the others 52-72%; env 4,250 and 1,613 steps/s), and one with two
+test-suite runs beside it (load average rising to 5.2) 55% (least_work_left 55%, the others
+59-74%).
 
     python benchmarks/bench_scaling.py [--per-replica 40] [--min-requests 16000] [--sizes 4 64 256 1024]
         [--repeats 3]
