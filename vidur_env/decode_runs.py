@@ -211,7 +211,6 @@ class DecodeRuns:
         prompt, budget = table.prefill[partial], chunk_size - n
         tick, allocated, t, chunk = decoding.tick, kv_cache.allocated_blocks, suspended.end, suspended.chunk
         done = table.processed[partial]  # the prompt tokens of the iterations before the one in flight
-        moved = False
         while True:
             start = bisect_left(horizons, t, start, end)
             if start == end:
@@ -243,9 +242,9 @@ class DecodeRuns:
                 break  # more than chunks beside the decode set: the loop's general path takes this horizon
             iterations = k - tick
             stats.record(iterations, (n + 1) * iterations, n * iterations + tokens, tokens, busy, block_time, grown)
-            tick, allocated, t, done, chunk, moved = k, grown, now + d, done_k, q, True
+            tick, allocated, t, done, chunk = k, grown, now + d, done_k, q
             start += 1
-        if moved:
+        if tick != decoding.tick:  # a horizon was taken
             decoding.tick = tick
             kv_cache.allocated_blocks = allocated
             table.processed[partial] = done
