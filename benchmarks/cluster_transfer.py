@@ -37,10 +37,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from sb3_klppo.suite import comparisons, episode_table, load_models
+from sb3_klppo.suite import load_models, load_only_result
 from sb3_klppo.suite_report import FIGURES, TITLES, against_best, interval, verdict
-from vidur_env.routers import load_only_routers
-from vidur_env.scenarios import EVALUATION_SEED, registered_scenario
+from vidur_env.scenarios import registered_scenario
 
 
 def mix_kwargs(source: str, devices: list[str]) -> dict:
@@ -55,13 +54,6 @@ def mix_kwargs(source: str, devices: list[str]) -> dict:
     cluster = dataclasses.replace(scenario.cluster, replicas=tuple(
         dataclasses.replace(spec, device=device) for spec, device in zip(replicas, devices)))
     return {"scenario": dataclasses.replace(scenario, cluster=cluster), **entry.observation}
-
-
-def judge(kwargs: dict, models: list, episodes: int) -> dict:
-    """The suite's evaluation of ``models`` under env ``kwargs``: figures and paired comparisons."""
-    heuristics = load_only_routers()
-    table = episode_table(kwargs, heuristics, models, episodes, EVALUATION_SEED)
-    return {"simulated": table.described, "policies": table.rows, **comparisons(table, heuristics)}
 
 
 def main() -> None:
@@ -83,7 +75,7 @@ def main() -> None:
     print("| target | " + " | ".join(TITLES[f] for f in FIGURES) + " | verdict |")
     print("|---|" + "---|" * len(FIGURES) + "---|")
     for name, kwargs in targets:
-        result = judge(kwargs, models, args.episodes)
+        result = load_only_result(kwargs, models, args.episodes)
         diffs = against_best(result)
         cells = " | ".join(f"{interval(diffs[f])} ({diffs[f]['heuristic']})" for f in FIGURES)
         print(f"| {name} | {cells} | {verdict(result)} |", flush=True)

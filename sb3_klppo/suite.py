@@ -437,18 +437,25 @@ def replay_key(given: SuiteArgs) -> dict[str, Any]:
             "episodes": given.episodes}
 
 
-def replay_result(settings: SuiteSettings, name: str, models: Sequence[Any]) -> dict[str, Any]:
-    """The trained models and the load-only heuristics on the ``--replay`` trace, on scenario
-    ``name``'s cluster; its part of the scenario's results."""
+def load_only_result(env_kwargs: dict[str, Any], models: Sequence[Any], episodes: int) -> dict[str, Any]:
+    """The trained models and the load-only heuristics under ``env_kwargs``, on the held-out
+    episodes: what was simulated, every policy's figures and the paired comparisons (the
+    replay's part of a scenario's results; ``benchmarks/cluster_transfer.py`` judges other
+    clusters with it)."""
     from vidur_env.routers import load_only_routers
     from vidur_env.scenarios import EVALUATION_SEED
 
+    heuristics = load_only_routers()
+    table = episode_table(env_kwargs, heuristics, models, episodes, EVALUATION_SEED)
+    return {"simulated": table.described, "policies": table.rows, **comparisons(table, heuristics)}
+
+
+def replay_result(settings: SuiteSettings, name: str, models: Sequence[Any]) -> dict[str, Any]:
+    """The trained models and the load-only heuristics on the ``--replay`` trace, on scenario
+    ``name``'s cluster; its part of the scenario's results."""
     given = settings.args
     kwargs = replay_kwargs(name, given.replay, given.replay_load, given.replay_requests)
-    heuristics = load_only_routers()
-    replay = episode_table(kwargs, heuristics, models, given.episodes, EVALUATION_SEED)
-    return {**replay_key(given), "simulated": replay.described, "policies": replay.rows,
-            **comparisons(replay, heuristics)}
+    return {**replay_key(given), **load_only_result(kwargs, models, given.episodes)}
 
 
 def read_back(settings: SuiteSettings, name: str, done: pathlib.Path) -> dict[str, Any]:
