@@ -42,7 +42,10 @@ from sb3_klppo.config import ConfigError, TrainConfig
 from sb3_klppo.pipeline import resolve_config, run_training
 from sb3_klppo.suite_report import FIGURES, finite, write_suite
 from vidur_env.config_flags import FieldFlag, add_field_flags, field_values
-from vidur_env.scenarios import SCENARIOS
+from vidur_env.scenarios import SCENARIOS, TrafficRange
+
+NOMINAL_TRAFFIC = {name: None for name in TrafficRange.__dataclass_fields__}
+"""A training distribution that draws nothing (what ``--traffic`` adds to where a scenario has none)."""
 
 TEACHER_SEED = 500
 """First seed of the episodes the teacher is chosen on (training traffic; neither training nor
@@ -91,6 +94,10 @@ class SuiteArgs:
     env_kwargs: str = "{}"
     """JSON object of env keywords over each scenario's (and the config's env.kwargs), in training
     and evaluation, e.g. {"reward": "latency_ttft", "ttft_weight": 30} or {"output_predictor": "noisy"}."""
+    traffic: str = "{}"
+    """JSON object of training-distribution ranges over each scenario's own (the fields of
+    vidur_env.scenarios.TrafficRange), in training only, e.g. {"devices": ["a100", "h100"]} to
+    put each replica on a drawn device every episode, or {"load": [0.8, 0.95]}."""
     fresh: bool = False
     """Rerun scenarios whose results the directory already holds."""
 
@@ -112,6 +119,8 @@ class SuiteSettings:
     """The training config every run starts from: ``--config`` with the ``--set`` overrides."""
     overrides: tuple[tuple[str, Any], ...] = ()
     env_extra: tuple[tuple[str, Any], ...] = ()
+    traffic_extra: tuple[tuple[str, Any], ...] = ()
+    """``--traffic``'s ranges, each replacing the scenario's own in training."""
 
     @property
     def output_dir(self) -> pathlib.Path:
@@ -119,12 +128,15 @@ class SuiteSettings:
 
     def env_kwargs(self, name: str, training: bool = False) -> dict[str, Any]:
         """The env kwargs of scenario ``name`` (its training distribution with ``training``), with
-        ``episode_requests`` decisions per episode when set, then the base config's
+        ``episode_requests`` decisions per episode when set and ``--traffic``'s ranges over its
+        training distribution's, then the base config's
         ``env.kwargs`` and the ``--env-kwargs`` on top (the same in training and evaluation, so a
         reward, output predictor or cache view matches the model)."""
         from vidur_env.scenarios import registered_scenario
 
         kwargs = registered_scenario(name).env_kwargs(training)
+        if training and self.traffic_extra:
+            kwargs["traffic"] = {**kwargs.get("traffic", NOMINAL_TRAFFIC), **dict(self.traffic_extra)}
         if self.args.episode_requests is not None:
             kwargs["num_requests"] = self.args.episode_requests
         kwargs.update(self.base.env.kwargs)
@@ -175,6 +187,7 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
     if not isinstance(env_extra, dict) or {"scenario", "traffic"} & set(env_extra):
         raise ConfigError("--env-kwargs: expected a JSON object of env keywords other than scenario and traffic "
                           "(the suite sets those)")
+    traffic_extra = traffic_ranges(given.traffic)
     overrides = []
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -185,12 +198,26 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
     if {"scenario", "traffic"} & set(base.env.kwargs):
         raise ConfigError("env.kwargs of the base config: the suite sets scenario and traffic per scenario; "
                           "keep only other env keywords (a reward, an output predictor) there")
-    settings = SuiteSettings(scenarios, given, base, tuple(overrides), tuple(env_extra.items()))
+    settings = SuiteSettings(scenarios, given, base, tuple(overrides), tuple(env_extra.items()),
+                             tuple(traffic_extra.items()))
     for name in scenarios:  # so does a bad env keyword
         make_env(settings.env_kwargs(name, training=True))
     if given.replay:
         check_replay(given.replay, given.replay_requests)
     return settings
+
+
+def traffic_ranges(text: str) -> dict[str, Any]:
+    """``--traffic``'s JSON object, each range checked as :class:`TrafficRange` checks it (a bad
+    key or range raises :class:`ConfigError` naming ``--traffic``)."""
+    try:
+        ranges = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--traffic: not JSON ({error.msg} at character {error.pos})") from None
+    if not isinstance(ranges, dict):
+        raise ConfigError(f"--traffic: expected a JSON object of training-distribution ranges, got {text}")
+    TrafficRange.from_value({**NOMINAL_TRAFFIC, **ranges}, "--traffic")
+    return ranges
 
 
 def check_replay(trace: str, requests: int) -> None:
@@ -484,7 +511,8 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(finite(results[name]), indent=2))
     meta = {"seeds": settings.args.seeds, "episodes": settings.args.episodes, "config": settings.args.config,
-            "overrides": dict(settings.overrides), "env_kwargs": dict(settings.env_extra)}
+            "overrides": dict(settings.overrides), "env_kwargs": dict(settings.env_extra),
+            "traffic": dict(settings.traffic_extra)}
     write_suite(settings.output_dir, results, meta)
     return results
 

@@ -88,6 +88,7 @@ def comparison_table(result: dict[str, Any]) -> list[str]:
 
 
 def markdown(results: dict[str, Any], settings: dict[str, Any]) -> str:
+    traffic = f"{json.dumps(settings['traffic'])} over each scenario's" if settings.get("traffic") else "as registered"
     lines = ["# Scenario suite", "",
              f"{settings['seeds']} training seed(s) per scenario; {settings['episodes']} held-out evaluation "
              "episodes per policy, the same requests for every policy. Relative differences are paired by "
@@ -95,7 +96,8 @@ def markdown(results: dict[str, Any], settings: dict[str, Any]) -> str:
              "an episode is the mean over seeds. A difference whose interval includes 0 is a tie.",
              f"Base config: {settings['config'] or 'built-in defaults'}; overrides: "
              f"{json.dumps(settings['overrides']) if settings['overrides'] else 'none'}; env keywords: "
-             f"{json.dumps(settings.get('env_kwargs')) if settings.get('env_kwargs') else 'as registered'}.", "",
+             f"{json.dumps(settings.get('env_kwargs')) if settings.get('env_kwargs') else 'as registered'}; "
+             f"training distribution: {traffic}.", "",
              "![suite](suite.png)", "", "| scenario | teacher | verdict | training s/seed |", "|---|---|---|---|"]
     for name, result in results.items():
         seconds = sum(result["training_seconds"]) / len(result["training_seconds"])

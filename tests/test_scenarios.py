@@ -96,10 +96,57 @@ def test_training_traffic_is_reproducible_by_seed_and_varies_across_episodes():
 @pytest.mark.parametrize("traffic, match", [
     ({"load": [0.9, 0.6]}, "traffic.load: must be null or"), ({"cv": [0, 2]}, "traffic.cv: must be null or"),
     ({"loads": [0.6, 0.9]}, "traffic: unknown key"), ("wide", "traffic: expected a TrafficRange"),
+    ({"devices": ["a100", "b200"]}, "traffic.devices: unknown device 'b200'"),
+    ({"devices": []}, "traffic.devices: must be null or a non-empty list"),
 ])
 def test_bad_traffic_ranges_are_named(traffic, match):
     with pytest.raises(ConfigError, match=match):
         VidurRoutingEnv(num_replicas=2, num_requests=5, traffic=traffic)
+
+
+DEVICES = {"devices": ["a100", "h100"]}
+
+
+def test_device_draws_put_each_replica_on_a_drawn_device_reproducibly():
+    def mixes(seed: int) -> list[tuple[str, ...]]:
+        env = VidurRoutingEnv(scenario="hetero", num_requests=30, traffic=DEVICES)
+        drawn = []
+        for k in range(8):
+            obs, _ = env.reset(seed=seed if k == 0 else None)
+            devices = tuple(spec.device for spec in env.cluster.replica_configs)
+            assert [r.time_model for r in env.simulator.replicas] == env.time_models
+            speed = dict(zip(devices, obs[:, 7]))  # relative_speed: one value per device, 1 on the fastest
+            assert len(speed) == len(set(devices)) and max(speed.values()) == 1.0
+            assert len(speed) == 1 or speed["h100"] > speed["a100"]
+            drawn.append(devices)
+        return drawn
+    first = mixes(4)
+    assert first == mixes(4) and len(set(first)) > 3
+    assert {d for mix in first for d in mix} == {"a100", "h100"}
+
+
+def test_device_draws_set_the_arrival_rate_from_the_drawn_cluster_s_capacity():
+    env = VidurRoutingEnv(scenario="hetero", num_requests=30,
+                          traffic={"load": [0.9, 0.9], "cv": None, "length_scale": None, **DEVICES})
+    rates = set()
+    for seed in range(6):
+        env.reset(seed=seed)
+        capacity = cluster_capacity(env.cluster, env.workload, env.time_models)
+        assert env.episode.workload.qps == pytest.approx(0.9 * capacity, rel=1e-12)
+        rates.add(round(env.episode.workload.qps, 9))
+    assert len(rates) > 1
+
+
+def test_a_drawn_device_without_a_time_model_is_named(shared_data, tmp_path):
+    profiling = shared_data / "profiling"
+    for part in ("compute/a100", "network/a100_dgx"):
+        (tmp_path / part).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / part).symlink_to(profiling / part)
+    VidurRoutingEnv(num_replicas=2, num_requests=5, time_model="profiled", profiling_dir=str(tmp_path),
+                    profile_fit="interpolate")
+    with pytest.raises(ConfigError, match="traffic.devices: no time model for a drawn device: .*h100"):
+        VidurRoutingEnv(num_replicas=2, num_requests=5, time_model="profiled", profiling_dir=str(tmp_path),
+                        profile_fit="interpolate", traffic=DEVICES)
 
 
 def test_a_range_that_cannot_vary_the_workload_is_refused():

@@ -14,6 +14,7 @@ from sb3_klppo.suite import SuiteArgs, heuristics_for, replay_kwargs
 from sb3_klppo.suite_report import FIGURES, verdict
 from vidur_env.config_flags import field_docs
 from vidur_env.routers import load_only_routers
+from vidur_env.scenarios import registered_scenario
 from vidur_env.simulation import cluster_capacity
 from vidur_env.traces import read_trace
 
@@ -39,6 +40,10 @@ TINY = ["--set", "ppo.total_timesteps=128", "--set", "ppo.n_envs=2", "--set", "p
     (["--env-kwargs", '{"scenario": "x"}'], "--env-kwargs: expected a JSON object of env keywords other than"),
     (["--env-kwargs", '{"reward": "nope"}'], "reward: must be one of"),
     (["--set", 'env.kwargs={"scenario": "hetero"}'], "env.kwargs of the base config: the suite sets scenario"),
+    (["--traffic", "[1]"], "--traffic: expected a JSON object of training-distribution ranges"),
+    (["--traffic", '{"cvs": [1, 2]}'], "--traffic: unknown key(s) cvs"),
+    (["--traffic", '{"devices": ["b200"]}'], "--traffic.devices: unknown device 'b200'"),
+    (["--scenarios", "prefix", "--traffic", '{"cv": [1, 2]}'], "traffic.cv: only Poisson or Gamma"),
 ])
 def test_bad_suite_flags_exit_2_with_one_line(tmp_path, capsys, flags, message):
     assert main(["suite", "--output-dir", str(tmp_path), *flags]) == 2
@@ -54,6 +59,16 @@ def test_the_config_env_keywords_reach_every_scenario_under_the_flag_ones():
     for training in (True, False):
         kwargs = settings.env_kwargs("hetero", training)
         assert kwargs["reward"] == "latency_ttft" and kwargs["ttft_weight"] == 3 and kwargs["scenario"] == "hetero"
+
+
+def test_traffic_ranges_replace_the_scenario_s_own_in_training_only():
+    args = build_parser().parse_args(["suite", "--scenarios", "hetero,prefix",
+                                      "--traffic", '{"devices": ["a100", "h100"]}'])
+    settings = suite_module.settings_from_args(args)
+    own = registered_scenario("hetero").traffic.as_dict()
+    assert settings.env_kwargs("hetero", training=True)["traffic"] == {**own, "devices": ["a100", "h100"]}
+    assert "traffic" not in settings.env_kwargs("hetero", training=False)
+    assert settings.env_kwargs("prefix", training=True)["traffic"]["keyed"] == [0.0, 1.0]
 
 
 def test_cache_aware_routers_join_only_where_requests_share_prefixes_and_observations_are_fresh():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import replace
 from math import inf
 from typing import Any
 
@@ -13,12 +12,13 @@ from gymnasium import spaces
 from vidur_env.cache_view import CACHE_VIEWS, CacheView, prompt_keys
 from vidur_env.cluster import ClusterSimulator
 from vidur_env.config import ClusterConfig, ConfigError
+from vidur_env.episode_draws import EpisodeDraws
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
 from vidur_env.observation import ObservationBuilder, ReplicaCosts, features
 from vidur_env.render import RENDER_MODES, render
 from vidur_env.reward import DEFAULT_REWARD, Reward, RewardSettings, reward_class
 from vidur_env.scenarios import TrafficRange, observation_settings, registered_scenario
-from vidur_env.simulation import Scenario, cluster_capacity, scenario_from_kwargs
+from vidur_env.simulation import ResolvedScenario, Scenario, scenario_from_kwargs
 from vidur_env.workload import Requests, WorkloadConfig, generate_requests
 
 OUTPUT_PREDICTORS = ("none", "oracle", "noisy")
@@ -113,7 +113,8 @@ class VidurRoutingEnv(gym.Env):
     (``reset(seed=...)`` makes it reproducible); a trace replay (``arrival`` and ``lengths``
     both ``"trace"``) is the same every episode, unless ``trace_offset="random"`` starts each
     episode at a new row of the trace (see Arguments). With ``traffic`` set, each episode
-    first draws its load level, burstiness and length scale (training randomisation).
+    first draws its load level, burstiness, length scale and, with ``devices``, the device of
+    each replica (training randomisation).
 
     ## Episode End
 
@@ -163,11 +164,13 @@ class VidurRoutingEnv(gym.Env):
       ``num_requests=512, trace_offset="random"`` sees all of it, reproducibly by seed.
     - ``reward``, ``reward_scale``, ``slo_ttft_s``, ``slo_e2e_s``, ``ttft_weight``: see Rewards.
     - ``traffic``: training randomisation, a :class:`vidur_env.scenarios.TrafficRange` or a
-      dict of its ranges (``load``, ``cv``, ``length_scale``, ``keyed``): every episode draws its
-      load level (arrival rate from the capacity measured for the drawn lengths), Gamma
-      burstiness, a length scale (log-uniform on a grid, :data:`vidur_env.scenarios.LENGTH_SCALE_STEPS`)
-      and the fraction of requests that keep their prefix keys. Default None: the nominal
-      traffic every episode.
+      dict of its ranges (``load``, ``cv``, ``length_scale``, ``keyed``, ``devices``): every
+      episode draws its load level (arrival rate from the capacity measured for the drawn
+      lengths), Gamma burstiness, a length scale (log-uniform on a grid,
+      :data:`vidur_env.scenarios.LENGTH_SCALE_STEPS`), the fraction of requests that keep their
+      prefix keys and each replica's device (the cluster of the episode: :attr:`cluster`,
+      :attr:`time_models` and :attr:`costs` follow it; the reward scale stays the nominal
+      cluster's). Default None: the nominal traffic and cluster every episode.
     - ``obs_refresh_ms``: observation staleness (0: fresh; default None: the registered
       scenario's, else 0).
     - ``output_predictor``: ``"none"`` (default), ``"oracle"`` or ``"noisy"`` (see the
@@ -236,20 +239,19 @@ class VidurRoutingEnv(gym.Env):
             resolved = resolved.with_requests(num_requests)
         self.resolved = resolved
         """The scenario made runnable: time models, and the workload with its arrival rate fixed."""
-        self.cluster = resolved.cluster
-        self.time_models = resolved.time_models
         self.workload = resolved.workload
         self.traffic = TrafficRange.from_value(traffic, "VidurRoutingEnv.traffic")
         if self.traffic is not None:
             self.traffic.applies_to(self.workload, "VidurRoutingEnv.traffic")
-        self._capacity: dict[tuple[float, float], float] = {}
-        """Cluster capacity per drawn (prefill, decode) length scale: measured once each."""
+        self._draws = EpisodeDraws(resolved, self.traffic)
+        self._costs: dict[int, ReplicaCosts] = {}
+        """Per time model (by id): the costs the observation reads, computed once each."""
+        self._use_cluster(resolved)
         replay = self.workload.arrival == "trace" and self.workload.lengths == "trace"
         self.fixed_trace = replay and self.workload.trace_offset != "random"
         self.num_requests = len(resolved.reference_requests())
         self.reward_scale = reward_scale if reward_scale is not None else resolved.reward_scale(self.reward_class)
         self.num_replicas = len(self.cluster.replica_configs)
-        self.costs = [ReplicaCosts.from_time_model(m) for m in self.time_models]
         self.refresh_s = obs_refresh_ms / 1000.0
         num_features = len(features(output_predictor != "none", cache_view is not None))
         self.observation_space = spaces.Box(0.0, 1.0, (self.num_replicas, num_features), np.float32)
@@ -261,17 +263,31 @@ class VidurRoutingEnv(gym.Env):
         self.current_request = -1
         """Id of the request awaiting a decision (-1 once the episode is over)."""
 
+    def _use_cluster(self, episode: ResolvedScenario) -> None:
+        """Make ``episode``'s cluster the current one: :attr:`cluster`, :attr:`time_models` and
+        :attr:`costs` describe the episode being run (the nominal cluster unless the training
+        distribution draws devices)."""
+        self.episode = episode
+        self.cluster = episode.cluster
+        self.time_models = episode.time_models
+        for model in self.time_models:
+            if id(model) not in self._costs:
+                self._costs[id(model)] = ReplicaCosts.from_time_model(model)
+        self.costs = [self._costs[id(model)] for model in self.time_models]
+
     def isolated_latencies(self, requests: Requests) -> tuple[np.ndarray, np.ndarray]:
-        """(TTFT, E2E) of each request served alone on its fastest replica: the no-queueing bound."""
-        return self.resolved.isolated_latencies(requests)
+        """(TTFT, E2E) of each request served alone on its fastest replica of the current
+        episode's cluster: the no-queueing bound."""
+        return self.episode.isolated_latencies(requests)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
+        self._use_cluster(self._draws.draw(self.np_random))
         self.requests = self.resolved.reference_requests() if self.fixed_trace else generate_requests(
-            self._episode_workload(), self.np_random)
+            self.episode.workload, self.np_random)
         if self.traffic is not None:
             self.requests = self.traffic.strip_keys(self.requests, self.np_random)
-        sim = self.resolved.simulator(self.requests)
+        sim = self.episode.simulator(self.requests)
         self.simulator = sim
         self._prefill = sim.table.orig_prefill
         self._output = self._output_estimates(sim.table.orig_decode)
@@ -300,19 +316,6 @@ class VidurRoutingEnv(gym.Env):
             obs = self._next_observation(t)
             return obs, self._reward.step(t), False, False, {"request_id": self.current_request}
         return self._end_episode()
-
-    def _episode_workload(self) -> WorkloadConfig:
-        """The workload of the episode starting: the nominal one, or with ``traffic`` one drawn
-        from its ranges, with the arrival rate for the drawn load and lengths."""
-        if self.traffic is None:
-            return self.workload
-        workload, load = self.traffic.draw(self.workload, self.scenario.load, self.np_random)
-        if load is None or (self.traffic.load is None and self.traffic.length_scale is None):
-            return workload  # the arrival rate stays the workload's (given as qps, or unchanged)
-        key = (workload.prefill_scale, workload.decode_scale)
-        if key not in self._capacity:
-            self._capacity[key] = cluster_capacity(self.cluster, workload, self.time_models)
-        return replace(workload, qps=load * self._capacity[key])
 
     def _output_estimates(self, outputs: np.ndarray) -> np.ndarray:
         """What the observation says of each request's output length (see ``output_predictor``):

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig
+from vidur_env.hardware import UnknownSpecError, get_device
 from vidur_env.sessions import SessionConfig
 from vidur_env.simulation import Scenario
 from vidur_env.workload import Requests, WorkloadConfig
@@ -34,7 +35,8 @@ training seed's generator, which never restarts at these seeds)."""
 @dataclass(frozen=True)
 class TrafficRange:
     """Per-episode randomisation of training traffic: each ``reset`` draws a load level, an
-    arrival burstiness and a length scale, then the workload with them.
+    arrival burstiness and a length scale, then the workload with them; with ``devices`` also
+    the cluster serving it.
 
     Each range is ``(low, high)``, or None to keep the scenario's own value. The load is drawn
     uniformly and turned into an arrival rate with the capacity measured for the drawn lengths,
@@ -45,21 +47,28 @@ class TrafficRange:
     the conversation-fit and trace length distributions. ``keyed`` (for workloads whose requests
     carry prefix keys: sessions, hashed traces) is the fraction of requests that keep them,
     drawn uniformly; the others have no prefix identity, as in a trace without hashes, so a
-    cache-aware policy also sees traffic its cache cannot help. A trace replay keeps its own
-    times and lengths; train on it with ``trace_offset="random"`` instead.
+    cache-aware policy also sees traffic its cache cannot help. ``devices`` (names of
+    :data:`vidur_env.hardware.DEVICES`) puts each replica on one of them, drawn uniformly and
+    independently per episode (its model and tensor-parallel degree kept), so that a policy
+    meets replica mixes besides the one it is judged on; the load level then means that
+    episode's cluster's capacity. A trace replay keeps its own times and lengths; train on it
+    with ``trace_offset="random"`` instead.
     """
 
     load: tuple[float, float] | None = (0.6, 0.95)
     cv: tuple[float, float] | None = (1.0, 4.0)
     length_scale: tuple[float, float] | None = (0.7, 1.4)
     keyed: tuple[float, float] | None = None
+    devices: tuple[str, ...] | None = None
 
     def validate(self, where: str = "traffic") -> None:
         """Raise :class:`ConfigError` naming the first range that is not ``(low, high)`` with
-        ``0 < low <= high`` (for ``keyed``, a fraction: ``0 <= low <= high <= 1``)."""
+        ``0 < low <= high`` (for ``keyed``, a fraction: ``0 <= low <= high <= 1``; ``devices``
+        must name known devices)."""
+        self._validate_devices(where)
         for name in self.__dataclass_fields__:
             bounds = getattr(self, name)
-            if bounds is None:
+            if bounds is None or name == "devices":
                 continue
             ok = (isinstance(bounds, (tuple, list)) and len(bounds) == 2
                   and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
@@ -67,6 +76,18 @@ class TrafficRange:
             if not ok:
                 rule = "0 <= low <= high <= 1" if name == "keyed" else "0 < low <= high"
                 raise ConfigError(f"{where}.{name}: must be null or [low, high] with {rule}, got {bounds!r}")
+
+    def _validate_devices(self, where: str) -> None:
+        if self.devices is None:
+            return
+        if not isinstance(self.devices, (tuple, list)) or not self.devices \
+                or not all(isinstance(d, str) for d in self.devices):
+            raise ConfigError(f"{where}.devices: must be null or a non-empty list of device names, got {self.devices!r}")
+        for device in self.devices:
+            try:
+                get_device(device)
+            except UnknownSpecError as error:
+                raise ConfigError(f"{where}.devices: {error}") from None
 
     def applies_to(self, workload: WorkloadConfig, where: str = "traffic") -> None:
         """Raise :class:`ConfigError` when a range cannot vary ``workload`` (a trace replay's
@@ -98,6 +119,14 @@ class TrafficRange:
             workload = replace(workload, prefill_scale=workload.prefill_scale * scale,
                                decode_scale=workload.decode_scale * scale)
         return workload, load
+
+    def draw_devices(self, replicas: tuple[ReplicaConfig, ...], rng: np.random.Generator
+                     ) -> tuple[ReplicaConfig, ...]:
+        """``replicas`` with each one's device drawn from :attr:`devices` (unchanged without them)."""
+        if self.devices is None:
+            return replicas
+        picks = rng.integers(len(self.devices), size=len(replicas))
+        return tuple(replace(spec, device=self.devices[k]) for spec, k in zip(replicas, picks.tolist()))
 
     def strip_keys(self, requests: Requests, rng: np.random.Generator) -> Requests:
         """``requests`` with the prefix keys of all but a ``keyed`` fraction (drawn from ``rng``,
