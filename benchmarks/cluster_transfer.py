@@ -37,8 +37,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from sb3_klppo.suite import load_models, load_only_result
+from sb3_klppo.suite import TRAINED, load_models, load_only_result
 from sb3_klppo.suite_report import FIGURES, TITLES, against_best, interval, verdict
+from vidur_env.paired import paired_difference
 from vidur_env.scenarios import registered_scenario
 
 
@@ -56,6 +57,15 @@ def mix_kwargs(source: str, devices: list[str]) -> dict:
     return {"scenario": dataclasses.replace(scenario, cluster=cluster), **entry.observation}
 
 
+def trained_models(suite_dir: str, source: str) -> tuple[list, dict]:
+    """The models a suite trained on ``source`` and the env keywords they were trained with
+    (reward, predictor: what evaluation must match), less the scenario and its traffic."""
+    result = json.loads((Path(suite_dir) / source / "scenario.json").read_text())
+    config = json.loads((Path(result["run_dirs"][0]) / "config_used.json").read_text())
+    kwargs = {key: value for key, value in config["env"]["kwargs"].items() if key not in ("scenario", "traffic")}
+    return load_models(result["run_dirs"]), kwargs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite_dir")
@@ -63,22 +73,33 @@ def main() -> None:
     parser.add_argument("--targets", nargs="*", default=["default", "mixed_tp"], help="registered scenarios")
     parser.add_argument("--mixes", nargs="*", default=[], help="comma-separated device per replica")
     parser.add_argument("--episodes", type=int, default=40)
+    parser.add_argument("--against", metavar="SUITE_DIR",
+                        help="another suite's models of the same source (e.g. trained without device draws): "
+                             "also print this suite's router against them, paired by episode, per target")
     args = parser.parse_args()
-    source = json.loads((Path(args.suite_dir) / args.source / "scenario.json").read_text())
-    models = load_models(source["run_dirs"])
-    base = {key: value for key, value in json.loads(
-        (Path(source["run_dirs"][0]) / "config_used.json").read_text())["env"]["kwargs"].items()
-        if key not in ("scenario", "traffic")}
-    targets = [(name, {**registered_scenario(name).env_kwargs(False), **base}) for name in args.targets]
-    targets += [(mix, {**mix_kwargs(args.source, mix.split(",")), **base}) for mix in args.mixes]
+    models, base = trained_models(args.suite_dir, args.source)
+    others = trained_models(args.against, args.source) if args.against else None
+    targets = [(name, registered_scenario(name).env_kwargs(False)) for name in args.targets]
+    targets += [(mix, mix_kwargs(args.source, mix.split(","))) for mix in args.mixes]
     print(f"models trained on {args.source} ({len(models)} seeds), {args.episodes} held-out episodes per target")
     print("| target | " + " | ".join(TITLES[f] for f in FIGURES) + " | verdict |")
     print("|---|" + "---|" * len(FIGURES) + "---|")
+    against_rows = []
     for name, kwargs in targets:
-        result = load_only_result(kwargs, models, args.episodes)
+        result = load_only_result({**kwargs, **base}, models, args.episodes)
         diffs = against_best(result)
         cells = " | ".join(f"{interval(diffs[f])} ({diffs[f]['heuristic']})" for f in FIGURES)
         print(f"| {name} | {cells} | {verdict(result)} |", flush=True)
+        if others is not None:
+            other = load_only_result({**kwargs, **others[1]}, others[0], args.episodes)
+            pairs = [paired_difference(result["episodes"][TRAINED][f], other["episodes"][TRAINED][f]).as_dict()
+                     for f in FIGURES]
+            against_rows.append(f"| {name} | " + " | ".join(interval(pair) for pair in pairs) + " |")
+    if against_rows:
+        print(f"\n{args.suite_dir}'s router against {args.against}'s (paired by episode; negative: better)")
+        print("| target | " + " | ".join(TITLES[f] for f in FIGURES) + " |")
+        print("|---|" + "---|" * len(FIGURES))
+        print("\n".join(against_rows))
 
 
 if __name__ == "__main__":

@@ -474,7 +474,8 @@ def load_only_result(env_kwargs: dict[str, Any], models: Sequence[Any], episodes
 
     heuristics = load_only_routers()
     table = episode_table(env_kwargs, heuristics, models, episodes, EVALUATION_SEED)
-    return {"simulated": table.described, "policies": table.rows, **comparisons(table, heuristics)}
+    return {"simulated": table.described, "policies": table.rows, **comparisons(table, heuristics),
+            "episodes": table.per_episode}
 
 
 def replay_result(settings: SuiteSettings, name: str, models: Sequence[Any]) -> dict[str, Any]:
