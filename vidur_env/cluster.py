@@ -66,13 +66,18 @@ class SimulationError(ConfigError, RuntimeError):
     RuntimeError it always was, for callers that catch that."""
 
 
+def time_model_key(spec: ReplicaConfig) -> tuple[str, str, int]:
+    """What a replica's execution-time model depends on: replicas with one key share one model."""
+    return spec.model, spec.device, spec.tensor_parallel
+
+
 def build_time_models(cluster: ClusterConfig) -> list[ExecutionTimeModel]:
     """One execution-time model per replica, shared between identical replicas so that their
     memoised lookups are shared too."""
     cache: dict[tuple[str, str, int], ExecutionTimeModel] = {}
     models = []
     for spec in cluster.replica_configs:
-        key = (spec.model, spec.device, spec.tensor_parallel)
+        key = time_model_key(spec)
         if key not in cache:
             if cluster.time_model == "profiled":
                 source = profiled_time_model

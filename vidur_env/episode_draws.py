@@ -11,17 +11,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from vidur_env.cluster import build_time_models
+from vidur_env.cluster import build_time_models, time_model_key
 from vidur_env.config import ConfigError, ReplicaConfig
 from vidur_env.scenarios import TrafficRange
 from vidur_env.simulation import ResolvedScenario, replica_capacity
 from vidur_env.time_model import ExecutionTimeModel
 from vidur_env.workload import WorkloadConfig
-
-
-def model_key(spec: ReplicaConfig) -> tuple[str, str, int]:
-    """What a replica's time model depends on (replicas sharing it share one model)."""
-    return spec.model, spec.device, spec.tensor_parallel
 
 
 class EpisodeDraws:
@@ -32,7 +27,7 @@ class EpisodeDraws:
         self.resolved = resolved
         self.traffic = traffic
         self._models: dict[tuple[str, str, int], ExecutionTimeModel] = {
-            model_key(spec): model for spec, model in zip(resolved.cluster.replica_configs, resolved.time_models)}
+            time_model_key(spec): model for spec, model in zip(resolved.cluster.replica_configs, resolved.time_models)}
         self._capacity: dict[tuple[ReplicaConfig, float, float], float] = {}
         if traffic is not None and traffic.devices is not None:
             self._prepare_devices(traffic.devices, where)
@@ -49,13 +44,13 @@ class EpisodeDraws:
             except ConfigError as error:
                 raise ConfigError(f"{where}.devices: {spec.model} (TP{spec.tensor_parallel}) cannot run on "
                                   f"{spec.device!r}: {error}") from None
-        missing = tuple(spec for spec in variants if model_key(spec) not in self._models)
+        missing = tuple(spec for spec in variants if time_model_key(spec) not in self._models)
         if missing:
             try:
                 models = build_time_models(replace(scenario.cluster, replicas=missing))
             except (ConfigError, OSError) as error:
                 raise ConfigError(f"{where}.devices: no time model for a drawn device: {error}") from None
-            self._models.update((model_key(spec), model) for spec, model in zip(missing, models))
+            self._models.update((time_model_key(spec), model) for spec, model in zip(missing, models))
 
     def draw(self, rng: np.random.Generator) -> ResolvedScenario:
         """The next episode's cluster, time models and workload, drawn from ``rng`` (load,
@@ -77,7 +72,7 @@ class EpisodeDraws:
         scenario = self.resolved.scenario
         cluster = replace(scenario.cluster, replicas=specs)
         return replace(self.resolved, scenario=replace(scenario, cluster=cluster),
-                       time_models=[self._models[model_key(spec)] for spec in specs])
+                       time_models=[self._models[time_model_key(spec)] for spec in specs])
 
     def capacity(self, episode: ResolvedScenario, workload: WorkloadConfig) -> float:
         """Requests/s ``episode``'s cluster serves of ``workload``'s lengths: the sum of its
