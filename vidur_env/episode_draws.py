@@ -14,9 +14,8 @@ import numpy as np
 from vidur_env.cluster import build_time_models, time_model_key
 from vidur_env.config import ConfigError, ReplicaConfig
 from vidur_env.scenarios import TrafficRange
-from vidur_env.simulation import ResolvedScenario, replica_capacity
+from vidur_env.simulation import ResolvedScenario, cluster_capacity
 from vidur_env.time_model import ExecutionTimeModel
-from vidur_env.workload import WorkloadConfig
 
 
 class EpisodeDraws:
@@ -28,7 +27,8 @@ class EpisodeDraws:
         self.traffic = traffic
         self._models: dict[tuple[str, str, int], ExecutionTimeModel] = {
             time_model_key(spec): model for spec, model in zip(resolved.cluster.replica_configs, resolved.time_models)}
-        self._capacity: dict[tuple[ReplicaConfig, float, float], float] = {}
+        self._capacity: dict[tuple, float] = {}
+        """Replica capacities measured so far (:func:`~vidur_env.simulation.cluster_capacity`'s ``measured``)."""
         if traffic is not None and traffic.devices is not None:
             self._prepare_devices(traffic.devices, where)
 
@@ -62,7 +62,8 @@ class EpisodeDraws:
         episode = self._on(self.traffic.draw_devices(self.resolved.cluster.replica_configs, rng))
         rate_changes = (self.traffic.load, self.traffic.length_scale, self.traffic.devices) != (None, None, None)
         if load is not None and rate_changes:
-            workload = replace(workload, qps=load * self.capacity(episode, workload))
+            capacity = cluster_capacity(episode.cluster, workload, episode.time_models, self._capacity)
+            workload = replace(workload, qps=load * capacity)
         return replace(episode, workload=workload)
 
     def _on(self, specs: tuple[ReplicaConfig, ...]) -> ResolvedScenario:
@@ -73,15 +74,3 @@ class EpisodeDraws:
         cluster = replace(scenario.cluster, replicas=specs)
         return replace(self.resolved, scenario=replace(scenario, cluster=cluster),
                        time_models=[self._models[time_model_key(spec)] for spec in specs])
-
-    def capacity(self, episode: ResolvedScenario, workload: WorkloadConfig) -> float:
-        """Requests/s ``episode``'s cluster serves of ``workload``'s lengths: the sum of its
-        replicas' capacities (as :func:`vidur_env.simulation.cluster_capacity`), each measured
-        once per replica config and length scale."""
-        total = 0.0
-        for spec, model in zip(episode.cluster.replica_configs, episode.time_models):
-            key = (spec, workload.prefill_scale, workload.decode_scale)
-            if key not in self._capacity:
-                self._capacity[key] = replica_capacity(spec, model, workload)
-            total += self._capacity[key]
-        return total

@@ -243,16 +243,21 @@ def replica_capacity(spec: ReplicaConfig, time_model: ExecutionTimeModel, worklo
 
 
 def cluster_capacity(cluster: ClusterConfig, workload: WorkloadConfig,
-                     time_models: list[ExecutionTimeModel] | None = None) -> float:
-    """Sum of the replicas' saturated throughputs (requests/s)."""
+                     time_models: list[ExecutionTimeModel] | None = None,
+                     measured: dict[tuple, float] | None = None) -> float:
+    """Sum of the replicas' saturated throughputs (requests/s), each replica config measured once.
+
+    ``measured`` keeps the measurements across calls (keyed by replica config, time model and
+    the workload's length scales): for callers that ask again with only the cluster's mix or the
+    length scales changed, such as the env's per-episode draws."""
     models = time_models or build_time_models(cluster)
-    cache: dict[tuple[ReplicaConfig, int], float] = {}
+    measured = {} if measured is None else measured
     total = 0.0
     for spec, model in zip(cluster.replica_configs, models):
-        key = (spec, id(model))
-        if key not in cache:
-            cache[key] = replica_capacity(spec, model, workload)
-        total += cache[key]
+        key = (spec, id(model), workload.prefill_scale, workload.decode_scale)
+        if key not in measured:
+            measured[key] = replica_capacity(spec, model, workload)
+        total += measured[key]
     return total
 
 
