@@ -251,7 +251,7 @@ def test_routers_that_need_more_than_observations_say_what_they_need():
 def test_env_cache_columns_show_the_prefix_match_in_the_approximate_view():
     env = VidurRoutingEnv(scenario="prefix", num_replicas=2, num_requests=60, cache_view="approximate")
     obs, _ = env.reset(seed=0)
-    assert obs.shape == (2, 17) and not obs[:, -2:].any()
+    assert obs.shape == (2, 18) and not obs[:, -2:].any()
     table = env.simulator.table
     seen: dict[int, list] = {0: [], 1: []}
     done = False
@@ -298,8 +298,8 @@ def test_env_cache_columns_read_the_replicas_caches_in_the_precise_view():
 
 
 def test_env_cache_view_is_validated_and_optional():
-    assert VidurRoutingEnv(num_replicas=2, num_requests=5).observation_space.shape == (2, 15)
-    assert VidurRoutingEnv(num_replicas=2, num_requests=5, cache_view="precise", output_predictor="oracle").observation_space.shape == (2, 18)
+    assert VidurRoutingEnv(num_replicas=2, num_requests=5).observation_space.shape == (2, 16)
+    assert VidurRoutingEnv(num_replicas=2, num_requests=5, cache_view="precise", output_predictor="oracle").observation_space.shape == (2, 19)
     with pytest.raises(ConfigError, match="cache_view: must be None, 'approximate' or 'precise'"):
         VidurRoutingEnv(num_replicas=2, num_requests=5, cache_view="exact")
 

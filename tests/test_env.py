@@ -48,7 +48,7 @@ def test_make_works_in_a_fresh_interpreter_without_kwargs():
     code = ("import gymnasium; env = gymnasium.make('vidur_env:VidurRouting-v0'); obs, _ = env.reset(seed=0); "
             "print(obs.shape, env.action_space)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "(4, 15) Discrete(4)"
+    assert out.strip() == "(4, 16) Discrete(4)"
 
 
 @pytest.mark.parametrize("kwargs", [{"render_mode": "ansi"}, {"render_mode": "rgb_array", "output_predictor": "oracle"},
@@ -197,7 +197,7 @@ def test_observation_features_decode_to_the_replica_state():
 def test_no_output_length_feature_unless_oracle():
     plain = VidurRoutingEnv(**SMALL)
     oracle = VidurRoutingEnv(**SMALL, output_predictor="oracle")
-    assert plain.observation_space.shape == (2, 15) and oracle.observation_space.shape == (2, 16)
+    assert plain.observation_space.shape == (2, 16) and oracle.observation_space.shape == (2, 17)
     obs, _ = oracle.reset(seed=0)
     assert obs[0, COLUMN["output"]] == pytest.approx(oracle.requests.num_decode_tokens[0] / oracle.workload.max_tokens)
 
@@ -249,13 +249,13 @@ def test_vec_envs_step():
     for cls, kwargs in ((DummyVecEnv, {}), (SubprocVecEnv, {"start_method": "fork"})):
         venv = make_vec_env("vidur_env:VidurRouting-v0", n_envs=2, env_kwargs=dict(num_replicas=2, num_requests=8),
                             vec_env_cls=cls, vec_env_kwargs=kwargs, seed=0)
-        assert venv.reset().shape == (2, 2, 15)
+        assert venv.reset().shape == (2, 2, 16)
         ends = []
         for _ in range(10):
             obs, rewards, dones, infos = venv.step(np.array([0, 1]))
             ends += [info for info, done in zip(infos, dones) if done]
         venv.close()
-        assert obs.shape == (2, 2, 15) and rewards.shape == (2,)
+        assert obs.shape == (2, 2, 16) and rewards.shape == (2,)
         assert len(ends) == 2 and all(info["metrics"]["num_requests"] == 8 for info in ends)
 
 
@@ -405,13 +405,13 @@ def episode_digest(env, seed=3):
 
 PINNED_EPISODES = {
     "default-latency": (dict(num_requests=64),
-                        "b4fb313c02854d11033fe36904a57bbf6c2941716b9feb5dc6ac35273a7a19c9"),
+                        "aeb93f3c5cf2ac1cbfb7a36d5936077bb400732e2187067d39d52019fd65f989"),
     "default-ttft": (dict(num_requests=64, reward="ttft"),
-                        "e3b7b8f443ddbe1805bfcf68d4187d0a5f90df62d2c80bc92406aeb70715f334"),
+                        "d8c58aa63ead99b936207949a930f9834750b70bbac5b3f59e5e20457bdd1104"),
     "default-slo": (dict(num_requests=64, reward="slo", slo_ttft_s=0.5, slo_e2e_s=5.0),
-                        "cddb2d5e3b94d6da857abc191666453ebb405e856d1ca5bfac40ddcc373e8d42"),
+                        "c221f50e36766cb5f99e073c38e95e431a9fedebc3f6191a7193c4ce73a2a412"),
     "prefix-precise": (dict(scenario="prefix", num_requests=64, cache_view="precise"),
-                        "60816fc0dd297717e403e041c07efd3c5b4048ab7aff9b4f7723e399fc5b2f0f"),
+                        "fd6e2ca33c3171340521388553e5ade599c747e4be1734987f99a7ff0e5ccb6e"),
 }
 
 
@@ -420,7 +420,9 @@ def test_episodes_are_bit_identical_to_the_pinned_digest(name):
     """Observations, rewards and the reward scale of seeded episodes are pinned (computed
     before the thin-env refactor of issue 10), so reshaping the env cannot change them.
     ``prefix-precise`` was re-pinned when a one-token last prefill chunk became a prefill in the
-    time lookup (Vidur main's rule), the only change then."""
+    time lookup (Vidur main's rule), the only change then. All four were re-pinned when the
+    ``fluid_ttft`` column was added, after checking that the old digests still held with that
+    column left out of the observations."""
     kwargs, expected = PINNED_EPISODES[name]
     assert episode_digest(VidurRoutingEnv(**kwargs)) == expected
 

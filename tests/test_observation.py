@@ -1,5 +1,6 @@
 """The per-decision observation columns: the request's cost, work sent since the snapshot, the
-gap to the best replica, the snapshot's age and the episode's progress, each against its definition."""
+gap to the best replica, the snapshot's age, the episode's progress and the fluid first-token
+wait, each against its definition."""
 from __future__ import annotations
 
 from math import inf
@@ -10,8 +11,8 @@ import pytest
 
 from vidur_env.env import VidurRoutingEnv
 from vidur_env.observation import (
-    COLUMN, EXPECTED_OUTPUT_TOKENS, SCALE, ObservationBuilder, ReplicaCosts, decode_observation, queued_work_seconds,
-    request_seconds, unsquash,
+    COLUMN, EXPECTED_OUTPUT_TOKENS, SCALE, ObservationBuilder, PrefillPlan, ReplicaCosts, decode_observation,
+    queued_work_seconds, request_seconds, unsquash,
 )
 
 HETERO = {"replicas": [{"device": "a100"}, {"device": "h100"}, {"device": "a100", "tensor_parallel": 2}]}
@@ -101,10 +102,60 @@ def test_work_gap_does_not_saturate_when_every_queue_is_long():
     costs = ReplicaCosts.from_time_model(LinearTime())
     replicas = [hand_replica(200_000, 0, LinearTime()), hand_replica(205_000, 0, LinearTime())]
     assert [queued_work_seconds(r, costs) for r in replicas] == pytest.approx([20.0, 20.5])
-    builder = ObservationBuilder([costs, costs], [100, 100], max_tokens=4096)
+    builder = ObservationBuilder([costs, costs], [100, 100], max_tokens=4096,
+                                 prefill_plans=[PrefillPlan(LinearTime(), None, 0)] * 2)
     builder.snapshot(replicas, 0.0)
     obs = builder.build(100, 10)
     work = obs[:, COLUMN["queued_work"]]
     gap = obs[:, COLUMN["work_gap"]]
     assert work[1] - work[0] < 0.003
     assert gap[0] == 0.0 and gap[1] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_fluid_ttft_drains_the_routed_prompts_at_one_second_per_second():
+    """Prefill takes 1e-4 s a token here: 1000 tokens sent to replica 0 at t=0 are 0.06 s
+    from done at 0.04 s, and all done (with 500 more sent then) by 0.5 s."""
+    model = LinearTime()
+    costs = ReplicaCosts.from_time_model(model)
+    replicas = [hand_replica(0, 0, model), hand_replica(0, 0, model)]
+    builder = ObservationBuilder([costs, costs], [100, 100], max_tokens=4096,
+                                 prefill_plans=[PrefillPlan(model, None, 0)] * 2)
+    builder.snapshot(replicas, 0.0)
+    waits = []
+    for prompt, now in ((1000, 0.0), (500, 0.04), (100, 0.5)):
+        waits.append(column(builder.build(prompt, 10, now), "fluid_ttft"))
+        builder.dispatched(0)
+    np.testing.assert_allclose(waits, [[0.1, 0.1], [0.06 + 0.05, 0.05], [0.01, 0.01]], rtol=1e-5)
+
+
+def sarathi_prefill(model, prompt, chunk=512, decodes=32):
+    """Sarathi's iterations for a prompt beside 32 decodes at 1024 tokens: 480 prompt tokens each."""
+    starts = range(0, prompt, chunk - decodes)
+    return sum(model.iteration_time(decodes, decodes * 1024, (min(chunk - decodes, prompt - s),), (s,)) for s in starts)
+
+
+def test_fluid_ttft_starts_at_the_prompts_own_prefill_time_in_its_schedulers_iterations():
+    """Sarathi prefills in chunks beside the decodes, vLLM whole prompts in prefill-only batches."""
+    prompt = 1000
+    lengths = dict(lengths="fixed", prefill_tokens=prompt, decode_tokens=10, num_requests=8)
+    env = VidurRoutingEnv(cluster=HETERO, **lengths)
+    obs, _ = env.reset(seed=0)
+    expected = [sarathi_prefill(m, prompt) for m in env.time_models]
+    np.testing.assert_allclose(column(obs, "fluid_ttft"), expected, rtol=1e-5)
+    assert len(set(expected)) == 3
+    vllm = VidurRoutingEnv(cluster={"replicas": [dict(r, scheduler="vllm") for r in HETERO["replicas"]]}, **lengths)
+    obs, _ = vllm.reset(seed=0)
+    expected = [m.iteration_time(0, 0, (prompt,), (0,)) for m in vllm.time_models]
+    np.testing.assert_allclose(column(obs, "fluid_ttft"), expected, rtol=1e-5)
+
+
+def test_fluid_ttft_reads_no_replica_so_staleness_leaves_it_unchanged():
+    """The column is the router's own record: the same decisions give the same column with a
+    view one second old (and the other columns do differ)."""
+    fresh, stale = (VidurRoutingEnv(num_requests=60, obs_refresh_ms=ms) for ms in (0, 1000))
+    fresh_obs, stale_obs = play(fresh), play(stale)
+    assert [a for _, _, a, _ in fresh_obs] == [a for _, _, a, _ in stale_obs]
+    for (a, *_), (b, *_) in zip(fresh_obs, stale_obs):
+        np.testing.assert_array_equal(a[:, COLUMN["fluid_ttft"]], b[:, COLUMN["fluid_ttft"]])
+    assert any((a[:, COLUMN["waiting"]] != b[:, COLUMN["waiting"]]).any() for (a, *_), (b, *_) in zip(fresh_obs, stale_obs))
+    assert any(a[:, COLUMN["fluid_ttft"]].max() > 0.5 for a, *_ in fresh_obs)  # some backlog builds up

@@ -9,7 +9,7 @@ import pytest
 
 from vidur_env.cli import main
 from vidur_env.env import VidurRoutingEnv
-from vidur_env.observation import ObservationBuilder, ReplicaCosts
+from vidur_env.observation import ObservationBuilder, PrefillPlan, ReplicaCosts
 from vidur_env.routers import ROUTERS, RouterPolicy, make_router
 
 
@@ -57,7 +57,8 @@ def hand_built(state=STATE, prompt=100, output=10):
 
 def observe(sim, oracle=False):
     builder = ObservationBuilder([ReplicaCosts.from_time_model(r.time_model) for r in sim.replicas],
-                                 [r.num_blocks for r in sim.replicas], max_tokens=4096, output_estimate=oracle)
+                                 [r.num_blocks for r in sim.replicas], max_tokens=4096, output_estimate=oracle,
+                                 prefill_plans=[PrefillPlan(r.time_model, None, 0) for r in sim.replicas])
     builder.snapshot(sim.replicas, 0.0)
     return builder.build(sim.table.orig_prefill[0], sim.table.orig_decode[0])
 
@@ -138,7 +139,7 @@ def test_staleness_aware_lwl_spreads_requests_between_snapshots_where_speed_awar
     running one request (0.21 s); each request adds 0.22 s where it goes."""
     sim = hand_built({"a": (0, 0, 0, 0, FAST), "b": (0, 1, 0, 0, FAST)})
     builder = ObservationBuilder([ReplicaCosts.from_time_model(FAST)] * 2, [100, 100], max_tokens=4096,
-                                 refresh_s=1.0)
+                                 refresh_s=1.0, prefill_plans=[PrefillPlan(FAST, None, 0)] * 2)
     picks = {}
     for name in LWL_VARIANTS:
         policy, picks[name] = RouterPolicy(name, seed=1), []

@@ -14,7 +14,7 @@ from vidur_env.cluster import ClusterSimulator
 from vidur_env.config import ClusterConfig, ConfigError
 from vidur_env.episode_draws import EpisodeDraws
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
-from vidur_env.observation import ObservationBuilder, ReplicaCosts, features
+from vidur_env.observation import ObservationBuilder, PrefillPlan, ReplicaCosts, features
 from vidur_env.render import RENDER_MODES, render
 from vidur_env.reward import DEFAULT_REWARD, Reward, RewardSettings, reward_class
 from vidur_env.scenarios import TrafficRange, observation_settings, registered_scenario
@@ -66,7 +66,8 @@ class VidurRoutingEnv(gym.Env):
     | 12  | work_gap         | queued_work + dispatched_work + request_cost, minus its least value over the replicas (relative: does not saturate at high load) | squash(0.5 s) | 0 | 1 |
     | 13  | snapshot_age     | seconds since columns 0-8 were taken (0 with fresh observations) | squash(0.5 s) | 0 | 1 |
     | 14  | requests_left    | decisions left in the episode, this one included / `num_requests` (1 at the first, 1/`num_requests` at the last) | none | 0 | 1 |
-    | 15  | output           | incoming request's output tokens (true or predicted) / max_tokens, only with `output_predictor` "oracle" or "noisy" | none | 0 | 1 |
+    | 15  | fluid_ttft       | incoming request's wait for its first token here by a fluid model of the router's own decisions: the prefill time of every prompt routed here (its scheduler's iterations beside a typical decode batch, `PrefillPlan`), drained at 1 s per s, plus this prompt's | squash(0.2 s) | 0 | 1 |
+    | 16  | output           | incoming request's output tokens (true or predicted) / max_tokens, only with `output_predictor` "oracle" or "noisy" | none | 0 | 1 |
     | +0  | prefix_match     | with `cache_view` set: cached prompt blocks of the incoming request at this replica x 16 / its prompt tokens, in the chosen view | none | 0 | 1 |
     | +1  | cache_occupancy  | with `cache_view` set: blocks holding cached content / KV blocks, in the chosen view (capped at 1) | none | 0 | 1 |
 
@@ -84,8 +85,10 @@ class VidurRoutingEnv(gym.Env):
     (``predictor_error`` is its sigma; mean-preserving, so 0.5 is typically 40% off), the
     kind of estimate a learned length predictor gives. With
     ``obs_refresh_ms=k`` columns 0-8 are the replica state at the last multiple of k ms (as a
-    router polling its replicas sees it); columns 9-15 are always current. The observation
-    after the last decision has zeros in columns 9-15.
+    router polling its replicas sees it); columns 9-16 are always current (``fluid_ttft``
+    reads no replica: it is the router's own record of the prompts it sent, which a router
+    has whatever the age of its view). The observation after the last decision has zeros in
+    columns 9-16.
 
     ## Rewards
 
@@ -294,6 +297,7 @@ class VidurRoutingEnv(gym.Env):
         self._admit_tokens = [r.kv.max_admissible_prompt() for r in sim.replicas]
         self._reward = self.reward_class(sim.table, sim.replicas, self.reward_scale, self.reward_settings)
         self._obs = ObservationBuilder(self.costs, [r.num_blocks for r in sim.replicas], self.workload.max_tokens,
+                                       prefill_plans=[PrefillPlan.of(r) for r in sim.replicas],
                                        output_estimate=self.output_predictor != "none", refresh_s=self.refresh_s,
                                        cache=None if self.cache_view is None else CacheView(self.cache_view, sim.replicas))
         self._decisions = 0

@@ -30,10 +30,21 @@ col   name                 raw quantity                                       tr
 13    snapshot_age         seconds since the replica columns were taken       squash(0.5 s)
 14    requests_left        decisions left in the episode (this one            as is
                            included) / the episode's decisions
-15    output               incoming request's output tokens, true or predicted, / max_tokens   as is
+15    fluid_ttft           the incoming request's first-token wait here by    squash(0.2 s)
+                           a fluid model of the prompts routed here (below)
+16    output               incoming request's output tokens, true or predicted, / max_tokens   as is
 ====  ===================  =================================================  =====
 The two cache columns (``CACHE_FEATURES``) come last and only with a cache view
 (:class:`vidur_env.cache_view.CacheView`, the env's ``cache_view``).
+
+``fluid_ttft`` is the router's own memory, not a reading of the replicas: every prompt routed
+to a replica adds its prefill time there (:class:`PrefillPlan`: the iterations its scheduler
+would prefill it in, beside a typical decode batch, from the replica's time model) to a
+backlog that drains at one second per second; the column is that backlog at the decision plus
+the incoming prompt's own prefill time. Prompts wait mostly
+behind the prompts routed just before them, and a router knows those even when its view of
+the replicas is a second old (``obs_refresh_ms``); a count of what was sent since the last
+refresh (``dispatched_work``) does not say how much of it is done.
 """
 from __future__ import annotations
 
@@ -93,6 +104,7 @@ REQUEST_FEATURES: tuple[Feature, ...] = (
     Feature("work_gap", 0.5),
     Feature("snapshot_age", 0.5),
     Feature("requests_left", None),
+    Feature("fluid_ttft", 0.2),
 )
 """The columns rewritten at every decision (the incoming request, and what changed since the snapshot)."""
 OUTPUT_FEATURES: tuple[Feature, ...] = (Feature("output", None),)
@@ -146,6 +158,35 @@ class ReplicaCosts:
         return REFERENCE_PROMPT_TOKENS * self.prefill_token_s + EXPECTED_OUTPUT_TOKENS * self.decode_token_s
 
 
+@dataclass(frozen=True)
+class PrefillPlan:
+    """How a replica prefills a prompt, for ``fluid_ttft``: in chunks of ``chunk`` tokens (None:
+    whole), each iteration beside ``decodes`` decoding requests at ``COST_DECODE_KV`` tokens (the
+    typical batch of :class:`ReplicaCosts`; 0 where the scheduler runs prefill-only batches)."""
+
+    model: "ExecutionTimeModel"
+    chunk: int | None
+    decodes: int
+
+    @classmethod
+    def of(cls, replica: "Replica") -> "PrefillPlan":
+        scheduler = replica.scheduler
+        decodes = COST_DECODE_BATCH if scheduler.prefill_with_decodes else 0
+        return cls(replica.time_model, scheduler.prefill_chunk(decodes), decodes)
+
+    def seconds(self, prompt_tokens: int) -> float:
+        """The time of the iterations that prefill ``prompt_tokens``: what the prompt holds the
+        replica for, and so what a prompt queued behind it waits."""
+        chunk = self.chunk or prompt_tokens
+        decodes, kv = self.decodes, self.decodes * COST_DECODE_KV
+        total, done = 0.0, 0
+        while done < prompt_tokens:
+            tokens = min(chunk, prompt_tokens - done)
+            total += self.model.iteration_time(decodes, kv, (tokens,), (done,))
+            done += tokens
+        return total
+
+
 def queued_work_seconds(replica: "Replica", costs: ReplicaCosts) -> float:
     """Estimated seconds of work queued at ``replica``, from public attributes only.
 
@@ -176,8 +217,13 @@ class ObservationBuilder:
     """
 
     def __init__(self, costs: Sequence[ReplicaCosts], kv_blocks: Sequence[int], max_tokens: int,
-                 *, output_estimate: bool = False, refresh_s: float = 0.0, cache: "CacheView | None" = None) -> None:
+                 *, prefill_plans: Sequence[PrefillPlan], output_estimate: bool = False,
+                 refresh_s: float = 0.0, cache: "CacheView | None" = None) -> None:
         self.costs = list(costs)
+        self.prefill_plans = list(prefill_plans)
+        """How each replica prefills a prompt (its time model is the one ``costs`` come from)."""
+        self.prefill_memo: dict[tuple[int, int | None, int, int], float] = {}
+        """Prefill seconds by (time model id, chunk, decodes, prompt tokens): replicas alike share them."""
         self.num_replicas = len(self.costs)
         self.output_estimate = output_estimate
         """Whether :meth:`build` is given an estimate of the output length (true or predicted)
@@ -201,6 +247,11 @@ class ObservationBuilder:
         self.request_costs = [0.0] * self.num_replicas
         """The current request's ``request_cost`` on each replica (what :meth:`dispatched` adds)."""
         self.taken_at = 0.0
+        self.backlog = [0.0] * self.num_replicas
+        """Seconds of routed prompt work not yet drained at ``backlog_at`` (``fluid_ttft``)."""
+        self.backlog_at = 0.0
+        self.prefill_seconds = [0.0] * self.num_replicas
+        """The current request's prefill time on each replica (what :meth:`dispatched` adds to the backlog)."""
 
     def needs_refresh(self, now: float) -> bool:
         """Whether the cached rows are older than the last tick at or before ``now``."""
@@ -251,8 +302,25 @@ class ObservationBuilder:
             self.next_tick = self.last_tick(now) + self.refresh_s
 
     def dispatched(self, replica: int) -> None:
-        """The current request went to ``replica``: count its cost there until the next snapshot."""
+        """The current request went to ``replica``: count its cost there until the next snapshot,
+        and its prefill time in the replica's backlog."""
         self.sent[replica] += self.request_costs[replica]
+        self.backlog[replica] += self.prefill_seconds[replica]
+
+    def fluid_ttft(self, prompt_tokens: int, now: float) -> list[float]:
+        """Each replica's backlog drained to ``now``, plus the prompt's own prefill time there."""
+        elapsed = max(now - self.backlog_at, 0.0)
+        self.backlog = [b - elapsed if b > elapsed else 0.0 for b in self.backlog]
+        self.backlog_at = now
+        memo = self.prefill_memo
+        seconds = []
+        for plan in self.prefill_plans:
+            key = (id(plan.model), plan.chunk, plan.decodes, prompt_tokens)
+            if key not in memo:
+                memo[key] = plan.seconds(prompt_tokens)
+            seconds.append(memo[key])
+        self.prefill_seconds = seconds
+        return [b + q for b, q in zip(self.backlog, self.prefill_seconds)]
 
     def build(self, prompt_tokens: int, output_tokens: int, now: float | None = None,
               requests_left: float = 1.0, prompt_keys: tuple[int, ...] = ()) -> np.ndarray:
@@ -273,8 +341,9 @@ class ObservationBuilder:
             least = min(gaps)
             gaps = [g - least for g in gaps]
             age = 0.0 if now is None else now - self.taken_at
+            fluid = self.fluid_ttft(prompt_tokens, self.taken_at if now is None else now)
         else:
-            costs, gaps, age = [0.0] * n, [0.0] * n, 0.0
+            costs, gaps, age, fluid = [0.0] * n, [0.0] * n, 0.0, [0.0] * n
         self.request_costs = costs
         base = NUM_REPLICA_FEATURES
         cost_c, sent_c, gap_c = SCALE["request_cost"], SCALE["dispatched_work"], SCALE["work_gap"]
@@ -284,6 +353,8 @@ class ObservationBuilder:
         flat[base + 3::f] = [g / (g + gap_c) for g in gaps]
         flat[base + 4::f] = [squash(age, SCALE["snapshot_age"])] * n
         flat[base + 5::f] = [requests_left] * n
+        fluid_c = SCALE["fluid_ttft"]
+        flat[base + 6::f] = [t / (t + fluid_c) for t in fluid]
         if self.output_estimate:
             flat[COLUMN["output"]::f] = [output_tokens / self.max_tokens] * n
         if self.cache is not None:
@@ -317,6 +388,7 @@ class ObservationView:
     request_cost: np.ndarray
     dispatched_work: np.ndarray
     snapshot_age: np.ndarray
+    fluid_ttft: np.ndarray
     prefix_match: np.ndarray | None = None
     """The cache columns, None when the observation has none (no ``cache_view``)."""
     cache_occupancy: np.ndarray | None = None
@@ -345,6 +417,7 @@ def decode_observation(obs: np.ndarray) -> ObservationView:
         request_cost=seconds("request_cost"),
         dispatched_work=seconds("dispatched_work"),
         snapshot_age=seconds("snapshot_age"),
+        fluid_ttft=seconds("fluid_ttft"),
         **cache_columns(obs),
     )
 

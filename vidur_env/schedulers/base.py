@@ -94,6 +94,15 @@ class SchedulerLimits:
 class ReplicaScheduler(ABC):
     """Queues, KV cache and batch formation of one replica (see the module docstring)."""
 
+    prefill_with_decodes: bool = True
+    """Whether a prompt's prefill shares its iterations with the running decodes (false for
+    prefill-only batches); with :meth:`prefill_chunk`, what one prompt occupies a replica for
+    (the observation's ``fluid_ttft``)."""
+
+    def prefill_chunk(self, decodes: int) -> int | None:
+        """Prompt tokens one iteration prefills alongside ``decodes`` decodes (None: the whole prompt)."""
+        return None
+
     def __init__(self, table: RequestTable, limits: SchedulerLimits) -> None:
         self.table = table
         self.limits = limits

@@ -11,6 +11,10 @@ class SarathiScheduler(ReplicaScheduler):
     """Decodes first, then partial prefills, then new requests, within a token budget of
     ``chunk_size`` per iteration; each prefill gets min(remaining prompt, budget left)."""
 
+    def prefill_chunk(self, decodes: int) -> int:
+        """The token budget left after the decodes (each decode takes one token of it)."""
+        return self.limits.chunk_size - decodes
+
     def _get_next_batch(self) -> Batch:
         decodes, partial = self._take_running()
         table = self.table

@@ -10,6 +10,8 @@ class VLLMScheduler(ReplicaScheduler):
     """A prefill-only batch of whole prompts whenever one can be admitted, else a decode batch
     of every running request in arrival order, preempting the latest arrived when short of blocks."""
 
+    prefill_with_decodes = False
+
     def _prompt_batch_fits(self, prompts: list[int], q: int) -> bool:
         """Whether a prompt of ``q`` tokens joins a prefill batch of ``prompts`` within
         ``max_tokens_in_batch`` (``vllm_batch_rule``: padded to the longest, or summed)."""
