@@ -11,6 +11,7 @@ from gymnasium import spaces
 
 from vidur_env.cache_view import CACHE_VIEWS, CacheView, prompt_keys
 from vidur_env.cluster import ClusterSimulator
+from vidur_env.replica import Replica
 from vidur_env.config import ClusterConfig, ConfigError
 from vidur_env.episode_draws import EpisodeDraws
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
@@ -249,6 +250,8 @@ class VidurRoutingEnv(gym.Env):
         self._draws = EpisodeDraws(resolved, self.traffic)
         self._costs: dict[int, ReplicaCosts] = {}
         """Per time model (by id): the costs the observation reads, computed once each."""
+        self._plans: dict[tuple[int, int | None, int], PrefillPlan] = {}
+        """The prefill plans of ``fluid_ttft`` by key, kept across episodes with their prefill times."""
         self._use_cluster(resolved)
         replay = self.workload.arrival == "trace" and self.workload.lengths == "trace"
         self.fixed_trace = replay and self.workload.trace_offset != "random"
@@ -278,6 +281,11 @@ class VidurRoutingEnv(gym.Env):
                 self._costs[id(model)] = ReplicaCosts.from_time_model(model)
         self.costs = [self._costs[id(model)] for model in self.time_models]
 
+    def _prefill_plan(self, replica: Replica) -> PrefillPlan:
+        """``replica``'s prefill plan, the one kept from an earlier episode if it had the same."""
+        plan = PrefillPlan.of(replica)
+        return self._plans.setdefault(plan.key, plan)
+
     def isolated_latencies(self, requests: Requests) -> tuple[np.ndarray, np.ndarray]:
         """(TTFT, E2E) of each request served alone on its fastest replica of the current
         episode's cluster: the no-queueing bound."""
@@ -297,7 +305,7 @@ class VidurRoutingEnv(gym.Env):
         self._admit_tokens = [r.kv.max_admissible_prompt() for r in sim.replicas]
         self._reward = self.reward_class(sim.table, sim.replicas, self.reward_scale, self.reward_settings)
         self._obs = ObservationBuilder(self.costs, [r.num_blocks for r in sim.replicas], self.workload.max_tokens,
-                                       prefill_plans=[PrefillPlan.of(r) for r in sim.replicas],
+                                       prefill_plans=[self._prefill_plan(r) for r in sim.replicas],
                                        output_estimate=self.output_predictor != "none", refresh_s=self.refresh_s,
                                        cache=None if self.cache_view is None else CacheView(self.cache_view, sim.replicas))
         self._decisions = 0

@@ -48,7 +48,7 @@ refresh (``dispatched_work``) does not say how much of it is done.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import inf
 from typing import TYPE_CHECKING, Sequence
 
@@ -158,15 +158,23 @@ class ReplicaCosts:
         return REFERENCE_PROMPT_TOKENS * self.prefill_token_s + EXPECTED_OUTPUT_TOKENS * self.decode_token_s
 
 
-@dataclass(frozen=True)
+@dataclass
 class PrefillPlan:
     """How a replica prefills a prompt, for ``fluid_ttft``: in chunks of ``chunk`` tokens (None:
     whole), each iteration beside ``decodes`` decoding requests at ``COST_DECODE_KV`` tokens (the
-    typical batch of :class:`ReplicaCosts`; 0 where the scheduler runs prefill-only batches)."""
+    typical batch of :class:`ReplicaCosts`; 0 where the scheduler runs prefill-only batches).
+    Keeps the seconds of every prompt length it was asked (``seconds``), so one plan kept
+    across episodes computes each length once."""
 
     model: "ExecutionTimeModel"
     chunk: int | None
     decodes: int
+    memo: dict[int, float] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def key(self) -> tuple[int, int | None, int]:
+        """What the prefill times depend on: replicas with one key share one plan."""
+        return id(self.model), self.chunk, self.decodes
 
     @classmethod
     def of(cls, replica: "Replica") -> "PrefillPlan":
@@ -177,6 +185,12 @@ class PrefillPlan:
     def seconds(self, prompt_tokens: int) -> float:
         """The time of the iterations that prefill ``prompt_tokens``: what the prompt holds the
         replica for, and so what a prompt queued behind it waits."""
+        seconds = self.memo.get(prompt_tokens)
+        if seconds is None:
+            seconds = self.memo[prompt_tokens] = self._iterations(prompt_tokens)
+        return seconds
+
+    def _iterations(self, prompt_tokens: int) -> float:
         chunk = self.chunk or prompt_tokens
         decodes, kv = self.decodes, self.decodes * COST_DECODE_KV
         total, done = 0.0, 0
@@ -220,10 +234,12 @@ class ObservationBuilder:
                  *, prefill_plans: Sequence[PrefillPlan], output_estimate: bool = False,
                  refresh_s: float = 0.0, cache: "CacheView | None" = None) -> None:
         self.costs = list(costs)
-        self.prefill_plans = list(prefill_plans)
-        """How each replica prefills a prompt (its time model is the one ``costs`` come from)."""
-        self.prefill_memo: dict[tuple[int, int | None, int, int], float] = {}
-        """Prefill seconds by (time model id, chunk, decodes, prompt tokens): replicas alike share them."""
+        distinct = {plan.key: plan for plan in prefill_plans}
+        self.prefill_plans = list(distinct.values())
+        """The distinct ways the replicas prefill a prompt (each replica's time model is the one
+        its ``costs`` come from)."""
+        self.plan_of = [list(distinct).index(plan.key) for plan in prefill_plans]
+        """Each replica's index into ``prefill_plans``: replicas alike share their prefill times."""
         self.num_replicas = len(self.costs)
         self.output_estimate = output_estimate
         """Whether :meth:`build` is given an estimate of the output length (true or predicted)
@@ -312,14 +328,8 @@ class ObservationBuilder:
         elapsed = max(now - self.backlog_at, 0.0)
         self.backlog = [b - elapsed if b > elapsed else 0.0 for b in self.backlog]
         self.backlog_at = now
-        memo = self.prefill_memo
-        seconds = []
-        for plan in self.prefill_plans:
-            key = (id(plan.model), plan.chunk, plan.decodes, prompt_tokens)
-            if key not in memo:
-                memo[key] = plan.seconds(prompt_tokens)
-            seconds.append(memo[key])
-        self.prefill_seconds = seconds
+        distinct = [plan.seconds(prompt_tokens) for plan in self.prefill_plans]
+        self.prefill_seconds = [distinct[i] for i in self.plan_of]
         return [b + q for b, q in zip(self.backlog, self.prefill_seconds)]
 
     def build(self, prompt_tokens: int, output_tokens: int, now: float | None = None,
