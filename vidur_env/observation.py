@@ -41,10 +41,10 @@ The two cache columns (``CACHE_FEATURES``) come last and only with a cache view
 to a replica adds its prefill time there (:class:`PrefillPlan`: the iterations its scheduler
 would prefill it in, beside a typical decode batch, from the replica's time model) to a
 backlog that drains at one second per second; the column is that backlog at the decision plus
-the incoming prompt's own prefill time. Prompts wait mostly
-behind the prompts routed just before them, and a router knows those even when its view of
-the replicas is a second old (``obs_refresh_ms``); a count of what was sent since the last
-refresh (``dispatched_work``) does not say how much of it is done.
+the incoming prompt's own prefill time. Prompts wait mostly behind the prompts routed just
+before them, and a router knows those even when its view of the replicas is a second old
+(``obs_refresh_ms``); a count of what was sent since the last refresh (``dispatched_work``)
+does not say how much of it is done.
 """
 from __future__ import annotations
 

@@ -12,8 +12,9 @@ class SarathiScheduler(ReplicaScheduler):
     ``chunk_size`` per iteration; each prefill gets min(remaining prompt, budget left)."""
 
     def prefill_chunk(self, decodes: int) -> int:
-        """The token budget left after the decodes (each decode takes one token of it)."""
-        return self.limits.chunk_size - decodes
+        """The token budget left after the decodes (each decode takes one token of it), at
+        least one token (a budget the decodes fill would starve the prompt)."""
+        return max(self.limits.chunk_size - decodes, 1)
 
     def _get_next_batch(self) -> Batch:
         decodes, partial = self._take_running()
