@@ -11,12 +11,12 @@ from gymnasium import spaces
 
 from vidur_env.cache_view import CACHE_VIEWS, CacheView, prompt_keys
 from vidur_env.cluster import ClusterSimulator
-from vidur_env.replica import Replica
 from vidur_env.config import ClusterConfig, ConfigError
 from vidur_env.episode_draws import EpisodeDraws
 from vidur_env.metrics import RequestMetrics, aggregate_metrics
 from vidur_env.observation import ObservationBuilder, PrefillPlan, ReplicaCosts, features
 from vidur_env.render import RENDER_MODES, render
+from vidur_env.replica import Replica
 from vidur_env.reward import DEFAULT_REWARD, Reward, RewardSettings, reward_class
 from vidur_env.scenarios import TrafficRange, observation_settings, registered_scenario
 from vidur_env.simulation import ResolvedScenario, Scenario, scenario_from_kwargs

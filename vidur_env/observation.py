@@ -234,12 +234,9 @@ class ObservationBuilder:
                  *, prefill_plans: Sequence[PrefillPlan], output_estimate: bool = False,
                  refresh_s: float = 0.0, cache: "CacheView | None" = None) -> None:
         self.costs = list(costs)
-        distinct = {plan.key: plan for plan in prefill_plans}
-        self.prefill_plans = list(distinct.values())
-        """The distinct ways the replicas prefill a prompt (each replica's time model is the one
-        its ``costs`` come from)."""
-        self.plan_of = [list(distinct).index(plan.key) for plan in prefill_plans]
-        """Each replica's index into ``prefill_plans``: replicas alike share their prefill times."""
+        self.prefill_plans = list(prefill_plans)
+        """How each replica prefills a prompt (its time model is the one its ``costs`` come
+        from); replicas alike may share one plan, and with it the prefill times it keeps."""
         self.num_replicas = len(self.costs)
         self.output_estimate = output_estimate
         """Whether :meth:`build` is given an estimate of the output length (true or predicted)
@@ -328,8 +325,7 @@ class ObservationBuilder:
         elapsed = max(now - self.backlog_at, 0.0)
         self.backlog = [b - elapsed if b > elapsed else 0.0 for b in self.backlog]
         self.backlog_at = now
-        distinct = [plan.seconds(prompt_tokens) for plan in self.prefill_plans]
-        self.prefill_seconds = [distinct[i] for i in self.plan_of]
+        self.prefill_seconds = [plan.seconds(prompt_tokens) for plan in self.prefill_plans]
         return [b + q for b, q in zip(self.backlog, self.prefill_seconds)]
 
     def build(self, prompt_tokens: int, output_tokens: int, now: float | None = None,
