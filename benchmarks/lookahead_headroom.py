@@ -35,14 +35,12 @@ from math import inf
 
 import numpy as np
 
-from routing_headroom import meets_bar
-from sb3_klppo.suite import heuristics_for
+from routing_headroom import bar_cells, heuristic_baseline
 from sb3_klppo.suite_report import FIGURES, TITLES
 from vidur_env.cluster import ClusterSimulator
 from vidur_env.env import VidurRoutingEnv
-from vidur_env.evaluation import episode_figures, evaluate, run_episodes
+from vidur_env.evaluation import episode_figures, run_episodes
 from vidur_env.observation import EXPECTED_OUTPUT_TOKENS
-from vidur_env.paired import paired_difference
 from vidur_env.scenarios import EVALUATION_SEED, SCENARIOS
 from vidur_env.workload import Requests
 
@@ -130,9 +128,7 @@ def policy(env: VidurRoutingEnv, name: str, objective: str):
 
 def run_scenario(name: str, episodes: int, objectives: list[str], routers: list[str]) -> None:
     kwargs = {"scenario": name}
-    heuristics = [h for h in heuristics_for(name) if h != "lower_bound"]
-    base = evaluate(kwargs, heuristics, episodes=episodes, seed=EVALUATION_SEED, lower_bound=False)
-    best = {f: min(heuristics, key=lambda h: base.rows[h][f]) for f in FIGURES}
+    base, best = heuristic_baseline(kwargs, name, episodes)
     print(f"\n{name}, {episodes} held-out episodes: best heuristic per figure: "
           + ", ".join(f"{TITLES[f]} {best[f]}" for f in FIGURES))
     print(f"{'router':<16} {'objective':<9} " + "  ".join(f"{TITLES[f]:>16}" for f in FIGURES) + "  bar   s/episode")
@@ -143,10 +139,7 @@ def run_scenario(name: str, episodes: int, objectives: list[str], routers: list[
             start = time.perf_counter()
             figures = episode_figures(run_episodes(env, act, episodes, EVALUATION_SEED, on_reset=on_reset))
             seconds = (time.perf_counter() - start) / episodes
-            diffs = {f: paired_difference(figures[f], base.episodes[best[f]][f]) for f in FIGURES}
-            cells = "  ".join(f"{str(diffs[f]):>16}" for f in FIGURES)
-            print(f"{router:<16} {objective:<9} {cells}  {'meets' if meets_bar(diffs) else '-    '} {seconds:9.1f}",
-                  flush=True)
+            print(f"{router:<16} {objective:<9} {bar_cells(figures, base, best)} {seconds:9.1f}", flush=True)
 
 
 def router_name(value: str) -> str:

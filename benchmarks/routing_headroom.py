@@ -37,7 +37,7 @@ import numpy as np
 from sb3_klppo.suite import heuristics_for
 from sb3_klppo.suite_report import FIGURES, TITLES, WIN_PCT, WORSE_PCT
 from vidur_env.env import VidurRoutingEnv
-from vidur_env.evaluation import evaluate
+from vidur_env.evaluation import EvaluationResult, evaluate
 from vidur_env.observation import ReplicaCosts, decode_observation
 from vidur_env.paired import PairedDifference, paired_difference
 from vidur_env.router_base import argmin_random
@@ -82,9 +82,7 @@ def meets_bar(diffs: dict[str, PairedDifference]) -> bool:
 def run_scenario(name: str, episodes: int, prefill_weights: list[float], decode_weights: list[float],
                  load_weights: list[float]) -> None:
     kwargs = {"scenario": name}
-    heuristics = [h for h in heuristics_for(name) if h != "lower_bound"]
-    base = evaluate(kwargs, heuristics, episodes=episodes, seed=EVALUATION_SEED, lower_bound=False)
-    best = {f: min(heuristics, key=lambda h: base.rows[h][f]) for f in FIGURES}
+    base, best = heuristic_baseline(kwargs, name, episodes)
     print(f"\n{name}: best heuristic per figure: " + ", ".join(f"{TITLES[f]} {best[f]}" for f in FIGURES))
     print(f"{'w_prefill':>9} {'w_decode':>8}  " + "  ".join(f"{TITLES[f]:>16}" for f in FIGURES) + "  bar")
     env = VidurRoutingEnv(**kwargs)
@@ -97,13 +95,27 @@ def run_scenario(name: str, episodes: int, prefill_weights: list[float], decode_
         print(f"{w_load:>18g}  {judge(FluidRule(w_load), kwargs, episodes, base, best)}", flush=True)
 
 
-def judge(rule, kwargs: dict, episodes: int, base, best: dict[str, str]) -> str:
+def heuristic_baseline(kwargs: dict, name: str, episodes: int) -> tuple[EvaluationResult, dict[str, str]]:
+    """Every registered heuristic of scenario ``name`` on its held-out episodes, and the best
+    one per figure (least pooled value)."""
+    heuristics = [h for h in heuristics_for(name) if h != "lower_bound"]
+    base = evaluate(kwargs, heuristics, episodes=episodes, seed=EVALUATION_SEED, lower_bound=False)
+    return base, {f: min(heuristics, key=lambda h: base.rows[h][f]) for f in FIGURES}
+
+
+def bar_cells(figures: dict[str, list], base: EvaluationResult, best: dict[str, str]) -> str:
+    """Per-episode ``figures`` against the best heuristic per figure: the table cells (paired
+    differences) and the bar verdict."""
+    diffs = {f: paired_difference(figures[f], base.episodes[best[f]][f]) for f in FIGURES}
+    cells = "  ".join(f"{str(diffs[f]):>16}" for f in FIGURES)
+    return f"{cells}  {'meets' if meets_bar(diffs) else '-    '}"
+
+
+def judge(rule, kwargs: dict, episodes: int, base: EvaluationResult, best: dict[str, str]) -> str:
     """The table cells of ``rule`` against the best heuristic per figure, and its bar verdict."""
     result = evaluate(kwargs, [], model=rule, model_name="rule", episodes=episodes, seed=EVALUATION_SEED,
                       lower_bound=False)
-    diffs = {f: paired_difference(result.episodes["rule"][f], base.episodes[best[f]][f]) for f in FIGURES}
-    cells = "  ".join(f"{str(diffs[f]):>16}" for f in FIGURES)
-    return f"{cells}  {'meets' if meets_bar(diffs) else '-'}"
+    return bar_cells(result.episodes["rule"], base, best)
 
 
 def main() -> None:
