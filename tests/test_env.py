@@ -106,6 +106,25 @@ def test_each_reward_is_the_exact_area_between_its_two_decisions(reward, column,
         assert reward_k == pytest.approx(-np.clip(overlap, 0.0, None).sum(), rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.parametrize("scenario", [{"load": 0.2}, {"load": 1.5}, ONE_TOKEN_OUTPUTS, PREEMPTIONS,
+                                      {"scheduler": "vllm", "load": 1.5}])
+def test_ttft_squared_reward_is_the_exact_area_of_the_waits_so_far(scenario):
+    """Between two decisions each request without its first token is charged the integral of
+    its wait so far; summed, the return is minus half the sum of squared TTFTs over scale**2."""
+    env = VidurRoutingEnv(**SMALL, reward="ttft_squared", reward_scale=0.5, **scenario)
+    _, rewards, info = run_episode(env, random_policy(4), seed=2)
+    m = info["request_metrics"]
+    arrived, ended = m.arrived_at, m.prefill_completed_at
+    decisions = np.append(env.requests.arrived_at, np.inf)
+    for k, reward_k in enumerate(rewards):
+        routed = m.request_id <= k
+        start = np.maximum(arrived[routed], decisions[k])
+        stop = np.minimum(ended[routed], decisions[k + 1])
+        waited = np.where(stop > start, (stop - arrived[routed]) ** 2 - (start - arrived[routed]) ** 2, 0.0)
+        assert reward_k == pytest.approx(-waited.sum() / 2 / 0.25, rel=1e-7, abs=1e-9)
+    assert sum(rewards) == pytest.approx(-(m.prefill_e2e_time ** 2).sum() / 2 / 0.25, rel=1e-9)
+
+
 def test_ttft_reward_returns_minus_total_ttft():
     env = VidurRoutingEnv(**SMALL, reward="ttft", reward_scale=0.1)
     _, rewards, info = run_episode(env, random_policy(1))
@@ -411,7 +430,7 @@ PINNED_EPISODES = {
     "default-slo": (dict(num_requests=64, reward="slo", slo_ttft_s=0.5, slo_e2e_s=5.0),
                         "c221f50e36766cb5f99e073c38e95e431a9fedebc3f6191a7193c4ce73a2a412"),
     "prefix-precise": (dict(scenario="prefix", num_requests=64, cache_view="precise"),
-                        "fd6e2ca33c3171340521388553e5ade599c747e4be1734987f99a7ff0e5ccb6e"),
+                        "ee1274855473844cf8c0eb47c0ea3deaee45e3dee019490d75e5486d6af190d6"),
 }
 
 
@@ -422,7 +441,8 @@ def test_episodes_are_bit_identical_to_the_pinned_digest(name):
     ``prefix-precise`` was re-pinned when a one-token last prefill chunk became a prefill in the
     time lookup (Vidur main's rule), the only change then. All four were re-pinned when the
     ``fluid_ttft`` column was added, after checking that the old digests still held with that
-    column left out of the observations."""
+    column left out of the observations; ``prefix-precise`` again when ``fluid_ttft`` came to
+    count only the prompt past its cached prefix, after checking the same."""
     kwargs, expected = PINNED_EPISODES[name]
     assert episode_digest(VidurRoutingEnv(**kwargs)) == expected
 
@@ -454,7 +474,7 @@ def test_a_reward_registered_in_one_class_is_chosen_by_name(monkeypatch):
     assert env.reward_scale == 1.0 and env.reward_kind == "decisions"
     _, rewards, _ = run_episode(env)
     assert rewards == [-1.0] * SMALL["num_requests"]
-    with pytest.raises(ConfigError, match="must be one of latency, ttft, latency_ttft, slo, decisions"):
+    with pytest.raises(ConfigError, match="must be one of latency, ttft, latency_ttft, ttft_squared, slo, decisions"):
         VidurRoutingEnv(reward="decision", **SMALL)
 
 

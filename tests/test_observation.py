@@ -159,3 +159,32 @@ def test_fluid_ttft_reads_no_replica_so_staleness_leaves_it_unchanged():
         np.testing.assert_array_equal(a[:, COLUMN["fluid_ttft"]], b[:, COLUMN["fluid_ttft"]])
     assert any((a[:, COLUMN["waiting"]] != b[:, COLUMN["waiting"]]).any() for (a, *_), (b, *_) in zip(fresh_obs, stale_obs))
     assert any(a[:, COLUMN["fluid_ttft"]].max() > 0.5 for a, *_ in fresh_obs)  # some backlog builds up
+
+
+class HeldBlocks:
+    """A cache view that reports a fixed number of cached prompt blocks at each replica."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+
+    def matches(self, keys):
+        return list(self.blocks) if keys else [0] * len(self.blocks)
+
+    def cached(self, replica):
+        return self.blocks[replica]
+
+
+def test_fluid_ttft_counts_only_the_prompt_past_its_cached_prefix():
+    """1000 prompt tokens at 1e-4 s each: 40 cached blocks (640 tokens) leave 0.036 s, which is
+    also what the backlog keeps; a prompt cached whole still prefills its last token."""
+    model = LinearTime()
+    costs = ReplicaCosts.from_time_model(model)
+    builder = ObservationBuilder([costs] * 3, [100] * 3, max_tokens=4096, cache=HeldBlocks([40, 0, 63]),
+                                 prefill_plans=[PrefillPlan(model, None, 0)] * 3)
+    builder.snapshot([hand_replica(0, 0, model)] * 3, 0.0)
+    obs = builder.build(1000, 10, 0.0, prompt_keys=(1,))
+    np.testing.assert_allclose(column(obs, "fluid_ttft"), [0.036, 0.1, 0.0001], rtol=1e-4)
+    np.testing.assert_allclose(obs[:, -2], [0.64, 0.0, 1.0], rtol=1e-6)  # prefix_match, as before
+    builder.dispatched(0)
+    obs = builder.build(1000, 10, 0.0, prompt_keys=())
+    np.testing.assert_allclose(column(obs, "fluid_ttft"), [0.036 + 0.1, 0.1, 0.1], rtol=1e-4)

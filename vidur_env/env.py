@@ -67,7 +67,7 @@ class VidurRoutingEnv(gym.Env):
     | 12  | work_gap         | queued_work + dispatched_work + request_cost, minus its least value over the replicas (relative: does not saturate at high load) | squash(0.5 s) | 0 | 1 |
     | 13  | snapshot_age     | seconds since columns 0-8 were taken (0 with fresh observations) | squash(0.5 s) | 0 | 1 |
     | 14  | requests_left    | decisions left in the episode, this one included / `num_requests` (1 at the first, 1/`num_requests` at the last) | none | 0 | 1 |
-    | 15  | fluid_ttft       | incoming request's wait for its first token here by a fluid model of the router's own decisions: the prefill time of every prompt routed here (its scheduler's iterations beside a typical decode batch, `PrefillPlan`), drained at 1 s per s, plus this prompt's | squash(0.2 s) | 0 | 1 |
+    | 15  | fluid_ttft       | incoming request's wait for its first token here by a fluid model of the router's own decisions: the prefill time of every prompt routed here (its scheduler's iterations beside a typical decode batch, `PrefillPlan`), drained at 1 s per s, plus this prompt's; with `cache_view` set, only the tokens past each prompt's cached prefix there | squash(0.2 s) | 0 | 1 |
     | 16  | output           | incoming request's output tokens (true or predicted) / max_tokens, only with `output_predictor` "oracle" or "noisy" | none | 0 | 1 |
     | +0  | prefix_match     | with `cache_view` set: cached prompt blocks of the incoming request at this replica x 16 / its prompt tokens, in the chosen view | none | 0 | 1 |
     | +1  | cache_occupancy  | with `cache_view` set: blocks holding cached content / KV blocks, in the chosen view (capped at 1) | none | 0 | 1 |
@@ -107,6 +107,10 @@ class VidurRoutingEnv(gym.Env):
     - ``"latency_ttft"``: the latency reward plus ``ttft_weight`` (default 10) times the ttft
       area, both over the latency scale: return ``-(sum(E2E) + w sum(TTFT)) / reward_scale``,
       for routers judged on time to first token as well as E2E.
+    - ``"ttft_squared"``: each request still waiting for its first token is charged its wait
+      so far, every second: return ``-sum(TTFT**2) / (2 reward_scale**2)``, default scale the
+      mean isolated TTFT. Long waits cost more than the same total spread evenly, so a router
+      cannot buy mean TTFT by parking some prompts behind others (the tail, p99 TTFT).
     - ``"slo"``: minus the number of requests completing in the step that miss the SLO
       (TTFT above ``slo_ttft_s`` or E2E above ``slo_e2e_s``; at least one is required), over
       ``reward_scale`` (default 1); the return is minus the number of misses.

@@ -44,7 +44,9 @@ backlog that drains at one second per second; the column is that backlog at the 
 the incoming prompt's own prefill time. Prompts wait mostly behind the prompts routed just
 before them, and a router knows those even when its view of the replicas is a second old
 (``obs_refresh_ms``); a count of what was sent since the last refresh (``dispatched_work``)
-does not say how much of it is done.
+does not say how much of it is done. With a cache view, a prompt's prefill at a replica is that
+of the tokens past its cached prefix there (the prefill of the whole prompt less that of the
+prefix), both in the column and in the backlog it leaves.
 """
 from __future__ import annotations
 
@@ -320,12 +322,22 @@ class ObservationBuilder:
         self.sent[replica] += self.request_costs[replica]
         self.backlog[replica] += self.prefill_seconds[replica]
 
-    def fluid_ttft(self, prompt_tokens: int, now: float) -> list[float]:
-        """Each replica's backlog drained to ``now``, plus the prompt's own prefill time there."""
+    def fluid_ttft(self, prompt_tokens: int, now: float, cached_tokens: Sequence[int] = ()) -> list[float]:
+        """Each replica's backlog drained to ``now``, plus the prompt's own prefill time there.
+
+        :param cached_tokens: the prompt's tokens believed cached at each replica (none if empty);
+            their prefill is subtracted, though the last prompt token is always computed.
+        """
         elapsed = max(now - self.backlog_at, 0.0)
         self.backlog = [b - elapsed if b > elapsed else 0.0 for b in self.backlog]
         self.backlog_at = now
-        self.prefill_seconds = [plan.seconds(prompt_tokens) for plan in self.prefill_plans]
+        plans = self.prefill_plans
+        if cached_tokens:
+            last = prompt_tokens - 1
+            self.prefill_seconds = [plan.seconds(prompt_tokens) - plan.seconds(min(hit, last))
+                                    for plan, hit in zip(plans, cached_tokens)]
+        else:
+            self.prefill_seconds = [plan.seconds(prompt_tokens) for plan in plans]
         return [b + q for b, q in zip(self.backlog, self.prefill_seconds)]
 
     def build(self, prompt_tokens: int, output_tokens: int, now: float | None = None,
@@ -347,9 +359,11 @@ class ObservationBuilder:
             least = min(gaps)
             gaps = [g - least for g in gaps]
             age = 0.0 if now is None else now - self.taken_at
-            fluid = self.fluid_ttft(prompt_tokens, self.taken_at if now is None else now)
+            hits = ([min(BLOCK_SIZE * m, prompt_tokens) for m in self.cache.matches(prompt_keys)]
+                    if self.cache is not None else [])
+            fluid = self.fluid_ttft(prompt_tokens, self.taken_at if now is None else now, hits)
         else:
-            costs, gaps, age, fluid = [0.0] * n, [0.0] * n, 0.0, [0.0] * n
+            costs, gaps, age, fluid, hits = [0.0] * n, [0.0] * n, 0.0, [0.0] * n, [0] * n
         self.request_costs = costs
         base = NUM_REPLICA_FEATURES
         cost_c, sent_c, gap_c = SCALE["request_cost"], SCALE["dispatched_work"], SCALE["work_gap"]
@@ -366,7 +380,7 @@ class ObservationBuilder:
         if self.cache is not None:
             cache = self.cache
             prompt = max(prompt_tokens, 1)
-            flat[f - 2::f] = [min(BLOCK_SIZE * m, prompt) / prompt for m in cache.matches(prompt_keys)]
+            flat[f - 2::f] = [hit / prompt for hit in hits]
             flat[f - 1::f] = [min(cache.cached(i) / b, 1.0) for i, b in enumerate(self.kv_blocks)]
         return np.array(flat, dtype=np.float32).reshape(n, f)
 

@@ -23,6 +23,11 @@ class ReplicaStats:
     first_token_time_sum: float = 0.0
     """Requests that completed (emitted their first token) and the sum of those times: what
     the env's latency (TTFT) reward integrates, in O(1) per replica and step."""
+    first_token_arrival_sum: float = 0.0
+    first_token_arrival_sq_sum: float = 0.0
+    first_token_wait_sq_sum: float = 0.0
+    """Of the requests that emitted their first token: the sums of their arrival times, of
+    those squared and of their TTFTs squared, which the ``ttft_squared`` reward's area needs."""
 
     def record(self, iterations: int, requests: int, tokens: int, prefill_tokens: int,
                busy: float, block_time: float, blocks: int) -> None:

@@ -254,6 +254,79 @@ class LatencyTTFTReward(Reward):
 
 
 @register_reward
+class TTFTSquaredReward(Reward):
+    """``-(area under the summed waits of the requests without their first token) / scale**2``
+    per step (reward="ttft_squared"): the return is ``-sum(TTFT**2) / (2 scale**2)``.
+
+    Why: the ``ttft`` reward charges every waiting request one unit per second, so it is blind
+    to who waits; a router can lower the mean by parking long prompts on a few replicas, and
+    in a burst their waits run to seconds (measured on ``stale1000``'s replay). Here a request
+    is charged its wait so far, every second it waits: the charge grows with the wait, so a
+    tail costs more than the same total spread evenly. Exact, from running sums: between
+    decisions at ``t0 < t`` a request that arrived at ``a`` and is still waiting adds
+    ``((t - a)**2 - (t0 - a)**2) / 2``, one whose first token came at ``e`` in between
+    ``((e - a)**2 - (t0 - a)**2) / 2``; the replicas sum the arrival times, their squares and
+    the squared TTFTs of their first tokens (``ReplicaStats``), so a step costs O(replicas).
+    """
+
+    name = "ttft_squared"
+    scale_by = "ttft"
+
+    def __init__(self, table: "RequestTable", replicas: Sequence["Replica"], scale: float,
+                 settings: RewardSettings = RewardSettings()) -> None:
+        self.table = table
+        self.replicas = replicas
+        self.scale = scale
+        self.time = table.arrived_at[0] if len(table) else 0.0
+        self.pending = 0
+        self.pending_arrivals = 0.0
+        """Sum of the arrival times of the requests routed and still without a first token."""
+        self.ended = self._ended()
+
+    def _ended(self) -> tuple[int, float, float, float]:
+        """First tokens so far, cluster-wide: their count and the sums of their arrival times,
+        of those squared, and of their squared TTFTs."""
+        count, arrivals, arrivals_sq, waits_sq = 0, 0.0, 0.0, 0.0
+        for replica in self.replicas:
+            stats = replica.stats
+            count += stats.num_first_tokens
+            arrivals += stats.first_token_arrival_sum
+            arrivals_sq += stats.first_token_arrival_sq_sum
+            waits_sq += stats.first_token_wait_sq_sum
+        return count, arrivals, arrivals_sq, waits_sq
+
+    def _news(self) -> tuple[int, float, float, float]:
+        """The first tokens since the last call (as in :meth:`_ended`), now counted as ended."""
+        ended = self._ended()
+        news = tuple(now - before for now, before in zip(ended, self.ended))
+        self.ended = ended
+        return news  # type: ignore[return-value]
+
+    def add(self, rid: int, replica: int) -> None:
+        self.pending += 1
+        self.pending_arrivals += self.table.arrived_at[rid]
+
+    def step(self, t: float) -> float:
+        t0 = self.time
+        everyone = (t - t0) * (self.pending * (t + t0) - 2.0 * self.pending_arrivals) / 2.0
+        count, arrivals, arrivals_sq, waits_sq = self._news()
+        # the ones whose first token came at e in (t0, t] waited from e to t only in `everyone`
+        beyond = (count * t * t - 2.0 * t * arrivals + arrivals_sq - waits_sq) / 2.0
+        self.pending -= count
+        self.pending_arrivals -= arrivals
+        self.time = t
+        return -(everyone - beyond) / self.scale**2
+
+    def finish(self) -> float:
+        """The rest of the area, once the simulator has drained (every request has its first token)."""
+        t0 = self.time
+        count, arrivals, arrivals_sq, waits_sq = self._news()
+        area = (waits_sq - (count * t0 * t0 - 2.0 * t0 * arrivals + arrivals_sq)) / 2.0
+        self.pending, self.pending_arrivals = 0, 0.0
+        return -area / self.scale**2
+
+
+@register_reward
 class SLOReward(Reward):
     """``-(requests completing in the step that miss the SLO) / scale`` (reward="slo").
 

@@ -290,8 +290,12 @@ class ReplicaScheduler(ABC):
             p += 1  # the prefill iteration emits the first output token
             if table.prefill_completed_at[rid] == UNSET:
                 table.prefill_completed_at[rid] = now
-                self.stats.num_first_tokens += 1
-                self.stats.first_token_time_sum += now
+                stats, arrived = self.stats, table.arrived_at[rid]
+                stats.num_first_tokens += 1
+                stats.first_token_time_sum += now
+                stats.first_token_arrival_sum += arrived
+                stats.first_token_arrival_sq_sum += arrived * arrived
+                stats.first_token_wait_sq_sum += (now - arrived) * (now - arrived)
         table.processed[rid] = p
         if p == table.total[rid]:
             self._complete(rid, now)
