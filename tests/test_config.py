@@ -55,7 +55,7 @@ def test_the_guides_knob_table_is_the_generated_one_with_whole_help_texts():
     assert vec_env.help.endswith("worth it when an env step costs more than the inter-process round trip).")
 
 
-@pytest.mark.parametrize("name", ["ppo_warmstart.json", "ppo_online.json", "ppo_ttft.json"])
+@pytest.mark.parametrize("name", sorted(path.name for path in CONFIGS.glob("*.json")))
 def test_flags_round_trip(name):
     config = load_config(CONFIGS / name)
     assert parse(config_to_flags(config)) == config
