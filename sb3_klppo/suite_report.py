@@ -4,7 +4,7 @@
 
 - ``policies``: policy name -> ``e2e_mean``, ``e2e_p99``, ``ttft_mean``, ``ttft_p99`` (seconds,
   pooled over the evaluation episodes; the trained policy as ``trained``, deterministic, and
-  ``trained_sampled``, each the mean over training seeds), plus ``lower_bound`` (no prefix caching);
+  ``trained_sampled``, each the mean over training seeds), plus ``lower_bound`` (the no-queueing bound);
 - ``best_heuristic``: figure -> the heuristic with the least pooled value;
 - ``paired``: ``trained`` / ``trained_sampled`` -> heuristic -> figure -> the episode-paired
   relative difference (``mean_pct``, ``half_width_pct`` of the 95% t interval, ``verdict``);

@@ -17,7 +17,7 @@ from test_simulator import (
 from vidur_env.cli import main
 from vidur_env.cluster import ClusterSimulator
 from vidur_env.config import ClusterConfig, ConfigError, ReplicaConfig
-from vidur_env.kv_cache import BLOCK_SIZE, KVCache, PrefixKVCache
+from vidur_env.kv_cache import BLOCK_SIZE, KVCache, PrefixKVCache, reachable_hit_tokens
 from vidur_env.metrics import CACHED_TOKENS_COLUMN, RequestMetrics, aggregate_metrics
 from vidur_env.request_table import RequestTable
 from vidur_env.routers import make_router
@@ -109,6 +109,14 @@ def test_a_full_prompt_hit_still_computes_the_last_block():
     assert t.processed[1] == 48
     kv.allocate(2)  # one more prompt token: all 4 blocks hit, the last token is computed
     assert t.processed[2] == 64
+
+
+def test_reachable_hits_are_the_leading_blocks_an_earlier_request_computed():
+    # 1 shares 0's first two blocks; 2 repeats 0's prompt (capped to leave its last token);
+    # 3 has no prefix identity; 4 reaches into 0's output block (key 4); 5 follows 1's branch.
+    prompts = [48, 64, 48, 48, 80, 64]
+    hashes = [(1, 2, 3, 4), (1, 2, 9, 10), (1, 2, 3), None, (1, 2, 3, 4, 5), (1, 2, 9, 11)]
+    assert reachable_hit_tokens(prompts, hashes) == [0, 32, 32, 0, 64, 48]
 
 
 def test_preemption_releases_the_preempted_requests_references_only():
@@ -271,6 +279,11 @@ def test_invariants_on_random_workloads_with_caching(scheduler, seed):
     for replica in sim.replicas:
         on_replica = [rid for rid in range(len(t)) if t.replica[rid] == replica.replica_id]
         assert replica.kv.hit_tokens == sum(t.cached_tokens[rid] for rid in on_replica) > 0
+    # no admission hits more than an earlier request computed (a restart's hits add up)
+    reachable = reachable_hit_tokens(list(t.orig_prefill), hashes)
+    first_runs = [rid for rid in range(len(t)) if t.restarts[rid] == 0]
+    assert all(t.cached_tokens[rid] <= reachable[rid] for rid in first_runs)
+    assert any(t.cached_tokens[rid] == reachable[rid] > 0 for rid in first_runs)
     hits = sum(t.cached_tokens)
     computed = sum(r.stats.prefill_tokens_sum for r in sim.replicas)
     assert aggregate_metrics(sim)["prefix_cache_hit_rate"] == pytest.approx(hits / (hits + computed), rel=1e-12)

@@ -195,10 +195,20 @@ def test_live_routers_are_refused_with_stale_observations():
         evaluate({"scenario": "stale100", "num_requests": 10}, ["sglang_cache_aware"], episodes=1)
 
 
-def test_no_lower_bound_row_where_prefix_caching_makes_it_no_bound():
-    prefix = evaluate({"scenario": "prefix", "num_requests": 30}, ["round_robin"], episodes=1)
-    default = evaluate({"scenario": "default", "num_requests": 30}, ["round_robin"], episodes=1)
-    assert "lower_bound" not in prefix.rows and "lower_bound" in default.rows
+def test_the_lower_bound_counts_reachable_cache_hits_and_no_router_beats_it_on_prefix():
+    routers = ["round_robin", "vllm_prefix_precise", "aibrix_prefix"]
+    result = evaluate({"scenario": "prefix", "num_requests": 200}, routers, episodes=2, seed=3)
+    bound = result.latencies["lower_bound"]
+    for name in routers:
+        assert np.all(result.latencies[name]["ttft"] >= bound["ttft"] - 1e-9), name  # per request; equal when alone
+        for figure in ("e2e_mean", "e2e_p99", "ttft_mean", "ttft_p99"):
+            assert result.rows[name][figure] > result.rows["lower_bound"][figure], (name, figure)
+    # the bound starts each prompt past its reachable cached prefix: below the whole prompt's
+    env = VidurRoutingEnv(scenario="prefix", num_requests=200)
+    env.reset(seed=3)
+    cached, _ = env.isolated_latencies(env.requests)
+    whole, _ = env.episode.isolated_latencies(env.requests, cached=False)
+    assert np.all(cached <= whole) and np.mean(cached) < 0.8 * np.mean(whole)
 
 
 def test_keyed_traffic_keeps_the_prefix_keys_of_a_drawn_fraction_of_requests_reproducibly():

@@ -292,7 +292,8 @@ class VidurRoutingEnv(gym.Env):
 
     def isolated_latencies(self, requests: Requests) -> tuple[np.ndarray, np.ndarray]:
         """(TTFT, E2E) of each request served alone on its fastest replica of the current
-        episode's cluster: the no-queueing bound."""
+        episode's cluster, with every prompt block an earlier request computed cached where the
+        replicas cache prefixes: the no-queueing bound."""
         return self.episode.isolated_latencies(requests)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:

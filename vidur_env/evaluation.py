@@ -5,8 +5,11 @@ Every policy runs full episodes of the routing env; episode ``k`` is reset with 
 requests. Per-request E2E and TTFT are pooled over episodes. The ``lower_bound`` row serves
 every request alone on its fastest replica (:func:`vidur_env.reward.isolated_latencies`):
 no router can beat it, and the gap to it is the queueing and batching a router caused. With
-prefix caching on it is no bound (a cached prompt prefills faster than alone on an empty
-replica), so the row is left out there.
+prefix caching on, each prompt starts there past every leading block an earlier request
+computed (:func:`vidur_env.kv_cache.reachable_hit_tokens`: the most any replica's cache could
+hold, whatever the routing), so it stays a bound. Per request it bounds TTFT but not always
+E2E: Vidur times a decode batch by its mean KV, so a long request decodes faster beside short
+ones than alone; the pooled E2E figures stay above it.
 
 Besides the pooled rows, every policy's per-episode figures are kept, so two policies are
 compared episode by episode (:meth:`EvaluationResult.compare`, a paired t interval).
@@ -268,8 +271,7 @@ def evaluate(env_kwargs: dict, routers: Sequence[str], *, model=None, model_name
     :param episodes: episodes per policy.
     :param seed: seed of episode 0 (workload draws and the routers' generators).
     :param deterministic: passed to ``model.predict``.
-    :param lower_bound: add the no-queueing ``lower_bound`` row (never with prefix caching on,
-        where serving a request alone without its cached prefix bounds nothing).
+    :param lower_bound: add the no-queueing ``lower_bound`` row.
     :param progress: told the routing decisions of every finished episode (e.g. a bar's update).
     """
     names = check_router_names(routers)
@@ -294,7 +296,7 @@ def evaluate(env_kwargs: dict, routers: Sequence[str], *, model=None, model_name
     if model is not None:
         runs[model_name] = run_episodes(env, model_predictor(model, env, deterministic), episodes, seed,
                                         progress=progress)
-    if lower_bound and not any(spec.prefix_caching for spec in env.cluster.replica_configs):
+    if lower_bound:
         runs[LOWER_BOUND] = lower_bound_episodes(env, episodes, seed)
     rows = {name: pooled_row(run) for name, run in runs.items()}
     per_episode = {name: episode_figures(run) for name, run in runs.items()}

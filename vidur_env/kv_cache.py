@@ -29,14 +29,33 @@ from __future__ import annotations
 
 from itertools import repeat, takewhile
 from math import inf
+from typing import Sequence
 
-from vidur_env.request_table import RequestTable
+from vidur_env.request_table import BlockHashes, RequestTable
 from vidur_env.stamp_log import drop_oldest, live_keys, stamp
 
 BLOCK_SIZE = 16
 """Tokens per KV block (Vidur's ``block_size``)."""
 _PHASE_MASK = BLOCK_SIZE - 1
 assert BLOCK_SIZE & _PHASE_MASK == 0, "the grouped-growth phase is a bit mask: BLOCK_SIZE must be a power of two"
+
+
+def reachable_hit_tokens(prompts: Sequence[int], block_hashes: Sequence[BlockHashes]) -> list[int]:
+    """Per request, in arrival order, the most prompt tokens any replica's prefix cache could
+    hand it at admission: the longest run of its leading blocks that some earlier request
+    computed (every block its keys name, prompt and output), capped as
+    :class:`PrefixKVCache` caps a hit. Eviction and whether that request has finished are
+    ignored, so no routing does better: the bound the ``lower_bound`` row serves from."""
+    seen: set[int] = set()
+    hits = []
+    for prompt, hashes in zip(prompts, block_hashes):
+        if hashes is None:
+            hits.append(0)
+            continue
+        hittable = hashes[: max(int(prompt) - 1, 0) // BLOCK_SIZE]
+        hits.append(len(list(takewhile(seen.__contains__, hittable))) * BLOCK_SIZE)
+        seen.update(hashes)
+    return hits
 
 
 class KVCache:

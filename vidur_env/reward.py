@@ -386,7 +386,8 @@ class IsolatedServiceTime:
     """TTFT and E2E latency of a request served alone on an idle replica (no queueing).
 
     Prefill runs as the replica's scheduler would run a lone prompt (Sarathi: chunks of
-    ``chunk_size`` over the growing KV; vLLM and Orca: the whole prompt in one iteration), then
+    ``chunk_size`` over the growing KV; vLLM and Orca: the whole prompt in one iteration), from
+    the end of its cached prefix when it has one (the tokens a prefix cache hands it), then
     ``output - 1`` single-request decode iterations over KV ``prompt + 1 ... prompt + output -
     1`` (the prefill emits the first token). Decode sums come from a prefix sum over KV lengths
     built once per replica type, so a request costs O(prompt / chunk).
@@ -399,9 +400,9 @@ class IsolatedServiceTime:
         self.decode_prefix = np.concatenate([[0.0], np.cumsum(steps)])
         """decode_prefix[k] = sum of single-decode iteration times at KV 0 .. k-1."""
 
-    def prefill(self, prompt: int) -> float:
-        chunk = prompt if self.chunk is None else self.chunk
-        total, done = 0.0, 0
+    def prefill(self, prompt: int, cached: int = 0) -> float:
+        chunk = prompt - cached if self.chunk is None else self.chunk
+        total, done = 0.0, cached
         while done < prompt:
             q = min(chunk, prompt - done)
             total += self._chunk_time(q, done)
@@ -412,24 +413,31 @@ class IsolatedServiceTime:
         """One prefill chunk, timed as the simulator does (the keying decides how a one-token chunk is keyed)."""
         return self.model.iteration_time(0, 0, (q,), (kv,))
 
-    def latencies(self, prompts: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(TTFT, E2E) arrays in seconds for the given prompt and output lengths."""
+    def latencies(self, prompts: np.ndarray, outputs: np.ndarray,
+                  cached: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(TTFT, E2E) arrays in seconds for the given prompt and output lengths, and the prompt
+        tokens each finds cached (None: none)."""
         prompts = np.asarray(prompts, dtype=np.int64)
         outputs = np.asarray(outputs, dtype=np.int64)
-        cache: dict[int, float] = {}
-        ttft = np.array([cache[p] if p in cache else cache.setdefault(p, self.prefill(int(p))) for p in prompts])
+        starts = np.zeros_like(prompts) if cached is None else np.asarray(cached, dtype=np.int64)
+        memo: dict[tuple[int, int], float] = {}
+        ttft = np.array([memo[key] if key in memo else memo.setdefault(key, self.prefill(*key))
+                         for key in zip(prompts.tolist(), starts.tolist())])
         decode = self.decode_prefix[prompts + outputs] - self.decode_prefix[prompts + 1]
         return ttft, ttft + decode
 
 
 def isolated_latencies(specs: Sequence["ReplicaConfig"], models: Sequence["ExecutionTimeModel"], max_tokens: int,
-                       prompts: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(TTFT, E2E) of each request served alone on the replica where its E2E is lowest."""
+                       prompts: np.ndarray, outputs: np.ndarray,
+                       cached: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(TTFT, E2E) of each request served alone on the replica where its E2E is lowest, with
+    ``cached`` prompt tokens already there on replicas that cache prefixes (None: none)."""
     seen: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
     for spec, model in zip(specs, models):
-        key = (id(model), spec.scheduler, spec.chunk_size)
+        hits = cached if spec.prefix_caching else None
+        key = (id(model), spec.scheduler, spec.chunk_size, hits is not None)
         if key not in seen:
-            seen[key] = IsolatedServiceTime(spec, model, max_tokens).latencies(prompts, outputs)
+            seen[key] = IsolatedServiceTime(spec, model, max_tokens).latencies(prompts, outputs, hits)
     ttfts = np.stack([t for t, _ in seen.values()])
     e2es = np.stack([e for _, e in seen.values()])
     best = np.argmin(e2es, axis=0)

@@ -12,6 +12,7 @@ from vidur_env.config import (
     ClusterConfig, ConfigError, ReplicaConfig, reject_unknown_keys, replica_config_from_dict, setting,
 )
 from vidur_env.hardware import get_model, plan_memory
+from vidur_env.kv_cache import reachable_hit_tokens
 from vidur_env.metrics import DEFAULT_CSV_LAYOUT, CsvStream, RequestMetrics, aggregate_metrics
 from vidur_env.reward import Reward, isolated_latencies
 from vidur_env.routers import DEFAULT_ROUTER, Router, make_router
@@ -122,17 +123,23 @@ class ResolvedScenario:
         return ClusterSimulator(self.cluster, requests, max_tokens=self.workload.max_tokens,
                                 time_models=self.time_models, compact=compact)
 
-    def isolated_latencies(self, requests: Requests) -> tuple[np.ndarray, np.ndarray]:
-        """(TTFT, E2E) of each request served alone on its fastest replica: the no-queueing bound."""
+    def isolated_latencies(self, requests: Requests, cached: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(TTFT, E2E) of each request served alone on its fastest replica: the no-queueing bound.
+        Where replicas cache prefixes a prompt starts past every leading block an earlier request
+        computed (:func:`~vidur_env.kv_cache.reachable_hit_tokens`), unless ``cached`` is False."""
+        hits = None
+        if cached and requests.block_hashes is not None:
+            hits = np.array(reachable_hit_tokens(requests.num_prefill_tokens.tolist(), requests.block_hashes))
         return isolated_latencies(self.cluster.replica_configs, self.time_models, self.workload.max_tokens,
-                                  requests.num_prefill_tokens, requests.num_decode_tokens)
+                                  requests.num_prefill_tokens, requests.num_decode_tokens, hits)
 
     def reward_scale(self, reward: type[Reward]) -> float:
         """``reward``'s default scale: the mean of its ``scale_by`` isolated latency over the
         reference draw, or 1 when it has none."""
         if reward.scale_by is None:
             return 1.0
-        ttft, e2e = self.isolated_latencies(self.reference_requests())
+        # whole prompts: a scale, kept apart from how much the draw's sessions reuse
+        ttft, e2e = self.isolated_latencies(self.reference_requests(), cached=False)
         return float(np.mean(ttft if reward.scale_by == "ttft" else e2e))
 
 
