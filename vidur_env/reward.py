@@ -415,8 +415,8 @@ class IsolatedServiceTime:
 
     def latencies(self, prompts: np.ndarray, outputs: np.ndarray,
                   cached: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(TTFT, E2E) arrays in seconds for the given prompt and output lengths, and the prompt
-        tokens each finds cached (None: none)."""
+        """(TTFT, E2E) arrays in seconds for the given prompt and output lengths, each prompt
+        prefilled from the end of its ``cached`` tokens (None: from its start)."""
         prompts = np.asarray(prompts, dtype=np.int64)
         outputs = np.asarray(outputs, dtype=np.int64)
         starts = np.zeros_like(prompts) if cached is None else np.asarray(cached, dtype=np.int64)
