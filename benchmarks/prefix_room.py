@@ -27,10 +27,9 @@ from collections import defaultdict
 import numpy as np
 
 from vidur_env.env import VidurRoutingEnv
-from vidur_env.evaluation import live_predictor, router_predictor
-from vidur_env.kv_cache import BLOCK_SIZE, reachable_hit_tokens
+from vidur_env.evaluation import router_actor, run_episodes
+from vidur_env.kv_cache import BLOCK_SIZE, max_hit_blocks, reachable_hit_tokens
 from vidur_env.request_table import BlockHashes, RequestTable
-from vidur_env.routers import ROUTERS, RouterPolicy
 from vidur_env.scenarios import EVALUATION_SEED
 
 
@@ -51,7 +50,7 @@ def computed_by_admission(table: RequestTable, hashes: list[BlockHashes]) -> np.
         if keys is None:
             continue
         admitted, blocks = table.scheduled_at[rid], 0
-        for key in keys[: max(table.orig_prefill[rid] - 1, 0) // BLOCK_SIZE]:
+        for key in keys[: max_hit_blocks(table.orig_prefill[rid])]:
             if ready.get(key, np.inf) > admitted:
                 break
             blocks += 1
@@ -61,17 +60,8 @@ def computed_by_admission(table: RequestTable, hashes: list[BlockHashes]) -> np.
 
 def run_episode(env: VidurRoutingEnv, name: str, seed: int) -> RequestTable:
     """One episode routed by the registered router ``name``; the finished request table."""
-    if ROUTERS[name].live:
-        act, reset = live_predictor(ROUTERS[name](), env)
-    else:
-        policy = RouterPolicy(name)
-        act, reset = router_predictor(policy), policy.reset
-    obs, _ = env.reset(seed=seed)
-    reset(seed)
-    done = False
-    while not done:
-        obs, _, terminated, truncated, _ = env.step(act(obs))
-        done = terminated or truncated
+    act, reset = router_actor(name, env)
+    run_episodes(env, act, 1, seed, on_reset=reset)
     return env.simulator.table
 
 

@@ -211,6 +211,19 @@ def live_predictor(router: Router, env: VidurRoutingEnv):
     return act, reset
 
 
+def router_actor(name: str, env: VidurRoutingEnv):
+    """(obs -> action, reset(seed)) of the registered router ``name`` on ``env``: a live router
+    decides on the env's simulator (refused with stale observations, where it would see more
+    than the others), any other from the observations."""
+    if ROUTERS[name].live:
+        if env.refresh_s > 0.0:
+            raise EvaluationError(f"router {name!r} decides on the live simulator; with stale observations "
+                                  f"(obs_refresh_ms {env.refresh_s * 1000:g}) it would see more than the others")
+        return live_predictor(ROUTERS[name](), env)
+    policy = RouterPolicy(name)
+    return router_predictor(policy), policy.reset
+
+
 def run_episodes(env: VidurRoutingEnv, act, episodes: int, seed: int, on_reset=None,
                  progress: Progress | None = None) -> dict[str, Any]:
     """Full episodes with ``act``; per-request arrays and per-episode totals from the end-of-episode info."""
@@ -284,14 +297,7 @@ def evaluate(env_kwargs: dict, routers: Sequence[str], *, model=None, model_name
     env = VidurRoutingEnv(**env_kwargs)
     runs: dict[str, dict[str, Any]] = {}
     for name in names:
-        if ROUTERS[name].live:
-            if env.refresh_s > 0.0:
-                raise EvaluationError(f"router {name!r} decides on the live simulator; with stale observations "
-                                      f"(obs_refresh_ms {env.refresh_s * 1000:g}) it would see more than the others")
-            act, reset = live_predictor(ROUTERS[name](), env)
-        else:
-            policy = RouterPolicy(name)
-            act, reset = router_predictor(policy), policy.reset
+        act, reset = router_actor(name, env)
         runs[name] = run_episodes(env, act, episodes, seed, on_reset=reset, progress=progress)
     if model is not None:
         runs[model_name] = run_episodes(env, model_predictor(model, env, deterministic), episodes, seed,

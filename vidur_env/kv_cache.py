@@ -40,6 +40,12 @@ _PHASE_MASK = BLOCK_SIZE - 1
 assert BLOCK_SIZE & _PHASE_MASK == 0, "the grouped-growth phase is a bit mask: BLOCK_SIZE must be a power of two"
 
 
+def max_hit_blocks(prompt: int) -> int:
+    """The most blocks of a ``prompt``-token prompt a cache hit may cover: all but what holds
+    its last token, which is always computed (vLLM's rule)."""
+    return max(prompt - 1, 0) // BLOCK_SIZE
+
+
 def reachable_hit_tokens(prompts: Sequence[int], block_hashes: Sequence[BlockHashes]) -> list[int]:
     """Per request, in arrival order, the most prompt tokens any replica's prefix cache could
     hand it at admission: the longest run of its leading blocks that some earlier request
@@ -52,7 +58,7 @@ def reachable_hit_tokens(prompts: Sequence[int], block_hashes: Sequence[BlockHas
         if hashes is None:
             hits.append(0)
             continue
-        hittable = hashes[: max(int(prompt) - 1, 0) // BLOCK_SIZE]
+        hittable = hashes[: max_hit_blocks(int(prompt))]
         hits.append(len(list(takewhile(seen.__contains__, hittable))) * BLOCK_SIZE)
         seen.update(hashes)
     return hits
@@ -173,8 +179,9 @@ class PrefixKVCache(KVCache):
     A full block is identified by the request's ``block_hashes`` entry for it (a hash chained
     over the block's tokens and its parent's); only full blocks are cached. At admission a
     request references the longest prefix of its hashes cached here (reference count + 1),
-    capped at ``(prompt - 1) // BLOCK_SIZE`` blocks so at least the last prompt token is
-    computed, and starts with those tokens processed; the rest of its prompt takes fresh blocks.
+    capped at :func:`max_hit_blocks` (``(prompt - 1) // BLOCK_SIZE``) so at least the last
+    prompt token is computed, and starts with those tokens processed; the rest of its prompt
+    takes fresh blocks.
 
     Its computed blocks are registered under their hashes when its prefill completes (prompt
     blocks) and when it completes or is preempted (output blocks its hashes cover); a block
@@ -278,7 +285,7 @@ class PrefixKVCache(KVCache):
         hit_states: list[int] = []
         if hashes is not None:
             get, append = self.states.get, hit_states.append
-            for h in hashes[: max(self.prompt[rid] - 1, 0) // BLOCK_SIZE]:
+            for h in hashes[: max_hit_blocks(self.prompt[rid])]:
                 state = get(h)
                 if state is None:
                     break
