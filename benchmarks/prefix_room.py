@@ -27,10 +27,11 @@ from collections import defaultdict
 import numpy as np
 
 from vidur_env.env import VidurRoutingEnv
-from vidur_env.evaluation import router_actor, run_episodes
+from vidur_env.evaluation import EvaluationError, router_actor, run_episodes
 from vidur_env.kv_cache import BLOCK_SIZE, max_hit_blocks, reachable_hit_tokens
 from vidur_env.request_table import BlockHashes, RequestTable
-from vidur_env.scenarios import EVALUATION_SEED
+from vidur_env.routers import ROUTERS
+from vidur_env.scenarios import EVALUATION_SEED, SCENARIOS
 
 
 def computed_by_admission(table: RequestTable, hashes: list[BlockHashes]) -> np.ndarray:
@@ -87,18 +88,23 @@ def measure(env: VidurRoutingEnv, name: str, episodes: int) -> dict[str, np.ndar
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", default="prefix")
+    parser.add_argument("--scenario", default="prefix", choices=list(SCENARIOS))
     parser.add_argument("--episodes", type=int, default=3)
-    parser.add_argument("--routers", nargs="+",
+    parser.add_argument("--routers", nargs="+", choices=list(ROUTERS), metavar="ROUTER",
                         default=["vllm_prefix_precise", "aibrix_prefix", "round_robin", "least_work_left"])
     args = parser.parse_args()
+    if args.episodes < 1:
+        parser.error(f"--episodes: must be at least 1, got {args.episodes}")
     env = VidurRoutingEnv(scenario=args.scenario)
     print(f"{args.scenario}, {args.episodes} held-out episodes of {env.num_requests} requests; hits as a share of "
           "all prompt tokens / the reachable ones / those computed by admission; TTFT in ms")
     print(f"{'router':<22} {'hit/prompt':>10} {'hit/reach':>9} {'hit/computed':>12}  {'TTFT':>6} {'queue':>6} "
           f"{'span':>6} {'bound':>6}  {'p99':>6} {'bound':>6}")
     for name in args.routers:
-        m = measure(env, name, args.episodes)
+        try:
+            m = measure(env, name, args.episodes)
+        except EvaluationError as error:
+            parser.error(str(error))
         shares = [m["hit"].sum() / m[total].sum() for total in ("prompt", "reachable", "computed")]
         means = [1e3 * m[key].mean() for key in ("ttft", "queue", "span", "bound")]
         p99s = [1e3 * np.percentile(m[key], 99) for key in ("ttft", "bound")]
